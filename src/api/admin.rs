@@ -1,0 +1,524 @@
+//! The tenant and API-key admin API (`/api/admin/tenants*`, `/api/admin/provision-client`).
+//!
+//! The caller is already an admin principal. Every action writes one audit line (action,
+//! tenant, key id, which admin secret by index, outcome) and never a secret or a raw key.
+//! Changes invalidate this replica's caches at once.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+
+use crate::api::{check_name, segments};
+use crate::auth::{api_key, random_token, unix_now, Identity, Principal};
+use crate::body::{self, Body};
+use crate::config::MAX_SLIDING_LIMIT;
+use crate::error::{GatewayError, StoreError};
+use crate::pipeline::no_content;
+use crate::ratelimit::{now_ms, Window};
+use crate::state::{AppState, Runtime};
+use crate::store::{scope, ApiKeyRecord, LimitOverrides, Tenant, TenantStatus};
+
+const KEY_WARNING: &str = "Store this API key securely: it will not be shown again.";
+
+/// An API key as the admin API shows it: never the raw key, never its hash.
+#[derive(Debug, Serialize)]
+pub struct ApiKeyView<'a> {
+    id: &'a str,
+    tenant_id: &'a str,
+    key_prefix: &'a str,
+    name: &'a str,
+    scopes: &'a [String],
+    is_active: bool,
+    created_at: u64,
+    expires_at: Option<u64>,
+    last_used_at: Option<u64>,
+}
+
+impl<'a> From<&'a ApiKeyRecord> for ApiKeyView<'a> {
+    fn from(k: &'a ApiKeyRecord) -> Self {
+        ApiKeyView {
+            id: &k.id,
+            tenant_id: &k.tenant_id,
+            key_prefix: &k.key_prefix,
+            name: &k.name,
+            scopes: &k.scopes,
+            is_active: k.is_active,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateTenant {
+    name: String,
+    tier: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SetTier {
+    tier: String,
+}
+
+#[derive(Deserialize)]
+struct SetStatus {
+    status: String,
+}
+
+/// `absent` keeps the tier's value, `null` clears an override, a number sets one.
+#[derive(Deserialize)]
+struct SetLimits {
+    #[serde(default, deserialize_with = "present")]
+    requests_per_minute: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    requests_per_day: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    requests_per_month: Option<Option<u64>>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct CreateKey {
+    name: String,
+    expires_in_days: Option<u64>,
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct ImportKey {
+    key_hash: String,
+    key_prefix: String,
+    name: String,
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Provision {
+    name: String,
+    tier: Option<String>,
+    api_key_name: Option<String>,
+}
+
+pub async fn handle(
+    state: &AppState,
+    rt: &Runtime,
+    principal: &Principal,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let admin = match principal.identity() {
+        Identity::Admin { secret_index } => *secret_index,
+        _ => return Err(GatewayError::InvalidAdminSecret),
+    };
+    let method = req.method().clone();
+    let limit = rt.config.server.json_body_limit;
+    let seg = segments(path, "/api/admin");
+    let a = Admin { state, rt, admin };
+    let result = match (seg.as_slice(), &method) {
+        (["provision-client"], &Method::POST) => {
+            a.provision(body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants"], &Method::GET) => a.list_tenants().await,
+        (["tenants"], &Method::POST) => {
+            a.create_tenant(body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants", id], &Method::GET) => a.get_tenant(id).await,
+        (["tenants", id], &Method::DELETE) => a.delete_tenant(id).await,
+        (["tenants", id, "quota"], &Method::PUT) => {
+            a.set_tier(id, body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants", id, "limits"], &Method::PUT) => {
+            a.set_limits(id, body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants", id, "status"], &Method::PUT) => {
+            a.set_status(id, body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants", id, "usage"], &Method::GET) => a.usage(id).await,
+        (["tenants", id, "api-keys"], &Method::GET) => a.list_keys(id).await,
+        (["tenants", id, "api-keys"], &Method::POST) => {
+            a.create_key(id, body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants", id, "api-keys", "import"], &Method::POST) => {
+            a.import_key(id, body::read_json(req.into_body(), limit).await?)
+                .await
+        }
+        (["tenants", id, "api-keys", key_id], &Method::DELETE) => a.delete_key(id, key_id).await,
+        (["provision-client"], _)
+        | (["tenants"], _)
+        | (["tenants", _], _)
+        | (["tenants", _, "quota" | "limits" | "status" | "usage" | "api-keys"], _)
+        | (["tenants", _, "api-keys", _], _) => Err(GatewayError::MethodNotAllowed),
+        _ => Err(GatewayError::NotFound),
+    };
+    if let Err(e) = &result {
+        tracing::info!(target: "audit", method = %method, path = %path, admin_secret = admin, outcome = e.code(), "admin action refused");
+    }
+    result
+}
+
+struct Admin<'a> {
+    state: &'a AppState,
+    rt: &'a Runtime,
+    /// Index of the admin secret used, for the audit log.
+    admin: usize,
+}
+
+impl Admin<'_> {
+    fn audit(&self, action: &str, tenant: &str, key: Option<&str>) {
+        tracing::info!(
+            target: "audit",
+            action,
+            tenant,
+            key_id = key.unwrap_or("-"),
+            admin_secret = self.admin,
+            outcome = "ok",
+            "admin action"
+        );
+    }
+
+    fn tier(&self, tier: Option<String>) -> Result<String, GatewayError> {
+        let tier = tier.unwrap_or_else(|| self.rt.config.limits.default_plan.clone());
+        if self.rt.config.limits.plans.contains_key(&tier) {
+            Ok(tier)
+        } else {
+            let known: Vec<&str> = self
+                .rt
+                .config
+                .limits
+                .plans
+                .keys()
+                .map(String::as_str)
+                .collect();
+            Err(GatewayError::invalid(format!(
+                "unknown tier (expected one of {})",
+                known.join(", ")
+            )))
+        }
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Tenant, GatewayError> {
+        self.state
+            .store_call(self.state.store.get_tenant(id))
+            .await?
+            .ok_or(GatewayError::NotFound)
+    }
+
+    async fn save(&self, t: &Tenant) -> Result<(), GatewayError> {
+        self.state
+            .store_call(self.state.store.put_tenant(t))
+            .await?;
+        self.state.keys.invalidate_tenant(&t.id);
+        Ok(())
+    }
+
+    async fn new_tenant(&self, name: &str, tier: Option<String>) -> Result<Tenant, GatewayError> {
+        let t = Tenant {
+            id: random_token("ten_", 20),
+            name: check_name("name", name)?,
+            tier: self.tier(tier)?,
+            status: TenantStatus::Active,
+            created_at: unix_now(),
+            limits: LimitOverrides::default(),
+        };
+        self.save(&t).await?;
+        self.audit("tenant.create", &t.id, None);
+        Ok(t)
+    }
+
+    async fn create_tenant(&self, req: CreateTenant) -> Result<Response<Body>, GatewayError> {
+        let t = self.new_tenant(&req.name, req.tier).await?;
+        Ok(body::json(StatusCode::CREATED, &t, false))
+    }
+
+    async fn list_tenants(&self) -> Result<Response<Body>, GatewayError> {
+        let all = self
+            .state
+            .store_call(self.state.store.list_tenants())
+            .await?;
+        Ok(body::json(StatusCode::OK, &all, false))
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Response<Body>, GatewayError> {
+        Ok(body::json(StatusCode::OK, &self.tenant(id).await?, false))
+    }
+
+    async fn delete_tenant(&self, id: &str) -> Result<Response<Body>, GatewayError> {
+        let hashes = self
+            .state
+            .store_call(self.state.store.delete_tenant(id))
+            .await?
+            .ok_or(GatewayError::NotFound)?;
+        self.state.keys.invalidate_tenant(id);
+        for h in &hashes {
+            self.state.keys.invalidate_key(h);
+        }
+        self.audit("tenant.delete", id, None);
+        Ok(no_content())
+    }
+
+    async fn set_tier(&self, id: &str, req: SetTier) -> Result<Response<Body>, GatewayError> {
+        let mut t = self.tenant(id).await?;
+        t.tier = self.tier(Some(req.tier))?;
+        self.save(&t).await?;
+        self.audit("tenant.quota", id, None);
+        Ok(body::json(StatusCode::OK, &t, false))
+    }
+
+    async fn set_limits(&self, id: &str, req: SetLimits) -> Result<Response<Body>, GatewayError> {
+        let mut t = self.tenant(id).await?;
+        if let Some(Some(n)) = req.requests_per_minute {
+            if n > MAX_SLIDING_LIMIT {
+                return Err(GatewayError::invalid(format!(
+                    "requests_per_minute must be at most {MAX_SLIDING_LIMIT}"
+                )));
+            }
+        }
+        for (slot, value) in [
+            (&mut t.limits.requests_per_minute, req.requests_per_minute),
+            (&mut t.limits.requests_per_day, req.requests_per_day),
+            (&mut t.limits.requests_per_month, req.requests_per_month),
+        ] {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        self.save(&t).await?;
+        self.audit("tenant.limits", id, None);
+        Ok(body::json(StatusCode::OK, &t, false))
+    }
+
+    async fn set_status(&self, id: &str, req: SetStatus) -> Result<Response<Body>, GatewayError> {
+        let status = match req.status.as_str() {
+            "active" => TenantStatus::Active,
+            "suspended" => TenantStatus::Suspended,
+            _ => return Err(GatewayError::invalid("status must be active or suspended")),
+        };
+        let mut t = self.tenant(id).await?;
+        t.status = status;
+        self.save(&t).await?;
+        self.audit("tenant.status", id, None);
+        Ok(body::json(StatusCode::OK, &t, false))
+    }
+
+    async fn usage(&self, id: &str) -> Result<Response<Body>, GatewayError> {
+        let t = self.tenant(id).await?;
+        let now = now_ms();
+        let s = &self.state;
+        let usage = s.store_call(s.store.usage(&scope::tenant(id), now)).await?;
+        let tokens = s
+            .store_call(s.store.tokens_used(&scope::tenant_tokens(id), now))
+            .await?;
+        let tier = self
+            .rt
+            .config
+            .limits
+            .plans
+            .get(&t.tier)
+            .cloned()
+            .unwrap_or_default();
+        let plan = t.limits.apply(&tier);
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({
+                "tenant_id": t.id,
+                "tier": t.tier,
+                "daily_requests": usage.day,
+                "monthly_requests": usage.month,
+                "monthly_tokens": tokens,
+                "limits": {
+                    "requests_per_minute": plan.get(Window::Minute),
+                    "requests_per_day": plan.get(Window::Day),
+                    "requests_per_month": plan.get(Window::Month),
+                    "tokens_per_month": plan.tokens_per_month,
+                },
+            }),
+            false,
+        ))
+    }
+
+    async fn list_keys(&self, id: &str) -> Result<Response<Body>, GatewayError> {
+        self.tenant(id).await?;
+        let keys = self
+            .state
+            .store_call(self.state.store.list_api_keys(id))
+            .await?;
+        let views: Vec<ApiKeyView> = keys.iter().map(ApiKeyView::from).collect();
+        Ok(body::json(StatusCode::OK, &views, false))
+    }
+
+    fn scopes(scopes: Option<Vec<String>>) -> Result<Vec<String>, GatewayError> {
+        let Some(list) = scopes else {
+            return Ok(vec!["full".into()]);
+        };
+        if list.is_empty() || list.len() > 16 {
+            return Err(GatewayError::invalid("scopes must list 1 to 16 scopes"));
+        }
+        let mut set = BTreeSet::new();
+        for s in list {
+            let ok = !s.is_empty()
+                && s.len() <= 32
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if !ok {
+                return Err(GatewayError::invalid(
+                    "scopes are lower-case words such as chat, ingest, full",
+                ));
+            }
+            set.insert(s);
+        }
+        Ok(set.into_iter().collect())
+    }
+
+    async fn store_key(&self, record: ApiKeyRecord) -> Result<ApiKeyRecord, GatewayError> {
+        match self
+            .state
+            .store_raw(self.state.store.create_api_key(&record))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(GatewayError::invalid("a key with this hash already exists"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.state.keys.invalidate_key(&record.key_hash);
+        Ok(record)
+    }
+
+    async fn new_key(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        expires_in_days: Option<u64>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<(ApiKeyRecord, String), GatewayError> {
+        let name = check_name("name", name)?;
+        let now = unix_now();
+        let expires_at = match expires_in_days {
+            None => None,
+            Some(d @ 1..=3650) => Some(now + d * 86_400),
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "expires_in_days must be between 1 and 3650",
+                ))
+            }
+        };
+        let scopes = Self::scopes(scopes)?;
+        let generated = api_key::generate();
+        let record = ApiKeyRecord {
+            id: random_token("key_", 20),
+            tenant_id: tenant.id.clone(),
+            key_hash: generated.hash,
+            key_prefix: generated.prefix,
+            name,
+            scopes,
+            is_active: true,
+            created_at: now,
+            expires_at,
+            last_used_at: None,
+            imported: false,
+        };
+        let record = self.store_key(record).await?;
+        self.audit("api_key.create", &tenant.id, Some(&record.id));
+        Ok((record, generated.raw))
+    }
+
+    async fn create_key(&self, id: &str, req: CreateKey) -> Result<Response<Body>, GatewayError> {
+        let tenant = self.tenant(id).await?;
+        let (record, raw) = self
+            .new_key(&tenant, &req.name, req.expires_in_days, req.scopes)
+            .await?;
+        Ok(body::json(
+            StatusCode::CREATED,
+            &json!({"api_key": ApiKeyView::from(&record), "raw_key": raw, "warning": KEY_WARNING}),
+            true,
+        ))
+    }
+
+    async fn import_key(&self, id: &str, req: ImportKey) -> Result<Response<Body>, GatewayError> {
+        let tenant = self.tenant(id).await?;
+        let hash = req.key_hash.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(GatewayError::invalid(
+                "key_hash must be 64 hex digits (SHA-256 of the key)",
+            ));
+        }
+        let prefix = req.key_prefix.trim();
+        let prefix_ok = prefix.starts_with(api_key::KEY_PREFIX)
+            && prefix.len() <= api_key::DISPLAY_PREFIX_LEN
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !prefix_ok {
+            return Err(GatewayError::invalid(
+                "key_prefix must be the key's first characters (ares_..., at most 13)",
+            ));
+        }
+        let record = ApiKeyRecord {
+            id: random_token("key_", 20),
+            tenant_id: tenant.id.clone(),
+            key_hash: hash,
+            key_prefix: prefix.to_string(),
+            name: check_name("name", &req.name)?,
+            scopes: Self::scopes(req.scopes)?,
+            is_active: true,
+            created_at: unix_now(),
+            expires_at: None,
+            last_used_at: None,
+            imported: true,
+        };
+        let record = self.store_key(record).await?;
+        self.audit("api_key.import", &tenant.id, Some(&record.id));
+        Ok(body::json(
+            StatusCode::CREATED,
+            &json!({"api_key": ApiKeyView::from(&record)}),
+            false,
+        ))
+    }
+
+    async fn delete_key(&self, id: &str, key_id: &str) -> Result<Response<Body>, GatewayError> {
+        let record = self
+            .state
+            .store_call(self.state.store.delete_api_key(id, key_id))
+            .await?
+            .ok_or(GatewayError::NotFound)?;
+        self.state.keys.invalidate_key(&record.key_hash);
+        self.audit("api_key.revoke", id, Some(key_id));
+        Ok(no_content())
+    }
+
+    async fn provision(&self, req: Provision) -> Result<Response<Body>, GatewayError> {
+        // Validate everything before writing anything.
+        check_name("name", &req.name)?;
+        let key_name = req.api_key_name.unwrap_or_else(|| "default".into());
+        check_name("api_key_name", &key_name)?;
+        self.tier(req.tier.clone())?;
+        let tenant = Arc::new(self.new_tenant(&req.name, req.tier).await?);
+        let (record, raw) = self.new_key(&tenant, &key_name, None, None).await?;
+        Ok(body::json(
+            StatusCode::CREATED,
+            &json!({
+                "tenant_id": tenant.id,
+                "tenant_name": tenant.name,
+                "tier": tenant.tier,
+                "api_key_id": record.id,
+                "api_key_prefix": record.key_prefix,
+                "raw_api_key": raw,
+            }),
+            true,
+        ))
+    }
+}

@@ -1,0 +1,430 @@
+//! `/api/auth/*`: register, login, refresh, logout, me — exactly as the ARES auth docs show.
+//!
+//! Every endpoint here is limited per client IP; failed logins are also limited per
+//! (account, IP) and per account, counted only on failure, so a victim's account cannot be
+//! locked from one address.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::{check_name, segments};
+use crate::auth::password::{self, Password, MAX_PASSWORD_BYTES};
+use crate::auth::{self, random_token, unix_now, Identity};
+use crate::body::{self, Body};
+use crate::error::{GatewayError, StoreError};
+use crate::proxy::RequestContext;
+use crate::ratelimit::now_ms;
+use crate::state::{AppState, Runtime};
+use crate::store::{scope, RefreshRecord, User};
+
+const REFRESH_PREFIX: &str = "rt_";
+/// 43 alphanumerics carry 256 bits.
+const REFRESH_RANDOM_LEN: usize = 43;
+
+#[derive(Deserialize)]
+struct RegisterRequest {
+    email: String,
+    password: Password,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    email: String,
+    password: Password,
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+pub async fn handle(
+    state: &AppState,
+    rt: &Runtime,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let ip_scope = scope::auth_ip(&ctx.client_ip);
+    if let Some(d) = state
+        .rate_limit(&ip_scope, &rt.config.limits.auth_ip)
+        .await?
+    {
+        if let Some(window) = d.refused_by {
+            return Err(GatewayError::RateLimited {
+                window,
+                headers: d.headers,
+            });
+        }
+    }
+    let seg = segments(path, "/api/auth");
+    let method = req.method().clone();
+    let limit = rt.config.server.json_body_limit;
+    match (seg.as_slice(), &method) {
+        (["register"], &Method::POST) => {
+            register(state, rt, body::read_json(req.into_body(), limit).await?).await
+        }
+        (["login"], &Method::POST) => {
+            login(
+                state,
+                rt,
+                ctx,
+                body::read_json(req.into_body(), limit).await?,
+            )
+            .await
+        }
+        (["refresh"], &Method::POST) => {
+            refresh(state, rt, body::read_json(req.into_body(), limit).await?).await
+        }
+        (["logout"], &Method::POST) => {
+            let principal = match auth::bearer(req.headers()) {
+                Ok(Some(token)) => auth::authenticate_jwt(token, rt, state).await.ok(),
+                _ => None,
+            };
+            let body: RefreshRequest = body::read_json(req.into_body(), limit).await?;
+            logout(state, rt, body, principal).await
+        }
+        (["me"], &Method::GET) => me(state, rt, &req).await,
+        (["register" | "login" | "refresh" | "logout" | "me"], _) => {
+            Err(GatewayError::MethodNotAllowed)
+        }
+        _ => Err(GatewayError::NotFound),
+    }
+}
+
+/// Trim, lower-case and check an email address.
+pub fn normalize_email(raw: &str) -> Result<String, GatewayError> {
+    let email = raw.trim().to_lowercase();
+    let bad = || GatewayError::invalid("email is not a valid address");
+    if email.len() > 254 {
+        return Err(bad());
+    }
+    let (local, domain) = email.rsplit_once('@').ok_or_else(bad)?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    if local_ok && domain_ok {
+        Ok(email)
+    } else {
+        Err(bad())
+    }
+}
+
+/// A non-reversible handle for an email in limiter keys, so addresses never sit in counters.
+fn email_key(email: &str) -> String {
+    let d = Sha256::digest(email.as_bytes());
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_hash(token: &str) -> String {
+    crate::auth::api_key::hash(token)
+}
+
+async fn register(
+    state: &AppState,
+    _rt: &Runtime,
+    req: RegisterRequest,
+) -> Result<Response<Body>, GatewayError> {
+    // Every check that can fail runs before the (deliberately slow) hash.
+    let email = normalize_email(&req.email)?;
+    let name = check_name("name", &req.name)?;
+    password::check_policy(req.password.expose())?;
+    let user = User {
+        id: random_token("usr_", 24),
+        email,
+        name,
+        password_hash: state.passwords.hash(&req.password).await?,
+        created_at: unix_now(),
+    };
+    match state.store_raw(state.store.create_user(&user)).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Err(GatewayError::EmailTaken),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(user = %user.id, "user registered");
+    Ok(body::json(
+        StatusCode::CREATED,
+        &json!({"message": "Registration successful", "user_id": user.id}),
+        false,
+    ))
+}
+
+async fn login(
+    state: &AppState,
+    rt: &Runtime,
+    ctx: &RequestContext,
+    req: LoginRequest,
+) -> Result<Response<Body>, GatewayError> {
+    let limits = &rt.config.limits;
+    // Same answer for a malformed email as for a wrong password: no account probing.
+    let email = normalize_email(&req.email).map_err(|_| GatewayError::InvalidCredentials)?;
+    if req.password.expose().len() > MAX_PASSWORD_BYTES {
+        return Err(GatewayError::InvalidCredentials);
+    }
+    let ek = email_key(&email);
+    let per_account_ip = scope::login_account_ip(&ek, &ctx.client_ip);
+    let per_account = scope::login_account(&ek);
+    let now = now_ms();
+    for (scope, plan) in [
+        (&per_account_ip, &limits.login_failures_per_account_ip),
+        (&per_account, &limits.login_failures_per_account),
+    ] {
+        let windows = plan.windows();
+        if windows.is_empty() {
+            continue;
+        }
+        let d = state
+            .store_call(state.store.peek_rate_limit(scope, &windows, now))
+            .await?;
+        if let Some(window) = d.refused_by {
+            tracing::info!(reason = "login_failures", "login refused");
+            return Err(GatewayError::RateLimited {
+                window,
+                headers: d.headers,
+            });
+        }
+    }
+
+    let user = state
+        .store_call(state.store.get_user_by_email(&email))
+        .await?;
+    let verified = state
+        .passwords
+        .verify(
+            &req.password,
+            user.as_ref().map(|u| u.password_hash.as_str()),
+        )
+        .await?;
+    let Some(user) = user.filter(|_| verified.ok) else {
+        for (scope, plan) in [
+            (&per_account_ip, &limits.login_failures_per_account_ip),
+            (&per_account, &limits.login_failures_per_account),
+        ] {
+            let windows = plan.windows();
+            if !windows.is_empty() {
+                let _ = state
+                    .store_call(state.store.rate_limit(scope, &windows, now))
+                    .await;
+            }
+        }
+        tracing::info!(reason = "bad_credentials", "login refused");
+        return Err(GatewayError::InvalidCredentials);
+    };
+    if let Some(new_hash) = verified.rehash {
+        if let Err(e) = state
+            .store_call(state.store.set_password_hash(&user.id, &new_hash))
+            .await
+        {
+            tracing::warn!(user = %user.id, error = %e, "password rehash not stored");
+        }
+    }
+    let family = random_token("fam_", 22);
+    let (access, refresh) = issue_pair(state, rt, &user.id, &user.email, &family).await?;
+    tracing::info!(user = %user.id, "login");
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": rt.jwt.ttl_secs(),
+            "token_type": "Bearer",
+        }),
+        true,
+    ))
+}
+
+/// Issue an access token and store a new refresh token of `family`.
+async fn issue_pair(
+    state: &AppState,
+    rt: &Runtime,
+    user_id: &str,
+    email: &str,
+    family: &str,
+) -> Result<(String, String), GatewayError> {
+    let refresh = random_token(REFRESH_PREFIX, REFRESH_RANDOM_LEN);
+    let now = unix_now();
+    let record = RefreshRecord {
+        token_hash: token_hash(&refresh),
+        user_id: user_id.to_string(),
+        family_id: family.to_string(),
+        expires_at: now + rt.config.auth.refresh_token_ttl.as_secs(),
+        rotated_at: None,
+    };
+    state
+        .store_call(state.store.put_refresh_token(&record))
+        .await?;
+    let (access, _) = rt
+        .jwt
+        .issue(user_id, email, now)
+        .map_err(GatewayError::Internal)?;
+    Ok((access, refresh))
+}
+
+fn plausible_refresh_token(t: &str) -> bool {
+    t.starts_with(REFRESH_PREFIX) && t.len() <= 128
+}
+
+async fn refresh(
+    state: &AppState,
+    rt: &Runtime,
+    req: RefreshRequest,
+) -> Result<Response<Body>, GatewayError> {
+    if !plausible_refresh_token(&req.refresh_token) {
+        return Err(GatewayError::InvalidRefreshToken);
+    }
+    let hash = token_hash(&req.refresh_token);
+    let record = state
+        .store_call(state.store.get_refresh_token(&hash))
+        .await?
+        .ok_or(GatewayError::InvalidRefreshToken)?;
+    let user = state
+        .store_call(state.store.get_user(&record.user_id))
+        .await?
+        .ok_or(GatewayError::InvalidRefreshToken)?;
+    let cfg = &rt.config.auth;
+    let now = unix_now();
+    if !cfg.refresh_rotation {
+        let (access, _) = rt
+            .jwt
+            .issue(&user.id, &user.email, now)
+            .map_err(GatewayError::Internal)?;
+        return Ok(body::json(
+            StatusCode::OK,
+            &json!({"access_token": access, "expires_in": rt.jwt.ttl_secs()}),
+            true,
+        ));
+    }
+    if let Some(rotated_at) = state
+        .store_call(state.store.mark_refresh_rotated(&hash, now))
+        .await?
+    {
+        if now.saturating_sub(rotated_at) > cfg.refresh_reuse_grace.as_secs() {
+            // A rotated token came back: it leaked. Kill the whole family (RFC 9700).
+            state
+                .store_call(state.store.revoke_refresh_family(
+                    &record.family_id,
+                    now + cfg.refresh_token_ttl.as_secs(),
+                ))
+                .await?;
+            tracing::warn!(user = %user.id, reason = "refresh_reuse", "refresh token family revoked");
+            return Err(GatewayError::InvalidRefreshToken);
+        }
+    }
+    let (access, refresh) = issue_pair(state, rt, &user.id, &user.email, &record.family_id).await?;
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({"access_token": access, "refresh_token": refresh, "expires_in": rt.jwt.ttl_secs()}),
+        true,
+    ))
+}
+
+async fn logout(
+    state: &AppState,
+    rt: &Runtime,
+    req: RefreshRequest,
+    principal: Option<auth::Principal>,
+) -> Result<Response<Body>, GatewayError> {
+    let now = unix_now();
+    if plausible_refresh_token(&req.refresh_token) {
+        let hash = token_hash(&req.refresh_token);
+        if let Some(record) = state
+            .store_call(state.store.get_refresh_token(&hash))
+            .await?
+        {
+            let until = now + rt.config.auth.refresh_token_ttl.as_secs();
+            state
+                .store_call(state.store.revoke_refresh_family(&record.family_id, until))
+                .await?;
+        }
+    }
+    if let Some(Identity::User(claims)) = principal.as_ref().map(|p| p.identity()) {
+        if let Some(jti) = &claims.jti {
+            let until = claims.exp + rt.config.auth.jwt_leeway.as_secs();
+            state.store_call(state.store.revoke_jti(jti, until)).await?;
+        }
+    }
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({"message": "Logged out successfully"}),
+        false,
+    ))
+}
+
+async fn me(
+    state: &AppState,
+    rt: &Runtime,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::bearer(req.headers())?.ok_or(GatewayError::MissingCredentials)?;
+    let principal = auth::authenticate_jwt(token, rt, state).await?;
+    let Identity::User(claims) = principal.identity() else {
+        return Err(GatewayError::InvalidToken);
+    };
+    let user = state
+        .store_call(state.store.get_user(&claims.sub))
+        .await?
+        .ok_or(GatewayError::InvalidToken)?;
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({"user_id": user.id, "email": user.email, "name": user.name, "created_at": user.created_at}),
+        true,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lowered_and_checked() {
+        assert_eq!(
+            normalize_email("  Dev@Example.COM ").unwrap(),
+            "dev@example.com"
+        );
+        assert_eq!(
+            normalize_email("a.b+tag@sub.example.org").unwrap(),
+            "a.b+tag@sub.example.org"
+        );
+        for bad in [
+            "",
+            "plain",
+            "@x.com",
+            "a@",
+            "a@com",
+            "a@@x.com",
+            "a b@x.com",
+            "a@x..com",
+            ".a@x.com",
+            "a@-x.com",
+            "a\r\n@x.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_email(&format!("{}@x.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn email_keys_do_not_contain_the_address() {
+        let k = email_key("dev@example.com");
+        assert_eq!(k.len(), 24);
+        assert!(!k.contains("example"));
+    }
+}

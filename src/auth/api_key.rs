@@ -1,0 +1,317 @@
+//! API keys: format, checksum, hashing, and the lookup cache in front of the store.
+//!
+//! Format: `ares_` + 43 alphanumerics (256 bits from the OS-seeded CSPRNG) + 6 alphanumerics of
+//! checksum (the first 32 bits of SHA-256 over the rest). A mistyped or random key fails the
+//! checksum and is refused without touching the store. Keys imported from ARES (`ares_` + 64
+//! hex) carry no checksum; they go to the store, behind the negative cache.
+//! Only the SHA-256 (hex) of a whole key is stored, with its first 13 characters for display.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+use crate::store::{ApiKeyRecord, Tenant};
+
+pub const KEY_PREFIX: &str = "ares_";
+const BODY_LEN: usize = 43;
+const CHECK_LEN: usize = 6;
+pub const KEY_LEN: usize = KEY_PREFIX.len() + BODY_LEN + CHECK_LEN;
+/// Characters shown in listings (`key_prefix`).
+pub const DISPLAY_PREFIX_LEN: usize = 13;
+/// Negative-cache entries kept at most; beyond it the oldest half is dropped.
+const NEGATIVE_CAP: usize = 50_000;
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A freshly generated key: shown once, then only its hash is kept.
+pub struct NewKey {
+    pub raw: String,
+    pub hash: String,
+    pub prefix: String,
+}
+
+fn checksum(body: &str) -> String {
+    let d = Sha256::digest(body.as_bytes());
+    let mut n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as u64;
+    let mut out = [b'0'; CHECK_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn generate() -> NewKey {
+    let body = format!("{KEY_PREFIX}{}", super::random_token("", BODY_LEN));
+    let raw = format!("{body}{}", checksum(&body));
+    NewKey {
+        hash: hash(&raw),
+        prefix: raw[..DISPLAY_PREFIX_LEN].to_string(),
+        raw,
+    }
+}
+
+/// SHA-256 (hex) of the whole key: what the store indexes.
+pub fn hash(raw: &str) -> String {
+    let d = Sha256::digest(raw.as_bytes());
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+    }
+    s
+}
+
+/// What a presented key looks like before any lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyShape {
+    /// Ours, checksum valid.
+    Native,
+    /// `ares_` + 64 hex, as ARES issues: no checksum to test.
+    Legacy,
+    /// Anything else: refused without a lookup.
+    Invalid,
+}
+
+pub fn shape(raw: &str) -> KeyShape {
+    let Some(rest) = raw.strip_prefix(KEY_PREFIX) else {
+        return KeyShape::Invalid;
+    };
+    if rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return KeyShape::Legacy;
+    }
+    if raw.len() == KEY_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let (body, check) = raw.split_at(KEY_LEN - CHECK_LEN);
+        // The checksum is not a secret; a plain compare is fine.
+        if checksum(body) == check {
+            return KeyShape::Native;
+        }
+    }
+    KeyShape::Invalid
+}
+
+/// Local cache of key and tenant lookups, so a hot key costs no store round trip.
+///
+/// Positive entries live `ttl`; misses are remembered (bounded) so random keys cannot hammer the
+/// store. Changes made on this replica invalidate entries at once.
+pub struct KeyCache {
+    ttl: Duration,
+    keys: DashMap<String, (Arc<ApiKeyRecord>, Instant)>,
+    missing: DashMap<String, Instant>,
+    tenants: DashMap<String, (Arc<Tenant>, Instant)>,
+    /// `last_used_at` updates waiting for the next batch write.
+    pending_touch: DashMap<String, u64>,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            keys: DashMap::new(),
+            missing: DashMap::new(),
+            tenants: DashMap::new(),
+            pending_touch: DashMap::new(),
+        }
+    }
+
+    pub fn key(&self, hash: &str) -> Option<Arc<ApiKeyRecord>> {
+        let entry = self.keys.get(hash)?;
+        (entry.1.elapsed() < self.ttl).then(|| entry.0.clone())
+    }
+
+    /// Any cached copy regardless of age: used only when the store is unreachable.
+    pub fn stale_key(&self, hash: &str, max_age: Duration) -> Option<Arc<ApiKeyRecord>> {
+        let entry = self.keys.get(hash)?;
+        (entry.1.elapsed() < max_age).then(|| entry.0.clone())
+    }
+
+    pub fn is_known_missing(&self, hash: &str) -> bool {
+        self.missing
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    pub fn put_key(&self, record: Arc<ApiKeyRecord>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.missing.remove(&record.key_hash);
+        self.keys
+            .insert(record.key_hash.clone(), (record, Instant::now()));
+    }
+
+    pub fn put_missing(&self, hash: &str) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if self.missing.len() >= NEGATIVE_CAP {
+            let cutoff = self.ttl / 2;
+            self.missing.retain(|_, at| at.elapsed() < cutoff);
+            if self.missing.len() >= NEGATIVE_CAP {
+                self.missing.clear();
+            }
+        }
+        self.missing.insert(hash.to_string(), Instant::now());
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        let entry = self.tenants.get(id)?;
+        (entry.1.elapsed() < self.ttl).then(|| entry.0.clone())
+    }
+
+    pub fn stale_tenant(&self, id: &str, max_age: Duration) -> Option<Arc<Tenant>> {
+        let entry = self.tenants.get(id)?;
+        (entry.1.elapsed() < max_age).then(|| entry.0.clone())
+    }
+
+    pub fn put_tenant(&self, tenant: Arc<Tenant>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.tenants
+            .insert(tenant.id.clone(), (tenant, Instant::now()));
+    }
+
+    /// A key was created, imported, or deleted.
+    pub fn invalidate_key(&self, hash: &str) {
+        self.keys.remove(hash);
+        self.missing.remove(hash);
+    }
+
+    /// A tenant changed or was deleted: drop it and every cached key of it.
+    pub fn invalidate_tenant(&self, id: &str) {
+        self.tenants.remove(id);
+        self.keys.retain(|_, (k, _)| k.tenant_id != id);
+    }
+
+    /// Drop everything (after a lost invalidation stream).
+    pub fn clear(&self) {
+        self.keys.clear();
+        self.missing.clear();
+        self.tenants.clear();
+    }
+
+    pub fn touch(&self, hash: &str, at: u64) {
+        self.pending_touch.insert(hash.to_string(), at);
+    }
+
+    /// Take the pending `last_used_at` updates.
+    pub fn drain_touches(&self) -> Vec<(String, u64)> {
+        let keys: Vec<String> = self.pending_touch.iter().map(|e| e.key().clone()).collect();
+        keys.into_iter()
+            .filter_map(|k| self.pending_touch.remove(&k))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_documented_shape() {
+        let k = generate();
+        assert_eq!(k.raw.len(), KEY_LEN);
+        assert!(k.raw.starts_with("ares_"));
+        assert!(k.raw[5..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(k.prefix, &k.raw[..13]);
+        assert_eq!(k.hash, hash(&k.raw));
+        assert_eq!(k.hash.len(), 64);
+        assert_eq!(shape(&k.raw), KeyShape::Native);
+        assert_ne!(generate().raw, k.raw);
+    }
+
+    #[test]
+    fn hash_is_sha256_hex_of_the_whole_key() {
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn every_single_character_typo_fails_the_checksum() {
+        let k = generate();
+        let bytes = k.raw.as_bytes();
+        let mut caught = 0;
+        let mut total = 0;
+        for i in 5..bytes.len() {
+            for &c in [b'0', b'a', b'Z'].iter() {
+                if bytes[i] == c {
+                    continue;
+                }
+                let mut typo = bytes.to_vec();
+                typo[i] = c;
+                total += 1;
+                if shape(std::str::from_utf8(&typo).unwrap()) == KeyShape::Invalid {
+                    caught += 1;
+                }
+            }
+        }
+        assert_eq!(caught, total);
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(
+            shape(&format!("ares_{}", "ab12".repeat(16))),
+            KeyShape::Legacy
+        );
+        assert_eq!(shape("ares_k7Gx9mPqR2vLwN4s"), KeyShape::Invalid);
+        assert_eq!(shape("eyJhbGciOiJIUzI1NiJ9.e30.x"), KeyShape::Invalid);
+        assert_eq!(shape(""), KeyShape::Invalid);
+        assert_eq!(
+            shape(&format!("ares_{}", "é".repeat(24))),
+            KeyShape::Invalid
+        );
+    }
+
+    fn record(hash: &str, tenant: &str) -> Arc<ApiKeyRecord> {
+        let mut r = crate::store::suite::key("k1", tenant, hash);
+        r.key_hash = hash.into();
+        Arc::new(r)
+    }
+
+    #[test]
+    fn cache_expires_and_invalidates() {
+        let c = KeyCache::new(Duration::from_millis(50));
+        c.put_key(record("h1", "t1"));
+        c.put_key(record("h2", "t2"));
+        assert!(c.key("h1").is_some());
+        c.invalidate_tenant("t1");
+        assert!(c.key("h1").is_none());
+        assert!(c.key("h2").is_some());
+        c.invalidate_key("h2");
+        assert!(c.key("h2").is_none());
+        c.put_missing("h3");
+        assert!(c.is_known_missing("h3"));
+        c.put_key(record("h3", "t1"));
+        assert!(!c.is_known_missing("h3"), "creating a key clears its miss");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.key("h3").is_none());
+        assert!(c.stale_key("h3", Duration::from_secs(5)).is_some());
+    }
+
+    #[test]
+    fn negative_cache_is_bounded() {
+        let c = KeyCache::new(Duration::from_secs(60));
+        for i in 0..(NEGATIVE_CAP + 10) {
+            c.put_missing(&format!("h{i}"));
+        }
+        assert!(c.missing.len() <= NEGATIVE_CAP);
+    }
+
+    #[test]
+    fn touches_are_batched() {
+        let c = KeyCache::new(Duration::from_secs(60));
+        c.touch("h1", 5);
+        c.touch("h1", 6);
+        c.touch("h2", 7);
+        let mut t = c.drain_touches();
+        t.sort();
+        assert_eq!(t, vec![("h1".to_string(), 6), ("h2".to_string(), 7)]);
+        assert!(c.drain_touches().is_empty());
+    }
+}

@@ -1,0 +1,381 @@
+//! Access tokens: HS256 JWTs issued and verified locally.
+//!
+//! One active key signs (its `kid` is derived from the key, so no config names it); older keys
+//! listed in `jwt_previous_secrets` still verify until removed. A token without `kid` is tried
+//! against the active key only, so tokens ARES issues with the shared secret also pass.
+//! `iss`, `sub` and `exp` are required, `nbf` is honoured, only HS256 is accepted (never `none`),
+//! leeway is at most 60 s, and a token larger than [`MAX_TOKEN_BYTES`] is refused before decoding.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{AuthConfig, Secret};
+
+/// Refuse larger tokens before base64 or JSON work.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The claims we issue and read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+struct VerifyKey {
+    kid: String,
+    key: DecodingKey,
+}
+
+/// Signing and verification keys, with the validation rules pinned.
+pub struct JwtKeys {
+    active_kid: String,
+    encoding: EncodingKey,
+    verify: Vec<VerifyKey>,
+    validation: Validation,
+    issuer: String,
+    audience: Option<String>,
+    ttl_secs: u64,
+}
+
+fn kid_of(secret: &Secret) -> String {
+    // A short digest identifies the key without revealing it.
+    let digest = Sha256::digest(secret.expose().as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("k{hex}")
+}
+
+impl JwtKeys {
+    pub fn new(cfg: &AuthConfig) -> Self {
+        let mut verify = vec![VerifyKey {
+            kid: kid_of(&cfg.jwt_secret),
+            key: DecodingKey::from_secret(cfg.jwt_secret.expose().as_bytes()),
+        }];
+        for old in &cfg.jwt_previous_secrets {
+            verify.push(VerifyKey {
+                kid: kid_of(old),
+                key: DecodingKey::from_secret(old.expose().as_bytes()),
+            });
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = cfg.jwt_leeway.as_secs().min(60);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[cfg.jwt_issuer.as_str()]);
+        match &cfg.jwt_audience {
+            Some(aud) => {
+                // jsonwebtoken only checks `aud` when present unless it is required.
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+                validation.set_audience(&[aud.as_str()]);
+            }
+            // An `aud` we were not told about is refused, as ARES does.
+            None => {
+                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+                validation.validate_aud = true;
+            }
+        }
+        JwtKeys {
+            active_kid: verify[0].kid.clone(),
+            encoding: EncodingKey::from_secret(cfg.jwt_secret.expose().as_bytes()),
+            verify,
+            validation,
+            issuer: cfg.jwt_issuer.clone(),
+            audience: cfg.jwt_audience.clone(),
+            ttl_secs: cfg.access_token_ttl.as_secs(),
+        }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// Issue an access token; returns it with its claims.
+    pub fn issue(&self, user_id: &str, email: &str, now: u64) -> Result<(String, Claims), String> {
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: user_id.to_string(),
+            email: email.to_string(),
+            iat: now,
+            exp: now + self.ttl_secs,
+            jti: Some(super::random_token("", 22)),
+            nbf: None,
+            aud: self.audience.clone(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.active_kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map(|t| (t, claims))
+            .map_err(|e| format!("signing failed: {e}"))
+    }
+
+    /// Verify a token; the reason for a refusal is for the log, never the client.
+    pub fn verify(&self, token: &str) -> Result<Claims, &'static str> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err("token too large");
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
+        if header.alg != Algorithm::HS256 {
+            return Err("algorithm not allowed");
+        }
+        let key = match header.kid.as_deref() {
+            None => &self.verify[0],
+            Some(kid) => self
+                .verify
+                .iter()
+                .find(|k| k.kid == kid)
+                .ok_or("unknown kid")?,
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "expired",
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => "not yet valid",
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature",
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer",
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience",
+                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => "missing claim",
+                _ => "invalid token",
+            },
+        )?;
+        let c = data.claims;
+        // These become upstream headers: keep them short and printable.
+        let printable = |s: &str| s.bytes().all(|b| (0x21..0x7f).contains(&b));
+        if c.sub.is_empty() || c.sub.len() > 128 || !printable(&c.sub) {
+            return Err("bad sub");
+        }
+        if c.email.len() > 320 || !printable(&c.email) && !c.email.is_empty() {
+            return Err("bad email claim");
+        }
+        if c.jti.as_deref().is_some_and(|j| j.len() > 128) {
+            return Err("bad jti");
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use std::time::Duration;
+
+    pub(crate) fn cfg(secret: &str) -> AuthConfig {
+        AuthConfig {
+            admin_secrets: vec![],
+            admin_secret_generated: false,
+            jwt_secret: Secret::new(secret.into()),
+            jwt_secret_generated: false,
+            jwt_previous_secrets: vec![],
+            jwt_issuer: "ares-gateway".into(),
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(30),
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(3600),
+            refresh_rotation: false,
+            refresh_reuse_grace: Duration::from_secs(5),
+            password_hash_concurrency: 1,
+        }
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        crate::auth::unix_now()
+    }
+
+    fn forge(header: serde_json::Value, claims: serde_json::Value, key: &[u8]) -> String {
+        use hmac_free::sign;
+        let h = URL_SAFE_NO_PAD.encode(header.to_string());
+        let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let input = format!("{h}.{c}");
+        format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(sign(key, input.as_bytes()))
+        )
+    }
+
+    /// HMAC built from sha2 so tests can forge tokens with any header.
+    mod hmac_free {
+        use sha2::{Digest, Sha256, Sha384};
+        pub fn sign(key: &[u8], msg: &[u8]) -> Vec<u8> {
+            hmac::<Sha256>(key, msg, 64)
+        }
+        pub fn sign384(key: &[u8], msg: &[u8]) -> Vec<u8> {
+            hmac::<Sha384>(key, msg, 128)
+        }
+        fn hmac<D: Digest>(key: &[u8], msg: &[u8], block: usize) -> Vec<u8> {
+            let mut k = key.to_vec();
+            k.resize(block, 0);
+            let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+            let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+            let inner = D::new().chain_update(&ipad).chain_update(msg).finalize();
+            D::new()
+                .chain_update(&opad)
+                .chain_update(inner)
+                .finalize()
+                .to_vec()
+        }
+    }
+
+    fn good_claims() -> serde_json::Value {
+        serde_json::json!({"iss":"ares-gateway","sub":"usr_1","email":"a@b.c","iat":now(),"exp":now()+600,"jti":"j1"})
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_carry_the_contract_claims() {
+        let keys = JwtKeys::new(&cfg(SECRET));
+        let (token, claims) = keys.issue("usr_1", "a@b.c", now()).unwrap();
+        let got = keys.verify(&token).unwrap();
+        assert_eq!(got, claims);
+        assert_eq!(got.exp - got.iat, 900);
+        assert!(got.aud.is_none());
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::HS256);
+        assert!(header.kid.unwrap().starts_with('k'));
+    }
+
+    #[test]
+    fn attacks_are_refused() {
+        let keys = JwtKeys::new(&cfg(SECRET));
+        let k = SECRET.as_bytes();
+        let hs = serde_json::json!({"alg":"HS256","typ":"JWT"});
+        // Baseline: a forged-but-correct token passes, so the refusals below are meaningful.
+        assert!(keys.verify(&forge(hs.clone(), good_claims(), k)).is_ok());
+
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let h = URL_SAFE_NO_PAD.encode(format!("{{\"alg\":\"{alg}\",\"typ\":\"JWT\"}}"));
+            let c = URL_SAFE_NO_PAD.encode(good_claims().to_string());
+            assert!(keys.verify(&format!("{h}.{c}.")).is_err(), "alg {alg}");
+        }
+        let h384 = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS384","typ":"JWT"}"#);
+        let c = URL_SAFE_NO_PAD.encode(good_claims().to_string());
+        let input = format!("{h384}.{c}");
+        let sig = URL_SAFE_NO_PAD.encode(hmac_free::sign384(k, input.as_bytes()));
+        assert!(keys.verify(&format!("{input}.{sig}")).is_err(), "HS384");
+
+        assert!(keys
+            .verify(&forge(
+                hs.clone(),
+                good_claims(),
+                b"another-key-another-key-another-k"
+            ))
+            .is_err());
+        let mut tampered = forge(hs.clone(), good_claims(), k);
+        let other = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"iss":"ares-gateway","sub":"usr_admin","exp":now()+600}).to_string(),
+        );
+        let parts: Vec<&str> = tampered.split('.').collect();
+        tampered = format!("{}.{}.{}", parts[0], other, parts[2]);
+        assert!(keys.verify(&tampered).is_err(), "tampered payload");
+
+        let mut no_exp = good_claims();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(
+            keys.verify(&forge(hs.clone(), no_exp, k)).is_err(),
+            "no exp"
+        );
+        let mut str_exp = good_claims();
+        str_exp["exp"] = serde_json::json!("9999999999");
+        assert!(
+            keys.verify(&forge(hs.clone(), str_exp, k)).is_err(),
+            "string exp"
+        );
+        let mut expired = good_claims();
+        expired["exp"] = serde_json::json!(now() - 120);
+        assert!(
+            keys.verify(&forge(hs.clone(), expired, k)).is_err(),
+            "expired"
+        );
+        let mut future = good_claims();
+        future["nbf"] = serde_json::json!(now() + 3600);
+        assert!(
+            keys.verify(&forge(hs.clone(), future, k)).is_err(),
+            "future nbf"
+        );
+        let mut iss = good_claims();
+        iss["iss"] = serde_json::json!("someone-else");
+        assert!(
+            keys.verify(&forge(hs.clone(), iss, k)).is_err(),
+            "wrong iss"
+        );
+        let mut no_sub = good_claims();
+        no_sub.as_object_mut().unwrap().remove("sub");
+        assert!(
+            keys.verify(&forge(hs.clone(), no_sub, k)).is_err(),
+            "no sub"
+        );
+        let mut aud = good_claims();
+        aud["aud"] = serde_json::json!("elsewhere");
+        assert!(
+            keys.verify(&forge(hs.clone(), aud, k)).is_err(),
+            "unexpected aud"
+        );
+        let mut crlf = good_claims();
+        crlf["email"] = serde_json::json!("a@b.c\r\nX-Tenant-Id: t1");
+        assert!(
+            keys.verify(&forge(hs.clone(), crlf, k)).is_err(),
+            "header injection"
+        );
+
+        for kid in ["../../etc/passwd", "' OR 1=1 --", "k000000000000"] {
+            let h = serde_json::json!({"alg":"HS256","typ":"JWT","kid":kid});
+            assert!(
+                keys.verify(&forge(h, good_claims(), k)).is_err(),
+                "kid {kid}"
+            );
+        }
+        assert!(keys
+            .verify("rt_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+            .is_err());
+        assert!(keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn leeway_tolerates_small_skew_only() {
+        let keys = JwtKeys::new(&cfg(SECRET));
+        let hs = serde_json::json!({"alg":"HS256"});
+        let mut c = good_claims();
+        c["exp"] = serde_json::json!(now() - 10);
+        assert!(keys
+            .verify(&forge(hs.clone(), c, SECRET.as_bytes()))
+            .is_ok());
+    }
+
+    #[test]
+    fn previous_keys_verify_until_removed() {
+        let old = "old-secret-old-secret-old-secret-0";
+        let old_keys = JwtKeys::new(&cfg(old));
+        let (token, _) = old_keys.issue("usr_1", "a@b.c", now()).unwrap();
+        let mut rotated = cfg(SECRET);
+        rotated.jwt_previous_secrets = vec![Secret::new(old.into())];
+        assert!(JwtKeys::new(&rotated).verify(&token).is_ok());
+        assert!(JwtKeys::new(&cfg(SECRET)).verify(&token).is_err());
+    }
+
+    #[test]
+    fn configured_audience_is_issued_and_required() {
+        let mut c = cfg(SECRET);
+        c.jwt_audience = Some("ares".into());
+        let keys = JwtKeys::new(&c);
+        let (token, claims) = keys.issue("usr_1", "a@b.c", now()).unwrap();
+        assert_eq!(claims.aud.as_deref(), Some("ares"));
+        assert!(keys.verify(&token).is_ok());
+        let plain = JwtKeys::new(&cfg(SECRET))
+            .issue("usr_1", "a@b.c", now())
+            .unwrap()
+            .0;
+        assert!(keys.verify(&plain).is_err());
+    }
+}

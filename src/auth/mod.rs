@@ -1,0 +1,304 @@
+//! Who is calling: [`authenticate`] turns a route's credential rule and the request headers into
+//! a [`Principal`], and [`authorize`] checks what that principal may do on the route.
+//!
+//! A `Principal` can only be built in this module, and forwarding takes one, so an
+//! unauthenticated request cannot reach a protected upstream by accident.
+
+pub mod admin;
+pub mod api_key;
+pub mod jwt;
+pub mod password;
+
+use std::sync::Arc;
+
+use http::header::{HeaderMap, AUTHORIZATION};
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::error::GatewayError;
+use crate::route::{AuthKind, Route};
+use crate::state::{AppState, Runtime};
+use crate::store::{ApiKeyRecord, Tenant, TenantStatus};
+
+pub use jwt::Claims;
+
+/// Who a request is, as established by [`authenticate`]. Fields are private to this module.
+#[derive(Debug, Clone)]
+pub struct Principal(Identity);
+
+/// The kinds of caller.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// A route without a credential rule.
+    Anonymous,
+    /// An API key of an active tenant.
+    ApiKey {
+        tenant: Arc<Tenant>,
+        key: Arc<ApiKeyRecord>,
+    },
+    /// A user holding a valid access token.
+    User(Box<Claims>),
+    /// A holder of the admin secret (index into the configured list, for the audit log).
+    Admin { secret_index: usize },
+}
+
+impl Principal {
+    pub fn identity(&self) -> &Identity {
+        &self.0
+    }
+
+    /// The tenant or user id, for logs.
+    pub fn subject(&self) -> &str {
+        match &self.0 {
+            Identity::Anonymous => "-",
+            Identity::ApiKey { tenant, .. } => &tenant.id,
+            Identity::User(c) => &c.sub,
+            Identity::Admin { .. } => "admin",
+        }
+    }
+
+    pub fn auth_method(&self) -> Option<&'static str> {
+        match &self.0 {
+            Identity::Anonymous => None,
+            Identity::ApiKey { .. } => Some("api_key"),
+            Identity::User(_) => Some("jwt"),
+            Identity::Admin { .. } => Some("admin"),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `prefix` + `len` alphanumerics from the thread-local CSPRNG (ChaCha, seeded by the OS).
+pub fn random_token(prefix: &str, len: usize) -> String {
+    let mut s = String::with_capacity(prefix.len() + len);
+    s.push_str(prefix);
+    Alphanumeric.append_string(&mut rand::rng(), &mut s, len);
+    s
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme word in any case).
+///
+/// `Ok(None)` when there is no Authorization header; `Err` when it is there but unusable
+/// (another scheme, several headers, empty token).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::InvalidToken);
+    }
+    let text = value.to_str().map_err(|_| GatewayError::InvalidToken)?;
+    let (scheme, token) = text.split_once(' ').ok_or(GatewayError::InvalidToken)?;
+    let token = token.trim_matches(' ');
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(GatewayError::InvalidToken);
+    }
+    Ok(Some(token))
+}
+
+/// The `access_token` query parameter, on routes that allow it (EventSource cannot set headers).
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .filter(|t| !t.is_empty())
+}
+
+/// Establish who the caller is, by the route's rule.
+pub async fn authenticate(
+    route: &Route,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    rt: &Runtime,
+    state: &AppState,
+) -> Result<Principal, GatewayError> {
+    match route.auth {
+        AuthKind::None => Ok(Principal(Identity::Anonymous)),
+        AuthKind::Admin => authenticate_admin(headers, rt),
+        AuthKind::Jwt => {
+            let token = match bearer(headers)? {
+                Some(t) => t,
+                None if route.query_token => {
+                    query_token(query).ok_or(GatewayError::MissingCredentials)?
+                }
+                None => return Err(GatewayError::MissingCredentials),
+            };
+            authenticate_jwt(token, rt, state).await
+        }
+        AuthKind::ApiKey => {
+            let token = bearer(headers)
+                .map_err(|_| GatewayError::InvalidApiKey)?
+                .ok_or(GatewayError::MissingCredentials)?;
+            authenticate_key(token, state).await
+        }
+    }
+}
+
+pub fn authenticate_admin(headers: &HeaderMap, rt: &Runtime) -> Result<Principal, GatewayError> {
+    let mut values = headers.get_all("x-admin-secret").iter();
+    let value = values.next().ok_or(GatewayError::MissingCredentials)?;
+    if values.next().is_some() {
+        return Err(GatewayError::InvalidAdminSecret);
+    }
+    rt.admin
+        .verify(value.as_bytes())
+        .map(|secret_index| Principal(Identity::Admin { secret_index }))
+        .ok_or(GatewayError::InvalidAdminSecret)
+}
+
+/// Verify an access token and check it was not revoked (logout).
+pub async fn authenticate_jwt(
+    token: &str,
+    rt: &Runtime,
+    state: &AppState,
+) -> Result<Principal, GatewayError> {
+    let claims = rt.jwt.verify(token).map_err(|reason| {
+        tracing::debug!(reason, "access token refused");
+        GatewayError::InvalidToken
+    })?;
+    if let Some(jti) = &claims.jti {
+        match state.store_call(state.store.is_jti_revoked(jti)).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::debug!(reason = "revoked", "access token refused");
+                return Err(GatewayError::InvalidToken);
+            }
+            // A logout cannot have been recorded while the store is down either; refusing every
+            // user for the length of an outage would be worse. Logged, and visible in metrics.
+            Err(e) => tracing::warn!(error = %e, "revocation check skipped: store unavailable"),
+        }
+    }
+    Ok(Principal(Identity::User(Box::new(claims))))
+}
+
+/// Look an API key up (format and checksum first, then the caches, then the store).
+pub async fn authenticate_key(raw: &str, state: &AppState) -> Result<Principal, GatewayError> {
+    if api_key::shape(raw) == api_key::KeyShape::Invalid {
+        return Err(GatewayError::InvalidApiKey);
+    }
+    let hash = api_key::hash(raw);
+    let cache = &state.keys;
+    let key = match cache.key(&hash) {
+        Some(k) => k,
+        None if cache.is_known_missing(&hash) => return Err(GatewayError::InvalidApiKey),
+        None => match state.store_call(state.store.get_api_key(&hash)).await {
+            Ok(Some(k)) => {
+                let k = Arc::new(k);
+                cache.put_key(k.clone());
+                k
+            }
+            Ok(None) => {
+                cache.put_missing(&hash);
+                return Err(GatewayError::InvalidApiKey);
+            }
+            // Keys validated within the last cache TTL keep working through an outage;
+            // unknown keys never pass.
+            Err(e) => cache.stale_key(&hash, state.outage_grace()).ok_or(e)?,
+        },
+    };
+    let now = unix_now();
+    if !key.is_active || key.expires_at.is_some_and(|exp| exp <= now) {
+        return Err(GatewayError::InvalidApiKey);
+    }
+    let tenant = tenant(&key.tenant_id, state).await?;
+    let Some(tenant) = tenant else {
+        return Err(GatewayError::InvalidApiKey);
+    };
+    if tenant.status == TenantStatus::Suspended {
+        return Err(GatewayError::TenantSuspended);
+    }
+    cache.touch(&key.key_hash, now);
+    Ok(Principal(Identity::ApiKey { tenant, key }))
+}
+
+async fn tenant(id: &str, state: &AppState) -> Result<Option<Arc<Tenant>>, GatewayError> {
+    if let Some(t) = state.keys.tenant(id) {
+        return Ok(Some(t));
+    }
+    match state.store_call(state.store.get_tenant(id)).await {
+        Ok(Some(t)) => {
+            let t = Arc::new(t);
+            state.keys.put_tenant(t.clone());
+            Ok(Some(t))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => match state.keys.stale_tenant(id, state.outage_grace()) {
+            Some(t) => Ok(Some(t)),
+            None => Err(e),
+        },
+    }
+}
+
+/// What the principal may do on this route: API keys need the route's scope or `full`.
+pub fn authorize(route: &Route, principal: &Principal) -> Result<(), GatewayError> {
+    if let (Some(scope), Identity::ApiKey { key, .. }) = (&route.required_scope, &principal.0) {
+        let allowed = key.scopes.iter().any(|s| s == scope || s == "full");
+        if !allowed {
+            return Err(GatewayError::Forbidden);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_strict() {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let h = headers(&[("authorization", &format!("{scheme} tok"))]);
+            assert_eq!(bearer(&h).unwrap(), Some("tok"));
+        }
+        assert_eq!(bearer(&headers(&[])).unwrap(), None);
+        for bad in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Token x",
+        ] {
+            assert!(
+                bearer(&headers(&[("authorization", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert!(bearer(&two).is_err());
+    }
+
+    #[test]
+    fn query_token_is_found_only_by_exact_name() {
+        assert_eq!(query_token(Some("a=1&access_token=xyz")), Some("xyz"));
+        assert_eq!(query_token(Some("my_access_token=xyz")), None);
+        assert_eq!(query_token(Some("access_token=")), None);
+        assert_eq!(query_token(None), None);
+    }
+
+    #[test]
+    fn random_tokens_are_long_and_distinct() {
+        let a = random_token("rt_", 43);
+        assert_eq!(a.len(), 46);
+        assert!(a[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(a, random_token("rt_", 43));
+    }
+}

@@ -1,0 +1,142 @@
+//! ares-gateway: the authentication gateway and reverse proxy in front of ARES.
+//!
+//! # Layout
+//!
+//! ```text
+//! main.rs           clap commands (serve, check, demo); tracing init
+//! lib.rs            this map, and `Gateway::start` (bind + serve + housekeeping)
+//! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
+//! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Runtime
+//! server.rs         accept loop, connection permit, hyper-util auto builder, drain
+//! pipeline.rs       handle(): the request pipeline, step by step. Read this first
+//! route.rs          path normalisation; RouteTable::classify (longest prefix on segments)
+//! auth/mod.rs       Principal; authenticate(); authorize(); bearer parsing
+//! auth/api_key.rs   key format + checksum, hashing, the key/tenant cache
+//! auth/jwt.rs       JwtKeys: issue(), verify()
+//! auth/admin.rs     constant-time admin secret check
+//! auth/password.rs  argon2id on spawn_blocking behind a semaphore; password policy
+//! store/mod.rs      trait Store and its records; the shared store test suite
+//! store/memory.rs   the embedded default store
+//! ratelimit.rs      windows, plans, the exact local limiter, RateLimit-* headers
+//! proxy.rs          header hygiene, identity headers, streaming forward
+//! api/auth.rs       /api/auth/*
+//! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
+//! api/mod.rs        /healthz, /readyz
+//! error.rs          GatewayError and its one into_response()
+//! body.rs           Body alias, JSON helpers, the idle-timeout body
+//! demo.rs           the `demo` command's echo upstream and walkthrough
+//! ```
+//!
+//! # Request pipeline
+//!
+//! ```text
+//! server::run            accept -> permit -> spawn connection
+//! pipeline::handle       never fails: handle_inner, then error.into_response(); access log
+//! pipeline::handle_inner
+//!   1 ctx       request id, client ip (trusted proxies); strip spoofable headers
+//!   2 route     normalise path; routes.classify(path)                 400 / 404
+//!   3 gateway-served routes return here (auth API, admin API, health)
+//!   4 principal auth::authenticate(route, headers, ..)                  401
+//!   5           auth::authorize(route, &principal)                      403
+//!   6           rate limit (tenant / user), token quota                 429
+//!   7           proxy::rewrite_request(.., &principal, ..)              413
+//!   8           proxy::forward(client, req)                             502 / 504
+//!   9           proxy::rewrite_response + RateLimit-* headers
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pipeline;
+pub mod proxy;
+pub mod ratelimit;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, StoreBackend};
+use crate::state::AppState;
+use crate::store::{MemoryStore, Store};
+
+/// A gateway serving on a bound listener.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Build the store, bind the public listener and serve until `shutdown` resolves.
+    pub async fn start(
+        config: Config,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Gateway, String> {
+        let store = build_store(&config)?;
+        Self::start_with_store(config, store, shutdown).await
+    }
+
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Gateway, String> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let state = AppState::new(config, store);
+        spawn_housekeeping(Arc::downgrade(&state));
+        let task = tokio::spawn(server::run(listener, state.clone(), shutdown));
+        Ok(Gateway { addr, state, task })
+    }
+}
+
+/// The store the config names.
+pub fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match &config.store.backend {
+        StoreBackend::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            let weak = Arc::downgrade(&store);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(s) => s.sweep(),
+                        None => break,
+                    }
+                }
+            });
+            Ok(store)
+        }
+        StoreBackend::Redis { .. } => Err(
+            "ARES_STORE=redis: the Redis store is not part of this build yet; use ARES_STORE=memory".into(),
+        ),
+    }
+}
+
+fn spawn_housekeeping(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match state.upgrade() {
+                Some(s) => s.housekeeping().await,
+                None => break,
+            }
+        }
+    });
+}

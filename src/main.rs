@@ -1,0 +1,211 @@
+//! The `ares-gateway` command: `serve`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ares_gateway::config::Config;
+use ares_gateway::{demo, server, Gateway};
+
+#[derive(Parser)]
+#[command(
+    name = "ares-gateway",
+    version,
+    about = "Authentication gateway and reverse proxy for ARES"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file.
+        #[arg(long, env = "ARES_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the config: print every problem and exit 1, or print the route table.
+    Check {
+        #[arg(long, env = "ARES_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Everything embedded (memory store, echo upstream, generated secrets) and a walkthrough.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(cfg) => serve(cfg),
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Demo => demo_cmd(),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!("{}: ok", path.display());
+            println!();
+            print!("{}", cfg.routes);
+            println!();
+            for u in &cfg.upstreams {
+                let scheme = if u.https { "https" } else { "http" };
+                println!(
+                    "upstream {} = {scheme}://{}{}",
+                    u.name, u.authority, u.base_path
+                );
+            }
+            if cfg.auth.admin_secret_generated || cfg.auth.jwt_secret_generated {
+                println!(
+                    "note: secrets unset; they will be generated at start-up (memory store only)"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ARES_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("ARES_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn print_generated(cfg: &Config) {
+    // Printed once, to the terminal, never through the logger.
+    if cfg.auth.admin_secret_generated {
+        if let Some(s) = cfg.auth.admin_secrets.first() {
+            eprintln!(
+                "development mode: generated admin secret (X-Admin-Secret): {}",
+                s.expose()
+            );
+        }
+    }
+    if cfg.auth.jwt_secret_generated {
+        eprintln!("development mode: generated a JWT signing key (tokens die with this process)");
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    init_tracing();
+    let rt = match runtime(cfg.server.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print_generated(&cfg);
+    rt.block_on(async move {
+        let listen = cfg.server.listen;
+        match Gateway::start(cfg, server::shutdown_signal()).await {
+            Ok(g) => {
+                tracing::info!(addr = %g.addr, "listening");
+                let _ = g.task.await;
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot start on {listen}: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn demo_cmd() -> ExitCode {
+    init_tracing();
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        let upstream = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot bind the echo upstream: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let up_addr = upstream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tokio::spawn(demo::echo_upstream(upstream));
+        let listen = std::env::var("ARES_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+        let env = |k: &str| -> Option<String> {
+            match k {
+                "ARES_UPSTREAM" => Some(format!("http://{up_addr}")),
+                "ARES_STORE" => Some("memory".into()),
+                "ARES_LISTEN" => Some(listen.clone()),
+                "ARES_METRICS_LISTEN" => Some(String::new()),
+                _ => std::env::var(k).ok(),
+            }
+        };
+        let text = include_str!("../gateway.yaml");
+        let mut cfg = match Config::from_yaml(text, &env) {
+            Ok(c) => c,
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("{p}");
+                }
+                return ExitCode::from(1);
+            }
+        };
+        // A taken port should not spoil a demo: fall back to any free one.
+        if std::net::TcpListener::bind(cfg.server.listen).is_err() {
+            cfg.server.listen = "127.0.0.1:0".parse().unwrap_or(cfg.server.listen);
+        }
+        let secret = cfg
+            .auth
+            .admin_secrets
+            .first()
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        match Gateway::start(cfg, server::shutdown_signal()).await {
+            Ok(g) => {
+                let up: std::net::SocketAddr = up_addr.parse().unwrap_or(g.addr);
+                println!("{}", demo::walkthrough(g.addr, up, &secret));
+                let _ = g.task.await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

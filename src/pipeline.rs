@@ -1,0 +1,273 @@
+//! The request pipeline: every request goes through [`handle`], top to bottom.
+//!
+//! ```text
+//! handle           never fails: handle_inner, then error.into_response(); one access-log line
+//! handle_inner
+//!   1 ctx          request id, client ip, strip spoofable headers     (proxy::strip_spoofable)
+//!   2 route        normalise the path, classify it                    400 / 404
+//!   3 gateway-served routes return here (auth API, admin API, health)
+//!   4 principal    auth::authenticate                                 401
+//!   5              auth::authorize                                    403
+//!   6              limits: requests, then token quota                 429
+//!   7              proxy::rewrite_request                             413
+//!   8              proxy::forward                                     502 / 504
+//!   9              proxy::rewrite_response + RateLimit-* headers, token debit
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::api;
+use crate::auth::{self, Identity, Principal};
+use crate::body::{self, Body};
+use crate::error::{ErrorContext, GatewayError};
+use crate::proxy::{self, RequestContext, X_REQUEST_ID};
+use crate::ratelimit::{now_ms, RateLimitHeaders};
+use crate::route::{self, Handler, Target};
+use crate::state::{AppState, Runtime};
+use crate::store::scope;
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// What the access log and the error response need to know about how far a request got.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: Option<String>,
+    bearer: bool,
+    auth_method: Option<&'static str>,
+    subject: Option<String>,
+    upstream_status: Option<u16>,
+}
+
+/// Handle one request. Never fails: errors become their JSON response here.
+pub async fn handle(
+    state: Arc<AppState>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let rt = state.runtime();
+    let uri = req.uri().clone();
+    let ctx = proxy::strip_spoofable(
+        req.headers_mut(),
+        conn.peer,
+        conn.tls,
+        &uri,
+        &rt.config.server.trusted_proxies,
+    );
+    let method = req.method().clone();
+    // The path without the query: a query may hold a token (EventSource) and is never logged.
+    let path = req.uri().path().to_owned();
+    let mut outcome = Outcome::default();
+
+    let mut resp = match handle_inner(&state, &rt, &ctx, req, &mut outcome).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            let (status, _, code) = err.parts();
+            if status.is_server_error() {
+                tracing::warn!(request_id = ?ctx.request_id, code, cause = %err, "request failed");
+            } else {
+                tracing::debug!(request_id = ?ctx.request_id, code, "request refused");
+            }
+            err.into_response(ErrorContext {
+                bearer: outcome.bearer,
+            })
+        }
+    };
+    resp.headers_mut()
+        .insert(&X_REQUEST_ID, ctx.request_id.clone());
+    tracing::info!(
+        target: "access",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        client = %ctx.client_ip,
+        method = %method,
+        path = %path,
+        route = outcome.route.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        auth = outcome.auth_method.unwrap_or("-"),
+        subject = outcome.subject.as_deref().unwrap_or("-"),
+        upstream_status = outcome.upstream_status.unwrap_or(0),
+        "request"
+    );
+    resp
+}
+
+async fn handle_inner(
+    state: &Arc<AppState>,
+    rt: &Runtime,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    // 1. ctx was built by `handle`; during a drain new requests are refused.
+    if state.is_draining() {
+        return Err(GatewayError::ShuttingDown);
+    }
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+
+    // 2. route
+    let uri = req.uri().clone();
+    let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
+    let route = rt
+        .config
+        .routes
+        .classify(&path)
+        .ok_or(GatewayError::NotFound)?;
+    outcome.route = Some(route.prefix.clone());
+    outcome.bearer = route.auth.is_bearer();
+
+    // 3. gateway-served routes
+    if let Target::Handler(handler) = &route.target {
+        return match handler {
+            Handler::Health => api::health(state, req.method(), &path).await,
+            Handler::Auth => api::auth::handle(state, rt, ctx, req, &path).await,
+            Handler::Admin => {
+                let principal = auth::authenticate(route, req.headers(), None, rt, state).await?;
+                outcome.auth_method = principal.auth_method();
+                api::admin::handle(state, rt, &principal, req, &path).await
+            }
+        };
+    }
+    let Target::Upstream(upstream) = &route.target else {
+        return Err(GatewayError::NotFound);
+    };
+
+    // 4, 5. principal
+    let principal = auth::authenticate(route, req.headers(), uri.query(), rt, state).await?;
+    outcome.auth_method = principal.auth_method();
+    outcome.subject = Some(principal.subject().to_owned());
+    auth::authorize(route, &principal)?;
+
+    // 6. limits
+    let limit_headers = check_limits(state, rt, &principal).await?;
+
+    // 7. rewrite
+    let forward_path = route.forward_path(&path);
+    let (parts, body) = req.into_parts();
+    let upstream_req = proxy::rewrite_request(
+        parts,
+        body,
+        route,
+        &principal,
+        ctx,
+        &forward_path,
+        rt.config.server.request_body_limit,
+    )?;
+
+    // 8. forward
+    let client = rt
+        .clients
+        .get(upstream.index)
+        .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
+    let upstream_resp = proxy::forward(client, upstream_req).await?;
+    outcome.upstream_status = Some(upstream_resp.status().as_u16());
+
+    // 9. response
+    debit_tokens(state, &principal, upstream_resp.headers());
+    let mut resp = proxy::rewrite_response(upstream_resp, upstream);
+    if let Some(h) = limit_headers {
+        h.apply(resp.headers_mut());
+    }
+    Ok(resp)
+}
+
+/// Request limits for the principal's scope, then the tenant's token budget.
+async fn check_limits(
+    state: &AppState,
+    rt: &Runtime,
+    principal: &Principal,
+) -> Result<Option<RateLimitHeaders>, GatewayError> {
+    let limits = &rt.config.limits;
+    let (scope, plan) = match principal.identity() {
+        Identity::ApiKey { tenant, .. } => {
+            let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
+            (scope::tenant(&tenant.id), tenant.limits.apply(&tier))
+        }
+        Identity::User(claims) => (scope::user(&claims.sub), limits.user.clone()),
+        Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
+    };
+    let decision = state.rate_limit(&scope, &plan).await?;
+    if let Some(d) = decision {
+        if let Some(window) = d.refused_by {
+            return Err(GatewayError::RateLimited {
+                window,
+                headers: d.headers,
+            });
+        }
+    }
+    if let (Identity::ApiKey { tenant, .. }, Some(budget)) =
+        (principal.identity(), plan.tokens_per_month)
+    {
+        let now = now_ms();
+        match state
+            .store_call(
+                state
+                    .store
+                    .tokens_used(&scope::tenant_tokens(&tenant.id), now),
+            )
+            .await
+        {
+            Ok(used) if used >= budget => {
+                let (_, end) = crate::ratelimit::Window::Month.calendar_period(now);
+                return Err(GatewayError::TokenQuotaExceeded {
+                    retry_after: Duration::from_millis(end.saturating_sub(now)),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "token quota not checked: store unavailable"),
+        }
+    }
+    Ok(decision.map(|d| d.headers))
+}
+
+/// Debit the tenant's monthly token budget from the upstream's usage headers, off the
+/// response path.
+fn debit_tokens(state: &Arc<AppState>, principal: &Principal, headers: &http::HeaderMap) {
+    let Identity::ApiKey { tenant, .. } = principal.identity() else {
+        return;
+    };
+    let read = |name: &str| -> u64 {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let n = read("x-input-tokens").saturating_add(read("x-output-tokens"));
+    if n == 0 {
+        return;
+    }
+    let state = state.clone();
+    let scope = scope::tenant_tokens(&tenant.id);
+    tokio::spawn(async move {
+        if let Err(e) = state
+            .store_call(state.store.add_tokens(&scope, n, now_ms()))
+            .await
+        {
+            tracing::warn!(error = %e, tokens = n, "token debit lost: store unavailable");
+        }
+    });
+}
+
+/// A 204/200 helper for gateway-served endpoints that return nothing.
+pub fn no_content() -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// `Content-Type: application/json` check value.
+pub static JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -1,0 +1,559 @@
+//! Header hygiene, identity headers, and the streaming forward to an upstream.
+//!
+//! Order matters and is fixed: [`strip_spoofable`] runs on every request before anything else
+//! reads its headers; [`rewrite_request`] adds what the gateway vouches for (only from a
+//! [`Principal`]); [`forward`] streams both bodies; [`rewrite_response`] drops hop-by-hop headers
+//! and bounds the time a streamed body may stall.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+use crate::auth::{Identity, Principal};
+use crate::body::{Body, BoxError, IdleTimeout};
+use crate::config::Upstream;
+use crate::error::GatewayError;
+use crate::route::Route;
+
+pub static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+pub static X_TENANT_TIER: HeaderName = HeaderName::from_static("x-tenant-tier");
+pub static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
+pub static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub static X_USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
+pub static X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_ADMIN_SECRET: HeaderName = HeaderName::from_static("x-admin-secret");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Headers only the gateway may set: removed from every client request on every route.
+pub const IDENTITY_HEADERS: [&HeaderName; 6] = [
+    &X_TENANT_ID,
+    &X_TENANT_TIER,
+    &X_API_KEY_ID,
+    &X_USER_ID,
+    &X_USER_EMAIL,
+    &X_AUTH_METHOD,
+];
+
+/// Facts about a request gathered before routing.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: HeaderValue,
+    /// The client, after believing `X-Forwarded-For` from trusted proxies only.
+    pub client_ip: IpAddr,
+    pub peer: SocketAddr,
+    /// The `X-Forwarded-For` chain to send upstream (client's entries only when trusted).
+    pub forwarded_for: HeaderValue,
+    pub forwarded_proto: HeaderValue,
+    pub forwarded_host: Option<HeaderValue>,
+    /// The client asked for a WebSocket upgrade (honoured only where the route allows).
+    pub websocket_upgrade: bool,
+}
+
+fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// Step 1 of the pipeline: identify the request and remove every header a client could use to
+/// impersonate the gateway. Runs before anything else reads the headers.
+pub fn strip_spoofable(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    uri: &Uri,
+    trusted: &[IpNet],
+) -> RequestContext {
+    let request_id = headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| sane_request_id(v))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+
+    // Connection may name any header as hop-by-hop, including the identity headers.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut connection_upgrade = false;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("upgrade") {
+                connection_upgrade = true;
+            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    let websocket_upgrade = connection_upgrade
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    for name in named {
+        headers.remove(name);
+    }
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+
+    let peer_ip = peer.ip();
+    let trusted_peer = !trusted.is_empty() && is_trusted(peer_ip, trusted);
+    let prior = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut client_ip = peer_ip;
+    let forwarded_for;
+    if trusted_peer && !prior.is_empty() {
+        // Walk from the right: the first address not of a trusted proxy is the client.
+        for entry in prior.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client_ip = ip;
+                    if !is_trusted(ip, trusted) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        forwarded_for =
+            HeaderValue::from_str(&format!("{prior}, {peer_ip}")).unwrap_or_else(|_| {
+                HeaderValue::from_str(&peer_ip.to_string())
+                    .unwrap_or(HeaderValue::from_static("unknown"))
+            });
+    } else {
+        forwarded_for = HeaderValue::from_str(&peer_ip.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+    }
+    let own_proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    let forwarded_proto = if trusted_peer {
+        headers
+            .get(&X_FORWARDED_PROTO)
+            .filter(|v| v.as_bytes() == b"https" || v.as_bytes() == b"http")
+            .cloned()
+            .unwrap_or(own_proto)
+    } else {
+        own_proto
+    };
+    let own_host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let forwarded_host = if trusted_peer {
+        headers.get(&X_FORWARDED_HOST).cloned().or(own_host)
+    } else {
+        own_host
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    headers.remove(&X_FORWARDED_PROTO);
+    headers.remove(&X_FORWARDED_HOST);
+    headers.remove(&FORWARDED);
+
+    RequestContext {
+        request_id,
+        client_ip,
+        peer,
+        forwarded_for,
+        forwarded_proto,
+        forwarded_host,
+        websocket_upgrade,
+    }
+}
+
+/// A pooled HTTP client for one upstream.
+pub struct UpstreamClient {
+    pub upstream: Arc<Upstream>,
+    client: Client<HttpConnector, Body>,
+}
+
+impl UpstreamClient {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
+            .build(connector);
+        UpstreamClient { upstream, client }
+    }
+}
+
+/// Build the upstream request: rewritten path, hygiene, identity headers, bounded body.
+pub fn rewrite_request(
+    mut parts: Parts,
+    body: Incoming,
+    route: &Route,
+    principal: &Principal,
+    ctx: &RequestContext,
+    forward_path: &str,
+    body_limit: u64,
+) -> Result<Request<Body>, GatewayError> {
+    let Some(up) = route_upstream(route) else {
+        return Err(GatewayError::Internal("route has no upstream".into()));
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > body_limit {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+    }
+
+    let query = parts
+        .uri
+        .query()
+        .map(|q| strip_query_token(q, route.query_token));
+    let mut target = String::with_capacity(up.base_path.len() + forward_path.len() + 64);
+    target.push_str(if up.https { "https://" } else { "http://" });
+    target.push_str(up.authority.as_str());
+    target.push_str(&up.base_path);
+    target.push_str(forward_path);
+    if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(q);
+    }
+    parts.uri = target
+        .parse()
+        .map_err(|_| GatewayError::invalid("request target cannot be forwarded"))?;
+    parts.version = Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    h.remove(header::HOST);
+    if !route.forward_credentials {
+        h.remove(header::AUTHORIZATION);
+        h.remove(&X_ADMIN_SECRET);
+    }
+    if route.websocket && ctx.websocket_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    match principal.identity() {
+        Identity::Anonymous => {}
+        Identity::ApiKey { tenant, key } => {
+            h.insert(&X_AUTH_METHOD, HeaderValue::from_static("api_key"));
+            insert_text(h, &X_TENANT_ID, &tenant.id);
+            insert_text(h, &X_TENANT_TIER, &tenant.tier);
+            insert_text(h, &X_API_KEY_ID, &key.id);
+        }
+        Identity::User(claims) => {
+            h.insert(&X_AUTH_METHOD, HeaderValue::from_static("jwt"));
+            insert_text(h, &X_USER_ID, &claims.sub);
+            if !claims.email.is_empty() {
+                insert_text(h, &X_USER_EMAIL, &claims.email);
+            }
+        }
+        Identity::Admin { .. } => {
+            h.insert(&X_AUTH_METHOD, HeaderValue::from_static("admin"));
+        }
+    }
+    h.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    h.insert(&X_FORWARDED_FOR, ctx.forwarded_for.clone());
+    h.insert(&X_FORWARDED_PROTO, ctx.forwarded_proto.clone());
+    if let Some(host) = &ctx.forwarded_host {
+        h.insert(&X_FORWARDED_HOST, host.clone());
+    }
+
+    let body = Limited::new(body, body_limit as usize)
+        .map_err(|e| -> BoxError { e })
+        .boxed_unsync();
+    Ok(Request::from_parts(parts, body))
+}
+
+fn insert_text(h: &mut HeaderMap, name: &HeaderName, value: &str) {
+    // Values come from our store or verified claims and were checked printable; a value that
+    // is still not a valid header is left out rather than forwarded mangled.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn strip_query_token(query: &str, enabled: bool) -> std::borrow::Cow<'_, str> {
+    if !enabled || !query.contains("access_token=") {
+        return query.into();
+    }
+    query
+        .split('&')
+        .filter(|p| !p.starts_with("access_token="))
+        .collect::<Vec<_>>()
+        .join("&")
+        .into()
+}
+
+fn route_upstream(route: &Route) -> Option<&Arc<Upstream>> {
+    match &route.target {
+        crate::route::Target::Upstream(u) => Some(u),
+        crate::route::Target::Handler(_) => None,
+    }
+}
+
+/// Send the request; the response head must arrive within the upstream's first-byte timeout.
+pub async fn forward(
+    client: &UpstreamClient,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let up = &client.upstream;
+    match tokio::time::timeout(up.first_byte_timeout, client.client.request(req)).await {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            if caused_by::<http_body_util::LengthLimitError>(&e) {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            Err(GatewayError::UpstreamUnavailable(format!(
+                "{}: {}",
+                up.name,
+                error_chain(&e)
+            )))
+        }
+    }
+}
+
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+/// Drop hop-by-hop headers from the upstream's response and bound stalls of its body.
+pub fn rewrite_response(resp: Response<Incoming>, up: &Upstream) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = IdleTimeout::new(body, up.idle_timeout).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        h.remove(name);
+    }
+}
+
+/// Bytes of a body as a `Body`.
+pub fn bytes_body(b: Bytes) -> Body {
+    crate::body::full(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 5555)
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_in_any_case_and_multiplicity() {
+        let mut h = hm(&[
+            ("X-Tenant-Id", "t_evil"),
+            ("x-tenant-id", "t_evil2"),
+            ("X-TENANT-TIER", "enterprise"),
+            ("x-api-key-id", "k"),
+            ("X-User-Id", "usr_admin"),
+            ("x-user-email", "root@x"),
+            ("X-Auth-Method", "admin"),
+            ("content-type", "application/json"),
+        ]);
+        strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        for n in IDENTITY_HEADERS {
+            assert!(h.get(n).is_none(), "{n} survived");
+        }
+        assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[test]
+    fn connection_named_headers_and_hop_by_hop_are_dropped() {
+        let mut h = hm(&[
+            ("connection", "keep-alive, X-Custom, x-user-id"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic x"),
+            ("upgrade", "h2c"),
+            ("x-other", "kept"),
+        ]);
+        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        assert!(!ctx.websocket_upgrade);
+        for n in [
+            "connection",
+            "x-custom",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ] {
+            assert!(h.get(n).is_none(), "{n} survived");
+        }
+        assert_eq!(h["x-other"], "kept");
+    }
+
+    #[test]
+    fn websocket_upgrade_is_detected() {
+        let mut h = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        assert!(ctx.websocket_upgrade);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = hm(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let ctx = strip_spoofable(
+            &mut h,
+            peer("1.2.3.4"),
+            false,
+            &Uri::from_static("/"),
+            &trusted,
+        );
+        assert_eq!(ctx.client_ip.to_string(), "1.2.3.4");
+        assert_eq!(ctx.forwarded_for, "1.2.3.4");
+        assert_eq!(ctx.forwarded_proto, "http");
+
+        let mut h = hm(&[
+            ("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.0.0.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let ctx = strip_spoofable(
+            &mut h,
+            peer("10.0.0.1"),
+            false,
+            &Uri::from_static("/"),
+            &trusted,
+        );
+        assert_eq!(ctx.client_ip.to_string(), "7.7.7.7");
+        assert_eq!(ctx.forwarded_for, "6.6.6.6, 7.7.7.7, 10.0.0.9, 10.0.0.1");
+        assert_eq!(ctx.forwarded_proto, "https");
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let mut h = hm(&[("x-request-id", "abc-123_x.y")]);
+        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        assert_eq!(ctx.request_id, "abc-123_x.y");
+        for bad in ["a b", &"x".repeat(129), "<script>"] {
+            let mut h = hm(&[("x-request-id", bad)]);
+            let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+            assert_ne!(ctx.request_id, bad);
+            assert_eq!(ctx.request_id.len(), 32);
+        }
+    }
+
+    #[test]
+    fn query_token_is_removed_before_forwarding() {
+        assert_eq!(
+            strip_query_token("a=1&access_token=s3cret&b=2", true),
+            "a=1&b=2"
+        );
+        assert_eq!(strip_query_token("access_token=s3cret", true), "");
+        assert_eq!(strip_query_token("access_token=x", false), "access_token=x");
+    }
+}

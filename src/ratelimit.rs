@@ -1,0 +1,594 @@
+//! Rate-limit windows, plans, the exact in-process limiter, and the response headers.
+//!
+//! Semantics (shared by every store):
+//! - second, minute and hour are *sliding* windows kept as a log of admitted request times, so in
+//!   any interval of that length at most `limit` requests pass: no double burst at a boundary.
+//! - day and month are UTC calendar windows (reset at 00:00 UTC and on the 1st), as ARES counts.
+//! - one decision checks every window of a scope and consumes from all of them only when all
+//!   allow, so refused requests consume nothing. Windows are checked month first, then day, hour,
+//!   minute, second, and a refusal names the first window that refused.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use dashmap::DashMap;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Mutex;
+
+/// A rate-limit window. Declaration order is check order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+}
+
+pub const WINDOWS: [Window; 5] = [
+    Window::Month,
+    Window::Day,
+    Window::Hour,
+    Window::Minute,
+    Window::Second,
+];
+
+impl Window {
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Month => "month",
+            Window::Day => "day",
+            Window::Hour => "hour",
+            Window::Minute => "minute",
+            Window::Second => "second",
+        }
+    }
+
+    pub fn exceeded_message(self) -> &'static str {
+        match self {
+            Window::Month => "Monthly rate limit exceeded",
+            Window::Day => "Daily rate limit exceeded",
+            Window::Hour => "Hourly rate limit exceeded",
+            Window::Minute => "Per-minute rate limit exceeded",
+            Window::Second => "Per-second rate limit exceeded",
+        }
+    }
+
+    pub fn is_calendar(self) -> bool {
+        matches!(self, Window::Month | Window::Day)
+    }
+
+    /// Length of a sliding window in milliseconds.
+    pub fn sliding_ms(self) -> u64 {
+        match self {
+            Window::Hour => 3_600_000,
+            Window::Minute => 60_000,
+            Window::Second => 1_000,
+            Window::Day => 86_400_000,
+            Window::Month => 31 * 86_400_000,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The calendar period containing `now_ms`, and the ms at which it ends.
+    pub fn calendar_period(self, now_ms: u64) -> (u64, u64) {
+        let day = now_ms / 86_400_000;
+        match self {
+            Window::Day => (day, (day + 1) * 86_400_000),
+            _ => {
+                let (y, m) = year_month(day as i64);
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                let id = (y as u64) * 12 + (m as u64 - 1);
+                (id, days_from_civil(ny, nm, 1) as u64 * 86_400_000)
+            }
+        }
+    }
+}
+
+/// Civil (proleptic Gregorian) year and month of a day count since 1970-01-01.
+fn year_month(days: i64) -> (i64, u32) {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m)
+}
+
+/// Days since 1970-01-01 of a civil date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The limits of one scope: a limit per window (absent = unlimited), and a token budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    limits: [Option<u64>; 5],
+    pub tokens_per_month: Option<u64>,
+}
+
+impl Plan {
+    pub fn get(&self, w: Window) -> Option<u64> {
+        self.limits[w.index()]
+    }
+
+    pub fn set(&mut self, w: Window, limit: Option<u64>) {
+        self.limits[w.index()] = limit;
+    }
+
+    /// `(window, limit)` pairs in check order.
+    pub fn windows(&self) -> Vec<(Window, u64)> {
+        WINDOWS
+            .iter()
+            .filter_map(|w| self.get(*w).map(|l| (*w, l)))
+            .collect()
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.limits.iter().all(Option::is_none)
+    }
+
+    /// This plan with every limit divided by `n` (at least 1 each), for the `local` policy.
+    pub fn divided(&self, n: u64) -> Plan {
+        let mut p = self.clone();
+        for l in p.limits.iter_mut().flatten() {
+            *l = (*l / n.max(1)).max(1);
+        }
+        p
+    }
+}
+
+/// The tiers ARES defines, used when the config lists none.
+pub fn default_plans() -> BTreeMap<String, Plan> {
+    let mk = |minute, day, month, tokens| {
+        let mut p = Plan::default();
+        p.set(Window::Minute, minute);
+        p.set(Window::Day, day);
+        p.set(Window::Month, month);
+        p.tokens_per_month = tokens;
+        p
+    };
+    BTreeMap::from([
+        (
+            "free".into(),
+            mk(Some(20), Some(50), Some(1_000), Some(100_000)),
+        ),
+        (
+            "dev".into(),
+            mk(Some(120), Some(2_000), Some(50_000), Some(5_000_000)),
+        ),
+        (
+            "pro".into(),
+            mk(Some(600), Some(20_000), Some(500_000), Some(50_000_000)),
+        ),
+        ("enterprise".into(), mk(Some(6_000), None, None, None)),
+    ])
+}
+
+/// The `RateLimit-*` values of the tightest window, and `Retry-After` for a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the window frees capacity.
+    pub reset: u64,
+}
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+impl RateLimitHeaders {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
+        headers.insert(
+            RATELIMIT_REMAINING.clone(),
+            HeaderValue::from(self.remaining),
+        );
+        headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(self.reset));
+    }
+
+    pub fn retry_after_secs(&self) -> u64 {
+        self.reset.max(1)
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// `None`: admitted (and consumed). `Some(w)`: refused by window `w`, nothing consumed.
+    pub refused_by: Option<Window>,
+    /// Headers for the tightest window (the refusing one on refusal).
+    pub headers: RateLimitHeaders,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.refused_by.is_none()
+    }
+}
+
+/// Usage of one scope in its calendar windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub day: u64,
+    pub month: u64,
+}
+
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+/// State of one scope: a sliding log or a calendar counter per window.
+#[derive(Debug, Default)]
+struct ScopeState {
+    logs: [VecDeque<u64>; 5],
+    /// `(period id, count)` per calendar window.
+    periods: [(u64, u64); 5],
+}
+
+impl ScopeState {
+    fn prune(&mut self, now_ms: u64) {
+        for w in [Window::Hour, Window::Minute, Window::Second] {
+            let log = &mut self.logs[w.index()];
+            let horizon = now_ms.saturating_sub(w.sliding_ms());
+            while log.front().is_some_and(|&t| t <= horizon) {
+                log.pop_front();
+            }
+        }
+    }
+
+    fn count(&self, w: Window, now_ms: u64) -> u64 {
+        if w.is_calendar() {
+            let (period, _) = w.calendar_period(now_ms);
+            let (p, c) = self.periods[w.index()];
+            if p == period {
+                c
+            } else {
+                0
+            }
+        } else {
+            self.logs[w.index()].len() as u64
+        }
+    }
+
+    /// Milliseconds until window `w` frees one slot (or resets).
+    fn reset_ms(&self, w: Window, now_ms: u64) -> u64 {
+        if w.is_calendar() {
+            w.calendar_period(now_ms).1.saturating_sub(now_ms)
+        } else {
+            match self.logs[w.index()].front() {
+                Some(&oldest) => (oldest + w.sliding_ms()).saturating_sub(now_ms),
+                None => w.sliding_ms(),
+            }
+        }
+    }
+
+    fn consume(&mut self, w: Window, n: u64, now_ms: u64) {
+        if w.is_calendar() {
+            let (period, _) = w.calendar_period(now_ms);
+            let slot = &mut self.periods[w.index()];
+            if slot.0 != period {
+                *slot = (period, 0);
+            }
+            slot.1 += n;
+        } else {
+            for _ in 0..n {
+                self.logs[w.index()].push_back(now_ms);
+            }
+        }
+    }
+
+    fn is_idle(&self, now_ms: u64) -> bool {
+        self.logs.iter().all(VecDeque::is_empty)
+            && [Window::Day, Window::Month]
+                .iter()
+                .all(|w| self.count(*w, now_ms) == 0)
+    }
+
+    /// Check every window, then consume from all or none.
+    fn decide(&mut self, limits: &[(Window, u64)], now_ms: u64, consume: bool) -> Decision {
+        self.prune(now_ms);
+        let mut tightest: Option<RateLimitHeaders> = None;
+        for &(w, limit) in limits {
+            let used = self.count(w, now_ms);
+            let reset = ceil_secs(self.reset_ms(w, now_ms));
+            if used >= limit {
+                return Decision {
+                    refused_by: Some(w),
+                    headers: RateLimitHeaders {
+                        limit,
+                        remaining: 0,
+                        reset: reset.max(1),
+                    },
+                };
+            }
+            let after = if consume { used + 1 } else { used };
+            let h = RateLimitHeaders {
+                limit,
+                remaining: limit - after.min(limit),
+                reset,
+            };
+            let tighter = match tightest {
+                None => true,
+                Some(t) => {
+                    h.remaining < t.remaining || (h.remaining == t.remaining && h.reset < t.reset)
+                }
+            };
+            if tighter {
+                tightest = Some(h);
+            }
+        }
+        if consume {
+            for &(w, _) in limits {
+                self.consume(w, 1, now_ms);
+            }
+        }
+        Decision {
+            refused_by: None,
+            headers: tightest.unwrap_or_default(),
+        }
+    }
+}
+
+/// The exact limiter in this process: the memory store's counters, and the `local` failure
+/// policy of a shared store.
+#[derive(Debug, Default)]
+pub struct LocalLimiter {
+    scopes: DashMap<String, Mutex<ScopeState>>,
+}
+
+impl LocalLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Admit (and count) one request of `scope` if every window allows it.
+    pub fn check(&self, scope: &str, limits: &[(Window, u64)], now_ms: u64) -> Decision {
+        self.with_scope(scope, |s| s.decide(limits, now_ms, true))
+    }
+
+    /// What `check` would decide, without counting.
+    pub fn peek(&self, scope: &str, limits: &[(Window, u64)], now_ms: u64) -> Decision {
+        match self.scopes.get(scope) {
+            Some(entry) => lock(&entry).decide(limits, now_ms, false),
+            None => ScopeState::default().decide(limits, now_ms, false),
+        }
+    }
+
+    /// Add `n` to the calendar windows of `scope` without a limit (token debits).
+    pub fn add(&self, scope: &str, window: Window, n: u64, now_ms: u64) -> u64 {
+        self.with_scope(scope, |s| {
+            s.consume(window, n, now_ms);
+            s.count(window, now_ms)
+        })
+    }
+
+    pub fn usage(&self, scope: &str, now_ms: u64) -> Usage {
+        match self.scopes.get(scope) {
+            Some(entry) => {
+                let s = lock(&entry);
+                Usage {
+                    day: s.count(Window::Day, now_ms),
+                    month: s.count(Window::Month, now_ms),
+                }
+            }
+            None => Usage::default(),
+        }
+    }
+
+    pub fn count(&self, scope: &str, window: Window, now_ms: u64) -> u64 {
+        self.scopes
+            .get(scope)
+            .map(|e| lock(&e).count(window, now_ms))
+            .unwrap_or(0)
+    }
+
+    /// Forget scopes with nothing left in any window (client IPs come and go).
+    pub fn sweep(&self, now_ms: u64) {
+        self.scopes.retain(|_, s| {
+            let mut s = lock(s);
+            s.prune(now_ms);
+            !s.is_idle(now_ms)
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.scopes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    fn with_scope<T>(&self, scope: &str, f: impl FnOnce(&mut ScopeState) -> T) -> T {
+        // The DashMap shard guard is held only for this synchronous block, never across .await.
+        if let Some(entry) = self.scopes.get(scope) {
+            return f(&mut lock(&entry));
+        }
+        let entry = self.scopes.entry(scope.to_string()).or_default();
+        let mut guard = lock(&entry);
+        f(&mut guard)
+    }
+}
+
+fn lock(m: &Mutex<ScopeState>) -> std::sync::MutexGuard<'_, ScopeState> {
+    // A panic while holding this lock cannot leave the counters half-updated in a way that
+    // matters more than refusing service, so recover the data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400_000;
+
+    fn ms(y: i64, m: u32, d: u32, hh: u64, mm: u64, ss: u64) -> u64 {
+        days_from_civil(y, m, d) as u64 * DAY + (hh * 3600 + mm * 60 + ss) * 1000
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in [0i64, 31, 59, 365, 10_957, 19_782, 20_000, 20_454, 47_482] {
+            let (y, m) = year_month(days);
+            assert!(days >= days_from_civil(y, m, 1));
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            assert!(days < days_from_civil(ny, nm, 1));
+        }
+        assert_eq!(year_month(days_from_civil(2024, 2, 29)), (2024, 2));
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+    }
+
+    #[test]
+    fn sliding_window_has_no_double_burst_at_the_edge() {
+        let l = LocalLimiter::new();
+        let limits = [(Window::Minute, 10)];
+        let t0 = 1_000_000_000_000;
+        // Ten at the very end of one minute-aligned period...
+        for i in 0..10 {
+            assert!(l.check("s", &limits, t0 + 59_000 + i).allowed());
+        }
+        // ...and none just after the edge, where a fixed window would reset.
+        for dt in [61_000, 90_000, 118_999] {
+            let d = l.check("s", &limits, t0 + dt);
+            assert_eq!(d.refused_by, Some(Window::Minute), "at +{dt}");
+        }
+        // Exactly one minute after the first admitted request, capacity returns one by one.
+        assert!(l.check("s", &limits, t0 + 119_000).allowed());
+        assert!(!l.check("s", &limits, t0 + 119_000).allowed());
+    }
+
+    #[test]
+    fn refused_requests_consume_nothing_in_any_window() {
+        let l = LocalLimiter::new();
+        let limits = [(Window::Day, 100), (Window::Minute, 2)];
+        let t = ms(2026, 11, 27, 12, 0, 0);
+        assert!(l.check("s", &limits, t).allowed());
+        assert!(l.check("s", &limits, t).allowed());
+        for _ in 0..50 {
+            assert_eq!(l.check("s", &limits, t).refused_by, Some(Window::Minute));
+        }
+        assert_eq!(l.usage("s", t).day, 2);
+    }
+
+    #[test]
+    fn monthly_is_checked_first_and_named() {
+        let l = LocalLimiter::new();
+        let limits = [(Window::Month, 1), (Window::Day, 1)];
+        let t = ms(2026, 11, 27, 12, 0, 0);
+        assert!(l.check("s", &limits, t).allowed());
+        let d = l.check("s", &limits, t);
+        assert_eq!(d.refused_by, Some(Window::Month));
+        assert_eq!(
+            Window::Month.exceeded_message(),
+            "Monthly rate limit exceeded"
+        );
+    }
+
+    #[test]
+    fn calendar_windows_reset_at_utc_midnight_and_month_end() {
+        let l = LocalLimiter::new();
+        let day = [(Window::Day, 2)];
+        let before = ms(2026, 11, 27, 23, 59, 59);
+        assert!(l.check("d", &day, before).allowed());
+        assert!(l.check("d", &day, before).allowed());
+        let d = l.check("d", &day, before);
+        assert_eq!(d.refused_by, Some(Window::Day));
+        assert_eq!(d.headers.reset, 1);
+        assert!(l.check("d", &day, ms(2026, 11, 28, 0, 0, 0)).allowed());
+
+        let month = [(Window::Month, 1)];
+        let last = ms(2026, 2, 28, 23, 0, 0);
+        assert!(l.check("m", &month, last).allowed());
+        let d = l.check("m", &month, last);
+        assert_eq!(d.refused_by, Some(Window::Month));
+        assert_eq!(d.headers.reset, 3600);
+        assert!(l.check("m", &month, ms(2026, 3, 1, 0, 0, 0)).allowed());
+        // December rolls into January.
+        assert!(l.check("y", &month, ms(2026, 12, 31, 23, 59, 59)).allowed());
+        assert!(l.check("y", &month, ms(2027, 1, 1, 0, 0, 0)).allowed());
+    }
+
+    #[test]
+    fn headers_report_the_tightest_window() {
+        let l = LocalLimiter::new();
+        let limits = [(Window::Day, 50), (Window::Minute, 3)];
+        let t = ms(2026, 11, 27, 10, 0, 0);
+        let d = l.check("s", &limits, t);
+        assert_eq!(
+            d.headers,
+            RateLimitHeaders {
+                limit: 3,
+                remaining: 2,
+                reset: 60
+            }
+        );
+        l.check("s", &limits, t + 1000);
+        let d = l.check("s", &limits, t + 2000);
+        assert_eq!(d.headers.remaining, 0);
+        let refused = l.check("s", &limits, t + 3000);
+        assert_eq!(refused.headers.reset, 57);
+        assert_eq!(refused.headers.retry_after_secs(), 57);
+    }
+
+    #[test]
+    fn concurrent_checks_admit_exactly_the_limit() {
+        let l = std::sync::Arc::new(LocalLimiter::new());
+        let limits = [(Window::Second, 10)];
+        let t = 5_000_000;
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|_| l.check("s", &limits, t).allowed())
+                        .count()
+                })
+            })
+            .collect();
+        let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn sweep_forgets_idle_scopes_but_keeps_calendar_counts() {
+        let l = LocalLimiter::new();
+        let t = ms(2026, 11, 27, 10, 0, 0);
+        l.check("ip", &[(Window::Minute, 5)], t);
+        l.check("tenant", &[(Window::Day, 5)], t);
+        l.sweep(t + 61_000);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.usage("tenant", t + 61_000).day, 1);
+    }
+
+    #[test]
+    fn divided_plan_keeps_at_least_one() {
+        let mut p = Plan::default();
+        p.set(Window::Minute, Some(10));
+        p.set(Window::Second, Some(1));
+        let d = p.divided(3);
+        assert_eq!(d.get(Window::Minute), Some(3));
+        assert_eq!(d.get(Window::Second), Some(1));
+    }
+}

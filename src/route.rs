@@ -1,0 +1,436 @@
+//! Path normalisation and the route table: which credential rule and which target a request gets.
+//!
+//! Classification runs on the *normalised* path, and the normalised path is what is forwarded, so
+//! the upstream never sees a path that another route's rule would have classified differently.
+//! Prefixes match whole segments: `/api/admin` matches `/api/admin` and `/api/admin/x`, never
+//! `/api/administrator`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::Upstream;
+
+/// Why a path was refused before routing (400 `INVALID_INPUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path must start with '/'")]
+    NotAbsolute,
+    #[error("path climbs above the root")]
+    AboveRoot,
+    #[error("path holds an encoded '/' or '\\'")]
+    EncodedSeparator,
+    #[error("path holds a backslash")]
+    Backslash,
+    #[error("path holds a control character")]
+    ControlCharacter,
+    #[error("path holds a malformed percent-encoding")]
+    BadPercentEncoding,
+}
+
+/// Normalise a request path: decode percent-encoded unreserved characters, collapse duplicate
+/// slashes, resolve `.` and `..`; refuse the encodings that let a path mean one thing here and
+/// another upstream. A trailing slash is kept.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let clean = !bytes.windows(2).any(|w| w == b"//" || w == b"/.")
+        && !bytes
+            .iter()
+            .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f);
+    if clean {
+        return Ok(Cow::Borrowed(path));
+    }
+
+    // Decode what may be decoded; keep everything else exactly as encoded (upper-case hex).
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(PathError::BadPercentEncoding)?;
+                let v = hex_pair(hex).ok_or(PathError::BadPercentEncoding)?;
+                match v {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        decoded.push(v as char)
+                    }
+                    _ => {
+                        decoded.push('%');
+                        decoded.push(hex[0].to_ascii_uppercase() as char);
+                        decoded.push(hex[1].to_ascii_uppercase() as char);
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+            _ => {
+                // `uri().path()` is ASCII; a non-ASCII byte cannot occur, but stay total.
+                decoded.push(b as char);
+                i += 1;
+            }
+        }
+    }
+
+    // As RFC 3986 remove_dot_segments: a final `.` or `..` leaves a directory path.
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    let trailing = decoded.ends_with('/') || last == "." || last == "..";
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+fn hex_pair(h: &[u8]) -> Option<u8> {
+    let d = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    Some(d(h[0])? << 4 | d(h[1])?)
+}
+
+/// Which credential a route demands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    None,
+    ApiKey,
+    Jwt,
+    Admin,
+}
+
+impl AuthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::None => "none",
+            AuthKind::ApiKey => "api_key",
+            AuthKind::Jwt => "jwt",
+            AuthKind::Admin => "admin",
+        }
+    }
+
+    /// Routes whose credential travels as `Authorization: Bearer`.
+    pub fn is_bearer(self) -> bool {
+        matches!(self, AuthKind::ApiKey | AuthKind::Jwt)
+    }
+}
+
+/// Endpoints the gateway serves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// `/api/auth/*`: register, login, refresh, logout, me.
+    Auth,
+    /// `/api/admin/tenants*`, `/api/admin/provision-client`.
+    Admin,
+    /// `/healthz`, `/readyz`.
+    Health,
+}
+
+impl Handler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handler::Auth => "auth",
+            Handler::Admin => "admin",
+            Handler::Health => "health",
+        }
+    }
+}
+
+/// Where an authorised request goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Upstream(Arc<Upstream>),
+    Handler(Handler),
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The prefix as configured (normalised), for display and logs.
+    pub prefix: String,
+    /// The prefix without its trailing slash (`""` for `/`): the segment-boundary match base.
+    base: String,
+    pub auth: AuthKind,
+    pub target: Target,
+    /// Replaces `base` in the forwarded path (also without trailing slash).
+    upstream_base: Option<String>,
+    /// Keys need this scope (or `full`).
+    pub required_scope: Option<String>,
+    /// Whether `Authorization` / `X-Admin-Secret` reach the upstream.
+    pub forward_credentials: bool,
+    /// Whether WebSocket upgrades pass through.
+    pub websocket: bool,
+    /// Whether an `access_token` query parameter may stand in for the header (EventSource).
+    pub query_token: bool,
+}
+
+impl Route {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        prefix: String,
+        auth: AuthKind,
+        target: Target,
+        upstream_prefix: Option<String>,
+        required_scope: Option<String>,
+        forward_credentials: bool,
+        websocket: bool,
+        query_token: bool,
+    ) -> Self {
+        Route {
+            base: strip_trailing_slash(&prefix).to_owned(),
+            upstream_base: upstream_prefix.map(|p| strip_trailing_slash(&p).to_owned()),
+            prefix,
+            auth,
+            target,
+            required_scope,
+            forward_credentials,
+            websocket,
+            query_token,
+        }
+    }
+
+    /// Whether `path` (normalised) lies under this route, on a segment boundary.
+    pub fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.base.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// The path to send upstream for a normalised `path` this route matched.
+    pub fn forward_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        match &self.upstream_base {
+            None => Cow::Borrowed(path),
+            Some(up) => {
+                let rest = &path[self.base.len().min(path.len())..];
+                let mut out = String::with_capacity(up.len() + rest.len() + 1);
+                out.push_str(up);
+                out.push_str(rest);
+                if out.is_empty() {
+                    out.push('/');
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    pub fn target_name(&self) -> String {
+        match &self.target {
+            Target::Upstream(u) => format!("upstream {}", u.name),
+            Target::Handler(h) => format!("handler {}", h.as_str()),
+        }
+    }
+}
+
+fn strip_trailing_slash(p: &str) -> &str {
+    p.strip_suffix('/').unwrap_or(p)
+}
+
+/// Routes ordered longest base first, so the first match is the longest prefix.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| b.base.len().cmp(&a.base.len()));
+        RouteTable { routes }
+    }
+
+    /// The route for a normalised path, if any.
+    pub fn classify(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+impl fmt::Display for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<32} {:<8} {:<22} {:<18} {:<7} {:<5} forward_credentials",
+            "prefix", "auth", "target", "upstream_prefix", "scope", "ws"
+        )?;
+        for r in &self.routes {
+            let up = r
+                .upstream_base
+                .as_ref()
+                .map(|b| format!("{b}/"))
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                f,
+                "{:<32} {:<8} {:<22} {:<18} {:<7} {:<5} {}",
+                r.prefix,
+                r.auth.as_str(),
+                r.target_name(),
+                up,
+                r.required_scope.as_deref().unwrap_or("-"),
+                if r.websocket { "yes" } else { "no" },
+                if r.forward_credentials { "yes" } else { "no" },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_table() {
+        let ok = [
+            ("/", "/"),
+            ("/v1/chat", "/v1/chat"),
+            ("/v1/chat/", "/v1/chat/"),
+            ("//api//admin///tenants", "/api/admin/tenants"),
+            ("/api/./admin", "/api/admin"),
+            ("/api/v1/../admin/tenants", "/api/admin/tenants"),
+            ("/api/v1/%2e%2e/admin", "/api/admin"),
+            ("/api/v1/.%2E/admin", "/api/admin"),
+            ("/api/%61dmin/tenants", "/api/admin/tenants"),
+            ("/api/%7Euser", "/api/~user"),
+            ("/api/a%20b", "/api/a%20b"),
+            ("/api/a%3fb", "/api/a%3Fb"),
+            ("/api/..", "/"),
+            ("/api/x/..", "/api/"),
+            ("/.", "/"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(normalize(input).as_deref(), Ok(want), "input {input}");
+        }
+        let bad = [
+            ("/..", PathError::AboveRoot),
+            ("/api/../../etc", PathError::AboveRoot),
+            ("/%2e%2e/x", PathError::AboveRoot),
+            ("/api%2fadmin", PathError::EncodedSeparator),
+            ("/api%2Fadmin", PathError::EncodedSeparator),
+            ("/api%5cadmin", PathError::EncodedSeparator),
+            ("/api\\admin", PathError::Backslash),
+            ("/api/%00", PathError::ControlCharacter),
+            ("/api/%0d%0a", PathError::ControlCharacter),
+            ("/api/%7f", PathError::ControlCharacter),
+            ("/api/%zz", PathError::BadPercentEncoding),
+            ("/api/%2", PathError::BadPercentEncoding),
+            ("*", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+        ];
+        for (input, want) in bad {
+            assert_eq!(normalize(input), Err(want), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn clean_paths_are_not_copied() {
+        assert!(matches!(normalize("/v1/chat"), Ok(Cow::Borrowed(_))));
+    }
+
+    fn up() -> Arc<Upstream> {
+        Arc::new(Upstream::parse("default", "http://127.0.0.1:3000").unwrap())
+    }
+
+    fn table() -> RouteTable {
+        let r = |p: &str, auth, t: Target, upp: Option<&str>| {
+            Route::new(
+                p.into(),
+                auth,
+                t,
+                upp.map(Into::into),
+                None,
+                false,
+                false,
+                false,
+            )
+        };
+        RouteTable::new(vec![
+            r("/api/", AuthKind::Jwt, Target::Upstream(up()), None),
+            r("/api/admin/", AuthKind::Admin, Target::Upstream(up()), None),
+            r(
+                "/api/admin/tenants",
+                AuthKind::Admin,
+                Target::Handler(Handler::Admin),
+                None,
+            ),
+            r(
+                "/v1/",
+                AuthKind::ApiKey,
+                Target::Upstream(up()),
+                Some("/api/v1/"),
+            ),
+            r(
+                "/healthz",
+                AuthKind::None,
+                Target::Handler(Handler::Health),
+                None,
+            ),
+        ])
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries() {
+        let t = table();
+        let prefix = |p: &str| t.classify(p).map(|r| r.prefix.as_str());
+        assert_eq!(prefix("/api/admin/tenants"), Some("/api/admin/tenants"));
+        assert_eq!(
+            prefix("/api/admin/tenants/t1/api-keys"),
+            Some("/api/admin/tenants")
+        );
+        assert_eq!(prefix("/api/admin/tenantsx"), Some("/api/admin/"));
+        assert_eq!(prefix("/api/admin"), Some("/api/admin/"));
+        assert_eq!(prefix("/api/administrator"), Some("/api/"));
+        assert_eq!(prefix("/api/chat"), Some("/api/"));
+        assert_eq!(prefix("/v1"), Some("/v1/"));
+        assert_eq!(prefix("/v1x"), None);
+        assert_eq!(prefix("/healthz"), Some("/healthz"));
+        assert_eq!(prefix("/healthz/x"), Some("/healthz"));
+        assert_eq!(prefix("/healthzz"), None);
+        assert_eq!(prefix("/"), None);
+    }
+
+    #[test]
+    fn upstream_prefix_rewrites_only_the_prefix() {
+        let t = table();
+        let r = t.classify("/v1/chat").unwrap();
+        assert_eq!(r.forward_path("/v1/chat"), "/api/v1/chat");
+        assert_eq!(r.forward_path("/v1/"), "/api/v1/");
+        assert_eq!(r.forward_path("/v1"), "/api/v1");
+        let api = t.classify("/api/chat").unwrap();
+        assert_eq!(api.forward_path("/api/chat"), "/api/chat");
+    }
+
+    #[test]
+    fn encoded_tricks_cannot_reach_the_admin_rule_from_a_jwt_route() {
+        let t = table();
+        for raw in [
+            "/api/chat/../admin/tenants",
+            "/api/%2e%2e/api/admin/tenants",
+        ] {
+            let p = normalize(raw).unwrap();
+            assert_eq!(t.classify(&p).unwrap().auth, AuthKind::Admin, "{raw}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Shared state of a running gateway.
+//!
+//! [`Runtime`] is everything derived from the config file (routes, keys, upstream clients); it is
+//! swapped atomically as a whole, so a request sees one consistent config from start to end.
+//! [`AppState`] holds what outlives a config: the store, caches, the password hasher, and the
+//! drain flag.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::admin::AdminSecrets;
+use crate::auth::api_key::KeyCache;
+use crate::auth::jwt::JwtKeys;
+use crate::auth::password::PasswordHasher;
+use crate::config::{Config, FailurePolicy};
+use crate::error::{GatewayError, StoreError};
+use crate::proxy::UpstreamClient;
+use crate::ratelimit::{now_ms, Decision, LocalLimiter, Plan};
+use crate::store::Store;
+
+/// What one config file turns into.
+pub struct Runtime {
+    pub config: Config,
+    pub jwt: JwtKeys,
+    pub admin: AdminSecrets,
+    /// One pooled client per upstream, in `config.upstreams` order.
+    pub clients: Vec<UpstreamClient>,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Self {
+        Runtime {
+            jwt: JwtKeys::new(&config.auth),
+            admin: AdminSecrets::new(&config.auth.admin_secrets),
+            clients: config
+                .upstreams
+                .iter()
+                .map(|u| UpstreamClient::new(u.clone()))
+                .collect(),
+            config,
+        }
+    }
+}
+
+pub struct AppState {
+    runtime: ArcSwap<Runtime>,
+    pub store: Arc<dyn Store>,
+    pub keys: KeyCache,
+    pub passwords: PasswordHasher,
+    /// Limits in force while the shared store is unreachable (`local` policy).
+    fallback_limiter: LocalLimiter,
+    /// Set on SIGTERM: new requests get 503 `SHUTTING_DOWN`.
+    draining: AtomicBool,
+    command_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
+        let keys = KeyCache::new(config.store.api_key_cache_ttl);
+        let passwords = PasswordHasher::new(config.auth.password_hash_concurrency);
+        let command_timeout = config.store.command_timeout;
+        Arc::new(AppState {
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            store,
+            keys,
+            passwords,
+            fallback_limiter: LocalLimiter::new(),
+            draining: AtomicBool::new(false),
+            command_timeout,
+        })
+    }
+
+    /// The config in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swap in a new config (hot reload).
+    pub fn replace_runtime(&self, rt: Runtime) {
+        self.runtime.store(Arc::new(rt));
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Run one store call within the command budget; a hanging store is an unavailable one.
+    pub async fn store_call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, GatewayError> {
+        self.store_raw(fut).await.map_err(GatewayError::from)
+    }
+
+    /// As `store_call`, keeping the store's own error (for callers that act on `Conflict`).
+    pub async fn store_raw<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.command_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable("store command timed out".into())),
+        }
+    }
+
+    /// How long cached credentials stay usable while the store cannot answer.
+    pub fn outage_grace(&self) -> Duration {
+        self.runtime().config.store.api_key_cache_ttl * 2
+    }
+
+    /// Admit one request of `scope` under `plan`, by the store; when the store fails, by the
+    /// configured failure policy. `None`: nothing to limit (or limits open during an outage).
+    pub async fn rate_limit(
+        &self,
+        scope: &str,
+        plan: &Plan,
+    ) -> Result<Option<Decision>, GatewayError> {
+        let limits = plan.windows();
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        match self
+            .store_call(self.store.rate_limit(scope, &limits, now))
+            .await
+        {
+            Ok(d) => Ok(Some(d)),
+            Err(e) => {
+                let cfg = &self.runtime().config.limits;
+                tracing::warn!(error = %e, policy = ?cfg.failure_policy, "rate limiter falling back");
+                match cfg.failure_policy {
+                    FailurePolicy::Open => Ok(None),
+                    FailurePolicy::Closed => Err(e),
+                    FailurePolicy::Local => {
+                        let local = plan.divided(cfg.replicas).windows();
+                        Ok(Some(self.fallback_limiter.check(scope, &local, now)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic housekeeping: batched `last_used_at` writes and the fallback limiter sweep.
+    pub async fn housekeeping(&self) {
+        let touches = self.keys.drain_touches();
+        if !touches.is_empty() {
+            if let Err(e) = self.store_call(self.store.touch_api_keys(&touches)).await {
+                tracing::debug!(error = %e, "last_used_at batch not written");
+            }
+        }
+        self.fallback_limiter.sweep(now_ms());
+    }
+}

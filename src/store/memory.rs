@@ -1,0 +1,264 @@
+//! The embedded store: everything in process memory (DashMap), lost on restart.
+//!
+//! It is the default so that `ares-gateway serve` and `demo` run with nothing else installed, and
+//! it has exactly the semantics of the Redis store (the same suite runs against both).
+//! DashMap guards are never held across an `.await`: every method body is synchronous.
+
+use async_trait::async_trait;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use super::{ApiKeyRecord, RefreshRecord, Store, Tenant, User};
+use crate::auth::unix_now;
+use crate::error::StoreError;
+use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tenants: DashMap<String, Tenant>,
+    /// By key hash.
+    keys: DashMap<String, ApiKeyRecord>,
+    users: DashMap<String, User>,
+    /// Lower-cased email -> user id; the uniqueness index.
+    emails: DashMap<String, String>,
+    refresh: DashMap<String, RefreshRecord>,
+    /// Family id -> revoked until (unix seconds).
+    revoked_families: DashMap<String, u64>,
+    /// Access token id -> revoked until (unix seconds).
+    revoked_jtis: DashMap<String, u64>,
+    limiter: LocalLimiter,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drop what has expired; called periodically so memory stays bounded by live state.
+    pub fn sweep(&self) {
+        let now = unix_now();
+        self.refresh.retain(|_, r| r.expires_at > now);
+        self.revoked_families.retain(|_, until| *until > now);
+        self.revoked_jtis.retain(|_, until| *until > now);
+        self.limiter.sweep(crate::ratelimit::now_ms());
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.tenants.insert(tenant.id.clone(), tenant.clone());
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.tenants.get(id).map(|t| t.clone()))
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut all: Vec<Tenant> = self.tenants.iter().map(|t| t.clone()).collect();
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    async fn delete_tenant(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        if self.tenants.remove(id).is_none() {
+            return Ok(None);
+        }
+        let hashes: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| k.tenant_id == id)
+            .map(|k| k.key().clone())
+            .collect();
+        for h in &hashes {
+            self.keys.remove(h);
+        }
+        Ok(Some(hashes))
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        match self.keys.entry(key.key_hash.clone()) {
+            Entry::Occupied(_) => Err(StoreError::Conflict),
+            Entry::Vacant(v) => {
+                v.insert(key.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.keys.get(key_hash).map(|k| k.clone()))
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut keys: Vec<ApiKeyRecord> = self
+            .keys
+            .iter()
+            .filter(|k| k.tenant_id == tenant_id)
+            .map(|k| k.clone())
+            .collect();
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn delete_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let hash = self
+            .keys
+            .iter()
+            .find(|k| k.tenant_id == tenant_id && k.id == key_id)
+            .map(|k| k.key().clone());
+        Ok(hash.and_then(|h| self.keys.remove(&h).map(|(_, k)| k)))
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
+        for (hash, at) in used {
+            if let Some(mut k) = self.keys.get_mut(hash) {
+                k.last_used_at = Some(k.last_used_at.map_or(*at, |prev| prev.max(*at)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        match self.emails.entry(user.email.clone()) {
+            Entry::Occupied(_) => Err(StoreError::Conflict),
+            Entry::Vacant(v) => {
+                self.users.insert(user.id.clone(), user.clone());
+                v.insert(user.id.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let id = self.emails.get(email).map(|id| id.clone());
+        Ok(id.and_then(|id| self.users.get(&id).map(|u| u.clone())))
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        Ok(self.users.get(id).map(|u| u.clone()))
+    }
+
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError> {
+        if let Some(mut u) = self.users.get_mut(user_id) {
+            u.password_hash = hash.to_string();
+        }
+        Ok(())
+    }
+
+    async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        self.refresh
+            .insert(record.token_hash.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn get_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let now = unix_now();
+        let Some(r) = self.refresh.get(token_hash).map(|r| r.clone()) else {
+            return Ok(None);
+        };
+        let family_dead = self
+            .revoked_families
+            .get(&r.family_id)
+            .is_some_and(|until| *until > now);
+        Ok((r.expires_at > now && !family_dead).then_some(r))
+    }
+
+    async fn mark_refresh_rotated(
+        &self,
+        token_hash: &str,
+        at: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        match self.refresh.get_mut(token_hash) {
+            Some(mut r) => {
+                let prev = r.rotated_at;
+                if prev.is_none() {
+                    r.rotated_at = Some(at);
+                }
+                Ok(prev)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError> {
+        self.revoked_families.insert(family_id.to_string(), until);
+        Ok(())
+    }
+
+    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        if until > unix_now() {
+            self.revoked_jtis.insert(jti.to_string(), until);
+        }
+        Ok(())
+    }
+
+    async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .revoked_jtis
+            .get(jti)
+            .is_some_and(|until| *until > unix_now()))
+    }
+
+    async fn rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.limiter.check(scope, limits, now_ms))
+    }
+
+    async fn peek_rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.limiter.peek(scope, limits, now_ms))
+    }
+
+    async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
+        Ok(self.limiter.usage(scope, now_ms))
+    }
+
+    async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.limiter.add(scope, Window::Month, n, now_ms))
+    }
+
+    async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.limiter.count(scope, Window::Month, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_store_suite() {
+        let s = MemoryStore::new();
+        crate::store::suite::run_all(&s).await;
+    }
+
+    #[tokio::test]
+    async fn sweep_drops_expired_state() {
+        let s = MemoryStore::new();
+        s.revoked_jtis.insert("old".into(), 1);
+        s.revoked_families.insert("old".into(), 1);
+        s.sweep();
+        assert!(s.revoked_jtis.is_empty() && s.revoked_families.is_empty());
+    }
+}

@@ -1,0 +1,438 @@
+//! The persistent state of the gateway, behind one trait with two implementations: the embedded
+//! memory store (the default; single process, lost on restart) and the Redis store (shared by
+//! replicas). Nothing secret is stored in plaintext: API keys and refresh tokens by SHA-256,
+//! passwords as argon2id PHC strings.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::ratelimit::{Decision, Plan, Usage, Window};
+
+pub use memory::MemoryStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+/// Per-tenant overrides of its tier's request limits (`None` = the tier's value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitOverrides {
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub requests_per_month: Option<u64>,
+}
+
+impl LimitOverrides {
+    pub fn is_empty(&self) -> bool {
+        self == &LimitOverrides::default()
+    }
+
+    /// The plan in force: the tier's, with these overrides on top.
+    pub fn apply(&self, tier: &Plan) -> Plan {
+        let mut p = tier.clone();
+        if let Some(n) = self.requests_per_minute {
+            p.set(Window::Minute, Some(n));
+        }
+        if let Some(n) = self.requests_per_day {
+            p.set(Window::Day, Some(n));
+        }
+        if let Some(n) = self.requests_per_month {
+            p.set(Window::Month, Some(n));
+        }
+        p
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub tier: String,
+    pub status: TenantStatus,
+    pub created_at: u64,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+}
+
+/// A stored API key. Holds the hash, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant_id: String,
+    /// SHA-256 (hex) of the whole key: the lookup index.
+    pub key_hash: String,
+    /// The first 13 characters, for display.
+    pub key_prefix: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub is_active: bool,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    pub last_used_at: Option<u64>,
+    /// Imported from ARES: no checksum to test.
+    #[serde(default)]
+    pub imported: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    /// Lower-cased, trimmed: the unique index.
+    pub email: String,
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored refresh token, by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    pub token_hash: String,
+    pub user_id: String,
+    /// Every token descended from one login; reuse of a rotated member revokes them all.
+    pub family_id: String,
+    pub expires_at: u64,
+    /// Set when rotation replaced this token.
+    pub rotated_at: Option<u64>,
+}
+
+/// What the store keeps. Every method may fail with `StoreError::Unavailable`; none panics on
+/// what the store returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Create or replace a tenant.
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Delete a tenant and every key it has; returns the deleted keys' hashes, or `None` when
+    /// there was no such tenant.
+    async fn delete_tenant(&self, id: &str) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Store a new key; `Conflict` when its hash exists.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Delete a key of a tenant; returns it, or `None` when the tenant has no such key.
+    async fn delete_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Record `last_used_at` for a batch of `(key hash, time)`; unknown hashes are skipped.
+    async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError>;
+
+    /// Create a user; `Conflict` when the email is taken.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError>;
+
+    async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError>;
+    /// The record, unless it expired or its family was revoked.
+    async fn get_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError>;
+    /// Mark a token rotated at `at` unless it already was; returns the earlier rotation time.
+    async fn mark_refresh_rotated(
+        &self,
+        token_hash: &str,
+        at: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Kill every token of a family (logout, reuse detection).
+    async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError>;
+
+    /// Refuse an access token id until `until` (unix seconds).
+    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError>;
+    async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+
+    /// Admit one request of `scope` if every window allows it; see `ratelimit`.
+    async fn rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError>;
+    /// What `rate_limit` would decide, without counting.
+    async fn peek_rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError>;
+    /// Requests counted for `scope` today and this month (UTC).
+    async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError>;
+    /// Debit `n` tokens from `scope` this month; returns the month's total.
+    async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError>;
+    async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// Rate-limit scope names, one place so every store and the usage endpoint agree.
+pub mod scope {
+    pub fn tenant(id: &str) -> String {
+        format!("t:{id}")
+    }
+    pub fn tenant_tokens(id: &str) -> String {
+        format!("tok:{id}")
+    }
+    pub fn user(id: &str) -> String {
+        format!("u:{id}")
+    }
+    pub fn auth_ip(ip: &std::net::IpAddr) -> String {
+        format!("ip:{ip}")
+    }
+    pub fn login_account_ip(email_hash: &str, ip: &std::net::IpAddr) -> String {
+        format!("la:{email_hash}:{ip}")
+    }
+    pub fn login_account(email_hash: &str) -> String {
+        format!("lf:{email_hash}")
+    }
+}
+
+#[cfg(test)]
+pub mod suite {
+    //! The behaviour every `Store` must have; run against each implementation.
+    use super::*;
+
+    pub fn tenant(id: &str) -> Tenant {
+        Tenant {
+            id: id.into(),
+            name: format!("tenant {id}"),
+            tier: "free".into(),
+            status: TenantStatus::Active,
+            created_at: 1_700_000_000,
+            limits: LimitOverrides::default(),
+        }
+    }
+
+    pub fn key(id: &str, tenant: &str, hash: &str) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            key_hash: hash.into(),
+            key_prefix: "ares_abcdefgh".into(),
+            name: "k".into(),
+            scopes: vec!["full".into()],
+            is_active: true,
+            created_at: 1_700_000_000,
+            expires_at: None,
+            last_used_at: None,
+            imported: false,
+        }
+    }
+
+    pub async fn run_all(s: &dyn Store) {
+        tenants_and_keys(s).await;
+        users(s).await;
+        refresh_and_revocation(s).await;
+        counters(s).await;
+    }
+
+    async fn tenants_and_keys(s: &dyn Store) {
+        s.ping().await.unwrap();
+        s.put_tenant(&tenant("t1")).await.unwrap();
+        s.put_tenant(&tenant("t2")).await.unwrap();
+        assert_eq!(s.get_tenant("t1").await.unwrap().unwrap().name, "tenant t1");
+        assert!(s.get_tenant("nope").await.unwrap().is_none());
+        let mut ids: Vec<String> = s
+            .list_tenants()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        assert!(ids.contains(&"t1".to_string()) && ids.contains(&"t2".to_string()));
+
+        let mut t1 = tenant("t1");
+        t1.status = TenantStatus::Suspended;
+        t1.limits.requests_per_day = Some(7);
+        s.put_tenant(&t1).await.unwrap();
+        assert_eq!(s.get_tenant("t1").await.unwrap().unwrap(), t1);
+
+        s.create_api_key(&key("k1", "t1", "h1")).await.unwrap();
+        s.create_api_key(&key("k2", "t1", "h2")).await.unwrap();
+        s.create_api_key(&key("k3", "t2", "h3")).await.unwrap();
+        assert!(matches!(
+            s.create_api_key(&key("k9", "t2", "h3")).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(s.get_api_key("h1").await.unwrap().unwrap().id, "k1");
+        assert_eq!(s.list_api_keys("t1").await.unwrap().len(), 2);
+
+        s.touch_api_keys(&[("h1".into(), 1_800_000_000), ("zz".into(), 1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_api_key("h1").await.unwrap().unwrap().last_used_at,
+            Some(1_800_000_000)
+        );
+
+        // A key of another tenant is not deletable through this tenant.
+        assert!(s.delete_api_key("t1", "k3").await.unwrap().is_none());
+        assert_eq!(
+            s.delete_api_key("t1", "k2")
+                .await
+                .unwrap()
+                .unwrap()
+                .key_hash,
+            "h2"
+        );
+        assert!(s.get_api_key("h2").await.unwrap().is_none());
+
+        let hashes = s.delete_tenant("t1").await.unwrap().unwrap();
+        assert_eq!(hashes, vec!["h1".to_string()]);
+        assert!(s.get_api_key("h1").await.unwrap().is_none());
+        assert!(s.get_tenant("t1").await.unwrap().is_none());
+        assert!(s.delete_tenant("t1").await.unwrap().is_none());
+        assert!(s.get_api_key("h3").await.unwrap().is_some());
+    }
+
+    async fn users(s: &dyn Store) {
+        let u = User {
+            id: "usr_1".into(),
+            email: "a@example.com".into(),
+            name: "A".into(),
+            password_hash: "$argon2id$x".into(),
+            created_at: 1,
+        };
+        s.create_user(&u).await.unwrap();
+        let mut dup = u.clone();
+        dup.id = "usr_2".into();
+        assert!(matches!(
+            s.create_user(&dup).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(
+            s.get_user_by_email("a@example.com")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "usr_1"
+        );
+        assert_eq!(
+            s.get_user("usr_1").await.unwrap().unwrap().email,
+            "a@example.com"
+        );
+        assert!(s.get_user("usr_2").await.unwrap().is_none());
+        s.set_password_hash("usr_1", "$argon2id$y").await.unwrap();
+        assert_eq!(
+            s.get_user("usr_1").await.unwrap().unwrap().password_hash,
+            "$argon2id$y"
+        );
+        assert_eq!(
+            s.get_user_by_email("a@example.com")
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash,
+            "$argon2id$y"
+        );
+    }
+
+    async fn refresh_and_revocation(s: &dyn Store) {
+        let now = crate::auth::unix_now();
+        let r = RefreshRecord {
+            token_hash: "rh1".into(),
+            user_id: "usr_1".into(),
+            family_id: "fam1".into(),
+            expires_at: now + 3600,
+            rotated_at: None,
+        };
+        s.put_refresh_token(&r).await.unwrap();
+        let mut r2 = r.clone();
+        r2.token_hash = "rh2".into();
+        s.put_refresh_token(&r2).await.unwrap();
+        assert_eq!(s.get_refresh_token("rh1").await.unwrap(), Some(r.clone()));
+        assert_eq!(s.mark_refresh_rotated("rh1", now).await.unwrap(), None);
+        assert_eq!(
+            s.mark_refresh_rotated("rh1", now + 5).await.unwrap(),
+            Some(now)
+        );
+        s.revoke_refresh_family("fam1", now + 3600).await.unwrap();
+        assert!(s.get_refresh_token("rh1").await.unwrap().is_none());
+        assert!(s.get_refresh_token("rh2").await.unwrap().is_none());
+
+        let mut expired = r.clone();
+        expired.token_hash = "rh3".into();
+        expired.family_id = "fam2".into();
+        expired.expires_at = now - 1;
+        s.put_refresh_token(&expired).await.unwrap();
+        assert!(s.get_refresh_token("rh3").await.unwrap().is_none());
+
+        assert!(!s.is_jti_revoked("j1").await.unwrap());
+        s.revoke_jti("j1", now + 60).await.unwrap();
+        assert!(s.is_jti_revoked("j1").await.unwrap());
+        s.revoke_jti("j2", now - 1).await.unwrap();
+        assert!(!s.is_jti_revoked("j2").await.unwrap());
+    }
+
+    async fn counters(s: &dyn Store) {
+        let now = 1_800_000_000_000;
+        let limits = [(Window::Month, 100), (Window::Day, 3), (Window::Minute, 10)];
+        for _ in 0..3 {
+            assert!(s.rate_limit("scope", &limits, now).await.unwrap().allowed());
+        }
+        let d = s.rate_limit("scope", &limits, now).await.unwrap();
+        assert_eq!(d.refused_by, Some(Window::Day));
+        assert_eq!(d.headers.remaining, 0);
+        let peek = s.peek_rate_limit("scope", &limits, now).await.unwrap();
+        assert_eq!(peek.refused_by, Some(Window::Day));
+        assert_eq!(
+            s.usage("scope", now).await.unwrap(),
+            Usage { day: 3, month: 3 }
+        );
+        assert_eq!(s.usage("other", now).await.unwrap(), Usage::default());
+
+        let sliding = [(Window::Second, 2)];
+        assert!(s.rate_limit("sl", &sliding, now).await.unwrap().allowed());
+        assert!(s
+            .rate_limit("sl", &sliding, now + 500)
+            .await
+            .unwrap()
+            .allowed());
+        assert!(!s
+            .rate_limit("sl", &sliding, now + 999)
+            .await
+            .unwrap()
+            .allowed());
+        assert!(s
+            .rate_limit("sl", &sliding, now + 1001)
+            .await
+            .unwrap()
+            .allowed());
+        assert!(!s
+            .rate_limit("sl", &sliding, now + 1400)
+            .await
+            .unwrap()
+            .allowed());
+
+        assert_eq!(s.add_tokens("tok", 150, now).await.unwrap(), 150);
+        assert_eq!(s.add_tokens("tok", 50, now).await.unwrap(), 200);
+        assert_eq!(s.tokens_used("tok", now).await.unwrap(), 200);
+        assert_eq!(
+            s.tokens_used("tok", now + 40 * 86_400_000).await.unwrap(),
+            0
+        );
+    }
+}
