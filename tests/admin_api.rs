@@ -1,0 +1,482 @@
+//! The tenant and API-key admin API, and every API-key refusal, through real HTTP.
+
+mod common;
+
+use common::*;
+
+fn admin() -> [(&'static str, &'static str); 1] {
+    [("x-admin-secret", ADMIN)]
+}
+
+#[tokio::test]
+async fn admin_secret_is_required_and_every_configured_one_works() {
+    let up = Upstream::start().await;
+    let g = gateway(
+        &up.url(),
+        &[(
+            "ARES_ADMIN_SECRET",
+            "old-admin-secret-000001,new-admin-secret-000002",
+        )],
+    )
+    .await;
+    let r = get(&g.url("/api/admin/tenants"), &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_MISSING_CREDENTIALS")
+    );
+    assert!(r.header("www-authenticate").is_none());
+    let r = get(
+        &g.url("/api/admin/tenants"),
+        &[("x-admin-secret", "old-admin-secret-00000")],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_ADMIN_SECRET")
+    );
+    for s in ["old-admin-secret-000001", "new-admin-secret-000002"] {
+        let r = get(&g.url("/api/admin/tenants"), &[("x-admin-secret", s)]).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.json().is_array(),
+            "GET /api/admin/tenants is a bare array"
+        );
+    }
+    // The upstream admin routes need it too.
+    let r = get(
+        &g.url("/api/admin/agents"),
+        &[("authorization", "Bearer x")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn tenant_endpoints_have_the_contract_shapes() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let r = post(
+        &g.url("/api/admin/tenants"),
+        &admin(),
+        r#"{"name":"Acme","tier":"pro"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let t = r.json();
+    let id = t["id"].as_str().unwrap().to_string();
+    assert_eq!(t["name"], "Acme");
+    assert_eq!(t["tier"], "pro");
+    assert_eq!(t["status"], "active");
+    assert!(t["created_at"].as_u64().unwrap() > 1_700_000_000);
+
+    let r = get(&g.url(&format!("/api/admin/tenants/{id}")), &admin()).await;
+    assert_eq!(r.json()["id"], id.as_str());
+    let all = get(&g.url("/api/admin/tenants"), &admin()).await.json();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{id}/quota")),
+        &admin(),
+        Some(r#"{"tier":"dev"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["tier"].as_str()),
+        (200, Some("dev"))
+    );
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{id}/quota")),
+        &admin(),
+        Some(r#"{"tier":"platinum"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (400, "INVALID_INPUT")
+    );
+    assert!(r.json()["error"].as_str().unwrap().contains("tier"));
+
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{id}/limits")),
+        &admin(),
+        Some(r#"{"requests_per_minute":5,"requests_per_day":null}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["limits"]["requests_per_minute"], 5);
+
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{id}/status")),
+        &admin(),
+        Some(r#"{"status":"suspended"}"#),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "suspended");
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{id}/status")),
+        &admin(),
+        Some(r#"{"status":"gone"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+
+    let usage = get(&g.url(&format!("/api/admin/tenants/{id}/usage")), &admin())
+        .await
+        .json();
+    assert_eq!(usage["daily_requests"], 0);
+    assert_eq!(usage["monthly_requests"], 0);
+    assert_eq!(usage["limits"]["requests_per_minute"], 5);
+    assert_eq!(usage["limits"]["requests_per_day"], 2000);
+
+    for (m, p) in [
+        ("GET", "/api/admin/tenants/nope"),
+        ("DELETE", "/api/admin/tenants/nope"),
+        ("GET", "/api/admin/tenants/nope/api-keys"),
+    ] {
+        let r = send(m, &g.url(p), &admin(), None).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (404, "NOT_FOUND"),
+            "{m} {p}"
+        );
+    }
+    let r = send("PATCH", &g.url("/api/admin/tenants"), &admin(), None).await;
+    assert_eq!(r.status, 405);
+    let r = post(&g.url("/api/admin/tenants"), &admin(), r#"{"tier":"pro"}"#).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("name"));
+
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/admin/tenants/{id}")),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        get(&g.url(&format!("/api/admin/tenants/{id}")), &admin())
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn key_lifecycle_scopes_revocation_and_suspension() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, _) = provision(&g, "dev").await;
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
+        &admin(),
+        r#"{"name":"ingest-only","scopes":["ingest"],"expires_in_days":30}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let v = r.json();
+    let raw = v["raw_key"].as_str().unwrap().to_string();
+    assert!(raw.starts_with("ares_") && raw.len() >= 48);
+    assert!(v["warning"].is_string());
+    let k = &v["api_key"];
+    assert_eq!(k["key_prefix"], &raw[..13]);
+    assert_eq!(k["scopes"], serde_json::json!(["ingest"]));
+    assert_eq!(k["is_active"], true);
+    assert_eq!(k["tenant_id"], tenant.as_str());
+    assert!(k["expires_at"].as_u64().unwrap() > k["created_at"].as_u64().unwrap() + 29 * 86_400);
+    let key_id = k["id"].as_str().unwrap().to_string();
+
+    // Scope: ingest key on a chat route is 403, on the ingest route it passes.
+    let auth = bearer(&raw);
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (403, "AUTH_FORBIDDEN")
+    );
+    let r = post(
+        &g.url("/v1/usage/events"),
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/api/v1/usage/events");
+
+    // The listing never shows a raw key or a hash.
+    let list = get(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
+        &admin(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&list.body).to_string();
+    assert_eq!(list.json().as_array().unwrap().len(), 2);
+    assert!(!text.contains(&raw));
+    assert!(!text.contains(&ares_gateway::auth::api_key::hash(&raw)));
+    assert!(!text.contains("key_hash"));
+
+    // Suspension is 403, reactivation restores.
+    send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{tenant}/status")),
+        &admin(),
+        Some(r#"{"status":"suspended"}"#),
+    )
+    .await;
+    let r = post(
+        &g.url("/v1/usage/events"),
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (403, "AUTH_TENANT_SUSPENDED")
+    );
+    send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{tenant}/status")),
+        &admin(),
+        Some(r#"{"status":"active"}"#),
+    )
+    .await;
+    assert_eq!(
+        post(
+            &g.url("/v1/usage/events"),
+            &[("authorization", &auth)],
+            "{}"
+        )
+        .await
+        .status,
+        200
+    );
+
+    // Revocation takes effect at once on this replica.
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}")),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let r = post(
+        &g.url("/v1/usage/events"),
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_API_KEY")
+    );
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}")),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    // Bad inputs name the field.
+    for (body, field) in [
+        (r#"{"name":"x","expires_in_days":0}"#, "expires_in_days"),
+        (r#"{"name":"x","expires_in_days":4000}"#, "expires_in_days"),
+        (r#"{"name":"x","scopes":["Bad Scope"]}"#, "scopes"),
+        (r#"{"name":""}"#, "name"),
+    ] {
+        let r = post(
+            &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
+            &admin(),
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(field),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleted_tenants_keys_stop_working_and_keys_are_refused_on_the_wrong_route() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, key) = provision(&g, "free").await;
+    let auth = bearer(&key);
+    assert_eq!(
+        get(&g.url("/v1/models"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    // An API key on a JWT route, and a JWT on a key route, are 401.
+    let r = get(&g.url("/api/chat"), &[("authorization", &auth)]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_TOKEN")
+    );
+    let tokens = login(&g, "wrongroute@example.com").await;
+    let r = get(
+        &g.url("/v1/models"),
+        &[(
+            "authorization",
+            &bearer(tokens["access_token"].as_str().unwrap()),
+        )],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_API_KEY")
+    );
+
+    // Typos fail the checksum; random keys are refused; the scheme word is case-insensitive.
+    let mut typo = key.clone().into_bytes();
+    typo[20] = if typo[20] == b'a' { b'b' } else { b'a' };
+    let r = get(
+        &g.url("/v1/models"),
+        &[("authorization", &bearer(&String::from_utf8(typo).unwrap()))],
+    )
+    .await;
+    assert_eq!(r.error_code(), "AUTH_INVALID_API_KEY");
+    let r = get(
+        &g.url("/v1/models"),
+        &[("authorization", "Bearer ares_k7Gx9mPqR2vLwN4s")],
+    )
+    .await;
+    assert_eq!(r.error_code(), "AUTH_INVALID_API_KEY");
+    assert_eq!(
+        get(
+            &g.url("/v1/models"),
+            &[("authorization", &format!("bearer {key}"))]
+        )
+        .await
+        .status,
+        200
+    );
+    let r = get(&g.url("/v1/models"), &[]).await;
+    assert_eq!(r.error_code(), "AUTH_MISSING_CREDENTIALS");
+
+    send(
+        "DELETE",
+        &g.url(&format!("/api/admin/tenants/{tenant}")),
+        &admin(),
+        None,
+    )
+    .await;
+    let r = get(&g.url("/v1/models"), &[("authorization", &auth)]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_API_KEY")
+    );
+}
+
+#[tokio::test]
+async fn imported_ares_keys_keep_working() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, _) = provision(&g, "dev").await;
+    // ARES issues `ares_` + 64 hex and stores the SHA-256 hex of the whole key.
+    let legacy = format!("ares_{}", "0123456789abcdef".repeat(4));
+    let r = post(
+        &g.url("/v1/models"),
+        &[("authorization", &bearer(&legacy))],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 401, "unknown before import");
+    let body = serde_json::json!({
+        "key_hash": ares_gateway::auth::api_key::hash(&legacy),
+        "key_prefix": &legacy[..13],
+        "name": "migrated"
+    });
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/import")),
+        &admin(),
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.json()["api_key"]["key_prefix"], &legacy[..13]);
+    // The negative cache from the first attempt does not outlive the import.
+    let r = post(
+        &g.url("/v1/models"),
+        &[("authorization", &bearer(&legacy))],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().headers["x-tenant-id"], tenant.as_str());
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/import")),
+        &admin(),
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "duplicate hash");
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/import")),
+        &admin(),
+        r#"{"key_hash":"xyz","key_prefix":"ares_1","name":"n"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn provision_client_returns_the_contract_shape_and_refuses_unknown_tiers() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let r = post(
+        &g.url("/api/admin/provision-client"),
+        &admin(),
+        r#"{"name":"Beta","tier":"pro","api_key_name":"svc"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let v = r.json();
+    for field in [
+        "tenant_id",
+        "tenant_name",
+        "tier",
+        "api_key_id",
+        "api_key_prefix",
+        "raw_api_key",
+    ] {
+        assert!(v[field].is_string(), "{field} in {v}");
+    }
+    assert_eq!(v["tier"], "pro");
+    assert!(v["raw_api_key"]
+        .as_str()
+        .unwrap()
+        .starts_with(v["api_key_prefix"].as_str().unwrap()));
+    let r = post(
+        &g.url("/api/admin/provision-client"),
+        &admin(),
+        r#"{"name":"Gamma","tier":"gold","api_key_name":"svc"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (400, "INVALID_INPUT")
+    );
+    assert_eq!(
+        get(&g.url("/api/admin/tenants"), &admin())
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing half-made"
+    );
+}

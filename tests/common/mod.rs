@@ -1,0 +1,326 @@
+//! Test harness: a recording upstream, an in-process gateway on 127.0.0.1:0, and an HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ares_gateway::config::Config;
+use ares_gateway::state::AppState;
+use ares_gateway::Gateway;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const ADMIN: &str = "test-admin-secret-0123456789";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123";
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A real HTTP server that records every request and answers by path:
+/// - `/api/v1/sse`: three SSE frames 300 ms apart
+/// - `/api/slow`: answers after 3 s
+/// - `/api/v1/tokens`: 200 with `x-input-tokens: 600`, `x-output-tokens: 400`
+/// - `/api/hop`: a response carrying hop-by-hop headers
+/// - anything else: 200 JSON `{"ok":true,"path":...}`
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        async move { Ok::<_, Infallible>(answer(req, rec).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into())
+        .map_err(|n: Infallible| match n {})
+        .boxed_unsync()
+}
+
+async fn answer(req: Request<Incoming>, rec: Arc<Mutex<Vec<Recorded>>>) -> Response<BoxBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    rec.lock().unwrap().push(Recorded {
+        method: parts.method.clone(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body,
+    });
+    let path = parts.uri.path().to_string();
+    match path.as_str() {
+        "/api/v1/sse" => {
+            let (tx2, mut rx2) =
+                tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+            tokio::spawn(async move {
+                for i in 0..3 {
+                    if tx2
+                        .send(Ok(Frame::data(Bytes::from(format!("data: frame{i}\n\n")))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            });
+            let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx2.poll_recv(cx)));
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.boxed_unsync())
+                .unwrap()
+        }
+        "/api/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Response::new(full("slow"))
+        }
+        "/api/v1/tokens" => Response::builder()
+            .header("x-input-tokens", "600")
+            .header("x-output-tokens", "400")
+            .body(full("{}"))
+            .unwrap(),
+        "/api/hop" => Response::builder()
+            .header("connection", "x-secret-hop")
+            .header("x-secret-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .body(full("{}"))
+            .unwrap(),
+        _ => Response::builder()
+            .header("content-type", "application/json")
+            .body(full(
+                serde_json::json!({"ok": true, "path": path}).to_string(),
+            ))
+            .unwrap(),
+    }
+}
+
+/// An in-process gateway on a free loopback port, stopped when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// The shipped config with test secrets, the given upstream, and `env` overrides.
+pub fn config(upstream: &str, env: &[(&str, &str)]) -> Config {
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap();
+    config_from(&yaml, upstream, env)
+}
+
+pub fn config_from(yaml: &str, upstream: &str, env: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = vec![
+        ("ARES_LISTEN".into(), "127.0.0.1:0".into()),
+        ("ARES_METRICS_LISTEN".into(), String::new()),
+        ("ARES_UPSTREAM".into(), upstream.into()),
+        ("ARES_ADMIN_SECRET".into(), ADMIN.into()),
+        ("ARES_JWT_SECRET".into(), JWT_SECRET.into()),
+    ];
+    for (k, v) in env {
+        vars.retain(|(n, _)| n != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Config::from_yaml(yaml, &move |k| {
+        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .unwrap_or_else(|p| panic!("test config invalid: {p:?}"))
+}
+
+pub async fn gateway(upstream: &str, env: &[(&str, &str)]) -> TestGateway {
+    start(config(upstream, env)).await
+}
+
+pub async fn start(cfg: Config) -> TestGateway {
+    let (tx, rx) = oneshot::channel::<()>();
+    let g = Gateway::start(cfg, async move {
+        let _ = rx.await;
+    })
+    .await
+    .unwrap();
+    TestGateway {
+        addr: g.addr,
+        state: g.state,
+        stop: Some(tx),
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the contract's error shape and returns the code.
+    pub fn error_code(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let v = self.json();
+        assert!(v["error"].is_string(), "{v}");
+        v["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code in {v}"))
+            .to_string()
+    }
+}
+
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .unwrap();
+    let resp = client().request(req).await.expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send("GET", url, headers, None).await
+}
+
+pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    send("POST", url, headers, Some(body)).await
+}
+
+/// Provision a tenant with a key; returns (tenant id, key id, raw key).
+pub async fn provision(g: &TestGateway, tier: &str) -> (String, String, String) {
+    let r = post(
+        &g.url("/api/admin/provision-client"),
+        &[("x-admin-secret", ADMIN)],
+        &format!(r#"{{"name":"Acme","tier":"{tier}","api_key_name":"backend"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let v = r.json();
+    (
+        v["tenant_id"].as_str().unwrap().into(),
+        v["api_key_id"].as_str().unwrap().into(),
+        v["raw_api_key"].as_str().unwrap().into(),
+    )
+}
+
+/// Register and log in; returns the login response JSON.
+pub async fn login(g: &TestGateway, email: &str) -> serde_json::Value {
+    let r = post(
+        &g.url("/api/auth/register"),
+        &[],
+        &format!(r#"{{"email":"{email}","password":"your-secure-password","name":"Jane"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = post(
+        &g.url("/api/auth/login"),
+        &[],
+        &format!(r#"{{"email":"{email}","password":"your-secure-password"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
