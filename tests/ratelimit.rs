@@ -1,0 +1,185 @@
+//! Rate limits and quotas through real HTTP on the memory store.
+
+mod common;
+
+use common::*;
+
+fn admin() -> [(&'static str, &'static str); 1] {
+    [("x-admin-secret", ADMIN)]
+}
+
+async fn set_limits(g: &TestGateway, tenant: &str, body: &str) {
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{tenant}/limits")),
+        &admin(),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn concurrent_requests_from_two_keys_share_one_exact_budget() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, key1) = provision(&g, "pro").await;
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
+        &admin(),
+        r#"{"name":"second"}"#,
+    )
+    .await;
+    let key2 = r.json()["raw_key"].as_str().unwrap().to_string();
+    let (_, _, other) = provision(&g, "pro").await;
+    set_limits(&g, &tenant, r#"{"requests_per_minute":10}"#).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = g.url("/v1/chat");
+        let auth = bearer(if i % 2 == 0 { &key1 } else { &key2 });
+        tasks.push(tokio::spawn(async move {
+            post(&url, &[("authorization", &auth)], "{}").await
+        }));
+    }
+    let mut passed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            200 => passed += 1,
+            429 => {
+                assert_eq!(r.error_code(), "RATE_LIMIT_EXCEEDED");
+                assert_eq!(r.json()["error"], "Per-minute rate limit exceeded");
+                let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry));
+                assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(passed, 10);
+    assert_eq!(up.count(), 10, "refused requests never reach the upstream");
+    // Other tenants are unaffected; refused requests consumed nothing.
+    assert_eq!(
+        post(
+            &g.url("/v1/chat"),
+            &[("authorization", &bearer(&other))],
+            "{}"
+        )
+        .await
+        .status,
+        200
+    );
+    let usage = get(
+        &g.url(&format!("/api/admin/tenants/{tenant}/usage")),
+        &admin(),
+    )
+    .await
+    .json();
+    assert_eq!(usage["daily_requests"], 10);
+    assert_eq!(usage["monthly_requests"], 10);
+}
+
+#[tokio::test]
+async fn monthly_is_checked_before_daily_and_named() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, key) = provision(&g, "free").await;
+    let auth = bearer(&key);
+    set_limits(&g, &tenant, r#"{"requests_per_day":3}"#).await;
+    for _ in 0..3 {
+        assert_eq!(
+            post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
+                .await
+                .status,
+            200
+        );
+    }
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error":"Daily rate limit exceeded","code":"RATE_LIMIT_EXCEEDED"})
+    );
+    set_limits(&g, &tenant, r#"{"requests_per_month":3}"#).await;
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.json()["error"], "Monthly rate limit exceeded");
+    // null clears an override: the tier's day limit (50) applies again; month stays overridden.
+    set_limits(
+        &g,
+        &tenant,
+        r#"{"requests_per_day":null,"requests_per_month":null}"#,
+    )
+    .await;
+    assert_eq!(
+        post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn users_are_limited_per_user_on_jwt_routes() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[("ARES_USER_REQUESTS_PER_MINUTE", "3")]).await;
+    let a = login(&g, "a@example.com").await;
+    let b = login(&g, "b@example.com").await;
+    let auth_a = bearer(a["access_token"].as_str().unwrap());
+    for i in 0..3 {
+        let r = get(&g.url("/api/chat"), &[("authorization", &auth_a)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-limit"), Some("3"));
+        assert_eq!(
+            r.header("ratelimit-remaining"),
+            Some((2 - i).to_string().as_str())
+        );
+    }
+    let r = get(&g.url("/api/chat"), &[("authorization", &auth_a)]).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        get(
+            &g.url("/api/chat"),
+            &[(
+                "authorization",
+                &bearer(b["access_token"].as_str().unwrap())
+            )]
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn token_usage_headers_debit_the_monthly_budget() {
+    let up = Upstream::start().await;
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"))
+        .unwrap()
+        .replace("tokens_per_month: 100000", "tokens_per_month: 1500");
+    let g = start(config_from(&yaml, &up.url(), &[])).await;
+    let (tenant, _, key) = provision(&g, "free").await;
+    let auth = bearer(&key);
+    // Each call to /v1/tokens reports 600 + 400 tokens.
+    for _ in 0..2 {
+        assert_eq!(
+            get(&g.url("/v1/tokens"), &[("authorization", &auth)])
+                .await
+                .status,
+            200
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let usage = get(
+        &g.url(&format!("/api/admin/tenants/{tenant}/usage")),
+        &admin(),
+    )
+    .await
+    .json();
+    assert_eq!(usage["monthly_tokens"], 2000);
+    let r = get(&g.url("/v1/chat"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "Monthly token quota exceeded");
+    assert!(r.header("retry-after").is_some());
+}
