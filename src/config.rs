@@ -450,7 +450,7 @@ impl Config {
                     sections.insert(name.to_string(), v);
                 }
                 _ => problems.push(Problem {
-                    path: format!("{}", yaml_key(&k)),
+                    path: yaml_key(&k),
                     message: format!(
                         "unknown section (expected one of {})",
                         TOP_LEVEL_KEYS.join(", ")
@@ -532,17 +532,13 @@ fn substitute_tree(
     problems: &mut Vec<Problem>,
 ) {
     match v {
-        Value::String(s) => {
-            if s.contains('$') {
-                match substitute(s, env) {
-                    Ok(new) => *s = new,
-                    Err(message) => problems.push(Problem {
-                        path: path.to_string(),
-                        message,
-                    }),
-                }
-            }
-        }
+        Value::String(s) if s.contains('$') => match substitute(s, env) {
+            Ok(new) => *s = new,
+            Err(message) => problems.push(Problem {
+                path: path.to_string(),
+                message,
+            }),
+        },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 substitute_tree(item, &format!("{path}[{i}]"), env, problems);

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -268,6 +267,3 @@ pub fn no_content() -> Response<Body> {
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
-
-/// `Content-Type: application/json` check value.
-pub static JSON: HeaderValue = HeaderValue::from_static("application/json");

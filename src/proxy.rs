@@ -8,7 +8,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
@@ -422,11 +421,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     ] {
         h.remove(name);
     }
-}
-
-/// Bytes of a body as a `Body`.
-pub fn bytes_body(b: Bytes) -> Body {
-    crate::body::full(b)
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.base.len().cmp(&a.base.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.base.len()));
         RouteTable { routes }
     }
 

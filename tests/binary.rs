@@ -1,0 +1,238 @@
+//! The binary as operators run it: `demo` works as printed, and no secret reaches a log line
+//! even at debug level in JSON format.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_healthy(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_millis(500),
+            client().get(format!("{base}/healthz").parse().unwrap()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "gateway did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn demo_walkthrough_works_as_printed() {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
+        .arg("demo")
+        .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ARES_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut secret = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while secret.is_none() {
+        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+            .await
+            .expect("no walkthrough")
+            .unwrap()
+            .unwrap();
+        if let Some(s) = line.split("admin secret (generated for this run): ").nth(1) {
+            secret = Some(s.trim().to_string());
+        }
+    }
+    let secret = secret.unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let r = post(
+        &format!("{base}/api/admin/provision-client"),
+        &[("x-admin-secret", &secret)],
+        r#"{"name":"Acme","tier":"dev","api_key_name":"backend"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let key = r.json()["raw_api_key"].as_str().unwrap().to_string();
+    let r = post(
+        &format!("{base}/v1/chat"),
+        &[("authorization", &bearer(&key))],
+        r#"{"message":"Hello","agent_type":"product"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let echo = r.json();
+    assert_eq!(echo["path"], "/api/v1/chat");
+    assert_eq!(echo["headers"]["x-auth-method"], "api_key");
+    assert_eq!(echo["body"]["message"], "Hello");
+
+    post(&format!("{base}/api/auth/register"), &[], r#"{"email":"developer@example.com","password":"your-secure-password","name":"Jane Developer"}"#).await;
+    let t = post(
+        &format!("{base}/api/auth/login"),
+        &[],
+        r#"{"email":"developer@example.com","password":"your-secure-password"}"#,
+    )
+    .await
+    .json();
+    let r = post(
+        &format!("{base}/api/chat"),
+        &[(
+            "authorization",
+            &bearer(t["access_token"].as_str().unwrap()),
+        )],
+        r#"{"message":"Hello"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-auth-method"], "jwt");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_secret_reaches_a_log_line() {
+    let up = Upstream::start().await;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
+        .args([
+            "serve",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
+        ])
+        .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ARES_METRICS_LISTEN", "")
+        .env("ARES_UPSTREAM", up.url())
+        .env("ARES_ADMIN_SECRET", ADMIN)
+        .env("ARES_JWT_SECRET", JWT_SECRET)
+        .env("ARES_LOG", "debug")
+        .env("ARES_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let password = "log-test-password-42";
+    let r = post(
+        &format!("{base}/api/admin/provision-client"),
+        &[("x-admin-secret", ADMIN)],
+        r#"{"name":"L","tier":"dev","api_key_name":"k"}"#,
+    )
+    .await;
+    let key = r.json()["raw_api_key"].as_str().unwrap().to_string();
+    post(
+        &format!("{base}/v1/chat"),
+        &[("authorization", &bearer(&key))],
+        "{}",
+    )
+    .await;
+    post(
+        &format!("{base}/v1/chat"),
+        &[("authorization", "Bearer ares_wrongwrongwrong")],
+        "{}",
+    )
+    .await;
+    get(
+        &format!("{base}/api/admin/tenants"),
+        &[("x-admin-secret", "wrong-admin-secret-xyz")],
+    )
+    .await;
+    post(
+        &format!("{base}/api/auth/register"),
+        &[],
+        &format!(r#"{{"email":"log@example.com","password":"{password}","name":"L"}}"#),
+    )
+    .await;
+    post(
+        &format!("{base}/api/auth/login"),
+        &[],
+        r#"{"email":"log@example.com","password":"bad-password-999"}"#,
+    )
+    .await;
+    let t = post(
+        &format!("{base}/api/auth/login"),
+        &[],
+        &format!(r#"{{"email":"log@example.com","password":"{password}"}}"#),
+    )
+    .await
+    .json();
+    let access = t["access_token"].as_str().unwrap().to_string();
+    let refresh = t["refresh_token"].as_str().unwrap().to_string();
+    get(
+        &format!("{base}/api/chat?access_token={access}"),
+        &[("authorization", &bearer(&access))],
+    )
+    .await;
+    post(
+        &format!("{base}/api/auth/refresh"),
+        &[],
+        &format!(r#"{{"refresh_token":"{refresh}"}}"#),
+    )
+    .await;
+    post(
+        &format!("{base}/api/auth/logout"),
+        &[("authorization", &bearer(&access))],
+        &format!(r#"{{"refresh_token":"{refresh}"}}"#),
+    )
+    .await;
+
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    child.wait().await.unwrap();
+
+    assert!(
+        logs.contains("\"target\":\"access\""),
+        "access log lines exist:\n{logs:.2000}"
+    );
+    assert!(logs.contains("\"target\":\"audit\""), "audit lines exist");
+    let hash = ares_gateway::auth::api_key::hash(&key);
+    for (what, secret) in [
+        ("raw key", key.as_str()),
+        ("key hash", hash.as_str()),
+        ("admin secret", ADMIN),
+        ("wrong admin secret", "wrong-admin-secret-xyz"),
+        ("jwt secret", JWT_SECRET),
+        ("password", password),
+        ("wrong password", "bad-password-999"),
+        ("access token", access.as_str()),
+        ("refresh token", refresh.as_str()),
+        (
+            "refresh token hash",
+            &ares_gateway::auth::api_key::hash(&refresh),
+        ),
+        ("random key", "ares_wrongwrongwrong"),
+    ] {
+        assert!(!logs.contains(secret), "{what} appears in the logs");
+    }
+    // Logs are JSON lines.
+    for line in logs.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
