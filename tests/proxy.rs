@@ -363,3 +363,47 @@ async fn malformed_json_and_oversized_heads_are_refused() {
     assert!(trace.starts_with("HTTP/1.1 405"), "{trace:.80}");
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test]
+async fn prior_knowledge_h2c_routes_and_rewrites_like_http1() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, key) = provision(&g, "dev").await;
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::post(g.url("/v1/chat"))
+        .header("authorization", bearer(&key))
+        .header("x-tenant-id", "ten_spoofed")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"m\":1}",
+        )))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-request-id").is_some());
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/v1/chat");
+    assert_eq!(seen.headers["x-tenant-id"], tenant.as_str());
+    assert_eq!(seen.body, "{\"m\":1}");
+    // A path trick over h2 is refused the same way.
+    let req = http::Request::get(g.url("/api/%2e%2e/%2e%2e/x"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.request(req).await.unwrap().status(), 400);
+}
+
+#[tokio::test]
+async fn requests_during_a_drain_get_503_shutting_down() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    assert_eq!(get(&g.url("/healthz"), &[]).await.status, 200);
+    g.state.start_draining();
+    let r = get(&g.url("/healthz"), &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (503, "SHUTTING_DOWN")
+    );
+}
