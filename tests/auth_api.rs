@@ -293,8 +293,7 @@ async fn refresh_tokens_are_never_access_tokens() {
 #[tokio::test]
 async fn rotation_returns_new_tokens_and_reuse_revokes_the_family() {
     let up = Upstream::start().await;
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"))
-        .unwrap()
+    let yaml = shipped_yaml()
         .replace("refresh_rotation: false", "refresh_rotation: true")
         .replace("refresh_reuse_grace_secs: 5", "refresh_reuse_grace_secs: 0");
     let g = start(config_from(&yaml, &up.url(), &[])).await;

@@ -9,31 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = tokio::time::timeout(
-            Duration::from_millis(500),
-            client().get(format!("{base}/healthz").parse().unwrap()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "gateway did not become healthy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn demo_walkthrough_works_as_printed() {
     let port = free_port();
@@ -107,27 +82,11 @@ async fn demo_walkthrough_works_as_printed() {
 #[tokio::test]
 async fn no_secret_reaches_a_log_line() {
     let up = Upstream::start().await;
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
-        .args([
-            "serve",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
-        ])
-        .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ARES_METRICS_LISTEN", "")
-        .env("ARES_UPSTREAM", up.url())
-        .env("ARES_ADMIN_SECRET", ADMIN)
-        .env("ARES_JWT_SECRET", JWT_SECRET)
-        .env("ARES_LOG", "debug")
-        .env("ARES_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base).await;
+    let (mut child, base) = serve_binary(
+        &up.url(),
+        &[("ARES_LOG", "debug"), ("ARES_LOG_FORMAT", "json")],
+    )
+    .await;
     let password = "log-test-password-42";
     let r = post(
         &format!("{base}/api/admin/provision-client"),
@@ -192,11 +151,7 @@ async fn no_secret_reaches_a_log_line() {
     )
     .await;
 
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    sigterm(&child);
     let mut logs = String::new();
     child
         .stderr

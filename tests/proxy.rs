@@ -171,9 +171,7 @@ async fn dead_upstream_is_502_and_slow_upstream_is_504() {
     assert!(!String::from_utf8_lossy(&r.body).contains(&dead.port().to_string()));
 
     let up = Upstream::start().await;
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"))
-        .unwrap()
-        .replace("first_byte_timeout_secs: 60", "first_byte_timeout_secs: 1");
+    let yaml = shipped_yaml().replace("first_byte_timeout_secs: 60", "first_byte_timeout_secs: 1");
     let g = start(config_from(&yaml, &up.url(), &[])).await;
     let tokens = login(&g, "slow@example.com").await;
     let started = Instant::now();
@@ -288,12 +286,10 @@ async fn unknown_paths_and_wrong_credentials_get_json_errors() {
 #[tokio::test]
 async fn oversized_bodies_are_413_and_not_forwarded() {
     let up = Upstream::start().await;
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"))
-        .unwrap()
-        .replace(
-            "request_body_limit_bytes: 10485760",
-            "request_body_limit_bytes: 1000",
-        );
+    let yaml = shipped_yaml().replace(
+        "request_body_limit_bytes: 10485760",
+        "request_body_limit_bytes: 1000",
+    );
     let g = start(config_from(&yaml, &up.url(), &[])).await;
     let (_, _, key) = provision(&g, "dev").await;
     let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(5000));

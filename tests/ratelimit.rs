@@ -155,9 +155,7 @@ async fn users_are_limited_per_user_on_jwt_routes() {
 #[tokio::test]
 async fn token_usage_headers_debit_the_monthly_budget() {
     let up = Upstream::start().await;
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"))
-        .unwrap()
-        .replace("tokens_per_month: 100000", "tokens_per_month: 1500");
+    let yaml = shipped_yaml().replace("tokens_per_month: 100000", "tokens_per_month: 1500");
     let g = start(config_from(&yaml, &up.url(), &[])).await;
     let (tenant, _, key) = provision(&g, "free").await;
     let auth = bearer(&key);

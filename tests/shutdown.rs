@@ -2,55 +2,14 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = Upstream::start().await;
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
-        .args([
-            "serve",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
-        ])
-        .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ARES_METRICS_LISTEN", "")
-        .env("ARES_UPSTREAM", up.url())
-        .env("ARES_ADMIN_SECRET", ADMIN)
-        .env("ARES_JWT_SECRET", JWT_SECRET)
-        .env("ARES_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = tokio::time::timeout(
-            Duration::from_millis(500),
-            client().get(format!("{base}/healthz").parse().unwrap()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway did not become healthy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, base) = serve_binary(&up.url(), &[("ARES_LOG", "warn")]).await;
     let tokens = {
         post(
             &format!("{base}/api/auth/register"),
@@ -87,7 +46,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     // And the listener is closed.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(std::net::TcpStream::connect(base.trim_start_matches("http://")).is_err());
 }
 
 #[tokio::test]

@@ -177,9 +177,7 @@ impl TestGateway {
 
 /// The shipped config with test secrets, the given upstream, and `env` overrides.
 pub fn config(upstream: &str, env: &[(&str, &str)]) -> Config {
-    let yaml =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap();
-    config_from(&yaml, upstream, env)
+    config_from(&shipped_yaml(), upstream, env)
 }
 
 pub fn config_from(yaml: &str, upstream: &str, env: &[(&str, &str)]) -> Config {
@@ -323,4 +321,75 @@ pub async fn login(g: &TestGateway, email: &str) -> serde_json::Value {
 
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+/// The shipped `gateway.yaml` text, for tests that tweak one value.
+pub fn shipped_yaml() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `/healthz` until it answers 200 (at most 10 s).
+pub async fn wait_healthy(base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_millis(500),
+            client().get(format!("{base}/healthz").parse().unwrap()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok_and(|r| r.status() == 200));
+        if ok {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run `ares-gateway serve` with the shipped config on a free port; returns the child (its
+/// stderr piped) and the base URL once it is healthy.
+pub async fn serve_binary(upstream: &str, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"));
+    cmd.args([
+        "serve",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
+    ])
+    .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
+    .env("ARES_METRICS_LISTEN", "")
+    .env("ARES_UPSTREAM", upstream)
+    .env("ARES_ADMIN_SECRET", ADMIN)
+    .env("ARES_JWT_SECRET", JWT_SECRET)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    (child, base)
+}
+
+/// Send SIGTERM to a child process.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("child still running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
 }
