@@ -2,7 +2,7 @@
 # the source; the runtime image holds only the binary, CA roots and the shipped gateway.yaml.
 # Not built on the development machine (no Docker engine there): keep it simple.
 
-FROM rust:1.85-bookworm AS build
+FROM rust:1-bookworm AS build
 WORKDIR /src
 # 1. Dependencies only: a stub crate with the real manifest and lock file.
 COPY Cargo.toml Cargo.lock ./
