@@ -17,6 +17,7 @@
 //! auth/password.rs  argon2id on spawn_blocking behind a semaphore; password policy
 //! store/mod.rs      trait Store and its records; the shared store test suite
 //! store/memory.rs   the embedded default store
+//! store/redis.rs    Redis / Redis Cluster: key schema, Lua limiter, pub/sub invalidation
 //! ratelimit.rs      windows, plans, the exact local limiter, RateLimit-* headers
 //! proxy.rs          header hygiene, identity headers, streaming forward
 //! api/auth.rs       /api/auth/*
@@ -83,7 +84,7 @@ impl Gateway {
         config: Config,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Gateway, String> {
-        let store = build_store(&config)?;
+        let store = build_store(&config).await?;
         Self::start_with_store(config, store, shutdown).await
     }
 
@@ -104,7 +105,7 @@ impl Gateway {
 }
 
 /// The store the config names.
-pub fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     match &config.store.backend {
         StoreBackend::Memory => {
             let store = Arc::new(MemoryStore::new());
@@ -121,9 +122,11 @@ pub fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             });
             Ok(store)
         }
-        StoreBackend::Redis { .. } => Err(
-            "ARES_STORE=redis: the Redis store is not part of this build yet; use ARES_STORE=memory".into(),
-        ),
+        StoreBackend::Redis { url } => {
+            let store: Arc<dyn Store> =
+                store::RedisStore::connect(&config.store, url.expose()).await?;
+            Ok(store)
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::config::{Config, FailurePolicy};
 use crate::error::{GatewayError, StoreError};
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{now_ms, Decision, LocalLimiter, Plan};
-use crate::store::Store;
+use crate::store::{Invalidation, Store};
 
 /// What one config file turns into.
 pub struct Runtime {
@@ -63,7 +63,8 @@ impl AppState {
         let keys = KeyCache::new(config.store.api_key_cache_ttl);
         let passwords = PasswordHasher::new(config.auth.password_hash_concurrency);
         let command_timeout = config.store.command_timeout;
-        Arc::new(AppState {
+        let invalidations = store.invalidations();
+        let state = Arc::new(AppState {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             store,
             keys,
@@ -71,7 +72,11 @@ impl AppState {
             fallback_limiter: LocalLimiter::new(),
             draining: AtomicBool::new(false),
             command_timeout,
-        })
+        });
+        if let Some(rx) = invalidations {
+            tokio::spawn(apply_invalidations(rx, Arc::downgrade(&state)));
+        }
+        state
     }
 
     /// The config in force now.
@@ -157,5 +162,25 @@ impl AppState {
             }
         }
         self.fallback_limiter.sweep(now_ms());
+    }
+}
+
+/// Apply other replicas' changes to this replica's caches.
+async fn apply_invalidations(
+    mut rx: tokio::sync::broadcast::Receiver<Invalidation>,
+    state: std::sync::Weak<AppState>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let msg = rx.recv().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        match msg {
+            Ok(Invalidation::Key(hash)) => state.keys.invalidate_key(&hash),
+            Ok(Invalidation::Tenant(id)) => state.keys.invalidate_tenant(&id),
+            Ok(Invalidation::All) | Err(RecvError::Lagged(_)) => state.keys.clear(),
+            Err(RecvError::Closed) => return,
+        }
     }
 }

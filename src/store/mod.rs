@@ -4,6 +4,7 @@
 //! passwords as argon2id PHC strings.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,19 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, Plan, Usage, Window};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
+
+/// A change another replica made: drop the cached copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A key (by hash) was created, imported or deleted.
+    Key(String),
+    /// A tenant changed or was deleted.
+    Tenant(String),
+    /// Messages may have been missed: drop every cached key and tenant.
+    All,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -184,6 +197,11 @@ pub trait Store: Send + Sync + 'static {
     /// Debit `n` tokens from `scope` this month; returns the month's total.
     async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError>;
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Changes made by other replicas, for stores shared between replicas.
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
 }
 
 /// Rate-limit scope names, one place so every store and the usage endpoint agree.
@@ -208,7 +226,7 @@ pub mod scope {
     }
 }
 
-#[cfg(test)]
+#[doc(hidden)]
 pub mod suite {
     //! The behaviour every `Store` must have; run against each implementation.
     use super::*;

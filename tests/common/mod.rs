@@ -1,6 +1,8 @@
 //! Test harness: a recording upstream, an in-process gateway on 127.0.0.1:0, and an HTTP client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

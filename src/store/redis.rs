@@ -1,0 +1,774 @@
+//! The Redis store: shared by every gateway replica (one Redis, or a Redis Cluster).
+//!
+//! # Key schema (prefix `ares:` by default)
+//!
+//! ```text
+//! {p}tenant:{id}                 JSON tenant
+//! {p}tenants                     SET of tenant ids
+//! {p}tenant_keys:{id}            SET of the tenant's key hashes
+//! {p}key:{sha256 of key}         JSON key record (hash, prefix, scopes; never the key)
+//! {p}user:{id}                   JSON user (argon2id PHC string; never the password)
+//! {p}email:{sha256 of email}     user id: the unique index (SET NX)
+//! {p}rt:{sha256 of token}        JSON refresh record, expiring with the token
+//! {p}rtrot:{sha256 of token}     rotation time (SET NX GET: the first rotation wins)
+//! {p}rtfam:{family}              revoked refresh family, expiring with the last token
+//! {p}jti:{jti}                   revoked access token id, expiring with the token
+//! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
+//! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
+//! {p}tok:{<scope>}:month:{n}     tokens debited in month n
+//! channel {p}invalidate          "key:<hash>" | "tenant:<id>": cache invalidations
+//! ```
+//!
+//! The braces are Redis Cluster hash tags: every key one rate-limit decision touches shares a
+//! slot, so the decision is one Lua script (`EVALSHA`), atomic and one round trip. Other
+//! multi-key writes are ordered so that a crash between steps never leaves a usable record
+//! without its index (the unique index is written first, with NX).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, OnceCell};
+
+use super::{ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, User};
+use crate::auth::unix_now;
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::ratelimit::{Decision, RateLimitHeaders, Usage, Window};
+
+/// Decide every window of one scope atomically; consume from all only when all allow.
+///
+/// KEYS: one per window, in check order. ARGV: now_ms, consume (1/0), member, then per window:
+/// kind (`s` sliding | `c` calendar), limit, span (sliding: window ms; calendar: period end ms).
+/// Returns {refusing window index or 0, limit, remaining, reset_ms} of the refusing or tightest
+/// window.
+const LIMIT_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local consume = ARGV[2] == '1'
+local member = ARGV[3]
+local tl, tr, tz = 0, -1, 0
+for i = 1, #KEYS do
+  local base = 3 + (i - 1) * 3
+  local kind = ARGV[base + 1]
+  local limit = tonumber(ARGV[base + 2])
+  local span = tonumber(ARGV[base + 3])
+  local used, reset
+  if kind == 's' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span)
+    used = redis.call('ZCARD', KEYS[i])
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if oldest[2] then reset = tonumber(oldest[2]) + span - now else reset = span end
+  else
+    used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    reset = span - now
+  end
+  if used >= limit then
+    return {i, limit, 0, reset}
+  end
+  local rem = limit - used
+  if consume then rem = rem - 1 end
+  if tr < 0 or rem < tr or (rem == tr and reset < tz) then
+    tl, tr, tz = limit, rem, reset
+  end
+end
+if consume then
+  for i = 1, #KEYS do
+    local base = 3 + (i - 1) * 3
+    local span = tonumber(ARGV[base + 3])
+    if ARGV[base + 1] == 's' then
+      redis.call('ZADD', KEYS[i], now, member)
+      redis.call('PEXPIRE', KEYS[i], span)
+    else
+      redis.call('INCR', KEYS[i])
+      redis.call('PEXPIREAT', KEYS[i], span + 86400000)
+    end
+  end
+end
+if tr < 0 then tr = 0 end
+return {0, tl, tr, tz}
+"#;
+
+/// A live connection: one Redis (multiplexed, reconnecting) or a cluster.
+#[derive(Clone)]
+enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Handle::Single(c) => c.req_packed_command(cmd),
+            Handle::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Handle::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Handle::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Handle::Single(c) => c.get_db(),
+            Handle::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Conn {
+    Single(ConnectionManager),
+    /// Connected on first use, so the gateway starts (unready) while the cluster is down.
+    Cluster(Box<LazyCluster>),
+}
+
+struct LazyCluster {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    invalidations: broadcast::Sender<Invalidation>,
+    limiter: Script,
+    timeout: Duration,
+}
+
+/// Node URLs of `redis+cluster://[auth@]h1:p1,h2:p2` (or `rediss+cluster://`).
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
+        ("redis://", r)
+    } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+        ("rediss://", r)
+    } else {
+        return None;
+    };
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| format!("{scheme}{auth}{}", h.trim()))
+            .collect(),
+    )
+}
+
+/// `{prefix}` + a formatted key name.
+macro_rules! key {
+    ($store:expr, $($arg:tt)*) => {
+        format!("{}{}", $store.prefix, format_args!($($arg)*))
+    };
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Set up connections without requiring Redis to be up: commands fail (503) until it is.
+    pub async fn connect(cfg: &StoreConfig, url: &str) -> Result<Arc<RedisStore>, String> {
+        let timeout = cfg.command_timeout;
+        let (conn, pubsub_url) = match cluster_nodes(url) {
+            Some(nodes) if nodes.is_empty() => return Err("REDIS_URL names no cluster node".into()),
+            Some(nodes) => {
+                let client = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(|e| format!("REDIS_URL: {e}"))?;
+                (
+                    Conn::Cluster(Box::new(LazyCluster {
+                        client,
+                        conn: OnceCell::new(),
+                    })),
+                    nodes[0].clone(),
+                )
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(2));
+                let manager = ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| format!("REDIS_URL: {e}"))?;
+                (Conn::Single(manager), url.to_string())
+            }
+        };
+        let (tx, _) = broadcast::channel(1024);
+        let store = Arc::new(RedisStore {
+            conn,
+            prefix: cfg.key_prefix.clone(),
+            invalidations: tx.clone(),
+            limiter: Script::new(LIMIT_SCRIPT),
+            timeout,
+        });
+        let channel = format!("{}invalidate", cfg.key_prefix);
+        let pubsub =
+            redis::Client::open(pubsub_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
+        tokio::spawn(subscribe_loop(pubsub, channel, tx, Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    async fn handle(&self) -> Result<Handle, StoreError> {
+        match &self.conn {
+            Conn::Single(m) => Ok(Handle::Single(m.clone())),
+            Conn::Cluster(lazy) => {
+                let LazyCluster { client, conn } = lazy.as_ref();
+                let c = conn
+                    .get_or_try_init(|| async {
+                        tokio::time::timeout(self.timeout * 4, client.get_async_connection())
+                            .await
+                            .map_err(|_| unavailable("cluster connect timed out"))?
+                            .map_err(unavailable)
+                    })
+                    .await?;
+                Ok(Handle::Cluster(c.clone()))
+            }
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let mut c = self.handle().await?;
+        let raw: Option<String> = c.get(key).await.map_err(unavailable)?;
+        match raw {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{key}: {e}"))),
+        }
+    }
+
+    async fn set_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let json = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.handle().await?;
+        c.set::<_, _, ()>(key, json).await.map_err(unavailable)
+    }
+
+    async fn publish(&self, message: String) {
+        let channel = key!(self, "invalidate");
+        let result: Result<(), StoreError> = async {
+            let mut c = self.handle().await?;
+            c.publish::<_, _, ()>(channel, message)
+                .await
+                .map_err(unavailable)
+        }
+        .await;
+        if let Err(e) = result {
+            // The cache TTL on the other replicas is the backstop.
+            tracing::warn!(error = %e, "invalidation not published");
+        }
+    }
+
+    fn limit_keys(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut keys = Vec::with_capacity(limits.len());
+        let mut args = Vec::with_capacity(limits.len() * 3);
+        for &(w, limit) in limits {
+            if w.is_calendar() {
+                let (period, end) = w.calendar_period(now_ms);
+                keys.push(key!(self, "rl:{{{scope}}}:{}:{period}", w.name()));
+                args.extend(["c".to_string(), limit.to_string(), end.to_string()]);
+            } else {
+                keys.push(key!(self, "rl:{{{scope}}}:{}", w.name()));
+                args.extend([
+                    "s".to_string(),
+                    limit.to_string(),
+                    w.sliding_ms().to_string(),
+                ]);
+            }
+        }
+        (keys, args)
+    }
+
+    async fn decide(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        consume: bool,
+    ) -> Result<Decision, StoreError> {
+        if limits.is_empty() {
+            return Ok(Decision {
+                refused_by: None,
+                headers: RateLimitHeaders::default(),
+            });
+        }
+        let (keys, args) = self.limit_keys(scope, limits, now_ms);
+        let mut inv = self.limiter.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        let member = format!("{now_ms}:{}", crate::auth::random_token("", 10));
+        inv.arg(now_ms)
+            .arg(if consume { "1" } else { "0" })
+            .arg(member);
+        for a in &args {
+            inv.arg(a);
+        }
+        let mut c = self.handle().await?;
+        let out: Vec<i64> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        let [idx, limit, remaining, reset_ms] = out.as_slice() else {
+            return Err(StoreError::Corrupt(format!(
+                "limiter script returned {out:?}"
+            )));
+        };
+        let refused_by = match *idx {
+            0 => None,
+            i => limits.get((i - 1) as usize).map(|(w, _)| *w),
+        };
+        let reset = (reset_ms.max(&0) + 999) / 1000;
+        Ok(Decision {
+            refused_by,
+            headers: RateLimitHeaders {
+                limit: *limit as u64,
+                remaining: *remaining as u64,
+                reset: if refused_by.is_some() {
+                    reset.max(1) as u64
+                } else {
+                    reset as u64
+                },
+            },
+        })
+    }
+
+    async fn calendar_count(&self, key: String) -> Result<u64, StoreError> {
+        let mut c = self.handle().await?;
+        let v: Option<u64> = c.get(key).await.map_err(unavailable)?;
+        Ok(v.unwrap_or(0))
+    }
+}
+
+/// Listen for invalidations; after every (re)subscription tell the caches to drop everything,
+/// since messages may have been missed while disconnected.
+async fn subscribe_loop(
+    client: redis::Client,
+    channel: String,
+    tx: broadcast::Sender<Invalidation>,
+    store: std::sync::Weak<RedisStore>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if store.upgrade().is_none() {
+            return;
+        }
+        let connected = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        match connected {
+            Ok(Ok(ps)) => {
+                backoff = Duration::from_millis(100);
+                let _ = tx.send(Invalidation::All);
+                let mut stream = ps.into_on_message();
+                while let Some(msg) = stream.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let inv = match payload.split_once(':') {
+                        Some(("key", h)) => Invalidation::Key(h.to_string()),
+                        Some(("tenant", id)) => Invalidation::Tenant(id.to_string()),
+                        _ => Invalidation::All,
+                    };
+                    let _ = tx.send(inv);
+                }
+                tracing::warn!("invalidation subscription lost; resubscribing");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "invalidation subscription failed"),
+            Err(_) => tracing::debug!("invalidation subscription timed out"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn sha_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.handle().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.set_json(&key!(self, "tenant:{}", tenant.id), tenant)
+            .await?;
+        let mut c = self.handle().await?;
+        c.sadd::<_, _, ()>(key!(self, "tenants"), &tenant.id)
+            .await
+            .map_err(unavailable)?;
+        self.publish(format!("tenant:{}", tenant.id)).await;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        self.get_json(&key!(self, "tenant:{id}")).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut c = self.handle().await?;
+        let ids: Vec<String> = c
+            .smembers(key!(self, "tenants"))
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = self.get_tenant(&id).await? {
+                out.push(t);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn delete_tenant(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let tenant_key = key!(self, "tenant:{id}");
+        let mut c = self.handle().await?;
+        let existed: u64 = c.del(&tenant_key).await.map_err(unavailable)?;
+        if existed == 0 {
+            return Ok(None);
+        }
+        let set = key!(self, "tenant_keys:{id}");
+        let hashes: Vec<String> = c.smembers(&set).await.map_err(unavailable)?;
+        for h in &hashes {
+            c.del::<_, ()>(key!(self, "key:{h}"))
+                .await
+                .map_err(unavailable)?;
+        }
+        c.del::<_, ()>(&set).await.map_err(unavailable)?;
+        c.srem::<_, _, ()>(key!(self, "tenants"), id)
+            .await
+            .map_err(unavailable)?;
+        self.publish(format!("tenant:{id}")).await;
+        for h in &hashes {
+            self.publish(format!("key:{h}")).await;
+        }
+        Ok(Some(hashes))
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.handle().await?;
+        let created: bool = redis::cmd("SET")
+            .arg(key!(self, "key:{}", key.key_hash))
+            .arg(json)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut c)
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        if !created {
+            return Err(StoreError::Conflict);
+        }
+        c.sadd::<_, _, ()>(key!(self, "tenant_keys:{}", key.tenant_id), &key.key_hash)
+            .await
+            .map_err(unavailable)?;
+        // Other replicas may hold this hash in their negative caches.
+        self.publish(format!("key:{}", key.key_hash)).await;
+        Ok(())
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get_json(&key!(self, "key:{key_hash}")).await
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut c = self.handle().await?;
+        let hashes: Vec<String> = c
+            .smembers(key!(self, "tenant_keys:{tenant_id}"))
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            if let Some(k) = self.get_api_key(&h).await? {
+                out.push(k);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn delete_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let found = self
+            .list_api_keys(tenant_id)
+            .await?
+            .into_iter()
+            .find(|k| k.id == key_id);
+        let Some(record) = found else {
+            return Ok(None);
+        };
+        let mut c = self.handle().await?;
+        c.del::<_, ()>(key!(self, "key:{}", record.key_hash))
+            .await
+            .map_err(unavailable)?;
+        c.srem::<_, _, ()>(key!(self, "tenant_keys:{tenant_id}"), &record.key_hash)
+            .await
+            .map_err(unavailable)?;
+        self.publish(format!("key:{}", record.key_hash)).await;
+        Ok(Some(record))
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
+        for (hash, at) in used {
+            let key = key!(self, "key:{hash}");
+            let Some(mut record) = self.get_json::<ApiKeyRecord>(&key).await? else {
+                continue;
+            };
+            record.last_used_at = Some(record.last_used_at.map_or(*at, |p| p.max(*at)));
+            let json =
+                serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut c = self.handle().await?;
+            // XX: never resurrect a key deleted meanwhile.
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(json)
+                .arg("XX")
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut c = self.handle().await?;
+        let claimed = redis::cmd("SET")
+            .arg(key!(self, "email:{}", sha_hex(&user.email)))
+            .arg(&user.id)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut c)
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        if !claimed {
+            return Err(StoreError::Conflict);
+        }
+        self.set_json(&key!(self, "user:{}", user.id), user).await
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let mut c = self.handle().await?;
+        let id: Option<String> = c
+            .get(key!(self, "email:{}", sha_hex(email)))
+            .await
+            .map_err(unavailable)?;
+        match id {
+            Some(id) => self.get_user(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.get_json(&key!(self, "user:{id}")).await
+    }
+
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError> {
+        let key = key!(self, "user:{user_id}");
+        if let Some(mut u) = self.get_json::<User>(&key).await? {
+            u.password_hash = hash.to_string();
+            self.set_json(&key, &u).await?;
+        }
+        Ok(())
+    }
+
+    async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.handle().await?;
+        redis::cmd("SET")
+            .arg(key!(self, "rt:{}", record.token_hash))
+            .arg(json)
+            .arg("EXAT")
+            .arg(record.expires_at.max(unix_now() + 1))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let Some(r) = self
+            .get_json::<RefreshRecord>(&key!(self, "rt:{token_hash}"))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut c = self.handle().await?;
+        let revoked: bool = c
+            .exists(key!(self, "rtfam:{}", r.family_id))
+            .await
+            .map_err(unavailable)?;
+        Ok((r.expires_at > unix_now() && !revoked).then_some(r))
+    }
+
+    async fn mark_refresh_rotated(
+        &self,
+        token_hash: &str,
+        at: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut c = self.handle().await?;
+        let prev: Option<String> = redis::cmd("SET")
+            .arg(key!(self, "rtrot:{token_hash}"))
+            .arg(at)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(366 * 86_400)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(prev.and_then(|p| p.parse().ok()))
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError> {
+        let mut c = self.handle().await?;
+        redis::cmd("SET")
+            .arg(key!(self, "rtfam:{family_id}"))
+            .arg(1)
+            .arg("EXAT")
+            .arg(until.max(unix_now() + 1))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        if until <= unix_now() {
+            return Ok(());
+        }
+        let mut c = self.handle().await?;
+        redis::cmd("SET")
+            .arg(key!(self, "jti:{jti}"))
+            .arg(1)
+            .arg("EXAT")
+            .arg(until)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let mut c = self.handle().await?;
+        c.exists(key!(self, "jti:{jti}")).await.map_err(unavailable)
+    }
+
+    async fn rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide(scope, limits, now_ms, true).await
+    }
+
+    async fn peek_rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide(scope, limits, now_ms, false).await
+    }
+
+    async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
+        let mut counts = [0u64; 2];
+        for (slot, w) in counts.iter_mut().zip([Window::Day, Window::Month]) {
+            let (period, _) = w.calendar_period(now_ms);
+            *slot = self
+                .calendar_count(key!(self, "rl:{{{scope}}}:{}:{period}", w.name()))
+                .await?;
+        }
+        Ok(Usage {
+            day: counts[0],
+            month: counts[1],
+        })
+    }
+
+    async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
+        let (period, end) = Window::Month.calendar_period(now_ms);
+        let key = key!(self, "tok:{{{scope}}}:month:{period}");
+        let mut c = self.handle().await?;
+        let (total,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, n)
+            .cmd("PEXPIREAT")
+            .arg(&key)
+            .arg(end + 86_400_000)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(total)
+    }
+
+    async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let (period, _) = Window::Month.calendar_period(now_ms);
+        self.calendar_count(key!(self, "tok:{{{scope}}}:month:{period}"))
+            .await
+    }
+
+    fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        Some(self.invalidations.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_every_seed_node() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/").unwrap(),
+            vec!["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://:pw@a:1,b:2").unwrap(),
+            vec!["rediss://:pw@a:1", "rediss://:pw@b:2"]
+        );
+        assert!(cluster_nodes("redis://127.0.0.1:6379").is_none());
+    }
+}

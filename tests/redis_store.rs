@@ -1,0 +1,380 @@
+//! The Redis store against real `redis-server` processes: the shared store suite (one Redis and
+//! a 3-master cluster), two gateway replicas sharing state, restarts, outages, a hanging Redis.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ares_gateway::config::Config;
+use ares_gateway::store::{suite, RedisStore};
+use common::redis::{cli, RedisCluster, RedisServer};
+use common::*;
+
+fn admin() -> [(&'static str, &'static str); 1] {
+    [("x-admin-secret", ADMIN)]
+}
+
+fn redis_config(upstream: &str, redis_url: &str, extra: &[(&str, &str)]) -> Config {
+    let mut env = vec![("ARES_STORE", "redis"), ("REDIS_URL", redis_url)];
+    env.extend_from_slice(extra);
+    config(upstream, &env)
+}
+
+async fn store_for(url: &str) -> std::sync::Arc<RedisStore> {
+    let cfg = redis_config("http://127.0.0.1:1", url, &[]);
+    RedisStore::connect(&cfg.store, url).await.unwrap()
+}
+
+#[tokio::test]
+async fn redis_store_passes_the_store_suite() {
+    let redis = RedisServer::start();
+    let store = store_for(&redis.url()).await;
+    suite::run_all(store.as_ref()).await;
+    // Nothing secret is stored in plaintext: key names and values hold hashes only.
+    let keys = cli(redis.port, &["KEYS", "*"]);
+    assert!(keys.contains("ares:key:h3"), "{keys}");
+    assert!(
+        !keys.contains("a@example.com"),
+        "emails are indexed by hash: {keys}"
+    );
+}
+
+#[tokio::test]
+async fn redis_cluster_passes_the_store_suite() {
+    let cluster = RedisCluster::start();
+    let store = store_for(&cluster.url()).await;
+    suite::run_all(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn two_replicas_share_keys_revocations_logouts_and_limits() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let a = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let b = start(redis_config(&up.url(), &redis.url(), &[])).await;
+
+    // A key made on one replica works on the other.
+    let (tenant, key_id, key) = provision(&a, "pro").await;
+    let auth = bearer(&key);
+    assert_eq!(
+        post(&b.url("/v1/chat"), &[("authorization", &auth)], "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.last().headers["x-tenant-id"], tenant.as_str());
+
+    // Revocation on A is refused by B (which has the key cached) within 1 s.
+    let r = send(
+        "DELETE",
+        &a.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}")),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let revoked_at = Instant::now();
+    loop {
+        let r = post(&b.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "B still accepts a revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lag = revoked_at.elapsed();
+    assert!(lag < Duration::from_millis(500), "revocation took {lag:?}");
+
+    // Suspension on B is seen by A.
+    let (t2, _, k2) = provision(&b, "pro").await;
+    assert_eq!(
+        post(&a.url("/v1/chat"), &[("authorization", &bearer(&k2))], "{}")
+            .await
+            .status,
+        200
+    );
+    send(
+        "PUT",
+        &b.url(&format!("/api/admin/tenants/{t2}/status")),
+        &admin(),
+        Some(r#"{"status":"suspended"}"#),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = post(&a.url("/v1/chat"), &[("authorization", &bearer(&k2))], "{}").await;
+    assert_eq!(r.error_code(), "AUTH_TENANT_SUSPENDED");
+
+    // Logout on A kills the access token on B.
+    let t = login(&a, "replica@example.com").await;
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(
+        get(&b.url("/api/chat"), &[("authorization", &bearer(access))])
+            .await
+            .status,
+        200
+    );
+    let body = format!(
+        r#"{{"refresh_token":"{}"}}"#,
+        t["refresh_token"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(
+            &a.url("/api/auth/logout"),
+            &[("authorization", &bearer(access))],
+            &body
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        get(&b.url("/api/chat"), &[("authorization", &bearer(access))])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(&b.url("/api/auth/refresh"), &[], &body).await.status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn exactly_the_limit_passes_across_two_replicas() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let a = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let b = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let (tenant, _, key) = provision(&a, "pro").await;
+    let r = send(
+        "PUT",
+        &a.url(&format!("/api/admin/tenants/{tenant}/limits")),
+        &admin(),
+        Some(r#"{"requests_per_minute":10}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = up.count();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 {
+            a.url("/v1/chat")
+        } else {
+            b.url("/v1/chat")
+        };
+        let auth = bearer(&key);
+        tasks.push(tokio::spawn(async move {
+            post(&url, &[("authorization", &auth)], "{}")
+                .await
+                .status
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 10, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 30, "{codes:?}");
+    assert_eq!(up.count() - before, 10);
+    let usage = get(
+        &b.url(&format!("/api/admin/tenants/{tenant}/usage")),
+        &admin(),
+    )
+    .await
+    .json();
+    assert_eq!(usage["daily_requests"], 10);
+}
+
+#[tokio::test]
+async fn restarting_the_gateway_loses_nothing() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let a = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let (tenant, _, key) = provision(&a, "dev").await;
+    let t = login(&a, "durable@example.com").await;
+    drop(a);
+    let b = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    assert_eq!(
+        post(
+            &b.url("/v1/chat"),
+            &[("authorization", &bearer(&key))],
+            "{}"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        get(&b.url(&format!("/api/admin/tenants/{tenant}")), &admin())
+            .await
+            .status,
+        200
+    );
+    let r = post(
+        &b.url("/api/auth/login"),
+        &[],
+        r#"{"email":"durable@example.com","password":"your-secure-password"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let body = format!(
+        r#"{{"refresh_token":"{}"}}"#,
+        t["refresh_token"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(&b.url("/api/auth/refresh"), &[], &body).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_degrades_cleanly_and_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let (_, _, key) = provision(&g, "dev").await;
+    let auth = bearer(&key);
+    assert_eq!(
+        post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
+            .await
+            .status,
+        200
+    );
+    let unknown = ares_gateway::auth::api_key::generate().raw;
+
+    redis.kill();
+    assert_eq!(get(&g.url("/healthz"), &[]).await.status, 200);
+    let started = Instant::now();
+    let r = get(&g.url("/readyz"), &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (503, "STORE_UNAVAILABLE")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A key validated within the cache TTL keeps working (local limits meanwhile); never a 500.
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // An unknown key never passes.
+    let r = post(
+        &g.url("/v1/chat"),
+        &[("authorization", &bearer(&unknown))],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (503, "STORE_UNAVAILABLE")
+    );
+    // Writes are refused with 503.
+    let r = post(
+        &g.url("/api/admin/tenants"),
+        &admin(),
+        r#"{"name":"x","tier":"dev"}"#,
+    )
+    .await;
+    assert_eq!(r.error_code(), "STORE_UNAVAILABLE");
+    let r = post(
+        &g.url("/api/auth/register"),
+        &[],
+        r#"{"email":"o@example.com","password":"your-secure-password","name":"O"}"#,
+    )
+    .await;
+    assert_eq!(r.error_code(), "STORE_UNAVAILABLE");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&g.url("/readyz"), &[]).await.status != 200 {
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = post(
+        &g.url("/api/admin/tenants"),
+        &admin(),
+        r#"{"name":"after","tier":"dev"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+}
+
+#[tokio::test]
+async fn a_hanging_redis_answers_within_the_budget() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let (_, _, key) = provision(&g, "dev").await;
+    let auth = bearer(&key);
+    assert_eq!(
+        post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(cli(redis.port, &["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
+    let started = Instant::now();
+    let r = get(&g.url("/readyz"), &[]).await;
+    assert_eq!(r.status, 503);
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 200, "cached key, local limits");
+    let r = post(
+        &g.url("/api/admin/tenants"),
+        &admin(),
+        r#"{"name":"x","tier":"dev"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    // Three calls, each bounded by the 300 ms command budget: far below the 3 s pause.
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn failure_policies_decide_when_redis_is_down() {
+    for (policy, want) in [("open", 200u16), ("closed", 503), ("local", 200)] {
+        let mut redis = RedisServer::start();
+        let up = Upstream::start().await;
+        let yaml = shipped_yaml().replace(
+            "failure_policy: local",
+            &format!("failure_policy: {policy}"),
+        );
+        let g = start(config_from(
+            &yaml,
+            &up.url(),
+            &[
+                ("ARES_STORE", "redis"),
+                ("REDIS_URL", &redis.url()),
+                ("ARES_USER_REQUESTS_PER_MINUTE", "2"),
+            ],
+        ))
+        .await;
+        let t = login(&g, "policy@example.com").await;
+        let auth = bearer(t["access_token"].as_str().unwrap());
+        redis.kill();
+        let codes: Vec<u16> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(
+                    get(&g.url("/api/chat"), &[("authorization", &auth)])
+                        .await
+                        .status
+                        .as_u16(),
+                );
+            }
+            v
+        };
+        match policy {
+            "open" => assert_eq!(codes, vec![200, 200, 200], "{policy}"),
+            "closed" => assert_eq!(codes, vec![503, 503, 503], "{policy}"),
+            // Per-replica limits in memory: 2 per minute (replicas: 1).
+            _ => assert_eq!(codes, vec![200, 200, 429], "{policy}"),
+        }
+        assert_eq!(codes[0], want);
+    }
+}
