@@ -159,6 +159,56 @@ where
     }
 }
 
+/// A callback run once, with the trailers of a body.
+type TrailersHook = Box<dyn FnOnce(&http::HeaderMap) + Send>;
+
+/// Calls `on_trailers` with the trailers of a streamed body when they arrive (at its end).
+pub struct OnTrailers<B> {
+    inner: B,
+    on_trailers: Option<TrailersHook>,
+}
+
+impl<B> OnTrailers<B> {
+    pub fn new(inner: B, on_trailers: impl FnOnce(&http::HeaderMap) + Send + 'static) -> Self {
+        OnTrailers {
+            inner,
+            on_trailers: Some(Box::new(on_trailers)),
+        }
+    }
+}
+
+impl<B> http_body::Body for OnTrailers<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(trailers) = frame.trailers_ref() {
+                if let Some(f) = this.on_trailers.take() {
+                    f(trailers);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

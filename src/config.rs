@@ -182,6 +182,8 @@ pub struct RouteFile {
     pub websocket: bool,
     #[serde(default)]
     pub query_token: bool,
+    /// `open | closed | local`: overrides `rate_limits.failure_policy` on this route.
+    pub failure_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -1108,6 +1110,22 @@ impl Validator {
         }
     }
 
+    fn policy(&mut self, v: Option<&str>, path: &str) -> Option<FailurePolicy> {
+        match v.map(str::trim) {
+            None | Some("") => None,
+            Some("open") => Some(FailurePolicy::Open),
+            Some("closed") => Some(FailurePolicy::Closed),
+            Some("local") => Some(FailurePolicy::Local),
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("must be open, closed or local, got {other:?}"),
+                );
+                None
+            }
+        }
+    }
+
     fn upstreams(&mut self, v: Value) -> Vec<Arc<Upstream>> {
         let files: BTreeMap<String, Value> =
             section(v, "upstreams", &mut self.problems).unwrap_or_default();
@@ -1292,6 +1310,10 @@ impl Validator {
                 "only jwt routes accept a query token",
             );
         }
+        let failure_policy = self.policy(
+            f.failure_policy.as_deref(),
+            &format!("{path}.failure_policy"),
+        );
         if f.websocket && f.upstream.is_none() {
             self.problem(
                 format!("{path}.websocket"),
@@ -1301,16 +1323,19 @@ impl Validator {
         if self.problems.len() > before {
             return None;
         }
-        Some(Route::new(
-            prefix,
-            auth,
-            target?,
-            f.upstream_prefix,
-            f.required_scope,
-            f.forward_credentials,
-            f.websocket,
-            f.query_token,
-        ))
+        Some(
+            Route::new(
+                prefix,
+                auth,
+                target?,
+                f.upstream_prefix,
+                f.required_scope,
+                f.forward_credentials,
+                f.websocket,
+                f.query_token,
+            )
+            .with_failure_policy(failure_policy),
+        )
     }
 }
 
@@ -1460,6 +1485,7 @@ routes:
   - { prefix: "/c/../d/", auth: none, handler: health }
   - { prefix: /e/, auth: jwt, handler: admin }
   - { prefix: /f/, auth: jwt, upstream: other, required_scope: chat }
+  - { prefix: /g/, auth: jwt, upstream: other, failure_policy: maybe }
 "#;
         let err = Config::from_yaml(yaml, &env_of(&[])).unwrap_err();
         let paths: Vec<&str> = err.iter().map(|p| p.path.as_str()).collect();
@@ -1475,6 +1501,7 @@ routes:
             "routes[3].auth",
             "routes[4].upstream",
             "routes[4].required_scope",
+            "routes[5].failure_policy",
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }

@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::api;
 use crate::auth::{self, Identity, Principal};
 use crate::body::{self, Body};
+use crate::config::FailurePolicy;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, RequestContext, X_REQUEST_ID};
 use crate::ratelimit::{now_ms, RateLimitHeaders};
@@ -151,7 +153,10 @@ async fn handle_inner(
     auth::authorize(route, &principal)?;
 
     // 6. limits
-    let limit_headers = check_limits(state, rt, &principal).await?;
+    let policy = route
+        .failure_policy
+        .unwrap_or(rt.config.limits.failure_policy);
+    let limit_headers = check_limits(state, rt, &principal, policy).await?;
 
     // 7. rewrite
     let forward_path = route.forward_path(&path);
@@ -177,6 +182,15 @@ async fn handle_inner(
     // 9. response
     debit_tokens(state, &principal, upstream_resp.headers());
     let mut resp = proxy::rewrite_response(upstream_resp, upstream);
+    if let Identity::ApiKey { .. } = principal.identity() {
+        // Streams report their token use in trailers, once the last frame is known.
+        let (parts, body) = resp.into_parts();
+        let (state, principal) = (state.clone(), principal.clone());
+        let metered = body::OnTrailers::new(body, move |trailers| {
+            debit_tokens(&state, &principal, trailers)
+        });
+        resp = Response::from_parts(parts, metered.boxed_unsync());
+    }
     if let Some(h) = limit_headers {
         h.apply(resp.headers_mut());
     }
@@ -188,6 +202,7 @@ async fn check_limits(
     state: &AppState,
     rt: &Runtime,
     principal: &Principal,
+    policy: FailurePolicy,
 ) -> Result<Option<RateLimitHeaders>, GatewayError> {
     let limits = &rt.config.limits;
     let (scope, plan) = match principal.identity() {
@@ -198,7 +213,7 @@ async fn check_limits(
         Identity::User(claims) => (scope::user(&claims.sub), limits.user.clone()),
         Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
     };
-    let decision = state.rate_limit(&scope, &plan).await?;
+    let decision = state.rate_limit(&scope, &plan, policy).await?;
     if let Some(d) = decision {
         if let Some(window) = d.refused_by {
             return Err(GatewayError::RateLimited {
@@ -232,8 +247,8 @@ async fn check_limits(
     Ok(decision.map(|d| d.headers))
 }
 
-/// Debit the tenant's monthly token budget from the upstream's usage headers, off the
-/// response path.
+/// Debit the tenant's monthly token budget from the upstream's usage headers (or trailers),
+/// off the response path.
 fn debit_tokens(state: &Arc<AppState>, principal: &Principal, headers: &http::HeaderMap) {
     let Identity::ApiKey { tenant, .. } = principal.identity() else {
         return;

@@ -303,6 +303,8 @@ pub fn rewrite_request(
         }
     }
     h.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    // We read token counts from trailers, so tell the upstream we accept them.
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
     h.insert(&X_FORWARDED_FOR, ctx.forwarded_for.clone());
     h.insert(&X_FORWARDED_PROTO, ctx.forwarded_proto.clone());
     if let Some(host) = &ctx.forwarded_host {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::Upstream;
+use crate::config::{FailurePolicy, Upstream};
 
 /// Why a path was refused before routing (400 `INVALID_INPUT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +182,8 @@ pub struct Route {
     pub websocket: bool,
     /// Whether an `access_token` query parameter may stand in for the header (EventSource).
     pub query_token: bool,
+    /// What the limiter does on this route when the store fails (else the global policy).
+    pub failure_policy: Option<FailurePolicy>,
 }
 
 impl Route {
@@ -206,7 +208,14 @@ impl Route {
             forward_credentials,
             websocket,
             query_token,
+            failure_policy: None,
         }
+    }
+
+    /// This route with its own failure policy.
+    pub fn with_failure_policy(mut self, policy: Option<FailurePolicy>) -> Self {
+        self.failure_policy = policy;
+        self
     }
 
     /// Whether `path` (normalised) lies under this route, on a segment boundary.

@@ -122,11 +122,12 @@ impl AppState {
     }
 
     /// Admit one request of `scope` under `plan`, by the store; when the store fails, by the
-    /// configured failure policy. `None`: nothing to limit (or limits open during an outage).
+    /// given failure policy. `None`: nothing to limit (or limits open during an outage).
     pub async fn rate_limit(
         &self,
         scope: &str,
         plan: &Plan,
+        policy: FailurePolicy,
     ) -> Result<Option<Decision>, GatewayError> {
         let limits = plan.windows();
         if limits.is_empty() {
@@ -140,8 +141,8 @@ impl AppState {
             Ok(d) => Ok(Some(d)),
             Err(e) => {
                 let cfg = &self.runtime().config.limits;
-                tracing::warn!(error = %e, policy = ?cfg.failure_policy, "rate limiter falling back");
-                match cfg.failure_policy {
+                tracing::warn!(error = %e, policy = ?policy, "rate limiter falling back");
+                match policy {
                     FailurePolicy::Open => Ok(None),
                     FailurePolicy::Closed => Err(e),
                     FailurePolicy::Local => {

@@ -181,3 +181,25 @@ async fn token_usage_headers_debit_the_monthly_budget() {
     assert_eq!(r.json()["error"], "Monthly token quota exceeded");
     assert!(r.header("retry-after").is_some());
 }
+
+#[tokio::test]
+async fn token_counts_in_stream_trailers_are_debited_after_the_stream() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, key) = provision(&g, "free").await;
+    let r = get(
+        &g.url("/v1/stream-tokens"),
+        &[("authorization", &bearer(&key))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "data: hi\n\n");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let usage = get(
+        &g.url(&format!("/api/admin/tenants/{tenant}/usage")),
+        &admin(),
+    )
+    .await
+    .json();
+    assert_eq!(usage["monthly_tokens"], 500);
+}

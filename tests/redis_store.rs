@@ -239,6 +239,10 @@ async fn redis_outage_degrades_cleanly_and_recovers_without_restart() {
     let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
     let (_, _, key) = provision(&g, "dev").await;
     let auth = bearer(&key);
+    // Once subscribed, a replica drops its caches (messages before it were missed), and its
+    // own provisioning messages arrive: let both settle so the next request fills the cache
+    // this test relies on during the outage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
             .await
@@ -308,6 +312,10 @@ async fn a_hanging_redis_answers_within_the_budget() {
     let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
     let (_, _, key) = provision(&g, "dev").await;
     let auth = bearer(&key);
+    // Once subscribed, a replica drops its caches (messages before it were missed), and its
+    // own provisioning messages arrive: let both settle so the next request fills the cache
+    // this test relies on during the outage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
             .await
@@ -377,4 +385,32 @@ async fn failure_policies_decide_when_redis_is_down() {
         }
         assert_eq!(codes[0], want);
     }
+
+    // A route may override the global policy.
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let yaml = shipped_yaml().replace(
+        "    auth: jwt\n    upstream: default\n    websocket: true",
+        "    auth: jwt\n    upstream: default\n    websocket: true\n    failure_policy: closed",
+    );
+    let g = start(config_from(
+        &yaml,
+        &up.url(),
+        &[("ARES_STORE", "redis"), ("REDIS_URL", &redis.url())],
+    ))
+    .await;
+    let t = login(&g, "route-policy@example.com").await;
+    redis.kill();
+    let r = get(
+        &g.url("/api/chat"),
+        &[(
+            "authorization",
+            &bearer(t["access_token"].as_str().unwrap()),
+        )],
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (503, "STORE_UNAVAILABLE")
+    );
 }

@@ -1,6 +1,8 @@
 //! `/api/auth/*`: register, login, refresh, logout, me — exactly as the ARES auth docs show.
 //!
-//! Every endpoint here is limited per client IP; failed logins are also limited per
+//! Every endpoint here is limited per client IP (falling back to per-replica limits when the
+//! store fails, whatever the routes' policy: login limits never silently disappear); failed
+//! logins are also limited per
 //! (account, IP) and per account, counted only on failure, so a victim's account cannot be
 //! locked from one address.
 
@@ -14,6 +16,7 @@ use crate::api::{check_name, segments};
 use crate::auth::password::{self, Password, MAX_PASSWORD_BYTES};
 use crate::auth::{self, random_token, unix_now, Identity};
 use crate::body::{self, Body};
+use crate::config::FailurePolicy;
 use crate::error::{GatewayError, StoreError};
 use crate::proxy::RequestContext;
 use crate::ratelimit::now_ms;
@@ -51,7 +54,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, GatewayError> {
     let ip_scope = scope::auth_ip(&ctx.client_ip);
     if let Some(d) = state
-        .rate_limit(&ip_scope, &rt.config.limits.auth_ip)
+        .rate_limit(&ip_scope, &rt.config.limits.auth_ip, FailurePolicy::Local)
         .await?
     {
         if let Some(window) = d.refused_by {

@@ -16,7 +16,7 @@
 //! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
 //! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
 //! {p}tok:{<scope>}:month:{n}     tokens debited in month n
-//! channel {p}invalidate          "key:<hash>" | "tenant:<id>": cache invalidations
+//! channel {p}invalidate          "<origin> key:<hash>" | "<origin> tenant:<id>": invalidations
 //! ```
 //!
 //! The braces are Redis Cluster hash tags: every key one rate-limit decision touches shares a
@@ -148,6 +148,9 @@ pub struct RedisStore {
     invalidations: broadcast::Sender<Invalidation>,
     limiter: Script,
     timeout: Duration,
+    /// This replica's id on the invalidation channel: its own messages are skipped (it has
+    /// already invalidated its cache), so they cannot evict entries it cached since.
+    origin: String,
 }
 
 /// Node URLs of `redis+cluster://[auth@]h1:p1,h2:p2` (or `rediss+cluster://`).
@@ -218,17 +221,25 @@ impl RedisStore {
             }
         };
         let (tx, _) = broadcast::channel(1024);
+        let origin = crate::auth::random_token("", 16);
         let store = Arc::new(RedisStore {
             conn,
             prefix: cfg.key_prefix.clone(),
             invalidations: tx.clone(),
             limiter: Script::new(LIMIT_SCRIPT),
             timeout,
+            origin: origin.clone(),
         });
         let channel = format!("{}invalidate", cfg.key_prefix);
         let pubsub =
             redis::Client::open(pubsub_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
-        tokio::spawn(subscribe_loop(pubsub, channel, tx, Arc::downgrade(&store)));
+        tokio::spawn(subscribe_loop(
+            pubsub,
+            channel,
+            origin,
+            tx,
+            Arc::downgrade(&store),
+        ));
         Ok(store)
     }
 
@@ -271,7 +282,7 @@ impl RedisStore {
         let channel = key!(self, "invalidate");
         let result: Result<(), StoreError> = async {
             let mut c = self.handle().await?;
-            c.publish::<_, _, ()>(channel, message)
+            c.publish::<_, _, ()>(channel, format!("{} {message}", self.origin))
                 .await
                 .map_err(unavailable)
         }
@@ -370,6 +381,7 @@ impl RedisStore {
 async fn subscribe_loop(
     client: redis::Client,
     channel: String,
+    origin: String,
     tx: broadcast::Sender<Invalidation>,
     store: std::sync::Weak<RedisStore>,
 ) {
@@ -393,7 +405,11 @@ async fn subscribe_loop(
                     let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    let inv = match payload.split_once(':') {
+                    let (from, body) = payload.split_once(' ').unwrap_or(("", payload.as_str()));
+                    if from == origin {
+                        continue;
+                    }
+                    let inv = match body.split_once(':') {
                         Some(("key", h)) => Invalidation::Key(h.to_string()),
                         Some(("tenant", id)) => Invalidation::Tenant(id.to_string()),
                         _ => Invalidation::All,

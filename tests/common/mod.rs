@@ -132,6 +132,23 @@ async fn answer(req: Request<Incoming>, rec: Arc<Mutex<Vec<Recorded>>>) -> Respo
                 .body(body.boxed_unsync())
                 .unwrap()
         }
+        "/api/v1/stream-tokens" => {
+            let frames = vec![
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"data: hi\n\n"))),
+                Ok(Frame::trailers({
+                    let mut t = HeaderMap::new();
+                    t.insert("x-input-tokens", "300".parse().unwrap());
+                    t.insert("x-output-tokens", "200".parse().unwrap());
+                    t
+                })),
+            ];
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("trailer", "x-input-tokens, x-output-tokens")
+                .body(body.boxed_unsync())
+                .unwrap()
+        }
         "/api/slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(full("slow"))
