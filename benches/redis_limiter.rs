@@ -31,11 +31,25 @@ fn stat(info: &str, cmd: &str) -> u64 {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = std::env::temp_dir().join(format!("ares-bench-redis-{port}"));
     let _ = std::fs::create_dir_all(&dir);
     let mut child = match Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::null())
         .spawn()
@@ -51,7 +65,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let url = format!("redis://127.0.0.1:{port}");
         let cfg = Config::from_yaml(include_str!("../gateway.yaml"), &|k| match k {

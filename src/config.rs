@@ -103,6 +103,8 @@ pub struct ServerFile {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_handshake_timeout_secs: Option<Num>,
+    pub tls_reload_poll_secs: Option<Num>,
+    pub websocket_idle_timeout_secs: Option<Num>,
     pub cors_origins: Option<String>,
     pub http2_max_concurrent_streams: Option<Num>,
 }
@@ -165,6 +167,7 @@ pub struct UpstreamFile {
     pub idle_timeout_secs: Option<Num>,
     pub pool_idle_timeout_secs: Option<Num>,
     pub pool_max_idle_per_host: Option<Num>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +262,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<TlsFiles>,
     pub tls_handshake_timeout: Duration,
+    /// How often the certificate files are checked for changes (SIGHUP reloads at once).
+    pub tls_reload_poll: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
     /// Exact origins allowed by CORS; empty turns CORS off.
     pub cors_origins: Vec<String>,
     pub http2_max_concurrent_streams: u32,
@@ -355,6 +362,8 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// PEM bundle trusted for an `https://` upstream (else the system roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -388,6 +397,7 @@ impl Upstream {
             idle_timeout: Duration::from_secs(300),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            ca_file: None,
         })
     }
 }
@@ -770,6 +780,20 @@ impl Validator {
                 10,
                 1,
                 120,
+            )),
+            tls_reload_poll: Duration::from_secs(self.num(
+                &f.tls_reload_poll_secs,
+                "server.tls_reload_poll_secs",
+                10,
+                1,
+                3600,
+            )),
+            websocket_idle_timeout: Duration::from_secs(self.num(
+                &f.websocket_idle_timeout_secs,
+                "server.websocket_idle_timeout_secs",
+                300,
+                1,
+                86_400,
             )),
             cors_origins,
             http2_max_concurrent_streams: self.num(
@@ -1178,6 +1202,25 @@ impl Validator {
                 0,
                 100_000,
             ) as usize;
+            up.ca_file = file
+                .ca_file
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from);
+            if let Some(ca) = &up.ca_file {
+                if !up.https {
+                    self.problem(
+                        format!("{path}.ca_file"),
+                        "only https:// upstreams use a CA bundle",
+                    );
+                } else if !ca.is_file() {
+                    self.problem(
+                        format!("{path}.ca_file"),
+                        format!("{} is not a readable file", ca.display()),
+                    );
+                }
+            }
             out.push(Arc::new(up));
         }
         out

@@ -7,7 +7,8 @@
 //! lib.rs            this map, and `Gateway::start` (bind + serve + housekeeping)
 //! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
 //! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Runtime
-//! server.rs         accept loop, connection permit, hyper-util auto builder, drain
+//! server.rs         accept loop, connection permit, TLS handshake, hyper-util auto builder, drain
+//! tls.rs            PEM -> rustls; certificate reload; client TLS for https upstreams
 //! pipeline.rs       handle(): the request pipeline, step by step. Read this first
 //! route.rs          path normalisation; RouteTable::classify (longest prefix on segments)
 //! auth/mod.rs       Principal; authenticate(); authorize(); bearer parsing
@@ -23,6 +24,7 @@
 //! api/auth.rs       /api/auth/*
 //! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
 //! api/mod.rs        /healthz, /readyz
+//! cors.rs           preflights and CORS response headers
 //! error.rs          GatewayError and its one into_response()
 //! body.rs           Body alias, JSON helpers, the idle-timeout body
 //! demo.rs           the `demo` command's echo upstream and walkthrough
@@ -49,6 +51,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod pipeline;
@@ -58,6 +61,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -97,9 +101,22 @@ impl Gateway {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let state = AppState::new(config, store);
+        let tls = match &config.server.tls {
+            None => None,
+            Some(files) => {
+                let reloader = tls::CertReloader::new(files)?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(reloader.server_config()?);
+                reloader.watch(config.server.tls_reload_poll);
+                let on_hup = reloader.clone();
+                server::on_sighup(move || {
+                    let _ = on_hup.reload();
+                });
+                Some(acceptor)
+            }
+        };
+        let state = AppState::new(config, store)?;
         spawn_housekeeping(Arc::downgrade(&state));
-        let task = tokio::spawn(server::run(listener, state.clone(), shutdown));
+        let task = tokio::spawn(server::run(listener, state.clone(), tls, shutdown));
         Ok(Gateway { addr, state, task })
     }
 }

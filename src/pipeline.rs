@@ -4,13 +4,14 @@
 //! handle           never fails: handle_inner, then error.into_response(); one access-log line
 //! handle_inner
 //!   1 ctx          request id, client ip, strip spoofable headers     (proxy::strip_spoofable)
-//!   2 route        normalise the path, classify it                    400 / 404
+//!   2 route        normalise the path, classify it; CORS preflights    400 / 404
 //!   3 gateway-served routes return here (auth API, admin API, health)
 //!   4 principal    auth::authenticate                                 401
 //!   5              auth::authorize                                    403
 //!   6              limits: requests, then token quota                 429
 //!   7              proxy::rewrite_request                             413
 //!   8              proxy::forward                                     502 / 504
+//!                  (a 101 to an allowed WebSocket upgrade becomes a byte tunnel)
 //!   9              proxy::rewrite_response + RateLimit-* headers, token debit
 //! ```
 
@@ -26,6 +27,7 @@ use crate::api;
 use crate::auth::{self, Identity, Principal};
 use crate::body::{self, Body};
 use crate::config::FailurePolicy;
+use crate::cors;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, RequestContext, X_REQUEST_ID};
 use crate::ratelimit::{now_ms, RateLimitHeaders};
@@ -67,6 +69,7 @@ pub async fn handle(
         &rt.config.server.trusted_proxies,
     );
     let method = req.method().clone();
+    let cors_origin = cors::allowed_origin(req.headers(), &rt.config.server.cors_origins);
     // The path without the query: a query may hold a token (EventSource) and is never logged.
     let path = req.uri().path().to_owned();
     let mut outcome = Outcome::default();
@@ -87,6 +90,9 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(origin) = &cors_origin {
+        cors::decorate(resp.headers_mut(), origin);
+    }
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or("-"),
@@ -117,6 +123,13 @@ async fn handle_inner(
     }
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
         return Err(GatewayError::MethodNotAllowed);
+    }
+    // Preflights are answered before any credential is asked for.
+    let cors_origins = &rt.config.server.cors_origins;
+    if !cors_origins.is_empty() && cors::is_preflight(req.method(), req.headers()) {
+        return Ok(cors::preflight(
+            cors::allowed_origin(req.headers(), cors_origins).as_ref(),
+        ));
     }
 
     // 2. route
@@ -160,7 +173,13 @@ async fn handle_inner(
 
     // 7. rewrite
     let forward_path = route.forward_path(&path);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // A WebSocket upgrade the route allows: keep the client's side of the upgrade.
+    let client_upgrade = if route.websocket && ctx.websocket_upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let upstream_req = proxy::rewrite_request(
         parts,
         body,
@@ -176,8 +195,20 @@ async fn handle_inner(
         .clients
         .get(upstream.index)
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
-    let upstream_resp = proxy::forward(client, upstream_req).await?;
+    let mut upstream_resp = proxy::forward(client, upstream_req).await?;
     outcome.upstream_status = Some(upstream_resp.status().as_u16());
+    if upstream_resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let client_upgrade = client_upgrade.ok_or_else(|| {
+            GatewayError::UpstreamUnavailable("upstream switched protocols unasked".into())
+        })?;
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
+        proxy::spawn_tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            rt.config.server.websocket_idle_timeout,
+        );
+        return Ok(proxy::switching_protocols(upstream_resp));
+    }
 
     // 9. response
     debit_tokens(state, &principal, upstream_resp.headers());

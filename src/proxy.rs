@@ -6,17 +6,23 @@
 //! and bounds the time a streamed body may stall.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::auth::{Identity, Principal};
 use crate::body::{Body, BoxError, IdleTimeout};
@@ -209,25 +215,33 @@ pub fn strip_spoofable(
     }
 }
 
-/// A pooled HTTP client for one upstream.
+/// A pooled HTTP client for one upstream (HTTP/1.1, or HTTP/2 when an HTTPS upstream offers
+/// it by ALPN).
 pub struct UpstreamClient {
     pub upstream: Arc<Upstream>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+    pub fn new(upstream: Arc<Upstream>) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = crate::tls::upstream_client_config(upstream.https, upstream.ca_file.as_deref())
+            .map_err(|e| format!("upstream {}: {e}", upstream.name))?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(upstream.pool_idle_timeout)
             .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
             .build(connector);
-        UpstreamClient { upstream, client }
+        Ok(UpstreamClient { upstream, client })
     }
 }
 
@@ -386,6 +400,119 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     out
+}
+
+/// The client's `101 Switching Protocols`: the upstream's handshake headers
+/// (`Sec-WebSocket-*`), with the upgrade itself re-stated.
+pub fn switching_protocols(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(parts, crate::body::empty())
+}
+
+/// Join the client's and the upstream's upgraded connections; bytes flow both ways until either
+/// side closes or nothing moves for `idle`.
+pub fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let activity = Arc::new(AtomicU64::new(0));
+        let started = tokio::time::Instant::now();
+        let mut client = Activity::new(TokioIo::new(client), activity.clone(), started);
+        let mut upstream = Activity::new(TokioIo::new(upstream), activity.clone(), started);
+        let watchdog = async {
+            let tick = (idle / 4).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(tick).await;
+                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                if started.elapsed().saturating_sub(last) >= idle {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "websocket tunnel ended");
+                }
+            }
+            _ = watchdog => tracing::debug!("websocket tunnel idle; closed"),
+        }
+    });
+}
+
+/// Records the time of the last byte moved, for the tunnel's idle bound.
+struct Activity<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+    started: tokio::time::Instant,
+}
+
+impl<T> Activity<T> {
+    fn new(inner: T, last: Arc<AtomicU64>, started: tokio::time::Instant) -> Self {
+        Activity {
+            inner,
+            last,
+            started,
+        }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Drop hop-by-hop headers from the upstream's response and bound stalls of its body.

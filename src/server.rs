@@ -1,5 +1,6 @@
-//! The accept loop: connection permit, hyper-util's auto builder (HTTP/1.1 and prior-knowledge
-//! h2c) with bounded heads and timers, and the drain on shutdown.
+//! The accept loop: connection permit, TLS handshake (bounded), hyper-util's auto builder
+//! (HTTP/1.1, HTTP/2 by ALPN under TLS, prior-knowledge h2c in clear) with bounded heads and
+//! timers, and the drain on shutdown.
 //!
 //! Every wait has a bound: a permit caps open connections (excess waits in the kernel's accept
 //! queue), a client must send its head within `header_read_timeout`, heads are capped at
@@ -17,6 +18,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::pipeline::{self, ConnInfo};
@@ -43,8 +45,13 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serve `listener` until `shutdown` resolves, then drain in-flight requests for at most the
-/// configured grace period.
-pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+/// configured grace period. With `tls`, every connection is TLS (handshake bounded in time).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let cfg = state.runtime().config.server.clone();
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let builder = Arc::new(builder(&cfg));
@@ -72,18 +79,45 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { peer, tls: false };
+        let info = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        };
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(pipeline::handle(state, info, req).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = cfg.tls_handshake_timeout;
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with error");
             }
             drop(permit);
@@ -101,6 +135,22 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         _ = graceful.shutdown() => tracing::info!("drained"),
         _ = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+}
+
+/// Run `f` on every SIGHUP (certificate and config reload).
+pub fn on_sighup(f: impl Fn() + Send + 'static) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload by file change only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            f();
+        }
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT.

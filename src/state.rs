@@ -32,17 +32,18 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Self {
-        Runtime {
+    pub fn new(config: Config) -> Result<Self, String> {
+        let clients = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamClient::new(u.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(Runtime {
             jwt: JwtKeys::new(&config.auth),
             admin: AdminSecrets::new(&config.auth.admin_secrets),
-            clients: config
-                .upstreams
-                .iter()
-                .map(|u| UpstreamClient::new(u.clone()))
-                .collect(),
+            clients,
             config,
-        }
+        })
     }
 }
 
@@ -59,13 +60,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, String> {
         let keys = KeyCache::new(config.store.api_key_cache_ttl);
         let passwords = PasswordHasher::new(config.auth.password_hash_concurrency);
         let command_timeout = config.store.command_timeout;
         let invalidations = store.invalidations();
         let state = Arc::new(AppState {
-            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            runtime: ArcSwap::from_pointee(Runtime::new(config)?),
             store,
             keys,
             passwords,
@@ -76,7 +77,7 @@ impl AppState {
         if let Some(rx) = invalidations {
             tokio::spawn(apply_invalidations(rx, Arc::downgrade(&state)));
         }
-        state
+        Ok(state)
     }
 
     /// The config in force now.
