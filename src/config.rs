@@ -105,6 +105,7 @@ pub struct ServerFile {
     pub tls_handshake_timeout_secs: Option<Num>,
     pub tls_reload_poll_secs: Option<Num>,
     pub websocket_idle_timeout_secs: Option<Num>,
+    pub config_reload_poll_secs: Option<Num>,
     pub cors_origins: Option<String>,
     pub http2_max_concurrent_streams: Option<Num>,
 }
@@ -266,6 +267,8 @@ pub struct ServerConfig {
     pub tls_reload_poll: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed.
     pub websocket_idle_timeout: Duration,
+    /// How often the config file is checked for changes (SIGHUP reloads at once).
+    pub config_reload_poll: Duration,
     /// Exact origins allowed by CORS; empty turns CORS off.
     pub cors_origins: Vec<String>,
     pub http2_max_concurrent_streams: u32,
@@ -405,6 +408,8 @@ impl Upstream {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it came from (watched for hot reload), if any.
+    pub source: Option<PathBuf>,
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
@@ -423,10 +428,14 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }],
         })?;
-        Config::from_yaml(&text, &|k| std::env::var(k).ok()).map_err(|problems| ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        })
+        let mut cfg = Config::from_yaml(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
+            ConfigError {
+                file: path.to_path_buf(),
+                problems,
+            }
+        })?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// Parse and validate YAML text with the given environment.
@@ -491,6 +500,7 @@ impl Config {
         let routes = v.routes(routes_v, &upstreams);
         if v.problems.is_empty() {
             Ok(Config {
+                source: None,
                 server,
                 store,
                 auth,
@@ -794,6 +804,13 @@ impl Validator {
                 300,
                 1,
                 86_400,
+            )),
+            config_reload_poll: Duration::from_secs(self.num(
+                &f.config_reload_poll_secs,
+                "server.config_reload_poll_secs",
+                5,
+                1,
+                3600,
             )),
             cors_origins,
             http2_max_concurrent_streams: self.num(

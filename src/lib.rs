@@ -25,6 +25,7 @@
 //! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
 //! api/mod.rs        /healthz, /readyz
 //! cors.rs           preflights and CORS response headers
+//! metrics.rs        Prometheus registry and the metrics listener
 //! error.rs          GatewayError and its one into_response()
 //! body.rs           Body alias, JSON helpers, the idle-timeout body
 //! demo.rs           the `demo` command's echo upstream and walkthrough
@@ -54,6 +55,7 @@ pub mod config;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
@@ -78,6 +80,8 @@ use crate::store::{MemoryStore, Store};
 /// A gateway serving on a bound listener.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     pub task: JoinHandle<()>,
 }
@@ -114,10 +118,28 @@ impl Gateway {
                 Some(acceptor)
             }
         };
+        let metrics_addr = match config.server.metrics_listen {
+            Some(addr) => {
+                let (listener, bound) = metrics::bind(addr).await?;
+                tokio::spawn(metrics::serve(listener));
+                Some(bound)
+            }
+            None => None,
+        };
+        let source = config.source.clone();
+        let reload_poll = config.server.config_reload_poll;
         let state = AppState::new(config, store)?;
         spawn_housekeeping(Arc::downgrade(&state));
+        if let Some(path) = source {
+            watch_config(&state, path, reload_poll);
+        }
         let task = tokio::spawn(server::run(listener, state.clone(), tls, shutdown));
-        Ok(Gateway { addr, state, task })
+        Ok(Gateway {
+            addr,
+            metrics_addr,
+            state,
+            task,
+        })
     }
 }
 
@@ -145,6 +167,62 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             Ok(store)
         }
     }
+}
+
+/// Reload the config file into `state`; on any problem keep the running config.
+pub fn reload_config(state: &AppState, path: &std::path::Path) -> bool {
+    let m = metrics::get();
+    match Config::load(path) {
+        Err(e) => {
+            let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+            tracing::error!(file = %path.display(), problems = ?problems, "config reload refused; keeping the running config");
+            m.config_reload(false);
+            false
+        }
+        Ok(cfg) => match state.reload(cfg) {
+            Ok(restart) => {
+                if !restart.is_empty() {
+                    tracing::warn!(needs_restart = ?restart, "config reloaded; some changes need a restart");
+                }
+                tracing::info!(file = %path.display(), "config reloaded");
+                m.config_reload(true);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; keeping the running config");
+                m.config_reload(false);
+                false
+            }
+        },
+    }
+}
+
+/// Reload on SIGHUP and whenever the file's modification time changes.
+fn watch_config(state: &Arc<AppState>, path: std::path::PathBuf, every: Duration) {
+    let on_hup = (Arc::downgrade(state), path.clone());
+    server::on_sighup(move || {
+        if let Some(s) = on_hup.0.upgrade() {
+            reload_config(&s, &on_hup.1);
+        }
+    });
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last = stamp(&path);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else {
+                return;
+            };
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                reload_config(&state, &path);
+            }
+        }
+    });
 }
 
 fn spawn_housekeeping(state: std::sync::Weak<AppState>) {

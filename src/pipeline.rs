@@ -70,6 +70,7 @@ pub async fn handle(
     );
     let method = req.method().clone();
     let cors_origin = cors::allowed_origin(req.headers(), &rt.config.server.cors_origins);
+    let req_bytes = content_length(req.headers());
     // The path without the query: a query may hold a token (EventSource) and is never logged.
     let path = req.uri().path().to_owned();
     let mut outcome = Outcome::default();
@@ -78,6 +79,9 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(err) => {
             let (status, _, code) = err.parts();
+            if code.starts_with("AUTH_") {
+                crate::metrics::get().auth_failure(code);
+            }
             if status.is_server_error() {
                 tracing::warn!(request_id = ?ctx.request_id, code, cause = %err, "request failed");
             } else {
@@ -93,6 +97,13 @@ pub async fn handle(
     if let Some(origin) = &cors_origin {
         cors::decorate(resp.headers_mut(), origin);
     }
+    let elapsed = started.elapsed();
+    crate::metrics::get().request(
+        outcome.route.as_deref().unwrap_or("-"),
+        &method,
+        resp.status(),
+        elapsed,
+    );
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or("-"),
@@ -101,7 +112,10 @@ pub async fn handle(
         path = %path,
         route = outcome.route.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
+        latency_us = elapsed.as_micros() as u64,
+        trace_id = ctx.trace_id(),
+        req_bytes = req_bytes,
+        resp_bytes = resp_bytes(&resp),
         auth = outcome.auth_method.unwrap_or("-"),
         subject = outcome.subject.as_deref().unwrap_or("-"),
         upstream_status = outcome.upstream_status.unwrap_or(0),
@@ -160,7 +174,10 @@ async fn handle_inner(
     };
 
     // 4, 5. principal
-    let principal = auth::authenticate(route, req.headers(), uri.query(), rt, state).await?;
+    let auth_started = Instant::now();
+    let principal = auth::authenticate(route, req.headers(), uri.query(), rt, state).await;
+    crate::metrics::get().auth(auth_started.elapsed());
+    let principal = principal?;
     outcome.auth_method = principal.auth_method();
     outcome.subject = Some(principal.subject().to_owned());
     auth::authorize(route, &principal)?;
@@ -195,7 +212,10 @@ async fn handle_inner(
         .clients
         .get(upstream.index)
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
-    let mut upstream_resp = proxy::forward(client, upstream_req).await?;
+    let forward_started = Instant::now();
+    let upstream_resp = proxy::forward(client, upstream_req).await;
+    crate::metrics::get().upstream(&upstream.name, forward_started.elapsed());
+    let mut upstream_resp = upstream_resp?;
     outcome.upstream_status = Some(upstream_resp.status().as_u16());
     if upstream_resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let client_upgrade = client_upgrade.ok_or_else(|| {
@@ -305,6 +325,22 @@ fn debit_tokens(state: &Arc<AppState>, principal: &Principal, headers: &http::He
             tracing::warn!(error = %e, tokens = n, "token debit lost: store unavailable");
         }
     });
+}
+
+/// A declared `Content-Length`, for the access log (-1: none, e.g. a stream).
+fn content_length(h: &http::HeaderMap) -> i64 {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn resp_bytes(resp: &Response<Body>) -> i64 {
+    use http_body::Body as _;
+    match resp.body().size_hint().exact() {
+        Some(n) => n as i64,
+        None => content_length(resp.headers()),
+    }
 }
 
 /// A 204/200 helper for gateway-served endpoints that return nothing.

@@ -41,6 +41,7 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_ADMIN_SECRET: HeaderName = HeaderName::from_static("x-admin-secret");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -68,6 +69,46 @@ pub struct RequestContext {
     pub forwarded_host: Option<HeaderValue>,
     /// The client asked for a WebSocket upgrade (honoured only where the route allows).
     pub websocket_upgrade: bool,
+    /// W3C trace context sent upstream: the client's when well-formed, else a new one.
+    pub traceparent: HeaderValue,
+}
+
+impl RequestContext {
+    /// The 32-hex trace id, for the access log.
+    pub fn trace_id(&self) -> &str {
+        self.traceparent
+            .to_str()
+            .ok()
+            .and_then(|t| t.get(3..35))
+            .unwrap_or("-")
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero (W3C Trace Context, version 00).
+fn valid_traceparent(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let nonzero = |s: &[u8]| s.iter().any(|c| *c != b'0');
+    b.len() == 55
+        && &b[..3] == b"00-"
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && nonzero(&b[3..35])
+        && hex(&b[36..52])
+        && nonzero(&b[36..52])
+        && hex(&b[53..55])
+}
+
+fn new_traceparent() -> HeaderValue {
+    let trace: u128 = rand::random::<u128>() | 1;
+    let span: u64 = rand::random::<u64>() | 1;
+    HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")).unwrap_or(
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"),
+    )
 }
 
 fn sane_request_id(v: &HeaderValue) -> bool {
@@ -104,6 +145,11 @@ pub fn strip_spoofable(
     uri: &Uri,
     trusted: &[IpNet],
 ) -> RequestContext {
+    let traceparent = headers
+        .get(&TRACEPARENT)
+        .filter(|v| valid_traceparent(v))
+        .cloned()
+        .unwrap_or_else(new_traceparent);
     let request_id = headers
         .get(&X_REQUEST_ID)
         .filter(|v| sane_request_id(v))
@@ -212,6 +258,7 @@ pub fn strip_spoofable(
         forwarded_proto,
         forwarded_host,
         websocket_upgrade,
+        traceparent,
     }
 }
 
@@ -317,6 +364,7 @@ pub fn rewrite_request(
         }
     }
     h.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    h.insert(&TRACEPARENT, ctx.traceparent.clone());
     // We read token counts from trailers, so tell the upstream we accept them.
     h.insert(header::TE, HeaderValue::from_static("trailers"));
     h.insert(&X_FORWARDED_FOR, ctx.forwarded_for.clone());
@@ -667,6 +715,26 @@ mod tests {
             let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
             assert_ne!(ctx.request_id, bad);
             assert_eq!(ctx.request_id.len(), 32);
+        }
+    }
+
+    #[test]
+    fn traceparent_is_kept_when_valid_and_created_otherwise() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = hm(&[("traceparent", good)]);
+        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        assert_eq!(ctx.traceparent, good);
+        assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let mut h = hm(&[("traceparent", bad)]);
+            let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+            assert_ne!(ctx.traceparent, bad);
+            assert!(valid_traceparent(&ctx.traceparent));
         }
     }
 

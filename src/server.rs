@@ -92,6 +92,7 @@ pub async fn run(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let handshake_timeout = cfg.tls_handshake_timeout;
+        crate::metrics::get().connection_opened();
         tokio::spawn(async move {
             let result = match tls {
                 None => {
@@ -120,6 +121,7 @@ pub async fn run(
             if let Err(e) = result {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with error");
             }
+            crate::metrics::get().connection_closed();
             drop(permit);
         });
     }

@@ -85,9 +85,39 @@ impl AppState {
         self.runtime.load_full()
     }
 
-    /// Swap in a new config (hot reload).
-    pub fn replace_runtime(&self, rt: Runtime) {
+    /// Swap in a new config (hot reload). Secrets generated for development carry over, so
+    /// sessions and the printed admin secret survive a reload. Returns what needs a restart.
+    pub fn reload(&self, mut new: Config) -> Result<Vec<String>, String> {
+        let old = self.runtime();
+        let before = &old.config;
+        if new.auth.admin_secret_generated && before.auth.admin_secret_generated {
+            new.auth.admin_secrets = before.auth.admin_secrets.clone();
+        }
+        if new.auth.jwt_secret_generated && before.auth.jwt_secret_generated {
+            new.auth.jwt_secret = before.auth.jwt_secret.clone();
+        }
+        let mut restart = Vec::new();
+        let (a, b) = (&before.server, &new.server);
+        if a.listen != b.listen || a.metrics_listen != b.metrics_listen {
+            restart.push("listener addresses".to_string());
+        }
+        if a.tls != b.tls {
+            restart.push("TLS file paths".to_string());
+        }
+        if a.max_connections != b.max_connections
+            || a.header_read_timeout != b.header_read_timeout
+            || a.max_header_bytes != b.max_header_bytes
+        {
+            restart.push("connection limits".to_string());
+        }
+        if before.store.backend != new.store.backend
+            || before.store.key_prefix != new.store.key_prefix
+        {
+            restart.push("the store".to_string());
+        }
+        let rt = Runtime::new(new)?;
         self.runtime.store(Arc::new(rt));
+        Ok(restart)
     }
 
     pub fn start_draining(&self) {
@@ -111,10 +141,14 @@ impl AppState {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.command_timeout, fut).await {
+        let started = std::time::Instant::now();
+        let r = match tokio::time::timeout(self.command_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable("store command timed out".into())),
-        }
+        };
+        let ok = !matches!(r, Err(StoreError::Unavailable(_)));
+        crate::metrics::get().store(started.elapsed(), ok);
+        r
     }
 
     /// How long cached credentials stay usable while the store cannot answer.
@@ -135,12 +169,21 @@ impl AppState {
             return Ok(None);
         }
         let now = now_ms();
+        let m = crate::metrics::get();
+        let kind = crate::metrics::scope_kind(scope);
         match self
             .store_call(self.store.rate_limit(scope, &limits, now))
             .await
         {
-            Ok(d) => Ok(Some(d)),
+            Ok(d) => {
+                match d.refused_by {
+                    None => m.ratelimit(kind, "-", "allowed"),
+                    Some(w) => m.ratelimit(kind, w.name(), "refused"),
+                }
+                Ok(Some(d))
+            }
             Err(e) => {
+                m.ratelimit(kind, "-", "store_failed");
                 let cfg = &self.runtime().config.limits;
                 tracing::warn!(error = %e, policy = ?policy, "rate limiter falling back");
                 match policy {

@@ -185,7 +185,9 @@ pub async fn authenticate_key(raw: &str, state: &AppState) -> Result<Principal, 
     }
     let hash = api_key::hash(raw);
     let cache = &state.keys;
-    let key = match cache.key(&hash) {
+    let cached = cache.key(&hash);
+    crate::metrics::get().cache("api_key", cached.is_some());
+    let key = match cached {
         Some(k) => k,
         None if cache.is_known_missing(&hash) => return Err(GatewayError::InvalidApiKey),
         None => match state.store_call(state.store.get_api_key(&hash)).await {
@@ -219,7 +221,9 @@ pub async fn authenticate_key(raw: &str, state: &AppState) -> Result<Principal, 
 }
 
 async fn tenant(id: &str, state: &AppState) -> Result<Option<Arc<Tenant>>, GatewayError> {
-    if let Some(t) = state.keys.tenant(id) {
+    let cached = state.keys.tenant(id);
+    crate::metrics::get().cache("tenant", cached.is_some());
+    if let Some(t) = cached {
         return Ok(Some(t));
     }
     match state.store_call(state.store.get_tenant(id)).await {

@@ -16,7 +16,7 @@
 //! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
 //! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
 //! {p}tok:{<scope>}:month:{n}     tokens debited in month n
-//! channel {p}invalidate          "<origin> key:<hash>" | "<origin> tenant:<id>": invalidations
+//! channel {p}invalidate          "<origin> <sent ms> key:<hash>" | ... tenant:<id>: invalidations
 //! ```
 //!
 //! The braces are Redis Cluster hash tags: every key one rate-limit decision touches shares a
@@ -282,7 +282,8 @@ impl RedisStore {
         let channel = key!(self, "invalidate");
         let result: Result<(), StoreError> = async {
             let mut c = self.handle().await?;
-            c.publish::<_, _, ()>(channel, format!("{} {message}", self.origin))
+            let sent_ms = crate::ratelimit::now_ms();
+            c.publish::<_, _, ()>(channel, format!("{} {sent_ms} {message}", self.origin))
                 .await
                 .map_err(unavailable)
         }
@@ -405,9 +406,18 @@ async fn subscribe_loop(
                     let Ok(payload) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    let (from, body) = payload.split_once(' ').unwrap_or(("", payload.as_str()));
+                    let mut parts = payload.splitn(3, ' ');
+                    let (from, sent_ms, body) = (
+                        parts.next().unwrap_or(""),
+                        parts.next().and_then(|t| t.parse::<u64>().ok()),
+                        parts.next().unwrap_or(""),
+                    );
                     if from == origin {
                         continue;
+                    }
+                    if let Some(sent) = sent_ms {
+                        let lag = crate::ratelimit::now_ms().saturating_sub(sent);
+                        crate::metrics::get().invalidation_lag(Duration::from_millis(lag));
                     }
                     let inv = match body.split_once(':') {
                         Some(("key", h)) => Invalidation::Key(h.to_string()),

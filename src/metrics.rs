@@ -1,0 +1,289 @@
+//! Prometheus metrics, served on `ARES_METRICS_LISTEN` (never on the public listener).
+//!
+//! One process-wide registry: every gateway in the process reports into it. Label values are
+//! bounded: routes are the configured prefixes, methods the standard ones, codes the contract's.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::body::{self, Body};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 100 us .. ~52 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    upstream_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    auth_seconds: Histogram,
+    store_seconds: Histogram,
+    store_errors: Counter,
+    auth_failures: Family<Labels, Counter>,
+    ratelimit_decisions: Family<Labels, Counter>,
+    cache: Family<Labels, Counter>,
+    invalidation_lag_seconds: Histogram,
+    open_connections: Gauge,
+    config_reloads: Family<Labels, Counter>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("ares_gateway");
+        let m = Metrics {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            auth_seconds: latency_histogram(),
+            store_seconds: latency_histogram(),
+            store_errors: Counter::default(),
+            auth_failures: Family::default(),
+            ratelimit_decisions: Family::default(),
+            cache: Family::default(),
+            invalidation_lag_seconds: latency_histogram(),
+            open_connections: Gauge::default(),
+            config_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Whole request latency by route",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time to the upstream's response head",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "auth_duration_seconds",
+            "Credential checks",
+            m.auth_seconds.clone(),
+        );
+        registry.register(
+            "store_duration_seconds",
+            "Store commands",
+            m.store_seconds.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store commands that failed or timed out",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused credentials by error code",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by scope, window and outcome",
+            m.ratelimit_decisions.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Key and tenant cache lookups",
+            m.cache.clone(),
+        );
+        registry.register(
+            "invalidation_lag_seconds",
+            "Delay from a change on one replica to its invalidation here",
+            m.invalidation_lag_seconds.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open client connections",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn request(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+        let method = match *method {
+            Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::PATCH
+            | Method::HEAD
+            | Method::OPTIONS => method.as_str().to_string(),
+            _ => "OTHER".to_string(),
+        };
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("method", method),
+                ("status", status.as_u16().to_string()),
+            ])
+            .inc();
+        self.request_seconds
+            .get_or_create(&vec![("route", route.to_string())])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream(&self, upstream: &str, elapsed: Duration) {
+        self.upstream_seconds
+            .get_or_create(&vec![("upstream", upstream.to_string())])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn auth(&self, elapsed: Duration) {
+        self.auth_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn auth_failure(&self, code: &'static str) {
+        self.auth_failures
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
+    pub fn store(&self, elapsed: Duration, ok: bool) {
+        self.store_seconds.observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors.inc();
+        }
+    }
+
+    /// `scope` is the kind (tenant, user, ip, ...), never the id.
+    pub fn ratelimit(&self, scope: &str, window: &str, outcome: &str) {
+        self.ratelimit_decisions
+            .get_or_create(&vec![
+                ("scope", scope.to_string()),
+                ("window", window.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn cache(&self, cache: &str, hit: bool) {
+        self.cache
+            .get_or_create(&vec![
+                ("cache", cache.to_string()),
+                ("result", if hit { "hit" } else { "miss" }.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn invalidation_lag(&self, lag: Duration) {
+        self.invalidation_lag_seconds.observe(lag.as_secs_f64());
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&vec![(
+                "result",
+                if ok { "ok" } else { "error" }.to_string(),
+            )])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The kind of a rate-limit scope name, for labels (`t:ten_1` -> `tenant`).
+pub fn scope_kind(scope: &str) -> &'static str {
+    match scope.split(':').next().unwrap_or("") {
+        "t" => "tenant",
+        "u" => "user",
+        "ip" => "ip",
+        "la" => "login_account_ip",
+        "lf" => "login_account",
+        _ => "other",
+    }
+}
+
+/// Serve `GET /metrics` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(answer(&req))
+            });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>) -> Response<Body> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(body::full("not found\n"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let mut r = Response::new(body::full(get().render()));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    r
+}
+
+/// Bind the metrics listener.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let a = l.local_addr().map_err(|e| e.to_string())?;
+    Ok((l, a))
+}
