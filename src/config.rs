@@ -670,7 +670,8 @@ impl Validator {
 
     fn addr(&mut self, v: &Option<String>, path: &str, default: &str) -> Option<SocketAddr> {
         let text = v.as_deref().unwrap_or(default).trim();
-        if text.is_empty() {
+        // `off` turns a listener off (an empty value falls back to the default under `:-`).
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
             return None;
         }
         match text.parse() {

@@ -171,7 +171,7 @@ fn demo_cmd() -> ExitCode {
                 "ARES_UPSTREAM" => Some(format!("http://{up_addr}")),
                 "ARES_STORE" => Some("memory".into()),
                 "ARES_LISTEN" => Some(listen.clone()),
-                "ARES_METRICS_LISTEN" => Some(String::new()),
+                "ARES_METRICS_LISTEN" => Some("off".into()),
                 _ => std::env::var(k).ok(),
             }
         };

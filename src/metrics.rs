@@ -133,6 +133,11 @@ impl Metrics {
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
         );
+        // Series that should read 0 rather than be absent before the first event.
+        for result in ["ok", "error"] {
+            m.config_reloads
+                .get_or_create(&vec![("result", result.to_string())]);
+        }
         Metrics { registry, ..m }
     }
 

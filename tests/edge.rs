@@ -256,7 +256,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_certificate_stops_start_up() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
         ])
         .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ARES_METRICS_LISTEN", "")
+        .env("ARES_METRICS_LISTEN", "off")
         .env("ARES_TLS_CERT", &cert)
         .env("ARES_TLS_KEY", &key)
         .env("ARES_LOG", "warn")
@@ -299,7 +299,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_certificate_stops_start_up() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
         ])
         .env("ARES_LISTEN", "127.0.0.1:0")
-        .env("ARES_METRICS_LISTEN", "")
+        .env("ARES_METRICS_LISTEN", "off")
         .env("ARES_TLS_CERT", &bad)
         .env("ARES_TLS_KEY", &key)
         .output()

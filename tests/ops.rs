@@ -187,7 +187,7 @@ async fn sighup_reloads_the_config_of_the_binary() {
         .args(["serve", "--config"])
         .arg(&path)
         .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ARES_METRICS_LISTEN", "")
+        .env("ARES_METRICS_LISTEN", "off")
         .env("ARES_UPSTREAM", up.url())
         .env("ARES_LOG", "warn")
         .stdout(std::process::Stdio::null())

@@ -156,6 +156,8 @@ pub async fn handle(
             a.import_key(id, body::read_json(req.into_body(), limit).await?)
                 .await
         }
+        // Key ids are `key_...`: `import` is never one.
+        (["tenants", _, "api-keys", "import"], _) => Err(GatewayError::MethodNotAllowed),
         (["tenants", id, "api-keys", key_id], &Method::DELETE) => a.delete_key(id, key_id).await,
         (["provision-client"], _)
         | (["tenants"], _)

@@ -202,7 +202,7 @@ pub fn config(upstream: &str, env: &[(&str, &str)]) -> Config {
 pub fn config_from(yaml: &str, upstream: &str, env: &[(&str, &str)]) -> Config {
     let mut vars: Vec<(String, String)> = vec![
         ("ARES_LISTEN".into(), "127.0.0.1:0".into()),
-        ("ARES_METRICS_LISTEN".into(), String::new()),
+        ("ARES_METRICS_LISTEN".into(), "off".into()),
         ("ARES_UPSTREAM".into(), upstream.into()),
         ("ARES_ADMIN_SECRET".into(), ADMIN.into()),
         ("ARES_JWT_SECRET".into(), JWT_SECRET.into()),
@@ -387,7 +387,7 @@ pub async fn serve_binary(upstream: &str, env: &[(&str, &str)]) -> (tokio::proce
         concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
     ])
     .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-    .env("ARES_METRICS_LISTEN", "")
+    .env("ARES_METRICS_LISTEN", "off")
     .env("ARES_UPSTREAM", upstream)
     .env("ARES_ADMIN_SECRET", ADMIN)
     .env("ARES_JWT_SECRET", JWT_SECRET)

@@ -1,0 +1,174 @@
+//! openapi.yaml and the implemented endpoints agree: every documented operation, run with its
+//! example against a live gateway, answers its documented success status and shape; every
+//! undocumented method on a documented path is 405; undocumented paths are 404.
+
+mod common;
+
+use common::*;
+use serde_yaml::Value;
+
+fn doc() -> Value {
+    serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let mut cur = doc;
+            for part in r.trim_start_matches("#/").split('/') {
+                cur = &cur[part];
+            }
+            assert!(!cur.is_null(), "dangling $ref {r}");
+            resolve(doc, cur)
+        }
+        None => v,
+    }
+}
+
+fn rank(path: &str, method: &str) -> u8 {
+    match (path, method) {
+        ("/api/auth/register", _) => 0,
+        ("/api/auth/login", _) => 1,
+        ("/api/auth/logout", _) => 3,
+        ("/api/admin/tenants/{id}", "delete") => 5,
+        (_, "delete") => 4,
+        _ => 2,
+    }
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_implemented_as_documented() {
+    let doc = doc();
+    assert_eq!(doc["openapi"].as_str(), Some("3.1.0"));
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, _, _) = provision(&g, "dev").await;
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
+        &[("x-admin-secret", ADMIN)],
+        r#"{"name":"spare"}"#,
+    )
+    .await;
+    let spare_key = r.json()["api_key"]["id"].as_str().unwrap().to_string();
+
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap().to_string();
+        for (method, op) in item.as_mapping().unwrap() {
+            let method = method.as_str().unwrap().to_string();
+            if method != "parameters" {
+                ops.push((path.clone(), method, op.clone()));
+            }
+        }
+    }
+    assert_eq!(ops.len(), 20, "documented operations");
+    ops.sort_by_key(|(p, m, _)| rank(p, m));
+
+    let (mut access, mut refresh) = (String::new(), String::new());
+    for (path, method, op) in &ops {
+        let url_path = path
+            .replace("{id}", &tenant)
+            .replace("{key_id}", &spare_key);
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        for sec in op["security"].as_sequence().into_iter().flatten() {
+            if sec.get("adminSecret").is_some() {
+                headers.push(("x-admin-secret", ADMIN.to_string()));
+            }
+            if sec.get("accessToken").is_some() {
+                headers.push(("authorization", bearer(&access)));
+            }
+        }
+        let example = &op["requestBody"]["content"]["application/json"]["example"];
+        let body = (!example.is_null()).then(|| {
+            serde_json::to_string(&serde_json::to_value(example).unwrap())
+                .unwrap()
+                .replace("rt_EXAMPLE", &refresh)
+        });
+        let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = send(
+            &method.to_uppercase(),
+            &g.url(&url_path),
+            &hdrs,
+            body.as_deref(),
+        )
+        .await;
+        let responses = op["responses"].as_mapping().unwrap();
+        let success = responses
+            .keys()
+            .filter_map(|k| k.as_str())
+            .filter(|k| k.starts_with('2'))
+            .min()
+            .unwrap_or_else(|| panic!("{method} {path} documents no success"));
+        assert_eq!(
+            r.status.as_str(),
+            success,
+            "{method} {path}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        for code in responses.keys().filter_map(|k| k.as_str()) {
+            assert!(
+                code.len() == 3 && code.chars().all(|c| c.is_ascii_digit()),
+                "{method} {path}: {code}"
+            );
+            resolve(&doc, &responses[code]);
+        }
+        // The documented required fields are there.
+        let schema = resolve(&doc, &responses[success]);
+        let schema = resolve(&doc, &schema["content"]["application/json"]["schema"]);
+        if let Some(required) = schema["required"].as_sequence() {
+            let v = r.json();
+            for field in required {
+                let f = field.as_str().unwrap();
+                assert!(
+                    v.get(f).is_some(),
+                    "{method} {path}: response lacks {f}: {v}"
+                );
+            }
+        }
+        if path == "/api/auth/login" {
+            let v = r.json();
+            access = v["access_token"].as_str().unwrap().to_string();
+            refresh = v["refresh_token"].as_str().unwrap().to_string();
+        }
+    }
+}
+
+#[tokio::test]
+async fn undocumented_methods_are_405_and_undocumented_paths_404() {
+    let doc = doc();
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    for (path, item) in doc["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap();
+        let url_path = path.replace("{id}", "ten_x").replace("{key_id}", "key_x");
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_some() {
+                continue;
+            }
+            let r = send(
+                &method.to_uppercase(),
+                &g.url(&url_path),
+                &[("x-admin-secret", ADMIN)],
+                Some("{}"),
+            )
+            .await;
+            assert_eq!(
+                r.status, 405,
+                "{method} {path} is not documented but answered {}",
+                r.status
+            );
+            assert_eq!(r.error_code(), "METHOD_NOT_ALLOWED");
+        }
+    }
+    for path in [
+        "/api/auth/unknown",
+        "/api/admin/tenants/ten_x/unknown",
+        "/api/admin/tenants/ten_x/api-keys/k/extra",
+    ] {
+        let r = send("GET", &g.url(path), &[("x-admin-secret", ADMIN)], None).await;
+        assert_eq!(r.status, 404, "{path}");
+    }
+}
