@@ -135,7 +135,8 @@ impl Metrics {
         );
         // Series that should read 0 rather than be absent before the first event.
         for result in ["ok", "error"] {
-            m.config_reloads
+            let _ = m
+                .config_reloads
                 .get_or_create(&vec![("result", result.to_string())]);
         }
         Metrics { registry, ..m }
