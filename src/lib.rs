@@ -25,6 +25,7 @@
 //! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
 //! api/mod.rs        /healthz, /readyz
 //! cors.rs           preflights and CORS response headers
+//! framing.rs        HTTP/1 framing checks against request smuggling
 //! metrics.rs        Prometheus registry and the metrics listener
 //! error.rs          GatewayError and its one into_response()
 //! body.rs           Body alias, JSON helpers, the idle-timeout body
@@ -55,6 +56,7 @@ pub mod config;
 pub mod cors;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! handle           never fails: handle_inner, then error.into_response(); one access-log line
-//! handle_inner
+//! handle_inner    (after framing::check: smuggling shapes are 400 + close)
 //!   1 ctx          request id, client ip, strip spoofable headers     (proxy::strip_spoofable)
 //!   2 route        normalise the path, classify it; CORS preflights    400 / 404
 //!   3 gateway-served routes return here (auth API, admin API, health)
@@ -60,6 +60,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let rt = state.runtime();
+    // Before anything reads the request: refuse what another parser could frame differently.
+    let framing = crate::framing::check(&req);
     let uri = req.uri().clone();
     let ctx = proxy::strip_spoofable(
         req.headers_mut(),
@@ -75,7 +77,11 @@ pub async fn handle(
     let path = req.uri().path().to_owned();
     let mut outcome = Outcome::default();
 
-    let mut resp = match handle_inner(&state, &rt, &ctx, req, &mut outcome).await {
+    let result = match framing {
+        Ok(()) => handle_inner(&state, &rt, &ctx, req, &mut outcome).await,
+        Err(e) => Err(GatewayError::invalid(e.to_string())),
+    };
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
             let (status, _, code) = err.parts();
@@ -94,6 +100,13 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if framing.is_err() {
+        // The rest of the connection cannot be trusted to be framed as we think.
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     if let Some(origin) = &cors_origin {
         cors::decorate(resp.headers_mut(), origin);
     }

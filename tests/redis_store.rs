@@ -414,3 +414,62 @@ async fn failure_policies_decide_when_redis_is_down() {
         (503, "STORE_UNAVAILABLE")
     );
 }
+
+#[tokio::test]
+async fn a_flushed_redis_never_lets_unknown_credentials_pass_and_never_500s() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // A zero cache TTL: every request asks Redis, so the flush is seen at once.
+    let yaml = shipped_yaml().replace("api_key_cache_ttl_secs: 30", "api_key_cache_ttl_secs: 0");
+    let g = start(config_from(
+        &yaml,
+        &up.url(),
+        &[("ARES_STORE", "redis"), ("REDIS_URL", &redis.url())],
+    ))
+    .await;
+    let (_, _, key) = provision(&g, "dev").await;
+    let t = login(&g, "flushed@example.com").await;
+    assert_eq!(
+        post(
+            &g.url("/v1/chat"),
+            &[("authorization", &bearer(&key))],
+            "{}"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(cli(redis.port, &["FLUSHALL"]), "OK");
+    let r = post(
+        &g.url("/v1/chat"),
+        &[("authorization", &bearer(&key))],
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_API_KEY")
+    );
+    let body = format!(
+        r#"{{"refresh_token":"{}"}}"#,
+        t["refresh_token"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(&g.url("/api/auth/refresh"), &[], &body).await.status,
+        401
+    );
+    assert_eq!(get(&g.url("/readyz"), &[]).await.status, 200);
+    // And it keeps working: the limiter script is reloaded after SCRIPT FLUSH too.
+    assert_eq!(cli(redis.port, &["SCRIPT", "FLUSH"]), "OK");
+    let (_, _, key2) = provision(&g, "dev").await;
+    assert_eq!(
+        post(
+            &g.url("/v1/chat"),
+            &[("authorization", &bearer(&key2))],
+            "{}"
+        )
+        .await
+        .status,
+        200
+    );
+}

@@ -1,0 +1,303 @@
+//! Hostile input over raw TCP: request framing (smuggling), oversized heads, slow clients, upstream
+//! faults, and a recording upstream that asserts what (if anything) was forwarded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Send raw bytes; return what came back before the server closed (or 3 s passed).
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn raw_async(addr: SocketAddr, request: Vec<u8>) -> String {
+    tokio::task::spawn_blocking(move || raw(addr, &request))
+        .await
+        .unwrap()
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn smuggling_shapes_are_refused_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let a = format!("Authorization: Bearer {key}\r\n");
+    let cases: Vec<(&str, String)> = vec![
+        ("conflicting CL", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")),
+        ("CL list", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5, 6\r\n\r\nhello!")),
+        ("malformed CL", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: +5\r\n\r\nhello")),
+        ("TE gzip, chunked", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")),
+        ("TE chunked twice", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("TE identity", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Transfer-Encoding: identity\r\n\r\n")),
+        ("TE with space", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Transfer-Encoding:  chunked x\r\n\r\n0\r\n\r\n")),
+        ("obs-fold", format!("GET /v1/chat HTTP/1.1\r\nHost: x\r\n{a}X-Folded: a\r\n b\r\n\r\n")),
+        ("space before colon", format!("GET /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length : 0\r\n\r\n")),
+        ("NUL in value", format!("GET /v1/chat HTTP/1.1\r\nHost: x\r\n{a}X-A: a\0b\r\n\r\n")),
+        ("CR in value", format!("GET /v1/chat HTTP/1.1\r\nHost: x\r\n{a}X-A: a\rb\r\n\r\n")),
+        ("no Host", format!("GET /v1/chat HTTP/1.1\r\n{a}\r\n")),
+        ("two Hosts", format!("GET /v1/chat HTTP/1.1\r\nHost: x\r\nHost: y\r\n{a}\r\n")),
+        ("absolute-form for another host", format!("GET http://evil.example/v1/chat HTTP/1.1\r\nHost: x\r\n{a}\r\n")),
+        ("CONNECT", format!("CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n{a}\r\n")),
+        ("TRACE", format!("TRACE /v1/chat HTTP/1.1\r\nHost: x\r\n{a}\r\n")),
+    ];
+    for (name, req) in cases {
+        let resp = raw_async(g.addr, req.into_bytes()).await;
+        let status = status_of(&resp);
+        assert!(
+            resp.is_empty() || (400..500).contains(&status),
+            "{name}: expected a 4xx or a closed connection, got {resp:.120}"
+        );
+        assert_ne!(status, 200, "{name}");
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "the upstream saw a request it should not have"
+    );
+
+    // Baselines: the same requests, well formed, pass (so the refusals above mean something).
+    let ok = raw_async(g.addr, format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nConnection: close\r\n\r\nhello").into_bytes()).await;
+    assert_eq!(status_of(&ok), 200, "{ok:.200}");
+    let ok = raw_async(g.addr, format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").into_bytes()).await;
+    assert_eq!(status_of(&ok), 200, "{ok:.200}");
+    let own = g.addr.to_string();
+    let ok = raw_async(
+        g.addr,
+        format!("GET http://{own}/v1/chat HTTP/1.1\r\nHost: {own}\r\n{a}Connection: close\r\n\r\n")
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        status_of(&ok),
+        200,
+        "absolute-form for this host: {ok:.200}"
+    );
+    assert_eq!(up.count(), 3);
+    for r in up.requests() {
+        assert_eq!(r.uri, "/api/v1/chat");
+        assert!(
+            r.headers.get("transfer-encoding").is_none()
+                || r.headers["transfer-encoding"] == "chunked"
+        );
+    }
+}
+
+/// hyper drops Content-Length when Transfer-Encoding is present (RFC 9112 section 6.3) before the
+/// gateway sees the headers, frames the message as chunked, and closes the connection after it:
+/// a request smuggled behind it is never read.
+#[tokio::test]
+async fn content_length_with_chunked_cannot_smuggle_a_second_request() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let a = format!("Authorization: Bearer {key}\r\n");
+    // A front end using Content-Length would see one request with a 44-byte body; a parser using
+    // chunked sees an empty body and then a second request (to an admin path).
+    let smuggled = "GET /api/admin/agents HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!(
+        "POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+        5 + smuggled.len()
+    );
+    let resp = raw_async(g.addr, req.into_bytes()).await;
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "one response, then close: {resp}"
+    );
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri, "/api/v1/chat");
+    assert!(seen[0].body.is_empty());
+    assert!(seen[0]
+        .headers
+        .get("content-length")
+        .is_none_or(|v| v == "0"));
+    assert!(!seen.iter().any(|r| r.uri.contains("admin")));
+}
+
+#[tokio::test]
+async fn oversized_request_lines_and_header_counts_are_414_or_431() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let long_line = format!(
+        "GET /api/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let s = status_of(&raw_async(g.addr, long_line.into_bytes()).await);
+    assert!(s == 414 || s == 431, "{s}");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let s = status_of(
+        &raw_async(
+            g.addr,
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes(),
+        )
+        .await,
+    );
+    assert_eq!(s, 431);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn slow_and_idle_floods_do_not_starve_health_checks() {
+    let up = Upstream::start().await;
+    let yaml = shipped_yaml().replace(
+        "header_read_timeout_secs: 10",
+        "header_read_timeout_secs: 1",
+    );
+    let g = start(config_from(&yaml, &up.url(), &[])).await;
+    let addr = g.addr;
+    // 200 connections: half send a partial head and stall (slowloris), half send nothing.
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        held.push(s);
+    }
+    let started = Instant::now();
+    let r = get(&g.url("/healthz"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stalled heads are cut off by the header read timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(2), held[0].read(&mut buf))
+        .await
+        .expect("not closed")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // A slow body on a proxied route does not hold up others either.
+    let (_, _, key) = provision(&g, "pro").await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        slow.write_all(format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\nabc").as_bytes())
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    assert_eq!(get(&g.url("/healthz"), &[]).await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// An upstream that misbehaves by path, at the TCP level.
+async fn rogue_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                match path.as_str() {
+                    "/api/v1/garbage" => {
+                        let _ = s.write_all(b"this is not HTTP\r\n\r\n").await;
+                    }
+                    "/api/v1/huge-headers" => {
+                        let big = format!(
+                            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+                            "a".repeat(1 << 20)
+                        );
+                        let _ = s.write_all(big.as_bytes()).await;
+                    }
+                    "/api/v1/reset-mid-stream" => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n6\r\ndata: \r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // Close without the last chunk.
+                    }
+                    "/api/v1/close-early" => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
+                            .await;
+                    }
+                    _ => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_faults_become_502_or_a_cleanly_ended_stream() {
+    let rogue = rogue_upstream().await;
+    let g = gateway(&format!("http://{rogue}"), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let auth = bearer(&key);
+    for path in ["/v1/garbage", "/v1/huge-headers"] {
+        let started = Instant::now();
+        let r = get(&g.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (502, "UPSTREAM_UNAVAILABLE"),
+            "{path}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{path}");
+    }
+    // Mid-stream failures end the client's stream (an error or a short body), never a hang.
+    for path in ["/v1/reset-mid-stream", "/v1/close-early"] {
+        let req = http::Request::get(g.url(path))
+            .header("authorization", &auth)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+            let resp = client().request(req).await?;
+            use http_body_util::BodyExt;
+            resp.into_body()
+                .collect()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.into())
+        })
+        .await;
+        let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> =
+            outcome.expect("client hung");
+        assert!(
+            ended.is_err(),
+            "{path}: a truncated upstream body must not look complete"
+        );
+    }
+}
