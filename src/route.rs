@@ -39,7 +39,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let clean = !bytes.windows(2).any(|w| w == b"//" || w == b"/.")
         && !bytes
             .iter()
-            .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f);
+            .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b >= 0x7f);
     if clean {
         return Ok(Cow::Borrowed(path));
     }
@@ -71,8 +71,15 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+            0x80..=0xff => {
+                // `http::Uri` lets raw non-ASCII bytes through; forward them percent-encoded so
+                // the path stays ASCII and normalising is idempotent (found by fuzzing).
+                decoded.push('%');
+                decoded.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
+                decoded.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
+                i += 1;
+            }
             _ => {
-                // `uri().path()` is ASCII; a non-ASCII byte cannot occur, but stay total.
                 decoded.push(b as char);
                 i += 1;
             }
@@ -351,6 +358,17 @@ mod tests {
         for (input, want) in bad {
             assert_eq!(normalize(input), Err(want), "input {input:?}");
         }
+    }
+
+    #[test]
+    fn regression_non_ascii_bytes_were_copied_as_latin1_and_not_idempotent() {
+        // fuzz/artifacts/path crash-51c470ea: "/]/.\u{76f}" (bytes DD AF) became "/]/.\u{dd}\u{af}" as Latin-1.
+        let n = normalize("/]/.\u{76f}").unwrap();
+        assert_eq!(n, "/]/.%DD%AF");
+        assert_eq!(normalize(&n).as_deref(), Ok(&*n));
+        let n = normalize("/api/caf\u{e9}/../x").unwrap();
+        assert_eq!(n, "/api/x");
+        assert_eq!(normalize("/api/caf\u{e9}").unwrap(), "/api/caf%C3%A9");
     }
 
     #[test]

@@ -301,3 +301,24 @@ async fn upstream_faults_become_502_or_a_cleanly_ended_stream() {
         );
     }
 }
+
+#[tokio::test]
+async fn regression_raw_non_ascii_paths_are_forwarded_percent_encoded() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let tokens = login(&g, "utf8@example.com").await;
+    let auth = format!(
+        "Authorization: Bearer {}\r\n",
+        tokens["access_token"].as_str().unwrap()
+    );
+    let mut req = b"GET /api/caf".to_vec();
+    req.extend_from_slice(&[0xC3, 0xA9]);
+    req.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    );
+    let resp = raw_async(g.addr, req).await;
+    let status = status_of(&resp);
+    // hyper's parser lets the raw bytes through; the upstream sees them percent-encoded.
+    assert_eq!(status, 200, "{resp:.200}");
+    assert_eq!(up.last().uri, "/api/caf%C3%A9");
+}

@@ -172,6 +172,33 @@ pub async fn handle(
     result
 }
 
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(r) = serde_json::from_slice::<CreateTenant>(data) {
+        let _ = (check_name("name", &r.name), r.tier);
+    }
+    let _ = serde_json::from_slice::<SetTier>(data);
+    let _ = serde_json::from_slice::<SetStatus>(data);
+    let _ = serde_json::from_slice::<SetLimits>(data);
+    if let Ok(r) = serde_json::from_slice::<CreateKey>(data) {
+        let _ = (
+            check_name("name", &r.name),
+            r.expires_in_days,
+            Admin::scopes(r.scopes),
+        );
+    }
+    if let Ok(r) = serde_json::from_slice::<ImportKey>(data) {
+        let _ = (
+            r.key_hash.len(),
+            r.key_prefix.len(),
+            Admin::scopes(r.scopes),
+            check_name("name", &r.name),
+        );
+    }
+    if let Ok(r) = serde_json::from_slice::<Provision>(data) {
+        let _ = (check_name("name", &r.name), r.tier, r.api_key_name);
+    }
+}
+
 struct Admin<'a> {
     state: &'a AppState,
     rt: &'a Runtime,

@@ -392,6 +392,20 @@ async fn me(
     ))
 }
 
+pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(r) = serde_json::from_slice::<RegisterRequest>(data) {
+        let _ = normalize_email(&r.email);
+        let _ = check_name("name", &r.name);
+        let _ = password::check_policy(r.password.expose());
+    }
+    if let Ok(r) = serde_json::from_slice::<LoginRequest>(data) {
+        let _ = normalize_email(&r.email).map(|e| email_key(&e));
+    }
+    if let Ok(r) = serde_json::from_slice::<RefreshRequest>(data) {
+        let _ = plausible_refresh_token(&r.refresh_token);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

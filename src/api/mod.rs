@@ -33,6 +33,13 @@ pub async fn health(
     }
 }
 
+/// Parse and validate `data` as every JSON body the gateway serves (for the fuzz target).
+#[doc(hidden)]
+pub fn fuzz_bodies(data: &[u8]) {
+    auth::fuzz(data);
+    admin::fuzz(data);
+}
+
 /// The path segments after `base`, without empty ones.
 pub fn segments<'a>(path: &'a str, base: &str) -> Vec<&'a str> {
     path.strip_prefix(base)
