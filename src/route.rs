@@ -39,7 +39,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let clean = !bytes.windows(2).any(|w| w == b"//" || w == b"/.")
         && !bytes
             .iter()
-            .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b >= 0x7f);
+            .any(|&b| b == b'%' || b == b'\\' || !(0x20..0x7f).contains(&b));
     if clean {
         return Ok(Cow::Borrowed(path));
     }
