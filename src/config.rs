@@ -354,6 +354,8 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
+    /// The name as a shared metric label.
+    pub label: Arc<String>,
     /// Position in the upstream list; the client pool uses the same index.
     pub index: usize,
     pub https: bool,
@@ -390,6 +392,7 @@ impl Upstream {
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(Upstream {
+            label: Arc::new(name.to_string()),
             name: name.to_string(),
             index: 0,
             https,
@@ -410,6 +413,9 @@ impl Upstream {
 pub struct Config {
     /// The file it came from (watched for hot reload), if any.
     pub source: Option<PathBuf>,
+    /// The file's modification time when it was read: the reload watcher's baseline, taken
+    /// before reading so that a change made right after is never missed.
+    pub source_stamp: Option<std::time::SystemTime>,
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
@@ -421,6 +427,7 @@ pub struct Config {
 impl Config {
     /// Read, substitute, parse and validate a file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             problems: vec![Problem {
@@ -435,6 +442,7 @@ impl Config {
             }
         })?;
         cfg.source = Some(path.to_path_buf());
+        cfg.source_stamp = stamp;
         Ok(cfg)
     }
 
@@ -501,6 +509,7 @@ impl Config {
         if v.problems.is_empty() {
             Ok(Config {
                 source: None,
+                source_stamp: None,
                 server,
                 store,
                 auth,

@@ -128,12 +128,12 @@ impl Gateway {
             }
             None => None,
         };
-        let source = config.source.clone();
+        let source = config.source.clone().map(|p| (p, config.source_stamp));
         let reload_poll = config.server.config_reload_poll;
         let state = AppState::new(config, store)?;
         spawn_housekeeping(Arc::downgrade(&state));
-        if let Some(path) = source {
-            watch_config(&state, path, reload_poll);
+        if let Some((path, stamp)) = source {
+            watch_config(&state, path, stamp, reload_poll);
         }
         let task = tokio::spawn(server::run(listener, state.clone(), tls, shutdown));
         Ok(Gateway {
@@ -200,7 +200,12 @@ pub fn reload_config(state: &AppState, path: &std::path::Path) -> bool {
 }
 
 /// Reload on SIGHUP and whenever the file's modification time changes.
-fn watch_config(state: &Arc<AppState>, path: std::path::PathBuf, every: Duration) {
+fn watch_config(
+    state: &Arc<AppState>,
+    path: std::path::PathBuf,
+    loaded: Option<std::time::SystemTime>,
+    every: Duration,
+) {
     let on_hup = (Arc::downgrade(state), path.clone());
     server::on_sighup(move || {
         if let Some(s) = on_hup.0.upgrade() {
@@ -210,7 +215,7 @@ fn watch_config(state: &Arc<AppState>, path: std::path::PathBuf, every: Duration
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last = stamp(&path);
+        let mut last = loaded;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -4,12 +4,13 @@
 //! bounded: routes are the configured prefixes, methods the standard ones, codes the contract's.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -22,6 +23,42 @@ use crate::body::{self, Body};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Hot-path label sets: no allocation per request (routes and upstreams are shared names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<String>,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    scope: &'static str,
+    window: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 us .. ~52 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
@@ -29,15 +66,15 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
-    request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
-    upstream_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_seconds: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     auth_seconds: Histogram,
     store_seconds: Histogram,
     store_errors: Counter,
-    auth_failures: Family<Labels, Counter>,
-    ratelimit_decisions: Family<Labels, Counter>,
-    cache: Family<Labels, Counter>,
+    auth_failures: Family<CodeLabel, Counter>,
+    ratelimit_decisions: Family<DecisionLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
     invalidation_lag_seconds: Histogram,
     open_connections: Gauge,
     config_reloads: Family<Labels, Counter>,
@@ -142,32 +179,41 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    pub fn request(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+    pub fn request(
+        &self,
+        route: &Arc<String>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
         let method = match *method {
-            Method::GET
-            | Method::POST
-            | Method::PUT
-            | Method::DELETE
-            | Method::PATCH
-            | Method::HEAD
-            | Method::OPTIONS => method.as_str().to_string(),
-            _ => "OTHER".to_string(),
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => "OTHER",
         };
-        self.requests
-            .get_or_create(&vec![
-                ("route", route.to_string()),
-                ("method", method),
-                ("status", status.as_u16().to_string()),
-            ])
-            .inc();
+        let labels = RequestLabels {
+            route: route.clone(),
+            method,
+            status: status.as_u16(),
+        };
+        self.requests.get_or_create(&labels).inc();
         self.request_seconds
-            .get_or_create(&vec![("route", route.to_string())])
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn upstream(&self, upstream: &str, elapsed: Duration) {
+    pub fn upstream(&self, upstream: &Arc<String>, elapsed: Duration) {
         self.upstream_seconds
-            .get_or_create(&vec![("upstream", upstream.to_string())])
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.clone(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -176,9 +222,7 @@ impl Metrics {
     }
 
     pub fn auth_failure(&self, code: &'static str) {
-        self.auth_failures
-            .get_or_create(&vec![("code", code.to_string())])
-            .inc();
+        self.auth_failures.get_or_create(&CodeLabel { code }).inc();
     }
 
     pub fn store(&self, elapsed: Duration, ok: bool) {
@@ -189,22 +233,20 @@ impl Metrics {
     }
 
     /// `scope` is the kind (tenant, user, ip, ...), never the id.
-    pub fn ratelimit(&self, scope: &str, window: &str, outcome: &str) {
+    pub fn ratelimit(&self, scope: &'static str, window: &'static str, outcome: &'static str) {
         self.ratelimit_decisions
-            .get_or_create(&vec![
-                ("scope", scope.to_string()),
-                ("window", window.to_string()),
-                ("outcome", outcome.to_string()),
-            ])
+            .get_or_create(&DecisionLabels {
+                scope,
+                window,
+                outcome,
+            })
             .inc();
     }
 
-    pub fn cache(&self, cache: &str, hit: bool) {
+    pub fn cache(&self, cache: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
         self.cache
-            .get_or_create(&vec![
-                ("cache", cache.to_string()),
-                ("result", if hit { "hit" } else { "miss" }.to_string()),
-            ])
+            .get_or_create(&CacheLabels { cache, result })
             .inc();
     }
 

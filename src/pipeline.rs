@@ -35,6 +35,10 @@ use crate::route::{self, Handler, Target};
 use crate::state::{AppState, Runtime};
 use crate::store::scope;
 
+/// The route label of requests that matched none.
+static NO_ROUTE: std::sync::LazyLock<Arc<String>> =
+    std::sync::LazyLock::new(|| Arc::new("-".to_string()));
+
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -45,7 +49,7 @@ pub struct ConnInfo {
 /// What the access log and the error response need to know about how far a request got.
 #[derive(Debug, Default)]
 struct Outcome {
-    route: Option<String>,
+    route: Option<Arc<String>>,
     bearer: bool,
     auth_method: Option<&'static str>,
     subject: Option<String>,
@@ -74,7 +78,7 @@ pub async fn handle(
     let cors_origin = cors::allowed_origin(req.headers(), &rt.config.server.cors_origins);
     let req_bytes = content_length(req.headers());
     // The path without the query: a query may hold a token (EventSource) and is never logged.
-    let path = req.uri().path().to_owned();
+    let path = uri.path();
     let mut outcome = Outcome::default();
 
     let result = match framing {
@@ -112,7 +116,7 @@ pub async fn handle(
     }
     let elapsed = started.elapsed();
     crate::metrics::get().request(
-        outcome.route.as_deref().unwrap_or("-"),
+        outcome.route.as_ref().unwrap_or(&NO_ROUTE),
         &method,
         resp.status(),
         elapsed,
@@ -123,7 +127,7 @@ pub async fn handle(
         client = %ctx.client_ip,
         method = %method,
         path = %path,
-        route = outcome.route.as_deref().unwrap_or("-"),
+        route = outcome.route.as_deref().map_or("-", String::as_str),
         status = resp.status().as_u16(),
         latency_us = elapsed.as_micros() as u64,
         trace_id = ctx.trace_id(),
@@ -167,7 +171,7 @@ async fn handle_inner(
         .routes
         .classify(&path)
         .ok_or(GatewayError::NotFound)?;
-    outcome.route = Some(route.prefix.clone());
+    outcome.route = Some(route.label.clone());
     outcome.bearer = route.auth.is_bearer();
 
     // 3. gateway-served routes
@@ -227,7 +231,7 @@ async fn handle_inner(
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
     let forward_started = Instant::now();
     let upstream_resp = proxy::forward(client, upstream_req).await;
-    crate::metrics::get().upstream(&upstream.name, forward_started.elapsed());
+    crate::metrics::get().upstream(&upstream.label, forward_started.elapsed());
     let mut upstream_resp = upstream_resp?;
     outcome.upstream_status = Some(upstream_resp.status().as_u16());
     if upstream_resp.status() == StatusCode::SWITCHING_PROTOCOLS {

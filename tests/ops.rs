@@ -221,3 +221,35 @@ async fn sighup_reloads_the_config_of_the_binary() {
     }
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn regression_a_change_between_load_and_start_was_never_reloaded() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let base_yaml = shipped_yaml()
+        .replace("config_reload_poll_secs: 5", "config_reload_poll_secs: 1")
+        .replace("${ARES_LISTEN:-0.0.0.0:8080}", "127.0.0.1:0")
+        .replace("${ARES_METRICS_LISTEN:-127.0.0.1:9090}", "off")
+        .replace("${ARES_UPSTREAM:-http://127.0.0.1:3000}", &up.url());
+    write(&path, &base_yaml);
+    let cfg = Config::load(&path).unwrap();
+    // The file changes after it was read but before the watcher starts.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write(
+        &path,
+        &base_yaml.replace(
+            "  - prefix: /healthz\n",
+            "  - prefix: /status/\n    auth: none\n    upstream: default\n  - prefix: /healthz\n",
+        ),
+    );
+    let g = start(cfg).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&g.url("/status/ping"), &[]).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the change made before start-up was never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Load benchmark: ares-gateway side by side with HAProxy and nginx, on loopback.
+
+    python3 bench/load.py            # ~6 minutes on 2 cores
+    ROUNDS=1 DURATION=3 python3 bench/load.py
+
+Starts a trivial nginx upstream, the gateway (memory store, and Redis store with the Redis
+limiter), HAProxy doing the same job as the gateway's JWT route (HS256 verified, exp checked,
+claims into headers, a per-subject rate limit in a stick table), and HAProxy and nginx as plain
+proxies. Installs wrk when missing. Runs every target interleaved ROUNDS times with wrk
+(64 keep-alive connections, small JSON POSTs) and prints one table: requests/s, p50, p99, proxy
+CPU microseconds per request (from the proxy processes' own CPU time in /proc), peak RSS, and the
+ratios to the direct upstream and to HAProxy's same job. Only loopback addresses are used.
+"""
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DURATION = int(os.environ.get("DURATION", "8"))
+CONNECTIONS = 64
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123"
+ADMIN = "bench-admin-secret-0123456789"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BODY = '{"message":"Hello","agent_type":"product"}'
+
+procs = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def spawn(cmd, env=None, **kw):
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    procs.append(p)
+    return p
+
+
+def wait_http(url, timeout=15.0):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return time.monotonic() - start
+        except Exception:
+            time.sleep(0.005)
+    raise SystemExit(f"{url} did not come up")
+
+
+def call(method, url, body=None, headers=None):
+    req = urllib.request.Request(url, data=body.encode() if body else None, method=method)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def pids_of(pid):
+    """The process and its children (nginx workers)."""
+    out = [pid]
+    try:
+        for line in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+            out.append(int(line))
+    except Exception:
+        pass
+    return out
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def wrk(url, script):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-s", script, url],
+        capture_output=True, text=True,
+    ).stdout
+    rps = float(next(l for l in out.splitlines() if l.startswith("Requests/sec:")).split()[1])
+    total = int(next(l for l in out.splitlines() if "requests in" in l).split()[0])
+    non2xx = 0
+    for l in out.splitlines():
+        if "Non-2xx" in l:
+            non2xx = int(l.split()[-1])
+
+    def pct(p):
+        for l in out.splitlines():
+            parts = l.split()
+            if len(parts) == 2 and parts[0] == p:
+                v = parts[1]
+                for unit, mul in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+                    if v.endswith(unit):
+                        return float(v[: -len(unit)]) * mul
+        return float("nan")
+
+    return rps, total, non2xx, pct("50%"), pct("99%")
+
+
+def lua(dirname, name, headers, keys=None, method="POST"):
+    path = os.path.join(dirname, f"{name}.lua")
+    with open(path, "w") as f:
+        f.write(f'wrk.method = "{method}"\n')
+        if method == "POST":
+            f.write(f"wrk.body = '{BODY}'\n")
+        f.write('wrk.headers["Content-Type"] = "application/json"\n')
+        for k, v in headers.items():
+            f.write(f'wrk.headers["{k}"] = "{v}"\n')
+        if keys:
+            f.write("keys = {" + ",".join(f'"{k}"' for k in keys) + "}\n")
+            f.write("i = 0\nrequest = function()\n  i = i % #keys + 1\n")
+            f.write('  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. keys[i], ["Content-Type"] = "application/json"})\nend\n')
+    return path
+
+
+def main():
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    for tool in ("nginx", "redis-server"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is required (apt-get install nginx-light redis-server)")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "ares-gateway")
+    tmp = tempfile.mkdtemp(prefix="ares-bench-")
+
+    # The trivial upstream: nginx answering a small JSON body, and a 4 KiB event stream.
+    up = free_port()
+    events = "".join(f"data: event {i:04d} padding-padding-padding\\n\\n" for i in range(100))
+    nginx_up = os.path.join(tmp, "nginx-up.conf")
+    with open(nginx_up, "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{up} reuseport; client_body_buffer_size 16k;
+    location /api/v1/stream {{ default_type text/event-stream; return 200 "{events}"; }}
+    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
+""")
+    spawn(["nginx", "-c", nginx_up, "-p", tmp, "-g", "daemon off;"])
+    wait_http(f"http://127.0.0.1:{up}/")
+
+    # The gateway's config for the benchmark: calendar limits so a long run is never refused,
+    # and the access log at warn (HAProxy and nginx log nothing here either).
+    with open(os.path.join(ROOT, "gateway.yaml")) as f:
+        yaml = f.read()
+    yaml = yaml.replace('  user:\n    requests_per_minute: "${ARES_USER_REQUESTS_PER_MINUTE:-600}"',
+                        "  user:\n    requests_per_day: 1000000000")
+    yaml = yaml.replace("  enterprise:\n    requests_per_minute: 6000",
+                        "  enterprise:\n    requests_per_day: 1000000000\n    requests_per_month: 1000000000")
+    conf = os.path.join(tmp, "gateway.yaml")
+    with open(conf, "w") as f:
+        f.write(yaml)
+
+    def gateway(store, redis_url=""):
+        port = free_port()
+        env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
+                   ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=ADMIN,
+                   ARES_JWT_SECRET=JWT_SECRET, ARES_STORE=store, REDIS_URL=redis_url, ARES_LOG="warn")
+        start = time.monotonic()
+        p = spawn([binary, "serve", "--config", conf], env=env)
+        ready = wait_http(f"http://127.0.0.1:{port}/healthz")
+        return p, port, ready, start
+
+    gw, gw_port, ready_s, _ = gateway("memory")
+    base = f"http://127.0.0.1:{gw_port}"
+    key = call("POST", f"{base}/api/admin/provision-client",
+               '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
+    call("POST", f"{base}/api/auth/register",
+         '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
+    token = call("POST", f"{base}/api/auth/login",
+                 '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+    keys = [call("POST", f"{base}/api/admin/provision-client",
+                 f'{{"name":"t{i}","tier":"enterprise","api_key_name":"k"}}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
+            for i in range(1000)]
+
+    redis_port = free_port()
+    spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", tmp])
+    time.sleep(0.3)
+    gwr, gwr_port, _, _ = gateway("redis", f"redis://127.0.0.1:{redis_port}")
+    rkey = call("POST", f"http://127.0.0.1:{gwr_port}/api/admin/provision-client",
+                '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
+
+    # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
+    hj, hp, np_ = free_port(), free_port(), free_port()
+    hcfg = os.path.join(tmp, "haproxy.cfg")
+    with open(hcfg, "w") as f:
+        f.write(f"""global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+backend up
+  server s1 127.0.0.1:{up}
+backend limits
+  stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
+frontend jwt
+  bind 127.0.0.1:{hj}
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+  http-request deny deny_status 401 unless {{ var(txn.alg) -m str HS256 }}
+  http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{JWT_SECRET}") -m int 1 }}
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+  http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
+  http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('$.sub')
+  http-request set-header X-User-Id %[var(txn.sub)]
+  http-request set-header X-User-Email %[var(txn.bearer),jwt_payload_query('$.email')]
+  http-request set-header X-Auth-Method jwt
+  http-request del-header Authorization
+  http-request track-sc0 var(txn.sub) table limits
+  http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 100000000 }}
+  default_backend up
+frontend plain
+  bind 127.0.0.1:{hp}
+  default_backend up
+""")
+    # `txn.now` for the exp check.
+    with open(hcfg) as f:
+        text = f.read().replace("  http-request set-var(txn.exp)", "  http-request set-var(txn.now) date\n  http-request set-var(txn.exp)")
+    with open(hcfg, "w") as f:
+        f.write(text)
+    check = subprocess.run(["haproxy", "-c", "-f", hcfg], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise SystemExit("haproxy config: " + check.stdout + check.stderr)
+    hap = spawn(["haproxy", "-f", hcfg, "-db"])
+    ncfg = os.path.join(tmp, "nginx-proxy.conf")
+    with open(ncfg, "w") as f:
+        f.write(f"""worker_processes 2; pid {tmp}/proxy.pid; error_log /dev/null;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{np_}; location / {{ proxy_pass http://up; proxy_http_version 1.1;
+    proxy_set_header Connection ""; }} }} }}
+""")
+    ngx = spawn(["nginx", "-c", ncfg, "-p", tmp, "-g", "daemon off;"])
+    time.sleep(0.5)
+    # HAProxy verifies the same token; check it answers 200 before measuring.
+    req = urllib.request.Request(f"http://127.0.0.1:{hj}/api/chat", data=BODY.encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200, "haproxy jwt job refused a valid token"
+
+    plain = lua(tmp, "plain", {})
+    jwt = lua(tmp, "jwt", {"Authorization": f"Bearer {token}"})
+    api = lua(tmp, "api", {"Authorization": f"Bearer {key}"})
+    rapi = lua(tmp, "rapi", {"Authorization": f"Bearer {rkey}"})
+    rot = lua(tmp, "rot", {}, keys=keys)
+    sse_direct = lua(tmp, "sse_direct", {}, method="GET")
+    sse = lua(tmp, "sse", {"Authorization": f"Bearer {key}"}, method="GET")
+    targets = [
+        ("direct upstream", f"http://127.0.0.1:{up}/api/chat", plain, None),
+        ("haproxy jwt (same job)", f"http://127.0.0.1:{hj}/api/chat", jwt, hap.pid),
+        ("haproxy plain proxy", f"http://127.0.0.1:{hp}/api/chat", plain, hap.pid),
+        ("nginx plain proxy", f"http://127.0.0.1:{np_}/api/chat", plain, ngx.pid),
+        ("gateway jwt (memory)", f"{base}/api/chat", jwt, gw.pid),
+        ("gateway api key (memory)", f"{base}/v1/chat", api, gw.pid),
+        ("gateway api key (redis)", f"http://127.0.0.1:{gwr_port}/v1/chat", rapi, gwr.pid),
+        ("gateway 1,000 keys rotating", f"{base}/v1/chat", rot, gw.pid),
+        ("direct upstream sse", f"http://127.0.0.1:{up}/api/v1/stream", sse_direct, None),
+        ("gateway sse (api key)", f"{base}/v1/stream", sse, gw.pid),
+    ]
+    results = {name: [] for name, *_ in targets}
+    for r in range(ROUNDS):
+        for name, url, script, pid in targets:
+            pids = pids_of(pid) if pid else []
+            if name.startswith("gateway api key (redis)"):
+                pids = pids + [p.pid for p in procs if p.args[0] == "redis-server"]
+            before = cpu_ticks(pids)
+            rps, total, non2xx, p50, p99 = wrk(url, script)
+            used = cpu_ticks(pids) - before
+            cpu_us = used / CLK_TCK * 1e6 / total if pids and total else float("nan")
+            results[name].append((rps, p50, p99, cpu_us, peak_rss_kib(pids) / 1024 if pids else float("nan"), non2xx))
+            print(f"round {r + 1}/{ROUNDS} {name:30} {rps:10.0f} req/s  non-2xx {non2xx}", file=sys.stderr)
+
+    def med(name, i):
+        return statistics.median(v[i] for v in results[name])
+
+    direct = med("direct upstream", 0)
+    hap_job = med("haproxy jwt (same job)", 0)
+    print(f"\nares-gateway load benchmark: {ROUNDS} interleaved rounds of {DURATION}s, wrk -t2 -c{CONNECTIONS}, "
+          f"{os.cpu_count()} cores, everything on loopback (medians)")
+    print(f"gateway ready {ready_s * 1000:.0f} ms after start (memory store)\n")
+    print(f"| target | req/s | p50 ms | p99 ms | proxy CPU us/req | peak RSS MiB | x direct | x haproxy job | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, *_ in targets:
+        rps, p50, p99, cpu, rss = (med(name, i) for i in range(5))
+        non2xx = max(v[5] for v in results[name])
+        ref = direct if "sse" not in name else med("direct upstream sse", 0)
+        print(f"| {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {rss:.1f} | {rps / ref:.2f} | "
+              f"{rps / hap_job:.2f} | {non2xx} |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except Exception:
+                p.kill()
