@@ -160,7 +160,7 @@ def main():
 
     # The trivial upstream: nginx answering a small JSON body, and a 4 KiB event stream.
     up = free_port()
-    events = "".join(f"data: event {i:04d} padding-padding-padding\\n\\n" for i in range(100))
+    events = "".join(f"data: event {i:04d} padding-padding-padding\\n\\n" for i in range(40))
     nginx_up = os.path.join(tmp, "nginx-up.conf")
     with open(nginx_up, "w") as f:
         f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
