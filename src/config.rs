@@ -28,6 +28,32 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// remembered for the window's length, so this bounds memory per scope.
 pub const MAX_SLIDING_LIMIT: u64 = 100_000;
 
+/// What a watched file looks like on disk. Modification times come from a coarse kernel clock,
+/// so two writes a few milliseconds apart can share one; size and inode (an atomic rename always
+/// brings a new one) catch those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, or `None` when it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode,
+        })
+    }
+}
+
 /// One problem in the file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -415,7 +441,7 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// The file's modification time when it was read: the reload watcher's baseline, taken
     /// before reading so that a change made right after is never missed.
-    pub source_stamp: Option<std::time::SystemTime>,
+    pub source_stamp: Option<FileStamp>,
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
@@ -427,7 +453,7 @@ pub struct Config {
 impl Config {
     /// Read, substitute, parse and validate a file with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let stamp = FileStamp::of(path);
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             problems: vec![Problem {
@@ -1599,6 +1625,24 @@ routes:
             .unwrap_err();
         assert_eq!(err.len(), 1);
         assert_eq!(err[0].path, "server.listen");
+    }
+
+    #[test]
+    fn regression_writes_within_one_clock_tick_looked_unchanged() {
+        // Two atomic replacements back to back: the mtime may not move, the stamp must.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.yaml");
+        let mut seen = Vec::new();
+        for text in ["a: 1\n", "a: 2\n", "a: 3\n"] {
+            let tmp = dir.path().join("g.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            seen.push(FileStamp::of(&path).unwrap());
+        }
+        assert_ne!(seen[0], seen[1]);
+        assert_ne!(seen[1], seen[2]);
+        assert_eq!(FileStamp::of(&path), Some(seen[2]));
+        assert_eq!(FileStamp::of(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub fn reload_config(state: &AppState, path: &std::path::Path) -> bool {
 fn watch_config(
     state: &Arc<AppState>,
     path: std::path::PathBuf,
-    loaded: Option<std::time::SystemTime>,
+    loaded: Option<config::FileStamp>,
     every: Duration,
 ) {
     let on_hup = (Arc::downgrade(state), path.clone());
@@ -214,7 +214,6 @@ fn watch_config(
     });
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
-        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let mut last = loaded;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,7 +222,7 @@ fn watch_config(
             let Some(state) = weak.upgrade() else {
                 return;
             };
-            let now = stamp(&path);
+            let now = config::FileStamp::of(&path);
             if now != last {
                 last = now;
                 reload_config(&state, &path);

@@ -7,9 +7,9 @@
 //! keeps serving. Only TLS 1.2 and 1.3 with rustls's AEAD suites are offered; ALPN offers `h2`
 //! and `http/1.1`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -19,7 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::TlsFiles;
+use crate::config::{FileStamp, TlsFiles};
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -70,11 +70,7 @@ impl ResolvesServerCert for Resolver {
 pub struct CertReloader {
     current: Arc<ArcSwap<CertifiedKey>>,
     files: TlsFiles,
-    stamp: std::sync::Mutex<(Option<SystemTime>, Option<SystemTime>)>,
-}
-
-fn mtime(p: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+    stamp: std::sync::Mutex<(Option<FileStamp>, Option<FileStamp>)>,
 }
 
 impl CertReloader {
@@ -82,7 +78,7 @@ impl CertReloader {
         let key = load_certified_key(files)?;
         Ok(Arc::new(CertReloader {
             current: Arc::new(ArcSwap::from_pointee(key)),
-            stamp: std::sync::Mutex::new((mtime(&files.cert), mtime(&files.key))),
+            stamp: std::sync::Mutex::new((FileStamp::of(&files.cert), FileStamp::of(&files.key))),
             files: files.clone(),
         }))
     }
@@ -100,7 +96,10 @@ impl CertReloader {
 
     /// Load the files again; on failure keep serving the old certificate.
     pub fn reload(&self) -> Result<(), String> {
-        let stamps = (mtime(&self.files.cert), mtime(&self.files.key));
+        let stamps = (
+            FileStamp::of(&self.files.cert),
+            FileStamp::of(&self.files.key),
+        );
         match load_certified_key(&self.files) {
             Ok(key) => {
                 self.current.store(Arc::new(key));
@@ -123,7 +122,10 @@ impl CertReloader {
 
     /// Reload when either file's modification time changed.
     pub fn reload_if_changed(&self) {
-        let now = (mtime(&self.files.cert), mtime(&self.files.key));
+        let now = (
+            FileStamp::of(&self.files.cert),
+            FileStamp::of(&self.files.key),
+        );
         let changed = self.stamp.lock().map(|s| *s != now).unwrap_or(false);
         if changed {
             let _ = self.reload();

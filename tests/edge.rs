@@ -275,7 +275,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_certificate_stops_start_up() {
     let (new_cert, new_key, second) = pki.issue("next", "second");
     write_atomic(&key, &std::fs::read(new_key).unwrap());
     write_atomic(&cert, &std::fs::read(new_cert).unwrap());
-    sigterm_like(&child, "-HUP");
+    sighup(&child);
     // The file poll runs every 10 s; SIGHUP must be much faster.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -307,15 +307,6 @@ async fn sighup_reloads_the_certificate_and_a_bad_certificate_stops_start_up() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.crt"), "{err}");
-}
-
-fn sigterm_like(child: &tokio::process::Child, signal: &str) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap()
-        .success());
 }
 
 /// A WebSocket upstream that echoes messages and records the handshake headers.

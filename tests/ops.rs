@@ -102,6 +102,25 @@ async fn traceparent_is_forwarded_or_created() {
     assert!(created.starts_with("00-") && created.ends_with("-01"));
 }
 
+/// The shipped config with an open `/status/` route added, for reload tests.
+fn with_status_route(yaml: &str) -> String {
+    yaml.replace(
+        "  - prefix: /healthz\n",
+        "  - prefix: /status/\n    auth: none\n    upstream: default\n  - prefix: /healthz\n",
+    )
+}
+
+/// The shipped config as a file-backed in-process gateway reads it: fixed listeners, this
+/// upstream, the test admin secret, and a 1 s reload poll.
+fn file_yaml(up: &Upstream) -> String {
+    shipped_yaml()
+        .replace("config_reload_poll_secs: 5", "config_reload_poll_secs: 1")
+        .replace("${ARES_LISTEN:-0.0.0.0:8080}", "127.0.0.1:0")
+        .replace("${ARES_METRICS_LISTEN:-127.0.0.1:9090}", "off")
+        .replace("${ARES_UPSTREAM:-http://127.0.0.1:3000}", &up.url())
+        .replace("${ARES_ADMIN_SECRET:-}", ADMIN)
+}
+
 fn write(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
@@ -113,21 +132,13 @@ async fn reload_adds_a_route_and_a_broken_file_keeps_the_old_config() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    let base_yaml = shipped_yaml()
-        .replace("config_reload_poll_secs: 5", "config_reload_poll_secs: 1")
-        .replace("${ARES_LISTEN:-0.0.0.0:8080}", "127.0.0.1:0")
-        .replace("${ARES_METRICS_LISTEN:-127.0.0.1:9090}", "")
-        .replace("${ARES_UPSTREAM:-http://127.0.0.1:3000}", &up.url())
-        .replace("${ARES_ADMIN_SECRET:-}", ADMIN);
+    let base_yaml = file_yaml(&up);
     write(&path, &base_yaml);
     let g = start(Config::load(&path).unwrap()).await;
     assert_eq!(get(&g.url("/status/ping"), &[]).await.status, 404);
 
     // A new route: an open upstream route.
-    let with_route = base_yaml.replace(
-        "  - prefix: /healthz\n",
-        "  - prefix: /status/\n    auth: none\n    upstream: default\n  - prefix: /healthz\n",
-    );
+    let with_route = with_status_route(&base_yaml);
     write(&path, &with_route);
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(&g.url("/status/ping"), &[]).await.status != 200 {
@@ -177,40 +188,15 @@ async fn sighup_reloads_the_config_of_the_binary() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    let port = free_port();
     let yaml = shipped_yaml().replace(
         "config_reload_poll_secs: 5",
         "config_reload_poll_secs: 3600",
     );
     write(&path, &yaml);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ARES_METRICS_LISTEN", "off")
-        .env("ARES_UPSTREAM", up.url())
-        .env("ARES_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base).await;
+    let (mut child, base) = serve_binary_with(&path, &up.url(), &[("ARES_LOG", "warn")]).await;
     assert_eq!(get(&format!("{base}/status/x"), &[]).await.status, 404);
-    write(
-        &path,
-        &yaml.replace(
-            "  - prefix: /healthz\n",
-            "  - prefix: /status/\n    auth: none\n    upstream: default\n  - prefix: /healthz\n",
-        ),
-    );
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    write(&path, &with_status_route(&yaml));
+    sighup(&child);
     let deadline = Instant::now() + Duration::from_secs(3);
     while get(&format!("{base}/status/x"), &[]).await.status != 200 {
         assert!(
@@ -227,22 +213,12 @@ async fn regression_a_change_between_load_and_start_was_never_reloaded() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    let base_yaml = shipped_yaml()
-        .replace("config_reload_poll_secs: 5", "config_reload_poll_secs: 1")
-        .replace("${ARES_LISTEN:-0.0.0.0:8080}", "127.0.0.1:0")
-        .replace("${ARES_METRICS_LISTEN:-127.0.0.1:9090}", "off")
-        .replace("${ARES_UPSTREAM:-http://127.0.0.1:3000}", &up.url());
+    let base_yaml = file_yaml(&up);
     write(&path, &base_yaml);
     let cfg = Config::load(&path).unwrap();
     // The file changes after it was read but before the watcher starts.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    write(
-        &path,
-        &base_yaml.replace(
-            "  - prefix: /healthz\n",
-            "  - prefix: /status/\n    auth: none\n    upstream: default\n  - prefix: /healthz\n",
-        ),
-    );
+    write(&path, &with_status_route(&base_yaml));
     let g = start(cfg).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(&g.url("/status/ping"), &[]).await.status != 200 {

@@ -379,21 +379,28 @@ pub async fn wait_healthy(base: &str) {
 /// Run `ares-gateway serve` with the shipped config on a free port; returns the child (its
 /// stderr piped) and the base URL once it is healthy.
 pub async fn serve_binary(upstream: &str, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    serve_binary_with(std::path::Path::new(shipped), upstream, env).await
+}
+
+/// As `serve_binary`, with another config file.
+pub async fn serve_binary_with(
+    config: &std::path::Path,
+    upstream: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
     let port = free_port();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"));
-    cmd.args([
-        "serve",
-        "--config",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
-    ])
-    .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
-    .env("ARES_METRICS_LISTEN", "off")
-    .env("ARES_UPSTREAM", upstream)
-    .env("ARES_ADMIN_SECRET", ADMIN)
-    .env("ARES_JWT_SECRET", JWT_SECRET)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped())
-    .kill_on_drop(true);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("ARES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ARES_METRICS_LISTEN", "off")
+        .env("ARES_UPSTREAM", upstream)
+        .env("ARES_ADMIN_SECRET", ADMIN)
+        .env("ARES_JWT_SECRET", JWT_SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -403,12 +410,20 @@ pub async fn serve_binary(upstream: &str, env: &[(&str, &str)]) -> (tokio::proce
     (child, base)
 }
 
-/// Send SIGTERM to a child process.
-pub fn sigterm(child: &tokio::process::Child) {
+/// Send a signal (`-TERM`, `-HUP`, ...) to a child process.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
     let pid = child.id().expect("child still running").to_string();
     assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([sig, &pid])
         .status()
         .unwrap()
         .success());
+}
+
+pub fn sigterm(child: &tokio::process::Child) {
+    signal(child, "-TERM");
+}
+
+pub fn sighup(child: &tokio::process::Child) {
+    signal(child, "-HUP");
 }
