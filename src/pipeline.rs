@@ -30,7 +30,7 @@ use crate::config::FailurePolicy;
 use crate::cors;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, RequestContext, X_REQUEST_ID};
-use crate::ratelimit::{now_ms, RateLimitHeaders};
+use crate::ratelimit::{now_ms, RateLimitHeaders, Window};
 use crate::route::{self, Handler, Target};
 use crate::state::{AppState, Runtime};
 use crate::store::scope;
@@ -265,7 +265,8 @@ async fn handle_inner(
     Ok(resp)
 }
 
-/// Request limits for the principal's scope, then the tenant's token budget.
+/// Request limits for the principal's scope and, for tenants, the token budget: one decision
+/// (one store round trip), so nothing is consumed when any of them refuses.
 async fn check_limits(
     state: &AppState,
     rt: &Runtime,
@@ -278,41 +279,22 @@ async fn check_limits(
             let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
             (scope::tenant(&tenant.id), tenant.limits.apply(&tier))
         }
-        Identity::User(claims) => (scope::user(&claims.sub), limits.user.clone()),
+        Identity::User(claims) => {
+            // Users have request limits only; a token budget is a tenant's.
+            let mut plan = limits.user.clone();
+            plan.tokens_per_month = None;
+            (scope::user(&claims.sub), plan)
+        }
         Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
     };
     let decision = state.rate_limit(&scope, &plan, policy).await?;
-    if let Some(d) = decision {
-        if let Some(window) = d.refused_by {
-            return Err(GatewayError::RateLimited {
-                window,
-                headers: d.headers,
-            });
-        }
+    match decision.and_then(|d| d.refused_by.map(|w| (w, d.headers))) {
+        Some((Window::Tokens, headers)) => Err(GatewayError::TokenQuotaExceeded {
+            retry_after: Duration::from_secs(headers.reset.max(1)),
+        }),
+        Some((window, headers)) => Err(GatewayError::RateLimited { window, headers }),
+        None => Ok(decision.map(|d| d.headers)),
     }
-    if let (Identity::ApiKey { tenant, .. }, Some(budget)) =
-        (principal.identity(), plan.tokens_per_month)
-    {
-        let now = now_ms();
-        match state
-            .store_call(
-                state
-                    .store
-                    .tokens_used(&scope::tenant_tokens(&tenant.id), now),
-            )
-            .await
-        {
-            Ok(used) if used >= budget => {
-                let (_, end) = crate::ratelimit::Window::Month.calendar_period(now);
-                return Err(GatewayError::TokenQuotaExceeded {
-                    retry_after: Duration::from_millis(end.saturating_sub(now)),
-                });
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "token quota not checked: store unavailable"),
-        }
-    }
-    Ok(decision.map(|d| d.headers))
 }
 
 /// Debit the tenant's monthly token budget from the upstream's usage headers (or trailers),
@@ -333,7 +315,7 @@ fn debit_tokens(state: &Arc<AppState>, principal: &Principal, headers: &http::He
         return;
     }
     let state = state.clone();
-    let scope = scope::tenant_tokens(&tenant.id);
+    let scope = scope::tenant(&tenant.id);
     tokio::spawn(async move {
         if let Err(e) = state
             .store_call(state.store.add_tokens(&scope, n, now_ms()))

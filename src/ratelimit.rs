@@ -18,14 +18,18 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Window {
     Month,
+    /// The tenant's monthly token budget: checked with the request windows, never consumed by
+    /// a request (upstream usage headers debit it), never reported in `RateLimit-*`.
+    Tokens,
     Day,
     Hour,
     Minute,
     Second,
 }
 
-pub const WINDOWS: [Window; 5] = [
+pub const WINDOWS: [Window; 6] = [
     Window::Month,
+    Window::Tokens,
     Window::Day,
     Window::Hour,
     Window::Minute,
@@ -36,6 +40,7 @@ impl Window {
     pub fn name(self) -> &'static str {
         match self {
             Window::Month => "month",
+            Window::Tokens => "tokens",
             Window::Day => "day",
             Window::Hour => "hour",
             Window::Minute => "minute",
@@ -46,6 +51,7 @@ impl Window {
     pub fn exceeded_message(self) -> &'static str {
         match self {
             Window::Month => "Monthly rate limit exceeded",
+            Window::Tokens => "Monthly token quota exceeded",
             Window::Day => "Daily rate limit exceeded",
             Window::Hour => "Hourly rate limit exceeded",
             Window::Minute => "Per-minute rate limit exceeded",
@@ -54,7 +60,12 @@ impl Window {
     }
 
     pub fn is_calendar(self) -> bool {
-        matches!(self, Window::Month | Window::Day)
+        matches!(self, Window::Month | Window::Tokens | Window::Day)
+    }
+
+    /// Checked but never consumed by the request itself.
+    pub fn is_check_only(self) -> bool {
+        self == Window::Tokens
     }
 
     /// Length of a sliding window in milliseconds.
@@ -64,7 +75,7 @@ impl Window {
             Window::Minute => 60_000,
             Window::Second => 1_000,
             Window::Day => 86_400_000,
-            Window::Month => 31 * 86_400_000,
+            Window::Month | Window::Tokens => 31 * 86_400_000,
         }
     }
 
@@ -115,7 +126,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// The limits of one scope: a limit per window (absent = unlimited), and a token budget.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    limits: [Option<u64>; 5],
+    limits: [Option<u64>; 6],
     pub tokens_per_month: Option<u64>,
 }
 
@@ -128,11 +139,14 @@ impl Plan {
         self.limits[w.index()] = limit;
     }
 
-    /// `(window, limit)` pairs in check order.
+    /// `(window, limit)` pairs in check order, the token budget included.
     pub fn windows(&self) -> Vec<(Window, u64)> {
         WINDOWS
             .iter()
-            .filter_map(|w| self.get(*w).map(|l| (*w, l)))
+            .filter_map(|w| match w {
+                Window::Tokens => self.tokens_per_month.map(|l| (*w, l)),
+                _ => self.get(*w).map(|l| (*w, l)),
+            })
             .collect()
     }
 
@@ -234,9 +248,9 @@ fn ceil_secs(ms: u64) -> u64 {
 /// State of one scope: a sliding log or a calendar counter per window.
 #[derive(Debug, Default)]
 struct ScopeState {
-    logs: [VecDeque<u64>; 5],
+    logs: [VecDeque<u64>; 6],
     /// `(period id, count)` per calendar window.
-    periods: [(u64, u64); 5],
+    periods: [(u64, u64); 6],
 }
 
 impl ScopeState {
@@ -293,7 +307,7 @@ impl ScopeState {
 
     fn is_idle(&self, now_ms: u64) -> bool {
         self.logs.iter().all(VecDeque::is_empty)
-            && [Window::Day, Window::Month]
+            && [Window::Day, Window::Month, Window::Tokens]
                 .iter()
                 .all(|w| self.count(*w, now_ms) == 0)
     }
@@ -315,6 +329,9 @@ impl ScopeState {
                     },
                 };
             }
+            if w.is_check_only() {
+                continue;
+            }
             let after = if consume { used + 1 } else { used };
             let h = RateLimitHeaders {
                 limit,
@@ -332,7 +349,7 @@ impl ScopeState {
             }
         }
         if consume {
-            for &(w, _) in limits {
+            for &(w, _) in limits.iter().filter(|(w, _)| !w.is_check_only()) {
                 self.consume(w, 1, now_ms);
             }
         }
@@ -580,6 +597,31 @@ mod tests {
         l.sweep(t + 61_000);
         assert_eq!(l.len(), 1);
         assert_eq!(l.usage("tenant", t + 61_000).day, 1);
+    }
+
+    #[test]
+    fn the_token_budget_refuses_but_is_never_consumed_by_requests() {
+        let l = LocalLimiter::new();
+        let t = ms(2026, 11, 27, 12, 0, 0);
+        let limits = [(Window::Tokens, 1000), (Window::Minute, 10)];
+        let d = l.check("t", &limits, t);
+        assert!(d.allowed());
+        assert_eq!(d.headers.limit, 10, "headers describe request windows only");
+        assert_eq!(l.count("t", Window::Tokens, t), 0);
+        l.add("t", Window::Tokens, 1000, t);
+        let d = l.check("t", &limits, t);
+        assert_eq!(d.refused_by, Some(Window::Tokens));
+        assert_eq!(
+            Window::Tokens.exceeded_message(),
+            "Monthly token quota exceeded"
+        );
+        assert_eq!(
+            l.count("t", Window::Minute, t),
+            1,
+            "the refused request consumed nothing"
+        );
+        // A new month, a new budget.
+        assert!(l.check("t", &limits, ms(2026, 12, 1, 0, 0, 0)).allowed());
     }
 
     #[test]

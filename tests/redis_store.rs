@@ -473,3 +473,53 @@ async fn a_flushed_redis_never_lets_unknown_credentials_pass_and_never_500s() {
         200
     );
 }
+
+fn calls(port: u16, cmd: &str) -> u64 {
+    cli(port, &["INFO", "commandstats"])
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_api_key_request_costs_one_redis_round_trip_token_budget_included() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    // `dev` has minute, day and month limits and a token budget.
+    let (_, _, key) = provision(&g, "dev").await;
+    let auth = bearer(&key);
+    assert_eq!(
+        post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
+            .await
+            .status,
+        200
+    );
+    let (evalsha, get_, exists) = (
+        calls(redis.port, "evalsha"),
+        calls(redis.port, "get"),
+        calls(redis.port, "exists"),
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        calls(redis.port, "evalsha") - evalsha,
+        20,
+        "one script call per request"
+    );
+    // Commands a script runs count in commandstats too: the script reads the day, month and
+    // token counters (3 GETs). Anything beyond would be a key or tenant lookup, which the cache
+    // makes unnecessary (one GET may come from the batched last_used_at write).
+    let gets = calls(redis.port, "get") - get_;
+    assert!((60..=61).contains(&gets), "{gets} GETs for 20 requests");
+    assert_eq!(calls(redis.port, "exists") - exists, 0);
+}

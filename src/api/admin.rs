@@ -349,7 +349,7 @@ impl Admin<'_> {
         let s = &self.state;
         let usage = s.store_call(s.store.usage(&scope::tenant(id), now)).await?;
         let tokens = s
-            .store_call(s.store.tokens_used(&scope::tenant_tokens(id), now))
+            .store_call(s.store.tokens_used(&scope::tenant(id), now))
             .await?;
         let tier = self
             .rt

@@ -235,11 +235,11 @@ impl Store for MemoryStore {
     }
 
     async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.limiter.add(scope, Window::Month, n, now_ms))
+        Ok(self.limiter.add(scope, Window::Tokens, n, now_ms))
     }
 
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.limiter.count(scope, Window::Month, now_ms))
+        Ok(self.limiter.count(scope, Window::Tokens, now_ms))
     }
 }
 

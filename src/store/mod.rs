@@ -209,9 +209,6 @@ pub mod scope {
     pub fn tenant(id: &str) -> String {
         format!("t:{id}")
     }
-    pub fn tenant_tokens(id: &str) -> String {
-        format!("tok:{id}")
-    }
     pub fn user(id: &str) -> String {
         format!("u:{id}")
     }
@@ -445,8 +442,16 @@ pub mod suite {
             .unwrap()
             .allowed());
 
+        // The token budget is checked by the same decision, and never consumed by requests.
+        let budget = [(Window::Tokens, 160), (Window::Minute, 100)];
+        assert!(s.rate_limit("tok", &budget, now).await.unwrap().allowed());
+        assert_eq!(s.tokens_used("tok", now).await.unwrap(), 0);
         assert_eq!(s.add_tokens("tok", 150, now).await.unwrap(), 150);
+        assert!(s.rate_limit("tok", &budget, now).await.unwrap().allowed());
         assert_eq!(s.add_tokens("tok", 50, now).await.unwrap(), 200);
+        assert_eq!(s.tokens_used("tok", now).await.unwrap(), 200);
+        let d = s.rate_limit("tok", &budget, now).await.unwrap();
+        assert_eq!(d.refused_by, Some(Window::Tokens));
         assert_eq!(s.tokens_used("tok", now).await.unwrap(), 200);
         assert_eq!(
             s.tokens_used("tok", now + 40 * 86_400_000).await.unwrap(),

@@ -15,7 +15,7 @@
 //! {p}jti:{jti}                   revoked access token id, expiring with the token
 //! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
 //! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
-//! {p}tok:{<scope>}:month:{n}     tokens debited in month n
+//! {p}rl:{<scope>}:tokens:{n}     tokens debited in month n (the limiter checks it too)
 //! channel {p}invalidate          "<origin> <sent ms> key:<hash>" | ... tenant:<id>: invalidations
 //! ```
 //!
@@ -47,7 +47,7 @@ use crate::ratelimit::{Decision, RateLimitHeaders, Usage, Window};
 /// Decide every window of one scope atomically; consume from all only when all allow.
 ///
 /// KEYS: one per window, in check order. ARGV: now_ms, consume (1/0), member, then per window:
-/// kind (`s` sliding | `c` calendar), limit, span (sliding: window ms; calendar: period end ms).
+/// kind (`s` sliding | `c` calendar | `k` check-only calendar: the token budget), limit, span (sliding: window ms; calendar: period end ms).
 /// Returns {refusing window index or 0, limit, remaining, reset_ms} of the refusing or tightest
 /// window.
 const LIMIT_SCRIPT: &str = r#"
@@ -61,7 +61,12 @@ for i = 1, #KEYS do
   local limit = tonumber(ARGV[base + 2])
   local span = tonumber(ARGV[base + 3])
   local used, reset
-  if kind == 's' then
+  if kind == 'k' then
+    used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if used >= limit then
+      return {i, limit, 0, span - now}
+    end
+  elseif kind == 's' then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span)
     used = redis.call('ZCARD', KEYS[i])
     local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
@@ -70,20 +75,24 @@ for i = 1, #KEYS do
     used = tonumber(redis.call('GET', KEYS[i]) or '0')
     reset = span - now
   end
-  if used >= limit then
-    return {i, limit, 0, reset}
-  end
-  local rem = limit - used
-  if consume then rem = rem - 1 end
-  if tr < 0 or rem < tr or (rem == tr and reset < tz) then
-    tl, tr, tz = limit, rem, reset
+  if kind ~= 'k' then
+    if used >= limit then
+      return {i, limit, 0, reset}
+    end
+    local rem = limit - used
+    if consume then rem = rem - 1 end
+    if tr < 0 or rem < tr or (rem == tr and reset < tz) then
+      tl, tr, tz = limit, rem, reset
+    end
   end
 end
 if consume then
   for i = 1, #KEYS do
     local base = 3 + (i - 1) * 3
     local span = tonumber(ARGV[base + 3])
-    if ARGV[base + 1] == 's' then
+    if ARGV[base + 1] == 'k' then
+      -- check-only: debited by token usage, not by requests
+    elseif ARGV[base + 1] == 's' then
       redis.call('ZADD', KEYS[i], now, member)
       redis.call('PEXPIRE', KEYS[i], span)
     else
@@ -306,7 +315,8 @@ impl RedisStore {
             if w.is_calendar() {
                 let (period, end) = w.calendar_period(now_ms);
                 keys.push(key!(self, "rl:{{{scope}}}:{}:{period}", w.name()));
-                args.extend(["c".to_string(), limit.to_string(), end.to_string()]);
+                let kind = if w.is_check_only() { "k" } else { "c" };
+                args.extend([kind.to_string(), limit.to_string(), end.to_string()]);
             } else {
                 keys.push(key!(self, "rl:{{{scope}}}:{}", w.name()));
                 args.extend([
@@ -755,7 +765,8 @@ impl Store for RedisStore {
 
     async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
         let (period, end) = Window::Month.calendar_period(now_ms);
-        let key = key!(self, "tok:{{{scope}}}:month:{period}");
+        // The token budget's counter: the limiter script checks the same key, in the same slot.
+        let key = key!(self, "rl:{{{scope}}}:tokens:{period}");
         let mut c = self.handle().await?;
         let (total,): (u64,) = redis::pipe()
             .atomic()
@@ -772,7 +783,7 @@ impl Store for RedisStore {
 
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
         let (period, _) = Window::Month.calendar_period(now_ms);
-        self.calendar_count(key!(self, "tok:{{{scope}}}:month:{period}"))
+        self.calendar_count(key!(self, "rl:{{{scope}}}:tokens:{period}"))
             .await
     }
 
