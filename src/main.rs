@@ -117,7 +117,10 @@ fn print_generated(cfg: &Config) {
         }
     }
     if cfg.auth.jwt_secret_generated {
-        eprintln!("development mode: generated a JWT signing key (tokens die with this process)");
+        eprintln!(
+            "development mode: generated JWT signing key (ARES_JWT_SECRET; tokens die with this process): {}",
+            cfg.auth.jwt_secret.expose()
+        );
     }
 }
 

@@ -599,3 +599,169 @@ async fn https_upstream_with_a_private_ca_and_h2() {
     let r = get(&g.url("/v1/models"), &[("authorization", &bearer(&key))]).await;
     assert_eq!(r.status, 502);
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is required for this test (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn rsa_pkcs1_pkcs8_and_sec1_ec_keys_and_chains_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA, and leaves with each key format, signed by it.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa8.key",
+        ],
+    );
+    openssl(
+        d,
+        &["rsa", "-in", "rsa8.key", "-traditional", "-out", "rsa1.key"],
+    );
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec1.key",
+        ],
+    );
+    let ext = d.join("ext.cnf");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for (key, cert) in [
+        ("rsa8.key", "rsa8.crt"),
+        ("rsa1.key", "rsa1.crt"),
+        ("ec1.key", "ec1.crt"),
+    ] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-key",
+                key,
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                cert,
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+    }
+    let head = |p: &str| {
+        std::fs::read_to_string(d.join(p))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(head("rsa8.key"), "-----BEGIN PRIVATE KEY-----");
+    assert_eq!(head("rsa1.key"), "-----BEGIN RSA PRIVATE KEY-----");
+    assert_eq!(head("ec1.key"), "-----BEGIN EC PRIVATE KEY-----");
+
+    // A chain file: the leaf, then the CA.
+    let chain = format!(
+        "{}{}",
+        std::fs::read_to_string(d.join("rsa1.crt")).unwrap(),
+        std::fs::read_to_string(d.join("ca.pem")).unwrap()
+    );
+    std::fs::write(d.join("chain.crt"), chain).unwrap();
+
+    let client_cfg =
+        ares_gateway::tls::upstream_client_config(true, Some(&d.join("ca.pem"))).unwrap();
+    for (cert, key, chain_len) in [
+        ("rsa8.crt", "rsa8.key", 1),
+        ("chain.crt", "rsa1.key", 2),
+        ("ec1.crt", "ec1.key", 1),
+    ] {
+        let (c, k) = (d.join(cert), d.join(key));
+        let g = start(config_from(
+            &shipped_yaml(),
+            "http://127.0.0.1:1",
+            &[
+                ("ARES_TLS_CERT", c.to_str().unwrap()),
+                ("ARES_TLS_KEY", k.to_str().unwrap()),
+            ],
+        ))
+        .await;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg.clone()));
+        let tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{cert}: {e}"));
+        assert_eq!(
+            tls.get_ref().1.peer_certificates().unwrap().len(),
+            chain_len,
+            "{cert}"
+        );
+    }
+    // A key that does not belong to the certificate is refused at start-up, naming the files.
+    let files = ares_gateway::config::TlsFiles {
+        cert: d.join("rsa8.crt"),
+        key: d.join("ec1.key"),
+    };
+    let err = ares_gateway::tls::CertReloader::new(&files)
+        .err()
+        .expect("mismatched key accepted");
+    assert!(err.contains("rsa8.crt") && err.contains("ec1.key"), "{err}");
+}
