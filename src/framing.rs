@@ -155,3 +155,322 @@ mod tests {
         assert_eq!(check(&r2), Ok(()));
     }
 }
+
+/// Per-connection record of what the byte scanner saw, read by the request handler.
+#[derive(Debug, Default)]
+pub struct ConnFlags {
+    /// 1-based index of the first request head that carried both `Content-Length` and
+    /// `Transfer-Encoding` (0: none). hyper drops the length before the handler sees it.
+    both_lengths_at: std::sync::atomic::AtomicU64,
+    /// Requests handed to the handler so far.
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl ConnFlags {
+    /// Called once per request, in order: whether this request's head had both lengths.
+    pub fn next_request_has_both_lengths(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.requests.fetch_add(1, SeqCst) + 1;
+        self.both_lengths_at.load(SeqCst) == n
+    }
+}
+
+/// Where the scanner is in the HTTP/1 byte stream.
+#[derive(Debug)]
+enum Phase {
+    Head(Vec<u8>),
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkCrlf(u8),
+    Trailers(Vec<u8>),
+    /// Lost or not applicable (HTTP/2, upgrades, unparseable): hyper's own handling stands.
+    Off,
+}
+
+/// Follows HTTP/1 message boundaries in the bytes a connection reads, to see each request head
+/// exactly as sent.
+#[derive(Debug)]
+pub struct Scanner {
+    phase: Phase,
+    heads: u64,
+}
+
+const MAX_SCAN_HEAD: usize = 1 << 20;
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            phase: Phase::Head(Vec::new()),
+            heads: 0,
+        }
+    }
+}
+
+impl Scanner {
+    pub fn feed(&mut self, mut data: &[u8], flags: &ConnFlags) {
+        while !data.is_empty() {
+            match &mut self.phase {
+                Phase::Off => return,
+                Phase::Head(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    let Some(end) = find(buf, b"\r\n\r\n") else {
+                        if buf.len() > MAX_SCAN_HEAD {
+                            self.phase = Phase::Off;
+                        }
+                        return;
+                    };
+                    let used = end + 4 - before;
+                    let head = std::mem::take(buf);
+                    self.phase = self.after_head(&head[..end + 4], flags);
+                    data = &data[used..];
+                }
+                Phase::Body(n) => {
+                    let take = (*n).min(data.len() as u64) as usize;
+                    *n -= take as u64;
+                    data = &data[take..];
+                    if *n == 0 {
+                        self.phase = Phase::Head(Vec::new());
+                    }
+                }
+                Phase::ChunkSize(line) => {
+                    let Some(i) = data.iter().position(|&b| b == b'\n') else {
+                        line.extend_from_slice(data);
+                        if line.len() > 4096 {
+                            self.phase = Phase::Off;
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&data[..=i]);
+                    data = &data[i + 1..];
+                    let text = String::from_utf8_lossy(line);
+                    let size = text.trim_end().split(';').next().unwrap_or("").trim();
+                    self.phase = match u64::from_str_radix(size, 16) {
+                        Ok(0) => Phase::Trailers(Vec::new()),
+                        Ok(n) => Phase::ChunkData(n),
+                        Err(_) => Phase::Off,
+                    };
+                }
+                Phase::ChunkData(n) => {
+                    let take = (*n).min(data.len() as u64) as usize;
+                    *n -= take as u64;
+                    data = &data[take..];
+                    if *n == 0 {
+                        self.phase = Phase::ChunkCrlf(2);
+                    }
+                }
+                Phase::ChunkCrlf(n) => {
+                    let take = (*n as usize).min(data.len());
+                    *n -= take as u8;
+                    data = &data[take..];
+                    if *n == 0 {
+                        self.phase = Phase::ChunkSize(Vec::new());
+                    }
+                }
+                Phase::Trailers(buf) => {
+                    // Ends at an empty line: "\r\n" right away, or "\r\n\r\n" after trailers.
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(0)
+                    } else {
+                        find(buf, b"\r\n\r\n").map(|e| e + 2)
+                    };
+                    match end {
+                        Some(e) => {
+                            let used = e + 2 - before;
+                            data = &data[used.min(data.len())..];
+                            self.phase = Phase::Head(Vec::new());
+                        }
+                        None => {
+                            if buf.len() > MAX_SCAN_HEAD {
+                                self.phase = Phase::Off;
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn after_head(&mut self, head: &[u8], flags: &ConnFlags) -> Phase {
+        let mut headers = [httparse::EMPTY_HEADER; 256];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Phase::Off,
+        }
+        if req.method == Some("CONNECT") {
+            return Phase::Off;
+        }
+        self.heads += 1;
+        let mut cl: Option<u64> = None;
+        let (mut cls, mut tes, mut upgrade) = (0, 0, false);
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                cls += 1;
+                cl = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                tes += 1;
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if cls > 0 && tes > 0 {
+            flags
+                .both_lengths_at
+                .compare_exchange(
+                    0,
+                    self.heads,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+                .ok();
+            // The gateway answers 400 and closes: nothing after this head is a request.
+            return Phase::Off;
+        }
+        if upgrade {
+            return Phase::Off;
+        }
+        match (tes, cl) {
+            (0, None) | (0, Some(0)) => Phase::Head(Vec::new()),
+            (0, Some(n)) => Phase::Body(n),
+            _ => Phase::ChunkSize(Vec::new()),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A connection's reads, shown to a [`Scanner`] on their way to hyper.
+pub struct Scanned<T> {
+    inner: T,
+    scanner: Scanner,
+    flags: std::sync::Arc<ConnFlags>,
+}
+
+impl<T> Scanned<T> {
+    pub fn new(inner: T, flags: std::sync::Arc<ConnFlags>) -> Self {
+        Scanned {
+            inner,
+            scanner: Scanner::default(),
+            flags,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Scanned<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let this = &mut *self;
+            this.scanner.feed(&buf.filled()[before..], &this.flags);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Scanned<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod scanner_tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> (Scanner, ConnFlags) {
+        let flags = ConnFlags::default();
+        let mut s = Scanner::default();
+        for c in chunks {
+            s.feed(c, &flags);
+        }
+        (s, flags)
+    }
+
+    fn flagged_at(f: &ConnFlags) -> u64 {
+        f.both_lengths_at.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn flags_the_right_head_across_bodies_of_every_framing() {
+        let stream: Vec<u8> = [
+            &b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n"[..],
+            b"GET /fake HTTP/1.1\r\nX: 1\r\n\r\n\r\n", // body bytes that look like a head
+            b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ]
+        .concat();
+        // Fed whole and byte by byte, the 4th head is the one with both.
+        let (_, f) = scan(&[&stream]);
+        assert_eq!(flagged_at(&f), 4);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let (_, f) = scan(&bytes);
+        assert_eq!(flagged_at(&f), 4);
+        assert!(!f.next_request_has_both_lengths());
+        assert!(!f.next_request_has_both_lengths());
+        assert!(!f.next_request_has_both_lengths());
+        assert!(f.next_request_has_both_lengths());
+    }
+
+    #[test]
+    fn steps_aside_for_h2_upgrades_and_garbage() {
+        let (s, f) = scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]);
+        assert!(matches!(s.phase, Phase::Off));
+        assert_eq!(flagged_at(&f), 0);
+        let (s, _) = scan(&[
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ]);
+        assert!(matches!(s.phase, Phase::Off));
+        let (s, _) = scan(&[b"\x00\x01garbage\r\n\r\n"]);
+        assert!(matches!(s.phase, Phase::Off));
+        let (s, f) = scan(&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
+        assert!(matches!(s.phase, Phase::Head(_)));
+        assert_eq!(s.heads, 2);
+        assert_eq!(flagged_at(&f), 0);
+    }
+}

@@ -44,6 +44,9 @@ static NO_ROUTE: std::sync::LazyLock<Arc<String>> =
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The raw head of this request carried both Content-Length and Transfer-Encoding (seen by
+    /// `framing::Scanner`; hyper drops the length before the handler could tell).
+    pub both_lengths: bool,
 }
 
 /// What the access log and the error response need to know about how far a request got.
@@ -65,7 +68,11 @@ pub async fn handle(
     let started = Instant::now();
     let rt = state.runtime();
     // Before anything reads the request: refuse what another parser could frame differently.
-    let framing = crate::framing::check(&req);
+    let framing = if conn.both_lengths {
+        Err(crate::framing::FramingError::LengthAndChunked)
+    } else {
+        crate::framing::check(&req)
+    };
     let uri = req.uri().clone();
     let ctx = proxy::strip_spoofable(
         req.headers_mut(),

@@ -79,12 +79,16 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-        };
+        let flags = Arc::new(crate::framing::ConnFlags::default());
+        let tls_conn = tls.is_some();
         let state = state.clone();
+        let conn_flags = flags.clone();
         let service = service_fn(move |req| {
+            let info = ConnInfo {
+                peer,
+                tls: tls_conn,
+                both_lengths: conn_flags.next_request_has_both_lengths(),
+            };
             let state = state.clone();
             async move { Ok::<_, Infallible>(pipeline::handle(state, info, req).await) }
         });
@@ -96,15 +100,15 @@ pub async fn run(
         tokio::spawn(async move {
             let result = match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let io = TokioIo::new(crate::framing::Scanned::new(stream, flags));
+                    let conn = builder.serve_connection_with_upgrades(io, service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            let io = TokioIo::new(crate::framing::Scanned::new(tls_stream, flags));
+                            let conn = builder.serve_connection_with_upgrades(io, service);
                             watcher.watch(conn.into_owned()).await
                         }
                         Ok(Err(e)) => {

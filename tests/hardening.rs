@@ -45,6 +45,7 @@ async fn smuggling_shapes_are_refused_and_never_forwarded() {
     let (_, _, key) = provision(&g, "pro").await;
     let a = format!("Authorization: Bearer {key}\r\n");
     let cases: Vec<(&str, String)> = vec![
+        ("CL and TE together", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
         ("conflicting CL", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")),
         ("CL list", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5, 6\r\n\r\nhello!")),
         ("malformed CL", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: +5\r\n\r\nhello")),
@@ -104,37 +105,42 @@ async fn smuggling_shapes_are_refused_and_never_forwarded() {
     }
 }
 
-/// hyper drops Content-Length when Transfer-Encoding is present (RFC 9112 section 6.3) before the
-/// gateway sees the headers, frames the message as chunked, and closes the connection after it:
-/// a request smuggled behind it is never read.
+/// hyper drops Content-Length when Transfer-Encoding is present (RFC 9112 section 6.3) before any
+/// handler sees the headers; the connection's byte scanner sees the raw head and the request is
+/// refused with 400 and a closed connection, so a request smuggled behind it is never read.
 #[tokio::test]
-async fn content_length_with_chunked_cannot_smuggle_a_second_request() {
+async fn content_length_with_chunked_is_400_and_cannot_smuggle_a_second_request() {
     let up = Upstream::start().await;
     let g = gateway(&up.url(), &[]).await;
     let (_, _, key) = provision(&g, "pro").await;
     let a = format!("Authorization: Bearer {key}\r\n");
-    // A front end using Content-Length would see one request with a 44-byte body; a parser using
-    // chunked sees an empty body and then a second request (to an admin path).
+    // A front end using Content-Length would see one request; a parser using chunked sees an
+    // empty body and then a second request (to an admin path).
     let smuggled = "GET /api/admin/agents HTTP/1.1\r\nHost: x\r\n\r\n";
-    let req = format!(
-        "POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
-        5 + smuggled.len()
-    );
-    let resp = raw_async(g.addr, req.into_bytes()).await;
-    assert_eq!(
-        resp.matches("HTTP/1.1 ").count(),
-        1,
-        "one response, then close: {resp}"
-    );
+    for (first, second) in [
+        ("Content-Length", "Transfer-Encoding"),
+        ("Transfer-Encoding", "Content-Length"),
+    ] {
+        let (v1, v2) = if first == "Content-Length" {
+            ((5 + smuggled.len()).to_string(), "chunked".to_string())
+        } else {
+            ("chunked".to_string(), (5 + smuggled.len()).to_string())
+        };
+        // A normal request first on the same connection: the refusal hits the right one.
+        let req = format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\n{a}\r\nPOST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}{first}: {v1}\r\n{second}: {v2}\r\n\r\n0\r\n\r\n{smuggled}"
+        );
+        let resp = raw_async(g.addr, req.into_bytes()).await;
+        let statuses: Vec<u16> = resp
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| status_of(&resp[i..]))
+            .collect();
+        assert_eq!(statuses, vec![200, 400], "{resp}");
+        assert!(resp.contains("INVALID_INPUT"));
+    }
     let seen = up.requests();
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(seen[0].uri, "/api/v1/chat");
-    assert!(seen[0].body.is_empty());
-    assert!(seen[0]
-        .headers
-        .get("content-length")
-        .is_none_or(|v| v == "0"));
-    assert!(!seen.iter().any(|r| r.uri.contains("admin")));
+    assert_eq!(seen.len(), 2, "only the two GETs: {seen:?}");
+    assert!(seen.iter().all(|r| r.uri == "/api/v1/models"));
 }
 
 #[tokio::test]
