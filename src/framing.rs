@@ -212,6 +212,19 @@ impl Scanner {
         while !data.is_empty() {
             match &mut self.phase {
                 Phase::Off => return,
+                Phase::Head(buf) if buf.is_empty() => {
+                    // The common case: a whole head in one read, parsed where it lies.
+                    match find(data, b"\r\n\r\n") {
+                        Some(end) => {
+                            self.phase = self.after_head(&data[..end + 4], flags);
+                            data = &data[end + 4..];
+                        }
+                        None => {
+                            buf.extend_from_slice(data);
+                            return;
+                        }
+                    }
+                }
                 Phase::Head(buf) => {
                     let before = buf.len();
                     buf.extend_from_slice(data);
@@ -345,7 +358,7 @@ impl Scanner {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// A connection's reads, shown to a [`Scanner`] on their way to hyper.
