@@ -4,7 +4,6 @@
 //! the status, the stable client-facing message and the code of CONTRACT.md section 9. Causes
 //! (I/O errors, store errors) are kept for the log line and never reach the body.
 
-use std::fmt;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -237,16 +236,6 @@ impl From<StoreError> for GatewayError {
     }
 }
 
-/// A `Display` wrapper that prints only the length of a secret, for the rare log line that must
-/// mention one exists.
-pub struct Redacted<'a>(pub &'a str);
-
-impl fmt::Display for Redacted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<redacted {} bytes>", self.0.len())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,10 +275,5 @@ mod tests {
         let v = body_json(resp).await;
         assert_eq!(v["code"], "UPSTREAM_UNAVAILABLE");
         assert!(!v.to_string().contains("10.1.2.3"));
-    }
-
-    #[test]
-    fn redacted_shows_only_length() {
-        assert_eq!(Redacted("hunter22").to_string(), "<redacted 8 bytes>");
     }
 }

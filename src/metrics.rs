@@ -21,8 +21,6 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 
-type Labels = Vec<(&'static str, String)>;
-
 /// Hot-path label sets: no allocation per request (routes and upstreams are shared names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -55,6 +53,11 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: &'static str,
 }
@@ -77,7 +80,7 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     invalidation_lag_seconds: Histogram,
     open_connections: Gauge,
-    config_reloads: Family<Labels, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -172,9 +175,7 @@ impl Metrics {
         );
         // Series that should read 0 rather than be absent before the first event.
         for result in ["ok", "error"] {
-            let _ = m
-                .config_reloads
-                .get_or_create(&vec![("result", result.to_string())]);
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
         Metrics { registry, ..m }
     }
@@ -263,11 +264,9 @@ impl Metrics {
     }
 
     pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
         self.config_reloads
-            .get_or_create(&vec![(
-                "result",
-                if ok { "ok" } else { "error" }.to_string(),
-            )])
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

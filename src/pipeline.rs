@@ -89,7 +89,7 @@ pub async fn handle(
     let mut outcome = Outcome::default();
 
     let result = match framing {
-        Ok(()) => handle_inner(&state, &rt, &ctx, req, &mut outcome).await,
+        Ok(()) => handle_inner(&state, &rt, &ctx, &uri, req, &mut outcome).await,
         Err(e) => Err(GatewayError::invalid(e.to_string())),
     };
     let mut resp = match result {
@@ -152,6 +152,8 @@ async fn handle_inner(
     state: &Arc<AppState>,
     rt: &Runtime,
     ctx: &RequestContext,
+    // The request's URI, cloned once by `handle` (the request itself is consumed below).
+    uri: &http::Uri,
     req: Request<Incoming>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
@@ -171,7 +173,6 @@ async fn handle_inner(
     }
 
     // 2. route
-    let uri = req.uri().clone();
     let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
     let route = rt
         .config

@@ -156,41 +156,14 @@ pub fn strip_spoofable(
         .cloned()
         .unwrap_or_else(new_request_id);
 
-    // Connection may name any header as hop-by-hop, including the identity headers.
-    let mut named: Vec<HeaderName> = Vec::new();
-    let mut connection_upgrade = false;
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("upgrade") {
-                connection_upgrade = true;
-            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
-        }
-    }
-    let websocket_upgrade = connection_upgrade
+    let websocket_upgrade = connection_names(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
         && headers
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    for name in named {
-        headers.remove(name);
-    }
+    // Connection may name any header as hop-by-hop, including the identity headers.
+    strip_hop_by_hop(headers);
     for name in IDENTITY_HEADERS {
-        headers.remove(name);
-    }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
         headers.remove(name);
     }
 
@@ -571,31 +544,36 @@ pub fn rewrite_response(resp: Response<Incoming>, up: &Upstream) -> Response<Bod
     Response::from_parts(parts, body)
 }
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
+/// Hop-by-hop headers (RFC 9110 7.6.1), removed both ways.
+const HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// The tokens of every `Connection` header.
+fn connection_names(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+}
+
+/// Remove the hop-by-hop headers and every header `Connection` names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_names(h)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named {
         h.remove(n);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         h.remove(name);
     }
 }

@@ -150,10 +150,6 @@ impl Plan {
             .collect()
     }
 
-    pub fn is_unlimited(&self) -> bool {
-        self.limits.iter().all(Option::is_none)
-    }
-
     /// This plan with every limit divided by `n` (at least 1 each), for the `local` policy.
     pub fn divided(&self, n: u64) -> Plan {
         let mut p = self.clone();
