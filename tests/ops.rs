@@ -10,43 +10,18 @@ use common::*;
 #[tokio::test]
 async fn metrics_reflect_real_traffic_and_live_on_their_own_listener() {
     let up = Upstream::start().await;
-    let g = {
-        let cfg = config(&up.url(), &[("ARES_METRICS_LISTEN", "127.0.0.1:0")]);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let gw = ares_gateway::Gateway::start(cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-        (gw, tx)
-    };
-    let (gw, _stop) = g;
-    let base = format!("http://{}", gw.addr);
-    let metrics_url = format!("http://{}/metrics", gw.metrics_addr.unwrap());
-    let r = post(
-        &format!("{base}/api/admin/provision-client"),
-        &[("x-admin-secret", ADMIN)],
-        r#"{"name":"M","tier":"dev","api_key_name":"k"}"#,
-    )
-    .await;
-    let key = r.json()["raw_api_key"].as_str().unwrap().to_string();
-    post(
-        &format!("{base}/v1/chat"),
-        &[("authorization", &bearer(&key))],
-        "{}",
-    )
-    .await;
-    post(
-        &format!("{base}/v1/chat"),
-        &[("authorization", &bearer(&key))],
-        "{}",
-    )
-    .await;
-    get(
-        &format!("{base}/api/chat"),
-        &[("authorization", "Bearer nope")],
-    )
-    .await;
+    let g = gateway(&up.url(), &[("ARES_METRICS_LISTEN", "127.0.0.1:0")]).await;
+    let metrics_url = format!("http://{}/metrics", g.metrics_addr.unwrap());
+    let (_, _, key) = provision(&g, "dev").await;
+    for _ in 0..2 {
+        post(
+            &g.url("/v1/chat"),
+            &[("authorization", &bearer(&key))],
+            "{}",
+        )
+        .await;
+    }
+    get(&g.url("/api/chat"), &[("authorization", "Bearer nope")]).await;
 
     let r = get(&metrics_url, &[]).await;
     assert_eq!(r.status, 200);
@@ -70,7 +45,7 @@ async fn metrics_reflect_real_traffic_and_live_on_their_own_listener() {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
     // Never on the public listener.
-    assert_eq!(get(&format!("{base}/metrics"), &[]).await.status, 404);
+    assert_eq!(get(&g.url("/metrics"), &[]).await.status, 404);
     // No secret in the metrics.
     assert!(!text.contains(&key) && !text.contains(ADMIN));
 }

@@ -232,23 +232,26 @@ async fn restarting_the_gateway_loses_nothing() {
     );
 }
 
-#[tokio::test]
-async fn redis_outage_degrades_cleanly_and_recovers_without_restart() {
-    let mut redis = RedisServer::start();
-    let up = Upstream::start().await;
+/// A gateway on `redis` whose cache holds a key (and its tenant): returns it and the key's
+/// `Authorization` value.
+async fn gateway_with_a_cached_key(up: &Upstream, redis: &RedisServer) -> (TestGateway, String) {
     let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
     let (_, _, key) = provision(&g, "dev").await;
     let auth = bearer(&key);
     // Once subscribed, a replica drops its caches (messages before it were missed), and its
     // own provisioning messages arrive: let both settle so the next request fills the cache
-    // this test relies on during the outage.
+    // that outages fall back on.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
-            .await
-            .status,
-        200
-    );
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 200);
+    (g, auth)
+}
+
+#[tokio::test]
+async fn redis_outage_degrades_cleanly_and_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (g, auth) = gateway_with_a_cached_key(&up, &redis).await;
     let unknown = ares_gateway::auth::api_key::generate().raw;
 
     redis.kill();
@@ -309,19 +312,7 @@ async fn redis_outage_degrades_cleanly_and_recovers_without_restart() {
 async fn a_hanging_redis_answers_within_the_budget() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
-    let (_, _, key) = provision(&g, "dev").await;
-    let auth = bearer(&key);
-    // Once subscribed, a replica drops its caches (messages before it were missed), and its
-    // own provisioning messages arrive: let both settle so the next request fills the cache
-    // this test relies on during the outage.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}")
-            .await
-            .status,
-        200
-    );
+    let (g, auth) = gateway_with_a_cached_key(&up, &redis).await;
     assert_eq!(cli(redis.port, &["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
     let started = Instant::now();
     let r = get(&g.url("/readyz"), &[]).await;

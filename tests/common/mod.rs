@@ -176,6 +176,8 @@ async fn answer(req: Request<Incoming>, rec: Arc<Mutex<Vec<Recorded>>>) -> Respo
 /// An in-process gateway on a free loopback port, stopped when dropped.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when the config enables it.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -230,6 +232,7 @@ pub async fn start(cfg: Config) -> TestGateway {
     .unwrap();
     TestGateway {
         addr: g.addr,
+        metrics_addr: g.metrics_addr,
         state: g.state,
         stop: Some(tx),
     }
