@@ -1,7 +1,6 @@
 //! The body type every response uses, JSON helpers for gateway-served endpoints, and the
 //! streaming wrappers that bound how long a proxied body may stall.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,9 +13,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::error::GatewayError;
+use crate::timer::LazySleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -109,7 +109,7 @@ pub struct IdleTimeoutError(pub Duration);
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
-    sleep: Pin<Box<Sleep>>,
+    sleep: LazySleep,
 }
 
 impl<B> IdleTimeout<B> {
@@ -117,7 +117,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: LazySleep::new(Instant::now() + idle),
         }
     }
 }
@@ -137,13 +137,12 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                this.sleep.set(Instant::now() + this.idle);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+            Poll::Pending => match this.sleep.poll_expired(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle))))),
                 Poll::Pending => Poll::Pending,
             },

@@ -386,6 +386,8 @@ pub struct Upstream {
     pub index: usize,
     pub https: bool,
     pub authority: http::uri::Authority,
+    /// `Host` for requests on the gateway's own HTTP/1 connections (the authority).
+    pub host: http::HeaderValue,
     /// Path the upstream is mounted at, without trailing slash (usually empty).
     pub base_path: String,
     pub connect_timeout: Duration,
@@ -417,7 +419,10 @@ impl Upstream {
             return Err("URL must not have a query".into());
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "URL host is not a valid Host header".to_string())?;
         Ok(Upstream {
+            host,
             label: Arc::new(name.to_string()),
             name: name.to_string(),
             index: 0,

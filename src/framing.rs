@@ -309,27 +309,49 @@ impl Scanner {
     }
 
     fn after_head(&mut self, head: &[u8], flags: &ConnFlags) -> Phase {
-        let mut headers = [httparse::EMPTY_HEADER; 256];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return Phase::Off,
-        }
-        if req.method == Some("CONNECT") {
+        // Lines, not a full parse: hyper parses (and refuses) the head itself; this only needs
+        // the framing headers of a head hyper accepts, where every header line is `name:value`.
+        let mut start = 0;
+        let mut lines = memchr::memchr_iter(b'\n', head).map(|end| {
+            let line = &head[start..end];
+            start = end + 1;
+            line.strip_suffix(b"\r").unwrap_or(line)
+        });
+        // `METHOD target HTTP/1.x`; anything else (the h2 preface, garbage) hyper serves
+        // otherwise or refuses, and CONNECT makes a tunnel: stop following either way.
+        let request_line = lines.next().unwrap_or_default();
+        let http1 = request_line.ends_with(b" HTTP/1.1") || request_line.ends_with(b" HTTP/1.0");
+        let method = request_line
+            .split(|&b| b == b' ')
+            .next()
+            .unwrap_or_default();
+        let token = !method.is_empty()
+            && method
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+        if !http1 || !token || method == b"CONNECT" {
             return Phase::Off;
         }
         self.heads += 1;
         let mut cl: Option<u64> = None;
         let (mut cls, mut tes, mut upgrade) = (0, 0, false);
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
+        for line in lines {
+            if line.is_empty() {
+                continue;
+            }
+            let Some(colon) = memchr::memchr(b':', line) else {
+                // Not a header line: hyper refuses this head and closes.
+                return Phase::Off;
+            };
+            let name = &line[..colon];
+            if name.eq_ignore_ascii_case(b"content-length") {
                 cls += 1;
-                cl = std::str::from_utf8(h.value)
+                cl = std::str::from_utf8(&line[colon + 1..])
                     .ok()
                     .and_then(|v| v.trim().parse().ok());
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 tes += 1;
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = true;
             }
         }

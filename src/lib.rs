@@ -8,6 +8,7 @@
 //! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
 //! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Runtime
 //! server.rs         accept loop, connection permit, TLS handshake, hyper-util auto builder, drain
+//! timer.rs          LazySleep / LazyTimer: deadlines re-armed per request without timer-wheel work
 //! tls.rs            PEM -> rustls; certificate reload; client TLS for https upstreams
 //! pipeline.rs       handle(): the request pipeline, step by step. Read this first
 //! route.rs          path normalisation; RouteTable::classify (longest prefix on segments)
@@ -21,6 +22,7 @@
 //! store/redis.rs    Redis / Redis Cluster: key schema, Lua limiter, pub/sub invalidation
 //! ratelimit.rs      windows, plans, the exact local limiter, RateLimit-* headers
 //! proxy.rs          header hygiene, identity headers, streaming forward
+//! bound.rs          a client connection's own upstream connections, driven in its task
 //! api/auth.rs       /api/auth/*
 //! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
 //! api/mod.rs        /healthz, /readyz
@@ -52,6 +54,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod bound;
 pub mod config;
 pub mod cors;
 pub mod demo;
@@ -65,6 +68,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod timer;
 pub mod tls;
 
 use std::future::Future;
@@ -73,9 +77,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, StoreBackend};
+
+/// The concurrent maps on the request path: foldhash (seeded per map) instead of SipHash, a
+/// measurable share of a request's instructions with long keys such as tokens. Their keys are
+/// verified tokens, hashes and ids, not strings a client picks freely.
+pub type FastMap<K, V> = dashmap::DashMap<K, V, foldhash::quality::RandomState>;
 use crate::state::AppState;
 use crate::store::{MemoryStore, Store};
 
@@ -103,10 +113,13 @@ impl Gateway {
         store: Arc<dyn Store>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Gateway, String> {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let workers = worker_count(config.server.workers);
+        let listeners = bind_listeners(config.server.listen, workers)
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .ok_or_else(|| "listener has no address".to_string())?;
         let tls = match &config.server.tls {
             None => None,
             Some(files) => {
@@ -135,7 +148,58 @@ impl Gateway {
         if let Some((path, stamp)) = source {
             watch_config(&state, path, stamp, reload_poll);
         }
-        let task = tokio::spawn(server::run(listener, state.clone(), tls, shutdown));
+        let permits = Arc::new(Semaphore::new(
+            state.runtime().config.server.max_connections,
+        ));
+        // Worker 0 runs on this runtime; the others each on a thread with a runtime of its own.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut listeners = listeners.into_iter();
+        let first = listeners
+            .next()
+            .ok_or_else(|| "no listener".to_string())
+            .and_then(|l| TcpListener::from_std(l).map_err(|e| e.to_string()))?;
+        let mut done = Vec::new();
+        for (i, listener) in listeners.enumerate() {
+            let (state, tls, permits) = (state.clone(), tls.clone(), permits.clone());
+            let mut stop = stop_rx.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("ares-worker-{}", i + 1))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match rt {
+                        Ok(rt) => rt.block_on(async move {
+                            match TcpListener::from_std(listener) {
+                                Ok(l) => {
+                                    // Resolves on the signal, or when the gateway is dropped.
+                                    let stop = async move {
+                                        let _ = stop.wait_for(|stopped| *stopped).await;
+                                    };
+                                    server::run(l, state, tls, permits, stop).await
+                                }
+                                Err(e) => tracing::error!(error = %e, "worker cannot listen"),
+                            }
+                        }),
+                        Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+                    }
+                    let _ = tx.send(());
+                })
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+            done.push(rx);
+        }
+        let run_state = state.clone();
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            };
+            server::run(first, run_state, tls, permits, stop).await;
+            for worker in done {
+                let _ = worker.await;
+            }
+        });
         Ok(Gateway {
             addr,
             metrics_addr,
@@ -143,6 +207,42 @@ impl Gateway {
             task,
         })
     }
+}
+
+/// Accept loops to run: `server.workers`, or one per core when 0.
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `n` listening sockets on one address with `SO_REUSEPORT`: the kernel spreads new
+/// connections across them, one per worker, so a connection lives on one thread.
+fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if n > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let first = bind(addr)?;
+    // Port 0: the others join the port the first one got.
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind(addr)?);
+    }
+    Ok(all)
 }
 
 /// The store the config names.

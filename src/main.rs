@@ -98,12 +98,14 @@ fn init_tracing() {
     }
 }
 
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
-    b.enable_all().build()
+/// The main thread's runtime: worker 0 and the background tasks (store connections, watchers,
+/// signals). `Gateway::start` gives every other worker a thread and runtime of its own, so a
+/// connection and its upstream connections stay on one thread (chosen by measurement, see
+/// BENCHMARKS.md).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn print_generated(cfg: &Config) {
@@ -126,7 +128,7 @@ fn print_generated(cfg: &Config) {
 
 fn serve(cfg: Config) -> ExitCode {
     init_tracing();
-    let rt = match runtime(cfg.server.workers) {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -153,7 +155,7 @@ fn serve(cfg: Config) -> ExitCode {
 
 fn demo_cmd() -> ExitCode {
     init_tracing();
-    let rt = match runtime(0) {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -15,7 +15,6 @@
 //!   9              proxy::rewrite_response + RateLimit-* headers, token debit
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use hyper::body::Incoming;
 use crate::api;
 use crate::auth::{self, Identity, Principal};
 use crate::body::{self, Body};
+use crate::bound::ConnUpstreams;
 use crate::config::FailurePolicy;
 use crate::cors;
 use crate::error::{ErrorContext, GatewayError};
@@ -40,13 +40,15 @@ static NO_ROUTE: std::sync::LazyLock<Arc<String>> =
     std::sync::LazyLock::new(|| Arc::new("-".to_string()));
 
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
+    pub peer: proxy::Peer,
     pub tls: bool,
     /// The raw head of this request carried both Content-Length and Transfer-Encoding (seen by
     /// `framing::Scanner`; hyper drops the length before the handler could tell).
     pub both_lengths: bool,
+    /// The connection's own upstream connections (HTTP/1 client connections; see `bound`).
+    pub upstreams: Option<ConnUpstreams>,
 }
 
 /// What the access log and the error response need to know about how far a request got.
@@ -76,7 +78,7 @@ pub async fn handle(
     let uri = req.uri().clone();
     let ctx = proxy::strip_spoofable(
         req.headers_mut(),
-        conn.peer,
+        &conn.peer,
         conn.tls,
         &uri,
         &rt.config.server.trusted_proxies,
@@ -89,7 +91,10 @@ pub async fn handle(
     let mut outcome = Outcome::default();
 
     let result = match framing {
-        Ok(()) => handle_inner(&state, &rt, &ctx, &uri, req, &mut outcome).await,
+        Ok(()) => {
+            let bound = conn.upstreams.as_ref();
+            handle_inner(&state, &rt, &ctx, &uri, bound, req, &mut outcome).await
+        }
         Err(e) => Err(GatewayError::invalid(e.to_string())),
     };
     let mut resp = match result {
@@ -154,6 +159,7 @@ async fn handle_inner(
     ctx: &RequestContext,
     // The request's URI, cloned once by `handle` (the request itself is consumed below).
     uri: &http::Uri,
+    bound: Option<&ConnUpstreams>,
     req: Request<Incoming>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
@@ -215,6 +221,8 @@ async fn handle_inner(
 
     // 7. rewrite
     let forward_path = route.forward_path(&path);
+    // HTTP/2 clients multiplex: their requests share the pool, not one bound connection.
+    let bound = bound.filter(|_| req.version() <= http::Version::HTTP_11);
     let (mut parts, body) = req.into_parts();
     // A WebSocket upgrade the route allows: keep the client's side of the upgrade.
     let client_upgrade = if route.websocket && ctx.websocket_upgrade {
@@ -238,7 +246,9 @@ async fn handle_inner(
         .get(upstream.index)
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
     let forward_started = Instant::now();
-    let upstream_resp = proxy::forward(client, upstream_req).await;
+    // An upgrade takes its upstream connection over: that one comes from the pool.
+    let bound = bound.filter(|_| client_upgrade.is_none());
+    let upstream_resp = proxy::forward(client, bound, upstream_req).await;
     crate::metrics::get().upstream(&upstream.label, forward_started.elapsed());
     let mut upstream_resp = upstream_resp?;
     outcome.upstream_status = Some(upstream_resp.status().as_u16());

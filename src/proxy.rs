@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -26,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::auth::{Identity, Principal};
 use crate::body::{Body, BoxError, IdleTimeout};
+use crate::bound::ConnUpstreams;
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::route::Route;
@@ -42,8 +44,6 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_ADMIN_SECRET: HeaderName = HeaderName::from_static("x-admin-secret");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Headers only the gateway may set: removed from every client request on every route.
@@ -103,11 +103,41 @@ fn valid_traceparent(v: &HeaderValue) -> bool {
         && hex(&b[53..55])
 }
 
-fn new_traceparent() -> HeaderValue {
-    let trace: u128 = rand::random::<u128>() | 1;
-    let span: u64 = rand::random::<u64>() | 1;
-    HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")).unwrap_or(
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"),
+thread_local! {
+    /// Ids need to be unique and unguessable enough for correlation, not secret: a fast
+    /// generator per thread, seeded from the OS.
+    static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
+}
+
+fn put_hex(out: &mut [u8], mut n: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
+/// A new W3C `traceparent`, and its trace id (32 hex digits) as a request id: one buffer.
+fn new_traceparent() -> (HeaderValue, HeaderValue) {
+    let (trace, span) = IDS.with(|r| {
+        let mut r = r.borrow_mut();
+        (
+            rand::Rng::random::<u128>(&mut *r) | 1,
+            rand::Rng::random::<u64>(&mut *r) | 1,
+        )
+    });
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    put_hex(&mut buf[3..35], trace);
+    put_hex(&mut buf[36..52], u128::from(span));
+    let bytes = bytes::Bytes::copy_from_slice(&buf);
+    let fallback =
+        || HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01");
+    let id = HeaderValue::from_maybe_shared(bytes.slice(3..35))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    (
+        HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| fallback()),
+        id,
     )
 }
 
@@ -120,9 +150,68 @@ fn sane_request_id(v: &HeaderValue) -> bool {
 }
 
 fn new_request_id() -> HeaderValue {
-    let n: u128 = rand::random();
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or(HeaderValue::from_static("0"))
+    let n: u128 = IDS.with(|r| rand::Rng::random(&mut *r.borrow_mut()));
+    let mut buf = [0u8; 32];
+    put_hex(&mut buf, n);
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A client connection's address, with its `X-Forwarded-For` value made once per connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let header = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { addr, header }
+    }
+}
+
+/// Headers [`strip_spoofable`] removes or reads specially: identity ([`IDENTITY_HEADERS`]),
+/// forwarding, hop-by-hop.
+fn is_stripped(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "x-tenant-id"
+                | "x-tenant-tier"
+                | "x-api-key-id"
+                | "x-user-id"
+                | "x-user-email"
+                | "x-auth-method"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "forwarded"
+        )
+}
+
+/// A hop-by-hop header (RFC 9110 7.6.1), removed both ways (a `match` on the name: no hashing).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// `Host`, or the authority of an absolute-form target.
+fn own_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -140,21 +229,41 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 /// impersonate the gateway. Runs before anything else reads the headers.
 pub fn strip_spoofable(
     headers: &mut HeaderMap,
-    peer: SocketAddr,
+    peer: &Peer,
     tls: bool,
     uri: &Uri,
     trusted: &[IpNet],
 ) -> RequestContext {
-    let traceparent = headers
+    let client_trace = headers
         .get(&TRACEPARENT)
         .filter(|v| valid_traceparent(v))
-        .cloned()
-        .unwrap_or_else(new_traceparent);
-    let request_id = headers
+        .cloned();
+    let client_id = headers
         .get(&X_REQUEST_ID)
         .filter(|v| sane_request_id(v))
-        .cloned()
-        .unwrap_or_else(new_request_id);
+        .cloned();
+    let (traceparent, request_id) = match (client_trace, client_id) {
+        (Some(t), Some(id)) => (t, id),
+        (Some(t), None) => (t, new_request_id()),
+        // A new trace: its trace id doubles as the request id.
+        (None, id) => {
+            let (t, trace_id) = new_traceparent();
+            (t, id.unwrap_or(trace_id))
+        }
+    };
+    // Most requests carry none of the headers removed below: one pass over the names tells.
+    if !headers.keys().any(is_stripped) {
+        return RequestContext {
+            request_id,
+            client_ip: peer.addr.ip(),
+            peer: peer.addr,
+            forwarded_for: peer.header.clone(),
+            forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            forwarded_host: own_host(headers, uri),
+            websocket_upgrade: false,
+            traceparent,
+        };
+    }
 
     let websocket_upgrade = connection_names(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
         && headers
@@ -167,7 +276,7 @@ pub fn strip_spoofable(
         headers.remove(name);
     }
 
-    let peer_ip = peer.ip();
+    let peer_ip = peer.addr.ip();
     let trusted_peer = !trusted.is_empty() && is_trusted(peer_ip, trusted);
     let prior = headers
         .get_all(&X_FORWARDED_FOR)
@@ -196,8 +305,7 @@ pub fn strip_spoofable(
                     .unwrap_or(HeaderValue::from_static("unknown"))
             });
     } else {
-        forwarded_for = HeaderValue::from_str(&peer_ip.to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
+        forwarded_for = peer.header.clone();
     }
     let own_proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     let forwarded_proto = if trusted_peer {
@@ -209,10 +317,7 @@ pub fn strip_spoofable(
     } else {
         own_proto
     };
-    let own_host = headers.get(header::HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let own_host = own_host(headers, uri);
     let forwarded_host = if trusted_peer {
         headers.get(&X_FORWARDED_HOST).cloned().or(own_host)
     } else {
@@ -226,7 +331,7 @@ pub fn strip_spoofable(
     RequestContext {
         request_id,
         client_ip,
-        peer,
+        peer: peer.addr,
         forwarded_for,
         forwarded_proto,
         forwarded_host,
@@ -266,15 +371,19 @@ impl UpstreamClient {
 }
 
 /// Build the upstream request: rewritten path, hygiene, identity headers, bounded body.
-pub fn rewrite_request(
+pub fn rewrite_request<B>(
     mut parts: Parts,
-    body: Incoming,
+    body: B,
     route: &Route,
     principal: &Principal,
     ctx: &RequestContext,
     forward_path: &str,
     body_limit: u64,
-) -> Result<Request<Body>, GatewayError> {
+) -> Result<Request<Body>, GatewayError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let Some(up) = route_upstream(route) else {
         return Err(GatewayError::Internal("route has no upstream".into()));
     };
@@ -294,21 +403,20 @@ pub fn rewrite_request(
         .query()
         .map(|q| strip_query_token(q, route.query_token));
     let mut target = String::with_capacity(up.base_path.len() + forward_path.len() + 64);
-    target.push_str(if up.https { "https://" } else { "http://" });
-    target.push_str(up.authority.as_str());
     target.push_str(&up.base_path);
     target.push_str(forward_path);
     if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
         target.push('?');
         target.push_str(q);
     }
-    parts.uri = target
-        .parse()
+    // Origin-form and `Host` for the upstream; `forward` makes it absolute for the pool.
+    parts.uri = PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+        .map(Uri::from)
         .map_err(|_| GatewayError::invalid("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
-    h.remove(header::HOST);
+    h.insert(header::HOST, up.host.clone());
     if !route.forward_credentials {
         h.remove(header::AUTHORIZATION);
         h.remove(&X_ADMIN_SECRET);
@@ -380,22 +488,51 @@ fn route_upstream(route: &Route) -> Option<&Arc<Upstream>> {
 }
 
 /// Send the request; the response head must arrive within the upstream's first-byte timeout.
+/// With `bound` (an HTTP/1 client connection's own upstream connections), a plain-HTTP upstream
+/// is reached on the client connection's own upstream connection; otherwise through the pool.
 pub async fn forward(
     client: &UpstreamClient,
+    bound: Option<&ConnUpstreams>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let up = &client.upstream;
-    match tokio::time::timeout(up.first_byte_timeout, client.client.request(req)).await {
-        Err(_) => Err(GatewayError::UpstreamTimeout),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
-            if caused_by::<http_body_util::LengthLimitError>(&e) {
+    let sent = match bound {
+        Some(bound) if !up.https => {
+            let deadline = tokio::time::Instant::now() + up.first_byte_timeout;
+            bound.send_by(up, req, deadline).await
+        }
+        _ => {
+            // The pool wants an absolute target, and sets `Host` (HTTP/1) or `:authority`.
+            let (mut parts, body) = req.into_parts();
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if up.https {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            uri.authority = Some(up.authority.clone());
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            parts.uri = Uri::from_parts(uri)
+                .map_err(|_| GatewayError::invalid("request target cannot be forwarded"))?;
+            parts.headers.remove(header::HOST);
+            let req = Request::from_parts(parts, body);
+            tokio::time::timeout(up.first_byte_timeout, client.client.request(req))
+                .await
+                .ok()
+                .map(|r| r.map_err(|e| -> BoxError { Box::new(e) }))
+        }
+    };
+    match sent {
+        None => Err(GatewayError::UpstreamTimeout),
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(e)) => {
+            if caused_by::<http_body_util::LengthLimitError>(&*e) {
                 return Err(GatewayError::PayloadTooLarge);
             }
             Err(GatewayError::UpstreamUnavailable(format!(
                 "{}: {}",
                 up.name,
-                error_chain(&e)
+                error_chain(&*e)
             )))
         }
     }
@@ -544,19 +681,6 @@ pub fn rewrite_response(resp: Response<Incoming>, up: &Upstream) -> Response<Bod
     Response::from_parts(parts, body)
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1), removed both ways.
-const HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::PROXY_AUTHORIZATION,
-    &header::PROXY_AUTHENTICATE,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-];
-
 /// The tokens of every `Connection` header.
 fn connection_names(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::CONNECTION)
@@ -567,13 +691,19 @@ fn connection_names(h: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Remove the hop-by-hop headers and every header `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Usually just `Connection: keep-alive`, itself hop-by-hop: nothing else to look up.
     let named: Vec<HeaderName> = connection_names(h)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !is_hop_by_hop(n))
         .collect();
     for n in named {
         h.remove(n);
     }
-    for name in HOP_BY_HOP {
+    let present: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for name in present {
         h.remove(name);
     }
 }
@@ -593,8 +723,8 @@ mod tests {
         h
     }
 
-    fn peer(ip: &str) -> SocketAddr {
-        SocketAddr::new(ip.parse().unwrap(), 5555)
+    fn peer(ip: &str) -> Peer {
+        Peer::new(SocketAddr::new(ip.parse().unwrap(), 5555))
     }
 
     #[test]
@@ -609,7 +739,7 @@ mod tests {
             ("X-Auth-Method", "admin"),
             ("content-type", "application/json"),
         ]);
-        strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
         for n in IDENTITY_HEADERS {
             assert!(h.get(n).is_none(), "{n} survived");
         }
@@ -627,7 +757,7 @@ mod tests {
             ("upgrade", "h2c"),
             ("x-other", "kept"),
         ]);
-        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
         assert!(!ctx.websocket_upgrade);
         for n in [
             "connection",
@@ -645,7 +775,7 @@ mod tests {
     #[test]
     fn websocket_upgrade_is_detected() {
         let mut h = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
         assert!(ctx.websocket_upgrade);
     }
 
@@ -658,7 +788,7 @@ mod tests {
         ]);
         let ctx = strip_spoofable(
             &mut h,
-            peer("1.2.3.4"),
+            &peer("1.2.3.4"),
             false,
             &Uri::from_static("/"),
             &trusted,
@@ -673,7 +803,7 @@ mod tests {
         ]);
         let ctx = strip_spoofable(
             &mut h,
-            peer("10.0.0.1"),
+            &peer("10.0.0.1"),
             false,
             &Uri::from_static("/"),
             &trusted,
@@ -686,11 +816,11 @@ mod tests {
     #[test]
     fn request_ids_are_kept_only_when_sane() {
         let mut h = hm(&[("x-request-id", "abc-123_x.y")]);
-        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
         assert_eq!(ctx.request_id, "abc-123_x.y");
         for bad in ["a b", &"x".repeat(129), "<script>"] {
             let mut h = hm(&[("x-request-id", bad)]);
-            let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+            let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
             assert_ne!(ctx.request_id, bad);
             assert_eq!(ctx.request_id.len(), 32);
         }
@@ -700,7 +830,7 @@ mod tests {
     fn traceparent_is_kept_when_valid_and_created_otherwise() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut h = hm(&[("traceparent", good)]);
-        let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
         assert_eq!(ctx.traceparent, good);
         assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         for bad in [
@@ -710,7 +840,7 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             let mut h = hm(&[("traceparent", bad)]);
-            let ctx = strip_spoofable(&mut h, peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+            let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
             assert_ne!(ctx.traceparent, bad);
             assert!(valid_traceparent(&ctx.traceparent));
         }
@@ -724,5 +854,54 @@ mod tests {
         );
         assert_eq!(strip_query_token("access_token=s3cret", true), "");
         assert_eq!(strip_query_token("access_token=x", false), "access_token=x");
+    }
+
+    #[test]
+    fn the_name_match_covers_every_removed_header() {
+        for name in IDENTITY_HEADERS {
+            assert!(is_stripped(name), "{name}");
+        }
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+        ] {
+            assert!(is_stripped(name), "{name}");
+        }
+        for name in [
+            header::CONNECTION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::PROXY_AUTHORIZATION,
+            header::PROXY_AUTHENTICATE,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+        ] {
+            assert!(is_hop_by_hop(&name) && is_stripped(&name), "{name}");
+        }
+        for name in [
+            header::HOST,
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            X_REQUEST_ID.clone(),
+        ] {
+            assert!(!is_stripped(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_new_trace_gives_its_trace_id_as_request_id_and_ids_differ() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let mut h = hm(&[]);
+            let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+            assert!(valid_traceparent(&ctx.traceparent));
+            assert_eq!(ctx.request_id.to_str().unwrap(), ctx.trace_id());
+            assert!(seen.insert(ctx.trace_id().to_string()), "trace ids repeat");
+            assert_eq!(ctx.forwarded_for, "1.2.3.4");
+        }
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use dashmap::DashMap;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Mutex;
 
@@ -360,7 +359,7 @@ impl ScopeState {
 /// policy of a shared store.
 #[derive(Debug, Default)]
 pub struct LocalLimiter {
-    scopes: DashMap<String, Mutex<ScopeState>>,
+    scopes: crate::FastMap<String, Mutex<ScopeState>>,
 }
 
 impl LocalLimiter {

@@ -13,28 +13,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::bound::{self, ConnUpstreams};
 use crate::config::ServerConfig;
 use crate::pipeline::{self, ConnInfo};
 use crate::state::AppState;
+use crate::timer::LazyTimer;
 
 /// The HTTP connection builder with the configured limits.
 pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(LazyTimer)
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
         .max_headers(cfg.max_headers)
         .keep_alive(true);
     b.http2()
-        .timer(TokioTimer::new())
+        .timer(LazyTimer)
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_pending_accept_reset_streams(64)
@@ -50,10 +52,10 @@ pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
+    permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
     let cfg = state.runtime().config.server.clone();
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let builder = Arc::new(builder(&cfg));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -83,11 +85,14 @@ pub async fn run(
         let tls_conn = tls.is_some();
         let state = state.clone();
         let conn_flags = flags.clone();
+        let (upstreams, driver) = ConnUpstreams::new();
+        let client = crate::proxy::Peer::new(peer);
         let service = service_fn(move |req| {
             let info = ConnInfo {
-                peer,
+                peer: client.clone(),
                 tls: tls_conn,
                 both_lengths: conn_flags.next_request_has_both_lengths(),
+                upstreams: Some(upstreams.clone()),
             };
             let state = state.clone();
             async move { Ok::<_, Infallible>(pipeline::handle(state, info, req).await) }
@@ -102,14 +107,14 @@ pub async fn run(
                 None => {
                     let io = TokioIo::new(crate::framing::Scanned::new(stream, flags));
                     let conn = builder.serve_connection_with_upgrades(io, service);
-                    watcher.watch(conn.into_owned()).await
+                    bound::drive(watcher.watch(conn.into_owned()), driver).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let io = TokioIo::new(crate::framing::Scanned::new(tls_stream, flags));
                             let conn = builder.serve_connection_with_upgrades(io, service);
-                            watcher.watch(conn.into_owned()).await
+                            bound::drive(watcher.watch(conn.into_owned()), driver).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+use crate::FastMap;
 use sha2::{Digest, Sha256};
 
 use crate::store::{ApiKeyRecord, Tenant};
@@ -98,21 +98,21 @@ pub fn shape(raw: &str) -> KeyShape {
 /// store. Changes made on this replica invalidate entries at once.
 pub struct KeyCache {
     ttl: Duration,
-    keys: DashMap<String, (Arc<ApiKeyRecord>, Instant)>,
-    missing: DashMap<String, Instant>,
-    tenants: DashMap<String, (Arc<Tenant>, Instant)>,
+    keys: FastMap<String, (Arc<ApiKeyRecord>, Instant)>,
+    missing: FastMap<String, Instant>,
+    tenants: FastMap<String, (Arc<Tenant>, Instant)>,
     /// `last_used_at` updates waiting for the next batch write.
-    pending_touch: DashMap<String, u64>,
+    pending_touch: FastMap<String, u64>,
 }
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
         KeyCache {
             ttl,
-            keys: DashMap::new(),
-            missing: DashMap::new(),
-            tenants: DashMap::new(),
-            pending_touch: DashMap::new(),
+            keys: FastMap::default(),
+            missing: FastMap::default(),
+            tenants: FastMap::default(),
+            pending_touch: FastMap::default(),
         }
     }
 

@@ -5,15 +5,26 @@
 //! against the active key only, so tokens ARES issues with the shared secret also pass.
 //! `iss`, `sub` and `exp` are required, `nbf` is honoured, only HS256 is accepted (never `none`),
 //! leeway is at most 60 s, and a token larger than [`MAX_TOKEN_BYTES`] is refused before decoding.
+//!
+//! [`JwtKeys::verify_cached`] remembers tokens that passed, by their exact text, until they
+//! expire: a client sends the same token on every call, and the map lookup costs a fraction of
+//! the base64 + JSON + HMAC work. The cache belongs to one set of keys (a config reload that
+//! changes them starts an empty one) and holds at most [`VERIFIED_CACHE_ENTRIES`] tokens.
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, Secret};
+use crate::FastMap;
 
 /// Refuse larger tokens before base64 or JSON work.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Verified tokens remembered at most (about 1 KiB each with their claims).
+pub const VERIFIED_CACHE_ENTRIES: usize = 16 * 1024;
 
 /// The claims we issue and read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,6 +58,9 @@ pub struct JwtKeys {
     issuer: String,
     audience: Option<String>,
     ttl_secs: u64,
+    leeway: u64,
+    /// Tokens that passed [`JwtKeys::verify`], by their text.
+    verified: FastMap<Box<str>, Arc<Claims>>,
 }
 
 fn kid_of(secret: &Secret) -> String {
@@ -94,6 +108,8 @@ impl JwtKeys {
             issuer: cfg.jwt_issuer.clone(),
             audience: cfg.jwt_audience.clone(),
             ttl_secs: cfg.access_token_ttl.as_secs(),
+            leeway: cfg.jwt_leeway.as_secs().min(60),
+            verified: FastMap::default(),
         }
     }
 
@@ -118,6 +134,27 @@ impl JwtKeys {
         jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map(|t| (t, claims))
             .map_err(|e| format!("signing failed: {e}"))
+    }
+
+    /// [`JwtKeys::verify`], answered from the tokens that passed before while they are
+    /// unexpired (`exp` with the same leeway; `nbf` had passed when they were verified).
+    pub fn verify_cached(&self, token: &str, now: u64) -> Result<Arc<Claims>, &'static str> {
+        let live = |c: &Claims| now <= c.exp.saturating_add(self.leeway);
+        if let Some(claims) = self.verified.get(token) {
+            if live(&claims) {
+                return Ok(claims.clone());
+            }
+        }
+        self.verified.remove(token);
+        let claims = Arc::new(self.verify(token)?);
+        if self.verified.len() >= VERIFIED_CACHE_ENTRIES {
+            self.verified.retain(|_, c| live(c));
+            if self.verified.len() >= VERIFIED_CACHE_ENTRIES {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(token.into(), claims.clone());
+        Ok(claims)
     }
 
     /// Verify a token; the reason for a refusal is for the log, never the client.
@@ -377,5 +414,62 @@ mod tests {
             .unwrap()
             .0;
         assert!(keys.verify(&plain).is_err());
+    }
+
+    #[test]
+    fn cached_tokens_pass_until_they_expire_and_failures_are_never_cached() {
+        let keys = JwtKeys::new(&cfg(SECRET));
+        let t0 = now();
+        let (token, claims) = keys.issue("usr_1", "a@example.com", t0).unwrap();
+        let first = keys.verify_cached(&token, t0).unwrap();
+        assert_eq!(*first, claims);
+        let again = keys.verify_cached(&token, t0 + 1).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second call is a cache hit"
+        );
+        // Past exp + leeway (30 s) the cached entry is not used: the token is checked afresh.
+        let fresh = keys.verify_cached(&token, claims.exp + 31).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &fresh),
+            "an expired entry is not served"
+        );
+        // An entry whose exp has passed never answers, whatever the token text.
+        let mut stale = claims.clone();
+        stale.exp = t0 - 100;
+        keys.verified.insert("stale-token".into(), Arc::new(stale));
+        assert!(keys.verify_cached("stale-token", t0).is_err());
+        assert!(!keys.verified.contains_key("stale-token"), "dropped");
+        // A token expired by the clock is refused.
+        let (old, _) = keys.issue("usr_1", "", t0 - 10_000).unwrap();
+        assert!(keys.verify_cached(&old, t0).is_err());
+
+        // A tampered token is refused every time and never remembered.
+        let mut bad = token.clone();
+        bad.pop();
+        bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(keys.verify_cached(&bad, t0).is_err());
+        assert!(keys.verify_cached(&bad, t0).is_err());
+        assert!(!keys.verified.contains_key(bad.as_str()));
+    }
+
+    #[test]
+    fn a_new_key_set_starts_with_an_empty_cache() {
+        let old = JwtKeys::new(&cfg(SECRET));
+        let (token, _) = old.issue("usr_1", "", now()).unwrap();
+        assert!(old.verify_cached(&token, now()).is_ok());
+        let rotated = JwtKeys::new(&cfg("another-secret-0123456789abcdef0123"));
+        assert!(rotated.verify_cached(&token, now()).is_err());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let keys = JwtKeys::new(&cfg(SECRET));
+        let t = now();
+        for i in 0..VERIFIED_CACHE_ENTRIES + 10 {
+            let (token, _) = keys.issue(&format!("usr_{i}"), "", t).unwrap();
+            assert!(keys.verify_cached(&token, t).is_ok());
+            assert!(keys.verified.len() <= VERIFIED_CACHE_ENTRIES);
+        }
     }
 }

@@ -36,12 +36,18 @@ pub enum Identity {
         key: Arc<ApiKeyRecord>,
     },
     /// A user holding a valid access token.
-    User(Box<Claims>),
+    User(Arc<Claims>),
     /// A holder of the admin secret (index into the configured list, for the audit log).
     Admin { secret_index: usize },
 }
 
 impl Principal {
+    /// A principal for an identity established elsewhere (benchmarks, tests). The pipeline
+    /// gets its principals from [`authenticate`] only.
+    pub fn from_identity(identity: Identity) -> Principal {
+        Principal(identity)
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.0
     }
@@ -159,7 +165,7 @@ pub async fn authenticate_jwt(
     rt: &Runtime,
     state: &AppState,
 ) -> Result<Principal, GatewayError> {
-    let claims = rt.jwt.verify(token).map_err(|reason| {
+    let claims = rt.jwt.verify_cached(token, unix_now()).map_err(|reason| {
         tracing::debug!(reason, "access token refused");
         GatewayError::InvalidToken
     })?;
@@ -175,7 +181,7 @@ pub async fn authenticate_jwt(
             Err(e) => tracing::warn!(error = %e, "revocation check skipped: store unavailable"),
         }
     }
-    Ok(Principal(Identity::User(Box::new(claims))))
+    Ok(Principal(Identity::User(claims)))
 }
 
 /// Look an API key up (format and checksum first, then the caches, then the store).

@@ -50,6 +50,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn in_process(&self) -> bool {
+        true
+    }
+
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         self.tenants.insert(tenant.id.clone(), tenant.clone());
         Ok(())

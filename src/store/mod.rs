@@ -198,6 +198,12 @@ pub trait Store: Send + Sync + 'static {
     async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError>;
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError>;
 
+    /// Answers from this process's memory, never blocking or hanging: calls need no time
+    /// budget.
+    fn in_process(&self) -> bool {
+        false
+    }
+
     /// Changes made by other replicas, for stores shared between replicas.
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
