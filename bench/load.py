@@ -4,10 +4,10 @@
     python3 bench/load.py            # ~6 minutes on 2 cores
     ROUNDS=1 DURATION=3 python3 bench/load.py
 
-Starts a trivial nginx upstream, the gateway (memory store, and Redis store with the Redis
-limiter), HAProxy doing the same job as the gateway's JWT route (HS256 verified, exp checked,
-claims into headers, a per-subject rate limit in a stick table), and HAProxy and nginx as plain
-proxies. Installs wrk when missing. Runs every target interleaved ROUNDS times with wrk
+Starts a trivial nginx upstream, the gateway (memory store with one worker per core and with
+one worker, and Redis store with the Redis limiter), HAProxy doing the same job as the gateway's
+JWT route (HS256 verified, exp checked, claims into headers, a per-subject rate limit in a stick
+table) with two threads and with one, and HAProxy and nginx as plain proxies. Installs wrk when missing. Runs every target interleaved ROUNDS times with wrk
 (64 keep-alive connections, small JSON POSTs) and prints one table: requests/s, p50, p99, proxy
 CPU microseconds per request (from the proxy processes' own CPU time in /proc), peak RSS, and the
 ratios to the direct upstream and to HAProxy's same job. Only loopback addresses are used.
@@ -185,11 +185,12 @@ http {{ access_log off; keepalive_requests 1000000;
     with open(conf, "w") as f:
         f.write(yaml)
 
-    def gateway(store, redis_url=""):
+    def gateway(store, redis_url="", workers=0):
         port = free_port()
         env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
                    ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=ADMIN,
-                   ARES_JWT_SECRET=JWT_SECRET, ARES_STORE=store, REDIS_URL=redis_url, ARES_LOG="warn")
+                   ARES_JWT_SECRET=JWT_SECRET, ARES_STORE=store, REDIS_URL=redis_url, ARES_LOG="warn",
+                   ARES_WORKERS=str(workers))
         start = time.monotonic()
         p = spawn([binary, "serve", "--config", conf], env=env)
         ready = wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -206,6 +207,14 @@ http {{ access_log off; keepalive_requests 1000000;
     keys = [call("POST", f"{base}/api/admin/provision-client",
                  f'{{"name":"t{i}","tier":"enterprise","api_key_name":"k"}}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
             for i in range(1000)]
+
+    # The same gateway with one worker (one accept loop, one thread): on a box where the load
+    # generator and the upstream share the cores, the measured better choice.
+    gw1, gw1_port, _, _ = gateway("memory", workers=1)
+    call("POST", f"http://127.0.0.1:{gw1_port}/api/auth/register",
+         '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
+    token1 = call("POST", f"http://127.0.0.1:{gw1_port}/api/auth/login",
+                  '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
 
     redis_port = free_port()
     spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -261,6 +270,13 @@ frontend plain
     if check.returncode != 0:
         raise SystemExit("haproxy config: " + check.stdout + check.stderr)
     hap = spawn(["haproxy", "-f", hcfg, "-db"])
+    # HAProxy's same job on one thread too, so each side is also measured at one thread.
+    hj1 = free_port()
+    hcfg1 = os.path.join(tmp, "haproxy1.cfg")
+    with open(hcfg1, "w") as f:
+        job_only = text[:text.index("frontend plain")]
+        f.write(job_only.replace("nbthread 2", "nbthread 1").replace(f"bind 127.0.0.1:{hj}", f"bind 127.0.0.1:{hj1}"))
+    hap1 = spawn(["haproxy", "-f", hcfg1, "-db"])
     ncfg = os.path.join(tmp, "nginx-proxy.conf")
     with open(ncfg, "w") as f:
         f.write(f"""worker_processes 2; pid {tmp}/proxy.pid; error_log /dev/null;
@@ -280,6 +296,7 @@ http {{ access_log off; keepalive_requests 1000000;
 
     plain = lua(tmp, "plain", {})
     jwt = lua(tmp, "jwt", {"Authorization": f"Bearer {token}"})
+    jwt1 = lua(tmp, "jwt1", {"Authorization": f"Bearer {token1}"})
     api = lua(tmp, "api", {"Authorization": f"Bearer {key}"})
     rapi = lua(tmp, "rapi", {"Authorization": f"Bearer {rkey}"})
     rot = lua(tmp, "rot", {}, keys=keys)
@@ -288,9 +305,11 @@ http {{ access_log off; keepalive_requests 1000000;
     targets = [
         ("direct upstream", f"http://127.0.0.1:{up}/api/chat", plain, None),
         ("haproxy jwt (same job)", f"http://127.0.0.1:{hj}/api/chat", jwt, hap.pid),
+        ("haproxy jwt (same job, 1 thread)", f"http://127.0.0.1:{hj1}/api/chat", jwt, hap1.pid),
         ("haproxy plain proxy", f"http://127.0.0.1:{hp}/api/chat", plain, hap.pid),
         ("nginx plain proxy", f"http://127.0.0.1:{np_}/api/chat", plain, ngx.pid),
         ("gateway jwt (memory)", f"{base}/api/chat", jwt, gw.pid),
+        ("gateway jwt (memory, 1 worker)", f"http://127.0.0.1:{gw1_port}/api/chat", jwt1, gw1.pid),
         ("gateway api key (memory)", f"{base}/v1/chat", api, gw.pid),
         ("gateway api key (redis)", f"http://127.0.0.1:{gwr_port}/v1/chat", rapi, gwr.pid),
         ("gateway 1,000 keys rotating", f"{base}/v1/chat", rot, gw.pid),

@@ -37,6 +37,13 @@ async fn redis_store_passes_the_store_suite() {
         !keys.contains("a@example.com"),
         "emails are indexed by hash: {keys}"
     );
+    // Every limiter key expires (calendar counters get their expiry when created).
+    let limiter_keys = cli(redis.port, &["KEYS", "ares:rl:*"]);
+    assert!(limiter_keys.contains(":day:"), "{limiter_keys}");
+    for key in limiter_keys.lines().filter(|k| !k.is_empty()) {
+        let ttl: i64 = cli(redis.port, &["PTTL", key]).parse().unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
 }
 
 #[tokio::test]

@@ -95,8 +95,8 @@ if consume then
     elseif ARGV[base + 1] == 's' then
       redis.call('ZADD', KEYS[i], now, member)
       redis.call('PEXPIRE', KEYS[i], span)
-    else
-      redis.call('INCR', KEYS[i])
+    elseif redis.call('INCR', KEYS[i]) == 1 then
+      -- A calendar key is created here, once per window: its expiry is set once.
       redis.call('PEXPIREAT', KEYS[i], span + 86400000)
     end
   end
