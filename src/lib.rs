@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! main.rs           clap commands (serve, check, demo); tracing init
-//! lib.rs            this map, and `Gateway::start` (bind + serve + housekeeping)
+//! lib.rs            this map, and `Gateway::start` (listeners, worker threads, housekeeping)
 //! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
 //! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Runtime
 //! server.rs         accept loop, connection permit, TLS handshake, hyper-util auto builder, drain
@@ -37,7 +37,9 @@
 //! # Request pipeline
 //!
 //! ```text
-//! server::run            accept -> permit -> spawn connection
+//! Gateway::start         one SO_REUSEPORT listener per worker; worker 0 on the caller's runtime,
+//!                        the others each on a thread with a current-thread runtime
+//! server::run            accept -> permit -> spawn connection (its upstream connections in its task)
 //! pipeline::handle       never fails: handle_inner, then error.into_response(); access log
 //! pipeline::handle_inner
 //!   1 ctx       request id, client ip (trusted proxies); strip spoofable headers

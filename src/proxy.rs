@@ -340,8 +340,9 @@ pub fn strip_spoofable(
     }
 }
 
-/// A pooled HTTP client for one upstream (HTTP/1.1, or HTTP/2 when an HTTPS upstream offers
-/// it by ALPN).
+/// The shared pool for one upstream, for what cannot use a client connection's own upstream
+/// connection (`bound`): HTTP/2 clients, `https://` upstreams, WebSocket upgrades. HTTP/1.1, or
+/// HTTP/2 when an HTTPS upstream offers it by ALPN.
 pub struct UpstreamClient {
     pub upstream: Arc<Upstream>,
     client: Client<HttpsConnector<HttpConnector>, Body>,

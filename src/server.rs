@@ -1,6 +1,7 @@
-//! The accept loop: connection permit, TLS handshake (bounded), hyper-util's auto builder
-//! (HTTP/1.1, HTTP/2 by ALPN under TLS, prior-knowledge h2c in clear) with bounded heads and
-//! timers, and the drain on shutdown.
+//! The accept loop of one worker: connection permit (shared by all workers), TLS handshake
+//! (bounded), hyper-util's auto builder (HTTP/1.1, HTTP/2 by ALPN under TLS, prior-knowledge h2c
+//! in clear) with bounded heads and timers, and the drain on shutdown. A connection's task also
+//! drives the connection's own upstream connections (`bound::drive`).
 //!
 //! Every wait has a bound: a permit caps open connections (excess waits in the kernel's accept
 //! queue), a client must send its head within `header_read_timeout`, heads are capped at
