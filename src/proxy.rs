@@ -175,19 +175,14 @@ impl Peer {
 /// forwarding, hop-by-hop.
 fn is_stripped(name: &HeaderName) -> bool {
     is_hop_by_hop(name)
-        || matches!(
-            name.as_str(),
-            "x-tenant-id"
-                | "x-tenant-tier"
-                | "x-api-key-id"
-                | "x-user-id"
-                | "x-user-email"
-                | "x-auth-method"
-                | "x-forwarded-for"
-                | "x-forwarded-proto"
-                | "x-forwarded-host"
-                | "forwarded"
-        )
+        || IDENTITY_HEADERS.contains(&name)
+        || [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+        ]
+        .contains(&name)
 }
 
 /// A hop-by-hop header (RFC 9110 7.6.1), removed both ways (a `match` on the name: no hashing).
