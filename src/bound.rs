@@ -24,11 +24,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::config::Upstream;
 use crate::timer::LazySleep;
-use tokio::time::Instant;
 
 type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 

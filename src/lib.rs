@@ -84,12 +84,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, StoreBackend};
 
+use crate::state::AppState;
+use crate::store::{MemoryStore, Store};
+
 /// The concurrent maps on the request path: foldhash (seeded per map) instead of SipHash, a
 /// measurable share of a request's instructions with long keys such as tokens. Their keys are
 /// verified tokens, hashes and ids, not strings a client picks freely.
 pub type FastMap<K, V> = dashmap::DashMap<K, V, foldhash::quality::RandomState>;
-use crate::state::AppState;
-use crate::store::{MemoryStore, Store};
 
 /// A gateway serving on a bound listener.
 pub struct Gateway {

@@ -201,14 +201,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// `Host`, or the authority of an absolute-form target.
-fn own_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
-    headers.get(header::HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
-}
-
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6
@@ -246,39 +238,35 @@ pub fn strip_spoofable(
             (t, id.unwrap_or(trace_id))
         }
     };
-    // Most requests carry none of the headers removed below: one pass over the names tells.
-    if !headers.keys().any(is_stripped) {
-        return RequestContext {
-            request_id,
-            client_ip: peer.addr.ip(),
-            peer: peer.addr,
-            forwarded_for: peer.header.clone(),
-            forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-            forwarded_host: own_host(headers, uri),
-            websocket_upgrade: false,
-            traceparent,
-        };
-    }
-
-    let websocket_upgrade = connection_names(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    // Most requests carry none of the headers removed or read below: one pass over the names
+    // tells, and spares the lookups and removals.
+    let stripped = headers.keys().any(is_stripped);
+    let websocket_upgrade = stripped
+        && connection_names(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
         && headers
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    // Connection may name any header as hop-by-hop, including the identity headers.
-    strip_hop_by_hop(headers);
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
+    if stripped {
+        // Connection may name any header as hop-by-hop, including the identity headers.
+        strip_hop_by_hop(headers);
+        for name in IDENTITY_HEADERS {
+            headers.remove(name);
+        }
     }
 
     let peer_ip = peer.addr.ip();
     let trusted_peer = !trusted.is_empty() && is_trusted(peer_ip, trusted);
-    let prior = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
+    let prior = if stripped {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        String::new()
+    };
     let mut client_ip = peer_ip;
     let forwarded_for;
     if trusted_peer && !prior.is_empty() {
@@ -312,16 +300,21 @@ pub fn strip_spoofable(
     } else {
         own_proto
     };
-    let own_host = own_host(headers, uri);
+    let own_host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let forwarded_host = if trusted_peer {
         headers.get(&X_FORWARDED_HOST).cloned().or(own_host)
     } else {
         own_host
     };
-    headers.remove(&X_FORWARDED_FOR);
-    headers.remove(&X_FORWARDED_PROTO);
-    headers.remove(&X_FORWARDED_HOST);
-    headers.remove(&FORWARDED);
+    if stripped {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(&FORWARDED);
+    }
 
     RequestContext {
         request_id,

@@ -85,14 +85,17 @@ impl Counting {
     }
 }
 
-/// The shipped config plus an unauthenticated route to the upstream.
-fn open_route_config(upstream: &str, env: &[(&str, &str)]) -> ares_gateway::config::Config {
-    let yaml = common::shipped_yaml().replacen(
+/// The shipped config plus an unauthenticated route: `/open/x` is `/api/x` upstream.
+fn open_route_yaml() -> String {
+    common::shipped_yaml().replacen(
         "routes:\n",
-        "routes:\n  - prefix: /open/\n    auth: none\n    upstream: default\n",
+        "routes:\n  - prefix: /open/\n    auth: none\n    upstream: default\n    upstream_prefix: /api/\n",
         1,
-    );
-    common::config_from(&yaml, upstream, env)
+    )
+}
+
+fn open_route_config(upstream: &str, env: &[(&str, &str)]) -> ares_gateway::config::Config {
+    common::config_from(&open_route_yaml(), upstream, env)
 }
 
 /// One client connection to the gateway.
@@ -192,13 +195,11 @@ async fn the_upstream_connection_closes_with_its_client_connection() {
 async fn a_slow_upstream_is_cut_at_the_first_byte_timeout() {
     // The recording upstream's /api/slow answers after 3 s; the route allows 1 s.
     let up = common::Upstream::start().await;
-    let yaml = common::shipped_yaml()
-        .replacen(
-            "routes:\n",
-            "routes:\n  - prefix: /open/\n    auth: none\n    upstream: default\n    upstream_prefix: /api/\n",
-            1,
-        )
-        .replacen("first_byte_timeout_secs: 60", "first_byte_timeout_secs: 1", 1);
+    let yaml = open_route_yaml().replacen(
+        "first_byte_timeout_secs: 60",
+        "first_byte_timeout_secs: 1",
+        1,
+    );
     assert!(yaml.contains("first_byte_timeout_secs: 1\n"));
     let cfg = common::config_from(&yaml, &up.url(), &[]);
     let g = common::start(cfg).await;

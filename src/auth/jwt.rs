@@ -140,12 +140,13 @@ impl JwtKeys {
     /// unexpired (`exp` with the same leeway; `nbf` had passed when they were verified).
     pub fn verify_cached(&self, token: &str, now: u64) -> Result<Arc<Claims>, &'static str> {
         let live = |c: &Claims| now <= c.exp.saturating_add(self.leeway);
-        if let Some(claims) = self.verified.get(token) {
-            if live(&claims) {
-                return Ok(claims.clone());
-            }
+        let stale = match self.verified.get(token) {
+            Some(claims) if live(&claims) => return Ok(claims.clone()),
+            found => found.is_some(),
+        };
+        if stale {
+            self.verified.remove(token);
         }
-        self.verified.remove(token);
         let claims = Arc::new(self.verify(token)?);
         if self.verified.len() >= VERIFIED_CACHE_ENTRIES {
             self.verified.retain(|_, c| live(c));
