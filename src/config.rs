@@ -144,6 +144,7 @@ pub struct StoreFile {
     pub key_prefix: Option<String>,
     pub command_timeout_ms: Option<Num>,
     pub api_key_cache_ttl_secs: Option<Num>,
+    pub legacy_revocations: Option<Flag>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +322,9 @@ pub struct StoreConfig {
     pub command_timeout: Duration,
     /// How long a validated API key (and its tenant) is trusted from the local cache.
     pub api_key_cache_ttl: Duration,
+    /// Also write and read access-token revocations under their pre-0.2 Redis key
+    /// (`{p}jti:{jti}`), for replicas of an older version during an upgrade.
+    pub legacy_revocations: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -913,6 +917,7 @@ impl Validator {
                 0,
                 3600,
             )),
+            legacy_revocations: self.flag(&f.legacy_revocations, "store.legacy_revocations", true),
         }
     }
 
@@ -1467,6 +1472,7 @@ mod tests {
         let cfg = Config::from_yaml(SHIPPED, &env_of(&[])).unwrap();
         assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.store.backend, StoreBackend::Memory);
+        assert!(cfg.store.legacy_revocations);
         assert!(cfg.auth.admin_secret_generated);
         let t = &cfg.routes;
         let v1 = t.classify("/v1/chat").unwrap();
@@ -1576,6 +1582,8 @@ mod tests {
 server:
   listen: "nonsense"
   workers: "many"
+store:
+  legacy_revocations: "sometimes"
 bogus: 1
 upstreams:
   default: { url: "ftp://x" }
@@ -1593,6 +1601,7 @@ routes:
         for want in [
             "server.listen",
             "server.workers",
+            "store.legacy_revocations",
             "bogus",
             "upstreams.default.url",
             "upstreams.other.colour",

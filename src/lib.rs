@@ -48,6 +48,7 @@
 //!   4 principal auth::authenticate(route, headers, ..)                  401
 //!   5           auth::authorize(route, &principal)                      403
 //!   6           rate limit (tenant / user), token quota                 429
+//!               (a user's token revocation: same store round trip)      401
 //!   7           proxy::rewrite_request(.., &principal, ..)              413
 //!   8           proxy::forward(client, req)                             502 / 504
 //!   9           proxy::rewrite_response + RateLimit-* headers

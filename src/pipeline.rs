@@ -9,6 +9,7 @@
 //!   4 principal    auth::authenticate                                 401
 //!   5              auth::authorize                                    403
 //!   6              limits: requests, then token quota                 429
+//!                  (a user's token revocation in the same round trip) 401
 //!   7              proxy::rewrite_request                             413
 //!   8              proxy::forward                                     502 / 504
 //!                  (a 101 to an allowed WebSocket upgrade becomes a byte tunnel)
@@ -194,7 +195,9 @@ async fn handle_inner(
             Handler::Health => api::health(state, req.method(), &path).await,
             Handler::Auth => api::auth::handle(state, rt, ctx, req, &path).await,
             Handler::Admin => {
-                let principal = auth::authenticate(route, req.headers(), None, rt, state).await?;
+                let revocation = auth::Revocation::Now;
+                let principal =
+                    auth::authenticate(route, req.headers(), None, revocation, rt, state).await?;
                 outcome.auth_method = principal.auth_method();
                 api::admin::handle(state, rt, &principal, req, &path).await
             }
@@ -204,16 +207,20 @@ async fn handle_inner(
         return Err(GatewayError::NotFound);
     };
 
-    // 4, 5. principal
+    // 4, 5. principal (an access token's revocation is checked with its limits, in step 6)
     let auth_started = Instant::now();
-    let principal = auth::authenticate(route, req.headers(), uri.query(), rt, state).await;
+    let revocation = auth::Revocation::WithLimits;
+    let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, rt, state);
+    let principal = principal.await;
     crate::metrics::get().auth(auth_started.elapsed());
     let principal = principal?;
     outcome.auth_method = principal.auth_method();
     outcome.subject = Some(principal.subject().to_owned());
+    // Scopes are an API key's: a user's token is never refused here, so a revoked one is
+    // refused as revoked, in step 6.
     auth::authorize(route, &principal)?;
 
-    // 6. limits
+    // 6. limits (and a user's token revocation, in the same store round trip)
     let policy = route
         .failure_policy
         .unwrap_or(rt.config.limits.failure_policy);
@@ -284,7 +291,8 @@ async fn handle_inner(
 }
 
 /// Request limits for the principal's scope and, for tenants, the token budget: one decision
-/// (one store round trip), so nothing is consumed when any of them refuses.
+/// (one store round trip), so nothing is consumed when any of them refuses. For a user's access
+/// token the same round trip checks its revocation.
 async fn check_limits(
     state: &AppState,
     rt: &Runtime,
@@ -292,20 +300,22 @@ async fn check_limits(
     policy: FailurePolicy,
 ) -> Result<Option<RateLimitHeaders>, GatewayError> {
     let limits = &rt.config.limits;
-    let (scope, plan) = match principal.identity() {
+    let decision = match principal.identity() {
         Identity::ApiKey { tenant, .. } => {
             let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
-            (scope::tenant(&tenant.id), tenant.limits.apply(&tier))
+            let plan = tenant.limits.apply(&tier);
+            state
+                .rate_limit(&scope::tenant(&tenant.id), &plan, policy)
+                .await?
         }
         Identity::User(claims) => {
             // Users have request limits only; a token budget is a tenant's.
             let mut plan = limits.user.clone();
             plan.tokens_per_month = None;
-            (scope::user(&claims.sub), plan)
+            state.admit_user(claims, &plan, policy).await?
         }
         Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
     };
-    let decision = state.rate_limit(&scope, &plan, policy).await?;
     match decision.and_then(|d| d.refused_by.map(|w| (w, d.headers))) {
         Some((Window::Tokens, headers)) => Err(GatewayError::TokenQuotaExceeded {
             retry_after: Duration::from_secs(headers.reset.max(1)),

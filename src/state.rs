@@ -16,11 +16,12 @@ use crate::auth::admin::AdminSecrets;
 use crate::auth::api_key::KeyCache;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::password::PasswordHasher;
+use crate::auth::Claims;
 use crate::config::{Config, FailurePolicy};
 use crate::error::{GatewayError, StoreError};
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{now_ms, Decision, LocalLimiter, Plan};
-use crate::store::{Invalidation, Store};
+use crate::store::{scope, Admission, Invalidation, Store};
 
 /// What one config file turns into.
 pub struct Runtime {
@@ -174,12 +175,59 @@ impl AppState {
             return Ok(None);
         }
         let now = now_ms();
+        let decided = self
+            .store_call(self.store.rate_limit(scope, &limits, now))
+            .await;
+        self.limited(scope, plan, policy, now, decided)
+    }
+
+    /// As `rate_limit` for a user's access token, with its revocation check in the same store
+    /// round trip: a revoked token is `InvalidToken` and counts against nothing.
+    pub async fn admit_user(
+        &self,
+        claims: &Claims,
+        plan: &Plan,
+        policy: FailurePolicy,
+    ) -> Result<Option<Decision>, GatewayError> {
+        let limits = plan.windows();
+        if limits.is_empty() && claims.jti.is_none() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let admitted = self
+            .store_call(
+                self.store
+                    .admit_token(&claims.sub, claims.jti.as_deref(), &limits, now),
+            )
+            .await;
+        let decided = match admitted {
+            Ok(Admission::Revoked) => return Err(crate::auth::revoked()),
+            Ok(Admission::Decided(_)) if limits.is_empty() => return Ok(None),
+            Ok(Admission::Decided(d)) => Ok(d),
+            Err(e) => {
+                // As `auth::check_revoked` during an outage; the limits follow the policy.
+                tracing::warn!(error = %e, "revocation check skipped: store unavailable");
+                if limits.is_empty() {
+                    return Ok(None);
+                }
+                Err(e)
+            }
+        };
+        self.limited(&scope::user(&claims.sub), plan, policy, now, decided)
+    }
+
+    /// A store's rate-limit answer, counted in the metrics; a failed store by `policy`.
+    fn limited(
+        &self,
+        scope: &str,
+        plan: &Plan,
+        policy: FailurePolicy,
+        now: u64,
+        decided: Result<Decision, GatewayError>,
+    ) -> Result<Option<Decision>, GatewayError> {
         let m = crate::metrics::get();
         let kind = crate::metrics::scope_kind(scope);
-        match self
-            .store_call(self.store.rate_limit(scope, &limits, now))
-            .await
-        {
+        match decided {
             Ok(d) => {
                 match d.refused_by {
                     None => m.ratelimit(kind, "-", "allowed"),

@@ -51,6 +51,21 @@ async fn redis_cluster_passes_the_store_suite() {
     let cluster = RedisCluster::start();
     let store = store_for(&cluster.url()).await;
     suite::run_all(store.as_ref()).await;
+    // A revocation under the older gateways' key lives in another slot than the user's limiter
+    // keys; it is still honoured.
+    use ares_gateway::store::{Admission, Store};
+    let now_ms = ares_gateway::ratelimit::now_ms();
+    let limits = [(ares_gateway::ratelimit::Window::Minute, 10)];
+    let admit = || store.admit_token("usr_c", Some("old-jti"), &limits, now_ms);
+    assert!(matches!(admit().await.unwrap(), Admission::Decided(_)));
+    let set = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", &cluster.nodes[0].port.to_string()])
+        .args(["SET", "ares:jti:old-jti", "1", "EX", "60"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+    assert_eq!(admit().await.unwrap(), Admission::Revoked);
+    assert!(store.is_jti_revoked("usr_c", "old-jti").await.unwrap());
 }
 
 #[tokio::test]
@@ -520,4 +535,133 @@ async fn an_api_key_request_costs_one_redis_round_trip_token_budget_included() {
     let gets = calls(redis.port, "get") - get_;
     assert!((60..=61).contains(&gets), "{gets} GETs for 20 requests");
     assert_eq!(calls(redis.port, "exists") - exists, 0);
+}
+
+/// A JWT route of the shipped config, with this `Authorization` value.
+async fn chat(g: &TestGateway, auth: &str) -> Reply {
+    get(&g.url("/api/chat"), &[("authorization", auth)]).await
+}
+
+/// `sub` and `jti` of an access token (read, not verified: the gateway signed it).
+fn sub_and_jti(token: &str) -> (String, String) {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let field = |k: &str| claims[k].as_str().unwrap().to_string();
+    (field("sub"), field("jti"))
+}
+
+#[tokio::test]
+async fn a_jwt_request_costs_one_redis_round_trip_revocation_included() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let g = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let t = login(&g, "one-trip@example.com").await;
+    let access = t["access_token"].as_str().unwrap();
+    let (sub, jti) = sub_and_jti(access);
+    let auth = bearer(access);
+    assert_eq!(chat(&g, &auth).await.status, 200);
+    let before = ["evalsha", "exists", "get", "zadd"].map(|c| calls(redis.port, c));
+    for _ in 0..20 {
+        assert_eq!(chat(&g, &auth).await.status, 200);
+    }
+    let spent = ["evalsha", "exists", "get", "zadd"].map(|c| calls(redis.port, c));
+    let spent: Vec<u64> = spent.iter().zip(before).map(|(a, b)| a - b).collect();
+    // One script call per request. Inside it: the token's revocation key and, while
+    // `store.legacy_revocations` is on, the older gateways' key (2 EXISTS), and the user's
+    // per-minute window (1 ZADD). No separate lookup.
+    assert_eq!(spent, [20, 40, 0, 20], "evalsha, exists, get, zadd");
+
+    // Logout: the token is refused, and its refused requests count against nothing.
+    let minute = format!("ares:rl:{{u:{sub}}}:minute");
+    let counted = || cli(redis.port, &["ZCARD", &minute]);
+    assert_eq!(counted(), "21");
+    let body = format!(
+        r#"{{"refresh_token":"{}"}}"#,
+        t["refresh_token"].as_str().unwrap()
+    );
+    let r = post(
+        &g.url("/api/auth/logout"),
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let revoked = cli(redis.port, &["KEYS", "ares:jti:*"]);
+    let tagged = format!("ares:jti:{{u:{sub}}}:{jti}");
+    let legacy = format!("ares:jti:{jti}");
+    let mut revoked: Vec<&str> = revoked.lines().collect();
+    revoked.sort();
+    assert_eq!(revoked, [legacy.as_str(), tagged.as_str()]);
+    for key in [&tagged, &legacy] {
+        let ttl: i64 = cli(redis.port, &["TTL", key]).parse().unwrap();
+        assert!((1..=930).contains(&ttl), "{key} expires in {ttl} s");
+    }
+    for _ in 0..5 {
+        let r = chat(&g, &auth).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (401, "AUTH_INVALID_TOKEN")
+        );
+    }
+    assert_eq!(counted(), "21");
+
+    // A revocation written by an older gateway (its key only) is honoured too.
+    let t = post(
+        &g.url("/api/auth/login"),
+        &[],
+        r#"{"email":"one-trip@example.com","password":"your-secure-password"}"#,
+    )
+    .await
+    .json();
+    let access = t["access_token"].as_str().unwrap();
+    let (_, jti) = sub_and_jti(access);
+    let auth = bearer(access);
+    assert_eq!(
+        get(&g.url("/api/chat"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    let legacy = format!("ares:jti:{jti}");
+    assert_eq!(cli(redis.port, &["SET", &legacy, "1", "EX", "60"]), "OK");
+    assert_eq!(chat(&g, &auth).await.status, 401);
+}
+
+#[tokio::test]
+async fn without_legacy_revocations_only_the_tagged_key_is_written_and_read() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let mut cfg = redis_config(&up.url(), &redis.url(), &[]);
+    cfg.store.legacy_revocations = false;
+    let g = start(cfg).await;
+    let t = login(&g, "tagged@example.com").await;
+    let access = t["access_token"].as_str().unwrap();
+    let (sub, jti) = sub_and_jti(access);
+    let auth = bearer(access);
+    assert_eq!(chat(&g, &auth).await.status, 200);
+    let exists = calls(redis.port, "exists");
+    assert_eq!(chat(&g, &auth).await.status, 200);
+    assert_eq!(calls(redis.port, "exists") - exists, 1);
+    let body = format!(
+        r#"{{"refresh_token":"{}"}}"#,
+        t["refresh_token"].as_str().unwrap()
+    );
+    let r = post(
+        &g.url("/api/auth/logout"),
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        cli(redis.port, &["KEYS", "ares:jti:*"]),
+        format!("ares:jti:{{u:{sub}}}:{jti}")
+    );
+    assert_eq!(chat(&g, &auth).await.status, 401);
 }

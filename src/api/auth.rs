@@ -361,7 +361,9 @@ async fn logout(
     if let Some(Identity::User(claims)) = principal.as_ref().map(|p| p.identity()) {
         if let Some(jti) = &claims.jti {
             let until = claims.exp + rt.config.auth.jwt_leeway.as_secs();
-            state.store_call(state.store.revoke_jti(jti, until)).await?;
+            state
+                .store_call(state.store.revoke_jti(&claims.sub, jti, until))
+                .await?;
         }
     }
     Ok(body::json(

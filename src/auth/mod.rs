@@ -117,11 +117,22 @@ fn query_token(query: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// When `authenticate` checks an access token against the revocations (logout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Before returning.
+    Now,
+    /// Together with the user's rate limit (`AppState::admit_user`, one store round trip),
+    /// which the caller must then call.
+    WithLimits,
+}
+
 /// Establish who the caller is, by the route's rule.
 pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
     query: Option<&str>,
+    revocation: Revocation,
     rt: &Runtime,
     state: &AppState,
 ) -> Result<Principal, GatewayError> {
@@ -136,7 +147,10 @@ pub async fn authenticate(
                 }
                 None => return Err(GatewayError::MissingCredentials),
             };
-            authenticate_jwt(token, rt, state).await
+            match revocation {
+                Revocation::Now => authenticate_jwt(token, rt, state).await,
+                Revocation::WithLimits => verify_jwt(token, rt),
+            }
         }
         AuthKind::ApiKey => {
             let token = bearer(headers)
@@ -165,23 +179,47 @@ pub async fn authenticate_jwt(
     rt: &Runtime,
     state: &AppState,
 ) -> Result<Principal, GatewayError> {
+    let principal = verify_jwt(token, rt)?;
+    check_revoked(&principal, state).await?;
+    Ok(principal)
+}
+
+/// Verify an access token's signature and claims; revocation is the caller's to check.
+fn verify_jwt(token: &str, rt: &Runtime) -> Result<Principal, GatewayError> {
     let claims = rt.jwt.verify_cached(token, unix_now()).map_err(|reason| {
         tracing::debug!(reason, "access token refused");
         GatewayError::InvalidToken
     })?;
-    if let Some(jti) = &claims.jti {
-        match state.store_call(state.store.is_jti_revoked(jti)).await {
-            Ok(false) => {}
-            Ok(true) => {
-                tracing::debug!(reason = "revoked", "access token refused");
-                return Err(GatewayError::InvalidToken);
-            }
-            // A logout cannot have been recorded while the store is down either; refusing every
-            // user for the length of an outage would be worse. Logged, and visible in metrics.
-            Err(e) => tracing::warn!(error = %e, "revocation check skipped: store unavailable"),
+    Ok(Principal(Identity::User(claims)))
+}
+
+/// Refuse a user's access token that was revoked (logout). Other principals pass.
+async fn check_revoked(principal: &Principal, state: &AppState) -> Result<(), GatewayError> {
+    let Identity::User(claims) = principal.identity() else {
+        return Ok(());
+    };
+    let Some(jti) = &claims.jti else {
+        return Ok(());
+    };
+    match state
+        .store_call(state.store.is_jti_revoked(&claims.sub, jti))
+        .await
+    {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(revoked()),
+        // A logout cannot have been recorded while the store is down either; refusing every
+        // user for the length of an outage would be worse. Logged, and visible in metrics.
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation check skipped: store unavailable");
+            Ok(())
         }
     }
-    Ok(Principal(Identity::User(claims)))
+}
+
+/// The refusal of a revoked access token (logged at debug, like every token refusal).
+pub fn revoked() -> GatewayError {
+    tracing::debug!(reason = "revoked", "access token refused");
+    GatewayError::InvalidToken
 }
 
 /// Look an API key up (format and checksum first, then the caches, then the store).

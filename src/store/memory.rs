@@ -202,14 +202,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+    // A jti is random per token: it alone names the revocation here.
+    async fn revoke_jti(&self, _subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
         if until > unix_now() {
             self.revoked_jtis.insert(jti.to_string(), until);
         }
         Ok(())
     }
 
-    async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+    async fn is_jti_revoked(&self, _subject: &str, jti: &str) -> Result<bool, StoreError> {
         Ok(self
             .revoked_jtis
             .get(jti)

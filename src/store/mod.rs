@@ -174,9 +174,29 @@ pub trait Store: Send + Sync + 'static {
     /// Kill every token of a family (logout, reuse detection).
     async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError>;
 
-    /// Refuse an access token id until `until` (unix seconds).
-    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError>;
-    async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// Refuse the access token id `jti` of user `subject` until `until` (unix seconds).
+    async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError>;
+    async fn is_jti_revoked(&self, subject: &str, jti: &str) -> Result<bool, StoreError>;
+
+    /// One request with user `subject`'s access token: `Revoked` when its `jti` was revoked,
+    /// else `rate_limit` on `scope::user(subject)`. A revoked token counts against nothing.
+    /// A shared store answers both in one round trip.
+    async fn admit_token(
+        &self,
+        subject: &str,
+        jti: Option<&str>,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        if let Some(jti) = jti {
+            if self.is_jti_revoked(subject, jti).await? {
+                return Ok(Admission::Revoked);
+            }
+        }
+        self.rate_limit(&scope::user(subject), limits, now_ms)
+            .await
+            .map(Admission::Decided)
+    }
 
     /// Admit one request of `scope` if every window allows it; see `ratelimit`.
     async fn rate_limit(
@@ -208,6 +228,14 @@ pub trait Store: Send + Sync + 'static {
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
     }
+}
+
+/// The answer to `Store::admit_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The token was revoked (logout); nothing was counted.
+    Revoked,
+    Decided(Decision),
 }
 
 /// Rate-limit scope names, one place so every store and the usage endpoint agree.
@@ -401,11 +429,46 @@ pub mod suite {
         s.put_refresh_token(&expired).await.unwrap();
         assert!(s.get_refresh_token("rh3").await.unwrap().is_none());
 
-        assert!(!s.is_jti_revoked("j1").await.unwrap());
-        s.revoke_jti("j1", now + 60).await.unwrap();
-        assert!(s.is_jti_revoked("j1").await.unwrap());
-        s.revoke_jti("j2", now - 1).await.unwrap();
-        assert!(!s.is_jti_revoked("j2").await.unwrap());
+        assert!(!s.is_jti_revoked("usr_1", "j1").await.unwrap());
+        s.revoke_jti("usr_1", "j1", now + 60).await.unwrap();
+        assert!(s.is_jti_revoked("usr_1", "j1").await.unwrap());
+        s.revoke_jti("usr_1", "j2", now - 1).await.unwrap();
+        assert!(!s.is_jti_revoked("usr_1", "j2").await.unwrap());
+
+        // The revocation check and the user's limit are one decision; a revoked token counts
+        // against nothing.
+        let now_ms = now * 1000;
+        let limits = [(Window::Minute, 2)];
+        let admit = |jti| s.admit_token("usr_2", jti, &limits, now_ms);
+        let Admission::Decided(d) = admit(Some("j3")).await.unwrap() else {
+            panic!("a live token was refused as revoked");
+        };
+        assert_eq!((d.refused_by, d.headers.remaining), (None, 1));
+        s.revoke_jti("usr_2", "j3", now + 60).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(admit(Some("j3")).await.unwrap(), Admission::Revoked);
+        }
+        let Admission::Decided(d) = admit(Some("j4")).await.unwrap() else {
+            panic!("another token of the user was refused as revoked");
+        };
+        assert_eq!((d.refused_by, d.headers.remaining), (None, 0));
+        let Admission::Decided(d) = admit(None).await.unwrap() else {
+            panic!("a token without jti was refused as revoked");
+        };
+        assert_eq!(d.refused_by, Some(Window::Minute));
+        // No limits: the revocation check alone.
+        assert_eq!(
+            s.admit_token("usr_2", Some("j3"), &[], now_ms)
+                .await
+                .unwrap(),
+            Admission::Revoked
+        );
+        assert!(matches!(
+            s.admit_token("usr_2", Some("j4"), &[], now_ms)
+                .await
+                .unwrap(),
+            Admission::Decided(_)
+        ));
     }
 
     async fn counters(s: &dyn Store) {

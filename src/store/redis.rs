@@ -12,7 +12,9 @@
 //! {p}rt:{sha256 of token}        JSON refresh record, expiring with the token
 //! {p}rtrot:{sha256 of token}     rotation time (SET NX GET: the first rotation wins)
 //! {p}rtfam:{family}              revoked refresh family, expiring with the last token
-//! {p}jti:{jti}                   revoked access token id, expiring with the token
+//! {p}jti:{u:<subject>}:{jti}      revoked access token id, expiring with the token (in the
+//!                                user's limiter slot: one script checks it and the limits)
+//! {p}jti:{jti}                   the same, as older gateways keep it (`store.legacy_revocations`)
 //! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
 //! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
 //! {p}rl:{<scope>}:tokens:{n}     tokens debited in month n (the limiter checks it too)
@@ -38,7 +40,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, OnceCell};
 
-use super::{ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, User};
+use super::{scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, User};
 use crate::auth::unix_now;
 use crate::config::StoreConfig;
 use crate::error::StoreError;
@@ -46,38 +48,47 @@ use crate::ratelimit::{Decision, RateLimitHeaders, Usage, Window};
 
 /// Decide every window of one scope atomically; consume from all only when all allow.
 ///
-/// KEYS: one per window, in check order. ARGV: now_ms, consume (1/0), member, then per window:
-/// kind (`s` sliding | `c` calendar | `k` check-only calendar: the token budget), limit, span (sliding: window ms; calendar: period end ms).
-/// Returns {refusing window index or 0, limit, remaining, reset_ms} of the refusing or tightest
-/// window.
+/// KEYS: the revocation keys of the request's access token (none for an API key), then one per
+/// window, in check order. ARGV: now_ms, consume (1/0), member, the number of revocation keys,
+/// then per window: kind (`s` sliding | `c` calendar | `k` check-only calendar: the token
+/// budget), limit, span (sliding: window ms; calendar: period end ms).
+/// Returns {-1, 0, 0, 0} when a revocation key exists (nothing consumed), else {refusing window
+/// index or 0, limit, remaining, reset_ms} of the refusing or tightest window.
 const LIMIT_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local consume = ARGV[2] == '1'
 local member = ARGV[3]
+local nrev = tonumber(ARGV[4])
+for i = 1, nrev do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    return {-1, 0, 0, 0}
+  end
+end
 local tl, tr, tz = 0, -1, 0
-for i = 1, #KEYS do
-  local base = 3 + (i - 1) * 3
+for w = 1, #KEYS - nrev do
+  local key = KEYS[nrev + w]
+  local base = 4 + (w - 1) * 3
   local kind = ARGV[base + 1]
   local limit = tonumber(ARGV[base + 2])
   local span = tonumber(ARGV[base + 3])
   local used, reset
   if kind == 'k' then
-    used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    used = tonumber(redis.call('GET', key) or '0')
     if used >= limit then
-      return {i, limit, 0, span - now}
+      return {w, limit, 0, span - now}
     end
   elseif kind == 's' then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span)
-    used = redis.call('ZCARD', KEYS[i])
-    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span)
+    used = redis.call('ZCARD', key)
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     if oldest[2] then reset = tonumber(oldest[2]) + span - now else reset = span end
   else
-    used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    used = tonumber(redis.call('GET', key) or '0')
     reset = span - now
   end
   if kind ~= 'k' then
     if used >= limit then
-      return {i, limit, 0, reset}
+      return {w, limit, 0, reset}
     end
     local rem = limit - used
     if consume then rem = rem - 1 end
@@ -87,17 +98,18 @@ for i = 1, #KEYS do
   end
 end
 if consume then
-  for i = 1, #KEYS do
-    local base = 3 + (i - 1) * 3
+  for w = 1, #KEYS - nrev do
+    local key = KEYS[nrev + w]
+    local base = 4 + (w - 1) * 3
     local span = tonumber(ARGV[base + 3])
     if ARGV[base + 1] == 'k' then
       -- check-only: debited by token usage, not by requests
     elseif ARGV[base + 1] == 's' then
-      redis.call('ZADD', KEYS[i], now, member)
-      redis.call('PEXPIRE', KEYS[i], span)
-    elseif redis.call('INCR', KEYS[i]) == 1 then
+      redis.call('ZADD', key, now, member)
+      redis.call('PEXPIRE', key, span)
+    elseif redis.call('INCR', key) == 1 then
       -- A calendar key is created here, once per window: its expiry is set once.
-      redis.call('PEXPIREAT', KEYS[i], span + 86400000)
+      redis.call('PEXPIREAT', key, span + 86400000)
     end
   end
 end
@@ -157,6 +169,8 @@ pub struct RedisStore {
     invalidations: broadcast::Sender<Invalidation>,
     limiter: Script,
     timeout: Duration,
+    /// Also keep revocations under the key older gateways read (`StoreConfig`).
+    legacy_revocations: bool,
     /// This replica's id on the invalidation channel: its own messages are skipped (it has
     /// already invalidated its cache), so they cannot evict entries it cached since.
     origin: String,
@@ -237,6 +251,7 @@ impl RedisStore {
             invalidations: tx.clone(),
             limiter: Script::new(LIMIT_SCRIPT),
             timeout,
+            legacy_revocations: cfg.legacy_revocations,
             origin: origin.clone(),
         });
         let channel = format!("{}invalidate", cfg.key_prefix);
@@ -329,28 +344,36 @@ impl RedisStore {
         (keys, args)
     }
 
+    /// The revocation key of an access token, in its user's limiter slot.
+    fn revocation_key(&self, subject: &str, jti: &str) -> String {
+        key!(self, "jti:{{{}}}:{jti}", scope::user(subject))
+    }
+
+    /// One run of the limiter script: the revocation keys first, then the windows.
     async fn decide(
         &self,
+        revocations: &[String],
         scope: &str,
         limits: &[(Window, u64)],
         now_ms: u64,
         consume: bool,
-    ) -> Result<Decision, StoreError> {
-        if limits.is_empty() {
-            return Ok(Decision {
+    ) -> Result<Admission, StoreError> {
+        if limits.is_empty() && revocations.is_empty() {
+            return Ok(Admission::Decided(Decision {
                 refused_by: None,
                 headers: RateLimitHeaders::default(),
-            });
+            }));
         }
         let (keys, args) = self.limit_keys(scope, limits, now_ms);
         let mut inv = self.limiter.prepare_invoke();
-        for k in &keys {
+        for k in revocations.iter().chain(&keys) {
             inv.key(k);
         }
         let member = format!("{now_ms}:{}", crate::auth::random_token("", 10));
         inv.arg(now_ms)
             .arg(if consume { "1" } else { "0" })
-            .arg(member);
+            .arg(member)
+            .arg(revocations.len());
         for a in &args {
             inv.arg(a);
         }
@@ -362,11 +385,12 @@ impl RedisStore {
             )));
         };
         let refused_by = match *idx {
+            -1 => return Ok(Admission::Revoked),
             0 => None,
             i => limits.get((i - 1) as usize).map(|(w, _)| *w),
         };
         let reset = (reset_ms.max(&0) + 999) / 1000;
-        Ok(Decision {
+        Ok(Admission::Decided(Decision {
             refused_by,
             headers: RateLimitHeaders {
                 limit: *limit as u64,
@@ -377,7 +401,23 @@ impl RedisStore {
                     reset as u64
                 },
             },
-        })
+        }))
+    }
+
+    /// A decision of limits alone.
+    async fn decide_limits(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        consume: bool,
+    ) -> Result<Decision, StoreError> {
+        match self.decide(&[], scope, limits, now_ms, consume).await? {
+            Admission::Decided(d) => Ok(d),
+            Admission::Revoked => Err(StoreError::Corrupt(
+                "limiter script found a revocation it was not asked about".into(),
+            )),
+        }
     }
 
     async fn calendar_count(&self, key: String) -> Result<u64, StoreError> {
@@ -711,24 +751,69 @@ impl Store for RedisStore {
             .map_err(unavailable)
     }
 
-    async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+    async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
         if until <= unix_now() {
             return Ok(());
         }
+        let mut keys = vec![self.revocation_key(subject, jti)];
+        if self.legacy_revocations {
+            keys.push(key!(self, "jti:{jti}"));
+        }
         let mut c = self.handle().await?;
-        redis::cmd("SET")
-            .arg(key!(self, "jti:{jti}"))
-            .arg(1)
-            .arg("EXAT")
-            .arg(until)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(unavailable)
+        // One command per key: under Cluster they live in different slots.
+        for key in keys {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("EXAT")
+                .arg(until)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 
-    async fn is_jti_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let mut c = self.handle().await?;
-        c.exists(key!(self, "jti:{jti}")).await.map_err(unavailable)
+    async fn is_jti_revoked(&self, subject: &str, jti: &str) -> Result<bool, StoreError> {
+        let admission = self.admit_token(subject, Some(jti), &[], 0).await?;
+        Ok(admission == Admission::Revoked)
+    }
+
+    async fn admit_token(
+        &self,
+        subject: &str,
+        jti: Option<&str>,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        let scope = scope::user(subject);
+        let Some(jti) = jti else {
+            return self.decide(&[], &scope, limits, now_ms, true).await;
+        };
+        let mut revocations = vec![self.revocation_key(subject, jti)];
+        let legacy = self.legacy_revocations.then(|| key!(self, "jti:{jti}"));
+        if matches!(self.conn, Conn::Single(_)) {
+            // One Redis: the script may read a key of any name.
+            revocations.extend(legacy);
+            return self
+                .decide(&revocations, &scope, limits, now_ms, true)
+                .await;
+        }
+        let decided = self.decide(&revocations, &scope, limits, now_ms, true);
+        let Some(legacy) = legacy else {
+            return decided.await;
+        };
+        // Under Cluster the legacy key lives in another slot: it is asked alongside the script
+        // (so while it is read, a revoked token may count once against its user).
+        let legacy_revoked = async {
+            let mut c = self.handle().await?;
+            c.exists::<_, bool>(legacy).await.map_err(unavailable)
+        };
+        let (decided, legacy_revoked) = tokio::join!(decided, legacy_revoked);
+        if legacy_revoked? {
+            return Ok(Admission::Revoked);
+        }
+        decided
     }
 
     async fn rate_limit(
@@ -737,7 +822,7 @@ impl Store for RedisStore {
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        self.decide(scope, limits, now_ms, true).await
+        self.decide_limits(scope, limits, now_ms, true).await
     }
 
     async fn peek_rate_limit(
@@ -746,7 +831,7 @@ impl Store for RedisStore {
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        self.decide(scope, limits, now_ms, false).await
+        self.decide_limits(scope, limits, now_ms, false).await
     }
 
     async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
