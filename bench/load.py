@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Load benchmark: ares-gateway side by side with HAProxy and nginx, on loopback.
 
-    python3 bench/load.py            # ~6 minutes on 2 cores
+    python3 bench/load.py            # ~7 minutes on 2 cores
     ROUNDS=1 DURATION=3 python3 bench/load.py
 
 Starts a trivial nginx upstream, the gateway (memory store with one worker per core and with
-one worker, and Redis store with the Redis limiter), HAProxy doing the same job as the gateway's
+one worker, and Redis store with the Redis limiter: the Redis rows count redis-server's CPU
+too), HAProxy doing the same job as the gateway's
 JWT route (HS256 verified, exp checked, claims into headers, a per-subject rate limit in a stick
 table) with two threads and with one, and HAProxy and nginx as plain proxies. Installs wrk when missing. Runs every target interleaved ROUNDS times with wrk
 (64 keep-alive connections, small JSON POSTs) and prints one table: requests/s, p50, p99, proxy
@@ -223,6 +224,10 @@ http {{ access_log off; keepalive_requests 1000000;
     gwr, gwr_port, _, _ = gateway("redis", f"redis://127.0.0.1:{redis_port}")
     rkey = call("POST", f"http://127.0.0.1:{gwr_port}/api/admin/provision-client",
                 '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
+    call("POST", f"http://127.0.0.1:{gwr_port}/api/auth/register",
+         '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
+    rtoken = call("POST", f"http://127.0.0.1:{gwr_port}/api/auth/login",
+                  '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
 
     # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
     hj, hp, np_ = free_port(), free_port(), free_port()
@@ -299,6 +304,7 @@ http {{ access_log off; keepalive_requests 1000000;
     jwt1 = lua(tmp, "jwt1", {"Authorization": f"Bearer {token1}"})
     api = lua(tmp, "api", {"Authorization": f"Bearer {key}"})
     rapi = lua(tmp, "rapi", {"Authorization": f"Bearer {rkey}"})
+    rjwt = lua(tmp, "rjwt", {"Authorization": f"Bearer {rtoken}"})
     rot = lua(tmp, "rot", {}, keys=keys)
     sse_direct = lua(tmp, "sse_direct", {}, method="GET")
     sse = lua(tmp, "sse", {"Authorization": f"Bearer {key}"}, method="GET")
@@ -312,6 +318,7 @@ http {{ access_log off; keepalive_requests 1000000;
         ("gateway jwt (memory, 1 worker)", f"http://127.0.0.1:{gw1_port}/api/chat", jwt1, gw1.pid),
         ("gateway api key (memory)", f"{base}/v1/chat", api, gw.pid),
         ("gateway api key (redis)", f"http://127.0.0.1:{gwr_port}/v1/chat", rapi, gwr.pid),
+        ("gateway jwt (redis)", f"http://127.0.0.1:{gwr_port}/api/chat", rjwt, gwr.pid),
         ("gateway 1,000 keys rotating", f"{base}/v1/chat", rot, gw.pid),
         ("direct upstream sse", f"http://127.0.0.1:{up}/api/v1/stream", sse_direct, None),
         ("gateway sse (api key)", f"{base}/v1/stream", sse, gw.pid),
@@ -320,7 +327,7 @@ http {{ access_log off; keepalive_requests 1000000;
     for r in range(ROUNDS):
         for name, url, script, pid in targets:
             pids = pids_of(pid) if pid else []
-            if name.startswith("gateway api key (redis)"):
+            if name.endswith("(redis)"):
                 pids = pids + [p.pid for p in procs if p.args[0] == "redis-server"]
             before = cpu_ticks(pids)
             rps, total, non2xx, p50, p99 = wrk(url, script)
