@@ -322,7 +322,7 @@ pub struct StoreConfig {
     pub command_timeout: Duration,
     /// How long a validated API key (and its tenant) is trusted from the local cache.
     pub api_key_cache_ttl: Duration,
-    /// Also write and read access-token revocations under their pre-0.2 Redis key
+    /// Also write and read access-token revocations under the Redis key older gateways use
     /// (`{p}jti:{jti}`), for replicas of an older version during an upgrade.
     pub legacy_revocations: bool,
 }

@@ -210,8 +210,8 @@ async fn handle_inner(
     // 4, 5. principal (an access token's revocation is checked with its limits, in step 6)
     let auth_started = Instant::now();
     let revocation = auth::Revocation::WithLimits;
-    let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, rt, state);
-    let principal = principal.await;
+    let principal =
+        auth::authenticate(route, req.headers(), uri.query(), revocation, rt, state).await;
     crate::metrics::get().auth(auth_started.elapsed());
     let principal = principal?;
     outcome.auth_method = principal.auth_method();
