@@ -665,3 +665,42 @@ async fn without_legacy_revocations_only_the_tagged_key_is_written_and_read() {
     );
     assert_eq!(chat(&g, &auth).await.status, 401);
 }
+
+fn connections_received(port: u16) -> u64 {
+    cli(port, &["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_decisions_share_one_multiplexed_connection() {
+    use ares_gateway::ratelimit::{now_ms, Window};
+    use ares_gateway::store::Store;
+    let redis = RedisServer::start();
+    let store = store_for(&redis.url()).await;
+    let limits = [(Window::Day, 1_000), (Window::Minute, 1_000)];
+    store.rate_limit("t:warm", &limits, now_ms()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = connections_received(redis.port);
+    let evalsha = calls(redis.port, "evalsha");
+    // 256 decisions in flight at once, over 8 tenants.
+    let decisions = (0..256).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let scope = format!("t:{}", i % 8);
+            store.rate_limit(&scope, &limits, now_ms()).await
+        })
+    });
+    for d in futures_util::future::join_all(decisions).await {
+        assert!(d.unwrap().unwrap().allowed());
+    }
+    assert_eq!(calls(redis.port, "evalsha") - evalsha, 256);
+    // The two `calls` queries and this one opened three connections; the store opened none: the
+    // 256 concurrent commands were multiplexed on the connection it already had.
+    assert_eq!(connections_received(redis.port) - before, 3);
+    let day = Window::Day.calendar_period(now_ms()).0;
+    let count = cli(redis.port, &["GET", &format!("ares:rl:{{t:3}}:day:{day}")]);
+    assert_eq!(count, "32");
+}
