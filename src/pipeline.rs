@@ -58,7 +58,8 @@ struct Outcome {
     route: Option<Arc<String>>,
     bearer: bool,
     auth_method: Option<&'static str>,
-    subject: Option<String>,
+    /// Who made a proxied request (its subject is logged).
+    principal: Option<Principal>,
     upstream_status: Option<u16>,
 }
 
@@ -147,7 +148,7 @@ pub async fn handle(
         req_bytes = req_bytes,
         resp_bytes = resp_bytes(&resp),
         auth = outcome.auth_method.unwrap_or("-"),
-        subject = outcome.subject.as_deref().unwrap_or("-"),
+        subject = outcome.principal.as_ref().map_or("-", Principal::subject),
         upstream_status = outcome.upstream_status.unwrap_or(0),
         "request"
     );
@@ -215,7 +216,7 @@ async fn handle_inner(
     crate::metrics::get().auth(auth_started.elapsed());
     let principal = principal?;
     outcome.auth_method = principal.auth_method();
-    outcome.subject = Some(principal.subject().to_owned());
+    outcome.principal = Some(principal.clone());
     // Scopes are an API key's: a user's token is never refused here, so a revoked one is
     // refused as revoked, in step 6.
     auth::authorize(route, &principal)?;

@@ -95,6 +95,7 @@ async fn no_secret_reaches_a_log_line() {
     )
     .await;
     let key = r.json()["raw_api_key"].as_str().unwrap().to_string();
+    let tenant = r.json()["tenant_id"].as_str().unwrap().to_string();
     post(
         &format!("{base}/v1/chat"),
         &[("authorization", &bearer(&key))],
@@ -167,6 +168,18 @@ async fn no_secret_reaches_a_log_line() {
         "access log lines exist:\n{logs:.2000}"
     );
     assert!(logs.contains("\"target\":\"audit\""), "audit lines exist");
+    // Proxied requests name who made them: the tenant of a key, the user of a token.
+    let claims = access.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims);
+        serde_json::from_slice(&raw.unwrap()).unwrap()
+    };
+    let user = claims["sub"].as_str().unwrap();
+    for subject in [tenant.as_str(), user] {
+        let field = format!("\"subject\":\"{subject}\"");
+        assert!(logs.contains(&field), "no access line with {field}");
+    }
     let hash = ares_gateway::auth::api_key::hash(&key);
     for (what, secret) in [
         ("raw key", key.as_str()),

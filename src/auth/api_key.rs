@@ -194,7 +194,13 @@ impl KeyCache {
     }
 
     pub fn touch(&self, hash: &str, at: u64) {
-        self.pending_touch.insert(hash.to_string(), at);
+        // A key in use is usually pending already: update it without a new String.
+        match self.pending_touch.get_mut(hash) {
+            Some(mut pending) => *pending = at,
+            None => {
+                self.pending_touch.insert(hash.to_string(), at);
+            }
+        }
     }
 
     /// Take the pending `last_used_at` updates.
