@@ -542,6 +542,23 @@ async fn chat(g: &TestGateway, auth: &str) -> Reply {
     get(&g.url("/api/chat"), &[("authorization", auth)]).await
 }
 
+/// Log out with the tokens a login returned (the access token and the refresh token).
+async fn logout(g: &TestGateway, tokens: &serde_json::Value) -> u16 {
+    let access = tokens["access_token"].as_str().unwrap();
+    let body = format!(
+        r#"{{"refresh_token":"{}"}}"#,
+        tokens["refresh_token"].as_str().unwrap()
+    );
+    let auth = bearer(access);
+    let r = post(
+        &g.url("/api/auth/logout"),
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await;
+    r.status.as_u16()
+}
+
 /// `sub` and `jti` of an access token (read, not verified: the gateway signed it).
 fn sub_and_jti(token: &str) -> (String, String) {
     use base64::Engine as _;
@@ -581,17 +598,7 @@ async fn a_jwt_request_costs_one_redis_round_trip_revocation_included() {
     let minute = format!("ares:rl:{{u:{sub}}}:minute");
     let counted = || cli(redis.port, &["ZCARD", &minute]);
     assert_eq!(counted(), "21");
-    let body = format!(
-        r#"{{"refresh_token":"{}"}}"#,
-        t["refresh_token"].as_str().unwrap()
-    );
-    let r = post(
-        &g.url("/api/auth/logout"),
-        &[("authorization", &auth)],
-        &body,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(logout(&g, &t).await, 200);
     let revoked = cli(redis.port, &["KEYS", "ares:jti:*"]);
     let tagged = format!("ares:jti:{{u:{sub}}}:{jti}");
     let legacy = format!("ares:jti:{jti}");
@@ -648,17 +655,7 @@ async fn without_legacy_revocations_only_the_tagged_key_is_written_and_read() {
     let exists = calls(redis.port, "exists");
     assert_eq!(chat(&g, &auth).await.status, 200);
     assert_eq!(calls(redis.port, "exists") - exists, 1);
-    let body = format!(
-        r#"{{"refresh_token":"{}"}}"#,
-        t["refresh_token"].as_str().unwrap()
-    );
-    let r = post(
-        &g.url("/api/auth/logout"),
-        &[("authorization", &auth)],
-        &body,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(logout(&g, &t).await, 200);
     assert_eq!(
         cli(redis.port, &["KEYS", "ares:jti:*"]),
         format!("ares:jti:{{u:{sub}}}:{jti}")
