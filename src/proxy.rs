@@ -391,10 +391,13 @@ where
         .uri
         .query()
         .map(|q| strip_query_token(q, route.query_token));
-    let mut target = String::with_capacity(up.base_path.len() + forward_path.len() + 64);
+    let query = query.as_deref().filter(|q| !q.is_empty());
+    // Exactly the length: `Bytes::from` would otherwise copy it into a shorter allocation.
+    let len = up.base_path.len() + forward_path.len() + query.map_or(0, |q| q.len() + 1);
+    let mut target = String::with_capacity(len);
     target.push_str(&up.base_path);
     target.push_str(forward_path);
-    if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
+    if let Some(q) = query {
         target.push('?');
         target.push_str(q);
     }

@@ -122,6 +122,30 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A plan's `(window, limit)` pairs, at most one per window: a slice kept on the stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    pairs: [(Window, u64); WINDOWS.len()],
+    len: usize,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Windows {
+            pairs: [(Window::Second, 0); WINDOWS.len()],
+            len: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for Windows {
+    type Target = [(Window, u64)];
+
+    fn deref(&self) -> &[(Window, u64)] {
+        &self.pairs[..self.len]
+    }
+}
+
 /// The limits of one scope: a limit per window (absent = unlimited), and a token budget.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -139,14 +163,19 @@ impl Plan {
     }
 
     /// `(window, limit)` pairs in check order, the token budget included.
-    pub fn windows(&self) -> Vec<(Window, u64)> {
-        WINDOWS
-            .iter()
-            .filter_map(|w| match w {
-                Window::Tokens => self.tokens_per_month.map(|l| (*w, l)),
-                _ => self.get(*w).map(|l| (*w, l)),
-            })
-            .collect()
+    pub fn windows(&self) -> Windows {
+        let mut out = Windows::default();
+        for w in WINDOWS {
+            let limit = match w {
+                Window::Tokens => self.tokens_per_month,
+                _ => self.get(w),
+            };
+            if let Some(l) = limit {
+                out.pairs[out.len] = (w, l);
+                out.len += 1;
+            }
+        }
+        out
     }
 
     /// This plan with every limit divided by `n` (at least 1 each), for the `local` policy.
@@ -453,6 +482,19 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_windows_in_check_order() {
+        let mut p = Plan::default();
+        assert!(p.windows().is_empty());
+        p.set(Window::Minute, Some(5));
+        p.set(Window::Month, Some(9));
+        p.tokens_per_month = Some(3);
+        assert_eq!(
+            *p.windows(),
+            [(Window::Month, 9), (Window::Tokens, 3), (Window::Minute, 5)]
+        );
+    }
 
     const DAY: u64 = 86_400_000;
 
