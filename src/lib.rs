@@ -8,7 +8,7 @@
 //! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
 //! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Runtime
 //! server.rs         accept loop, connection permit, TLS handshake, hyper-util auto builder, drain
-//! timer.rs          LazySleep / LazyTimer: deadlines re-armed per request without timer-wheel work
+//! timer.rs          LazySleep / LazyTimer: deadlines moved per request without timer-wheel work
 //! tls.rs            PEM -> rustls; certificate reload; client TLS for https upstreams
 //! pipeline.rs       handle(): the request pipeline, step by step. Read this first
 //! route.rs          path normalisation; RouteTable::classify (longest prefix on segments)

@@ -6,7 +6,8 @@
 //! request. [`LazySleep::set`] only records the new deadline: the tokio timer stays armed at the
 //! earlier one, and when it fires before the recorded deadline it is re-armed then. So the wheel
 //! sees about one operation per timeout period instead of one per request, and a deadline still
-//! fires on time.
+//! fires on time. (hyper drops its header-read timer after each request head and asks for a new
+//! one, so that deadline still costs a timer per keep-alive request; `reset` is lazy.)
 
 use std::future::Future;
 use std::pin::Pin;
