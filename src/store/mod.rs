@@ -526,5 +526,22 @@ pub mod suite {
             s.tokens_used("tok", now + 40 * 86_400_000).await.unwrap(),
             0
         );
+
+        // A refusal by a later window takes back what earlier windows counted.
+        let both = [
+            (Window::Month, 100),
+            (Window::Day, 100),
+            (Window::Tokens, 10),
+        ];
+        assert!(s.rate_limit("tb", &both, now).await.unwrap().allowed());
+        s.add_tokens("tb", 10, now).await.unwrap();
+        for _ in 0..3 {
+            let d = s.rate_limit("tb", &both, now).await.unwrap();
+            assert_eq!(d.refused_by, Some(Window::Tokens));
+        }
+        assert_eq!(
+            s.usage("tb", now).await.unwrap(),
+            Usage { day: 1, month: 1 }
+        );
     }
 }
