@@ -344,9 +344,9 @@ impl RedisStore {
         (keys, args)
     }
 
-    /// The revocation key of an access token, in its user's limiter slot.
-    fn revocation_key(&self, subject: &str, jti: &str) -> String {
-        key!(self, "jti:{{{}}}:{jti}", scope::user(subject))
+    /// The revocation key of an access token, in its user's limiter slot (`scope::user`).
+    fn revocation_key(&self, user_scope: &str, jti: &str) -> String {
+        key!(self, "jti:{{{user_scope}}}:{jti}")
     }
 
     /// One run of the limiter script: the revocation keys first, then the windows.
@@ -755,7 +755,7 @@ impl Store for RedisStore {
         if until <= unix_now() {
             return Ok(());
         }
-        let mut keys = vec![self.revocation_key(subject, jti)];
+        let mut keys = vec![self.revocation_key(&scope::user(subject), jti)];
         if self.legacy_revocations {
             keys.push(key!(self, "jti:{jti}"));
         }
@@ -790,7 +790,7 @@ impl Store for RedisStore {
         let Some(jti) = jti else {
             return self.decide(&[], &scope, limits, now_ms, true).await;
         };
-        let mut revocations = vec![self.revocation_key(subject, jti)];
+        let mut revocations = vec![self.revocation_key(&scope, jti)];
         let legacy = self.legacy_revocations.then(|| key!(self, "jti:{jti}"));
         if matches!(self.conn, Conn::Single(_)) {
             // One Redis: the script may read a key of any name.
