@@ -98,6 +98,11 @@ fn open_route_config(upstream: &str, env: &[(&str, &str)]) -> ares_gateway::conf
     common::config_from(&open_route_yaml(), upstream, env)
 }
 
+/// A gateway with the open route in front of `up`.
+async fn gateway_before(up: &Counting) -> common::TestGateway {
+    common::start(open_route_config(&format!("http://{}", up.addr), &[])).await
+}
+
 /// One client connection to the gateway.
 async fn client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -134,7 +139,7 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
 #[tokio::test]
 async fn a_client_connection_keeps_one_upstream_connection() {
     let up = Counting::start(Mode::KeepAlive).await;
-    let g = common::start(open_route_config(&format!("http://{}", up.addr), &[])).await;
+    let g = gateway_before(&up).await;
     let mut a = client(g.addr).await;
     for _ in 0..20 {
         assert_eq!(post(&mut a, "/open/chat").await, StatusCode::OK);
@@ -155,7 +160,7 @@ async fn a_client_connection_keeps_one_upstream_connection() {
 #[tokio::test]
 async fn an_upstream_closing_after_each_response_is_followed() {
     let up = Counting::start(Mode::CloseEach).await;
-    let g = common::start(open_route_config(&format!("http://{}", up.addr), &[])).await;
+    let g = gateway_before(&up).await;
     let mut a = client(g.addr).await;
     for _ in 0..5 {
         assert_eq!(post(&mut a, "/open/chat").await, StatusCode::OK);
@@ -166,7 +171,7 @@ async fn an_upstream_closing_after_each_response_is_followed() {
 #[tokio::test]
 async fn an_idle_upstream_connection_dropped_silently_is_replaced() {
     let up = Counting::start(Mode::DropIdle).await;
-    let g = common::start(open_route_config(&format!("http://{}", up.addr), &[])).await;
+    let g = gateway_before(&up).await;
     let mut a = client(g.addr).await;
     for i in 0..4 {
         assert_eq!(
@@ -183,7 +188,7 @@ async fn an_idle_upstream_connection_dropped_silently_is_replaced() {
 #[tokio::test]
 async fn the_upstream_connection_closes_with_its_client_connection() {
     let up = Counting::start(Mode::KeepAlive).await;
-    let g = common::start(open_route_config(&format!("http://{}", up.addr), &[])).await;
+    let g = gateway_before(&up).await;
     let mut a = client(g.addr).await;
     assert_eq!(post(&mut a, "/open/chat").await, StatusCode::OK);
     assert_eq!(up.open(), 1);
