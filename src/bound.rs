@@ -13,11 +13,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::task::AtomicWaker;
+use futures_util::FutureExt;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
+use crate::coalesce::Coalesced;
 use crate::config::Upstream;
 use crate::timer::LazySleep;
 
@@ -50,7 +52,7 @@ struct Inner {
 /// Polls the upstream connections of one client connection; see [`drive`].
 pub struct Driver {
     new: mpsc::UnboundedReceiver<ConnFuture>,
-    conns: FuturesUnordered<ConnFuture>,
+    conns: Vec<ConnFuture>,
 }
 
 impl ConnUpstreams {
@@ -65,7 +67,7 @@ impl ConnUpstreams {
         };
         let driver = Driver {
             new: rx,
-            conns: FuturesUnordered::new(),
+            conns: Vec::new(),
         };
         (handle, driver)
     }
@@ -145,7 +147,7 @@ impl ConnUpstreams {
         .map_err(boxed)?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Coalesced(stream)))
             .await
             .map_err(boxed)?;
         let conn: ConnFuture = Box::pin(async move {
@@ -186,20 +188,72 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
 }
 
 impl Driver {
+    /// Poll the upstream connections (and take in new ones); `cx` carries the upstream waker.
     fn poll(&mut self, cx: &mut Context<'_>) {
         while let Poll::Ready(Some(conn)) = self.new.poll_recv(cx) {
             self.conns.push(conn);
         }
-        while let Poll::Ready(Some(())) = self.conns.poll_next_unpin(cx) {}
+        self.conns.retain_mut(|c| c.as_mut().poll(cx).is_pending());
     }
 }
 
 /// Run the client connection `conn` and its upstream connections in one task; ends with
 /// `conn` (closing the upstream connections it opened).
+///
+/// Each side gets a waker of its own that only sets a flag (and wakes the task unless it is
+/// being polled), so a poll runs just the side that has work, and a wake one side gives the
+/// other while the task runs (the request handed to the upstream connection, the response
+/// handed back) is served in the same poll instead of scheduling the task again.
 pub fn drive<F: Future>(conn: F, driver: Driver) -> Drive<F> {
+    let shared = Arc::new(Shared {
+        flags: AtomicU8::new(CONN | UPSTREAM),
+        task: AtomicWaker::new(),
+    });
     Drive {
         conn: Box::pin(conn),
         driver,
+        conn_waker: Waker::from(Arc::new(SideWaker {
+            shared: shared.clone(),
+            side: CONN,
+        })),
+        upstream_waker: Waker::from(Arc::new(SideWaker {
+            shared: shared.clone(),
+            side: UPSTREAM,
+        })),
+        shared,
+    }
+}
+
+/// The client connection side has work.
+const CONN: u8 = 1;
+/// The upstream side has work.
+const UPSTREAM: u8 = 2;
+/// The task is inside [`Drive::poll`]: a wake only sets its side's flag.
+const POLLING: u8 = 4;
+/// Rounds one poll may run before it yields to the task's other work.
+const MAX_ROUNDS: usize = 16;
+
+struct Shared {
+    flags: AtomicU8,
+    task: AtomicWaker,
+}
+
+struct SideWaker {
+    shared: Arc<Shared>,
+    side: u8,
+}
+
+impl std::task::Wake for SideWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let before = self.shared.flags.fetch_or(self.side, Ordering::AcqRel);
+        // Nobody else will look at the flags: not in a poll, and no earlier wake pending.
+        if before & (POLLING | CONN | UPSTREAM) == 0 {
+            self.shared.task.wake();
+        }
     }
 }
 
@@ -207,6 +261,9 @@ pub fn drive<F: Future>(conn: F, driver: Driver) -> Drive<F> {
 pub struct Drive<F> {
     conn: Pin<Box<F>>,
     driver: Driver,
+    shared: Arc<Shared>,
+    conn_waker: Waker,
+    upstream_waker: Waker,
 }
 
 impl<F: Future> Future for Drive<F> {
@@ -214,13 +271,147 @@ impl<F: Future> Future for Drive<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        // Upstream data first, so a response that arrived is handed on in this same poll.
-        this.driver.poll(cx);
-        let out = this.conn.as_mut().poll(cx);
-        if out.is_pending() {
-            // Requests the client connection just sent go out now, not on the next wake-up.
-            this.driver.poll(cx);
+        this.shared.task.register(cx.waker());
+        let flags = &this.shared.flags;
+        let mut todo = flags.swap(POLLING, Ordering::AcqRel) & (CONN | UPSTREAM);
+        for _ in 0..MAX_ROUNDS {
+            // Upstream data first, so a response that arrived is handed on in this same poll.
+            if todo & UPSTREAM != 0 {
+                this.driver
+                    .poll(&mut Context::from_waker(&this.upstream_waker));
+            }
+            if todo & CONN != 0 {
+                let out = this
+                    .conn
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&this.conn_waker));
+                if out.is_ready() {
+                    flags.store(0, Ordering::Release);
+                    return out;
+                }
+            }
+            // Wakes given while polling: the request handed to the upstream connection, the
+            // response handed back, or I/O that became ready meanwhile.
+            todo = flags.swap(POLLING, Ordering::AcqRel) & (CONN | UPSTREAM);
+            if todo == 0 {
+                match flags.compare_exchange(POLLING, 0, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Poll::Pending,
+                    // A wake landed between the two: take it too.
+                    Err(_) => todo = flags.swap(POLLING, Ordering::AcqRel) & (CONN | UPSTREAM),
+                }
+            }
         }
-        out
+        // Still busy: keep the work flagged and let the runtime's other tasks run first.
+        flags.fetch_or(todo, Ordering::AcqRel);
+        flags.fetch_and(!POLLING, Ordering::AcqRel);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts the wakes the runtime would get for the task.
+    struct Counter(AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn task() -> (Arc<Counter>, Waker) {
+        let c = Arc::new(Counter(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    /// A client connection that hands a request to its upstream connection and waits for the
+    /// answer, with the two talking over channels as hyper's do.
+    fn exchange() -> (impl Future<Output = u32>, Driver) {
+        let (handle, driver) = ConnUpstreams::new();
+        let (req_tx, mut req_rx) =
+            mpsc::unbounded_channel::<(u32, tokio::sync::oneshot::Sender<u32>)>();
+        let upstream: ConnFuture = Box::pin(async move {
+            while let Some((n, reply)) = req_rx.recv().await {
+                let _ = reply.send(n * 2);
+            }
+        });
+        let _ = handle.inner.spawn.send(upstream);
+        let conn = async move {
+            let mut sum = 0;
+            for n in 1..=3 {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = req_tx.send((n, tx));
+                sum += rx.await.unwrap_or(0);
+            }
+            sum
+        };
+        (conn, driver)
+    }
+
+    #[test]
+    fn wakes_between_the_two_sides_are_served_in_the_same_poll() {
+        let (count, waker) = task();
+        let (conn, driver) = exchange();
+        let mut drive = std::pin::pin!(drive(conn, driver));
+        // Three request/response rounds between the sides, all in one poll, and the runtime is
+        // never asked to poll the task again for them.
+        let out = drive.as_mut().poll(&mut Context::from_waker(&waker));
+        assert_eq!(out, Poll::Ready(12));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_reaches_the_task() {
+        let (count, waker) = task();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (_handle, driver) = ConnUpstreams::new();
+        let mut drive = std::pin::pin!(drive(async move { rx.await.unwrap_or(0) }, driver));
+        assert!(drive
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        std::thread::spawn(move || tx.send(7)).join().ok();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");
+        assert_eq!(
+            drive.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Ready(7)
+        );
+    }
+
+    #[test]
+    fn a_side_that_keeps_waking_itself_yields_to_the_runtime() {
+        let (count, waker) = task();
+        let (_handle, driver) = ConnUpstreams::new();
+        let mut polls = 0;
+        let busy = std::future::poll_fn(move |cx| {
+            polls += 1;
+            cx.waker().wake_by_ref();
+            if polls > 100 {
+                Poll::Ready(polls)
+            } else {
+                Poll::Pending
+            }
+        });
+        let mut drive = std::pin::pin!(drive(busy, driver));
+        assert!(drive
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "yielded with a wake");
+        let mut polls = 1;
+        while drive
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            polls += 1;
+        }
+        // MAX_ROUNDS polls of the busy side per poll of the task, and a wake after each.
+        assert_eq!(polls + 1, 101usize.div_ceil(MAX_ROUNDS));
+        assert_eq!(count.0.load(Ordering::SeqCst), polls);
     }
 }

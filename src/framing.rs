@@ -383,7 +383,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
-/// A connection's reads, shown to a [`Scanner`] on their way to hyper.
+/// A connection's reads, shown to a [`Scanner`] on their way to hyper (its small vectored writes go
+/// out as one write: [`crate::coalesce`]).
 pub struct Scanned<T> {
     inner: T,
     scanner: Scanner,
@@ -444,7 +445,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Scanned<T> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        crate::coalesce::poll_write_vectored(std::pin::Pin::new(&mut self.inner), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

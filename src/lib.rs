@@ -23,6 +23,7 @@
 //! ratelimit.rs      windows, plans, the exact local limiter, RateLimit-* headers
 //! proxy.rs          header hygiene, identity headers, streaming forward
 //! bound.rs          a client connection's own upstream connections, driven in its task
+//! coalesce.rs       small vectored writes sent as one write (both sides of the proxy)
 //! api/auth.rs       /api/auth/*
 //! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
 //! api/mod.rs        /healthz, /readyz
@@ -58,6 +59,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod bound;
+pub mod coalesce;
 pub mod config;
 pub mod cors;
 pub mod demo;
