@@ -22,35 +22,56 @@ use tokio::net::TcpListener;
 use crate::body::{self, Body};
 
 /// Hot-path label sets: no allocation per request (routes and upstreams are shared names).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: Arc<String>,
     method: &'static str,
     status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: Arc<String>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
     upstream: Arc<String>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     scope: &'static str,
     window: &'static str,
     outcome: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
     result: &'static str,
 }
+
+/// The hot label sets hash their contents with foldhash into one `u64` first: the registry's
+/// maps hash with SipHash, which costs per field and per byte. Equal labels still hash equal.
+macro_rules! fold_hash {
+    ($t:ty, $($field:ident),+) => {
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                use std::hash::BuildHasher;
+                let folded = foldhash::fast::FixedState::with_seed(0x6172_6573)
+                    .hash_one(($(&self.$field,)+));
+                state.write_u64(folded);
+            }
+        }
+    };
+}
+
+fold_hash!(RequestLabels, route, method, status);
+fold_hash!(RouteLabel, route);
+fold_hash!(UpstreamLabel, upstream);
+fold_hash!(DecisionLabels, scope, window, outcome);
+fold_hash!(CacheLabels, cache, result);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -333,4 +354,46 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String>
         .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
     let a = l.local_addr().map_err(|e| e.to_string())?;
     Ok((l, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_labels_from_different_allocations_are_one_series() {
+        let m = Metrics::new();
+        let a = Arc::new("/api/".to_string());
+        let b = Arc::new("/api/".to_string());
+        let other = Arc::new("/v1/".to_string());
+        let ms = Duration::from_millis(1);
+        m.request(&a, &Method::POST, StatusCode::OK, ms);
+        m.request(&b, &Method::POST, StatusCode::OK, ms);
+        m.request(&other, &Method::POST, StatusCode::OK, ms);
+        m.request(&a, &Method::GET, StatusCode::OK, ms);
+        m.ratelimit("user", "-", "allowed");
+        m.ratelimit("user", "-", "allowed");
+        m.ratelimit("tenant", "-", "allowed");
+        let text = m.render();
+        let line = |prefix: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_string)
+                .collect()
+        };
+        let api_post = line("ares_gateway_requests_total{route=\"/api/\",method=\"POST\"");
+        assert_eq!(
+            api_post,
+            vec!["ares_gateway_requests_total{route=\"/api/\",method=\"POST\",status=\"200\"} 2"]
+        );
+        assert_eq!(line("ares_gateway_requests_total{").len(), 3);
+        assert_eq!(
+            line("ares_gateway_ratelimit_decisions_total{scope=\"user\""),
+            vec!["ares_gateway_ratelimit_decisions_total{scope=\"user\",window=\"-\",outcome=\"allowed\"} 2"]
+        );
+        assert_eq!(
+            line("ares_gateway_request_duration_seconds_count{route=\"/api/\"}"),
+            vec!["ares_gateway_request_duration_seconds_count{route=\"/api/\"} 3"]
+        );
+    }
 }

@@ -25,7 +25,7 @@ pub struct MemoryStore {
     /// Family id -> revoked until (unix seconds).
     revoked_families: DashMap<String, u64>,
     /// Access token id -> revoked until (unix seconds).
-    revoked_jtis: DashMap<String, u64>,
+    revoked_jtis: crate::FastMap<String, u64>,
     limiter: LocalLimiter,
 }
 

@@ -238,13 +238,23 @@ pub enum Admission {
     Decided(Decision),
 }
 
-/// Rate-limit scope names, one place so every store and the usage endpoint agree.
+/// Rate-limit scope names, one place so every store and the usage endpoint agree: a kind prefix
+/// and an id (`t:ten_1`). Built without `format!`: the tenant and user scopes are built on every
+/// request.
 pub mod scope {
+    fn join(parts: &[&str]) -> String {
+        let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            s.push_str(p);
+        }
+        s
+    }
+
     pub fn tenant(id: &str) -> String {
-        format!("t:{id}")
+        join(&["t:", id])
     }
     pub fn user(id: &str) -> String {
-        format!("u:{id}")
+        join(&["u:", id])
     }
     pub fn auth_ip(ip: &std::net::IpAddr) -> String {
         format!("ip:{ip}")
@@ -253,7 +263,20 @@ pub mod scope {
         format!("la:{email_hash}:{ip}")
     }
     pub fn login_account(email_hash: &str) -> String {
-        format!("lf:{email_hash}")
+        join(&["lf:", email_hash])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn names() {
+            assert_eq!(super::tenant("ten_1"), "t:ten_1");
+            assert_eq!(super::user("usr_9"), "u:usr_9");
+            assert_eq!(super::login_account("ab12"), "lf:ab12");
+            let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+            assert_eq!(super::auth_ip(&ip), "ip:10.0.0.1");
+            assert_eq!(super::login_account_ip("ab12", &ip), "la:ab12:10.0.0.1");
+        }
     }
 }
 
