@@ -185,7 +185,20 @@ fn is_stripped(name: &HeaderName) -> bool {
         .contains(&name)
 }
 
-/// A hop-by-hop header (RFC 9110 7.6.1), removed both ways (a `match` on the name: no hashing).
+/// The hop-by-hop headers (RFC 9110 7.6.1), removed both ways.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A hop-by-hop header (a `match` on the name: no hashing).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -686,16 +699,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    // Usually just `Connection: keep-alive`, itself hop-by-hop: nothing else to look up.
+    // Usually just `Connection: keep-alive`, which names a hop-by-hop header: then nothing
+    // is collected (no allocation) and only `Connection` itself is removed below.
     let named: Vec<HeaderName> = connection_names(h)
+        .filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n)))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !is_hop_by_hop(n))
         .collect();
     for n in named {
         h.remove(n);
     }
-    let present: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    for name in present {
+    while let Some(name) = h.keys().find(|n| is_hop_by_hop(n)).cloned() {
         h.remove(name);
     }
 }
@@ -873,7 +886,9 @@ mod tests {
             HeaderName::from_static("proxy-connection"),
         ] {
             assert!(is_hop_by_hop(&name) && is_stripped(&name), "{name}");
+            assert!(HOP_BY_HOP.contains(&name.as_str()), "{name}");
         }
+        assert_eq!(HOP_BY_HOP.len(), 9);
         for name in [
             header::HOST,
             header::AUTHORIZATION,
