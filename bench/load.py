@@ -8,7 +8,9 @@ Starts a trivial nginx upstream, the gateway (memory store with one worker per c
 one worker, and Redis store with the Redis limiter: the Redis rows count redis-server's CPU
 too), HAProxy doing the same job as the gateway's
 JWT route (HS256 verified, exp checked, claims into headers, a per-subject rate limit in a stick
-table) with two threads and with one, and HAProxy and nginx as plain proxies. Installs wrk when missing. Runs every target interleaved ROUNDS times with wrk
+table) with two threads and with one, HAProxy and nginx as plain proxies, and the floor: a hyper
+proxy on the gateway's connection plumbing that does none of the gateway's work
+(examples/floor_proxy.rs). Installs wrk when missing. Runs every target interleaved ROUNDS times with wrk
 (64 keep-alive connections, small JSON POSTs) and prints one table: requests/s, p50, p99, proxy
 CPU microseconds per request (from the proxy processes' own CPU time in /proc), peak RSS, and the
 ratios to the direct upstream and to HAProxy's same job. Only loopback addresses are used.
@@ -155,8 +157,10 @@ def main():
     for tool in ("nginx", "redis-server"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required (apt-get install nginx-light redis-server)")
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "ares-gateway", "--example", "floor_proxy"],
+                   cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "ares-gateway")
+    floor_binary = os.path.join(ROOT, "target", "release", "examples", "floor_proxy")
     tmp = tempfile.mkdtemp(prefix="ares-bench-")
 
     # The trivial upstream: nginx answering a small JSON body, and a 4 KiB event stream.
@@ -292,7 +296,12 @@ http {{ access_log off; keepalive_requests 1000000;
     proxy_set_header Connection ""; }} }} }}
 """)
     ngx = spawn(["nginx", "-c", ncfg, "-p", tmp, "-g", "daemon off;"])
+    # The floor: the gateway's connection plumbing on hyper with none of its work
+    # (examples/floor_proxy.rs), one worker per core like the gateway.
+    fp = free_port()
+    floor = spawn([floor_binary, f"127.0.0.1:{fp}", f"127.0.0.1:{up}"])
     time.sleep(0.5)
+    wait_http(f"http://127.0.0.1:{fp}/")
     # HAProxy verifies the same token; check it answers 200 before measuring.
     req = urllib.request.Request(f"http://127.0.0.1:{hj}/api/chat", data=BODY.encode(), method="POST",
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -314,6 +323,7 @@ http {{ access_log off; keepalive_requests 1000000;
         ("haproxy jwt (same job, 1 thread)", f"http://127.0.0.1:{hj1}/api/chat", jwt, hap1.pid),
         ("haproxy plain proxy", f"http://127.0.0.1:{hp}/api/chat", plain, hap.pid),
         ("nginx plain proxy", f"http://127.0.0.1:{np_}/api/chat", plain, ngx.pid),
+        ("hyper floor (no gateway work)", f"http://127.0.0.1:{fp}/api/chat", plain, floor.pid),
         ("gateway jwt (memory)", f"{base}/api/chat", jwt, gw.pid),
         ("gateway jwt (memory, 1 worker)", f"http://127.0.0.1:{gw1_port}/api/chat", jwt1, gw1.pid),
         ("gateway api key (memory)", f"{base}/v1/chat", api, gw.pid),
@@ -334,7 +344,7 @@ http {{ access_log off; keepalive_requests 1000000;
             used = cpu_ticks(pids) - before
             cpu_us = used / CLK_TCK * 1e6 / total if pids and total else float("nan")
             results[name].append((rps, p50, p99, cpu_us, peak_rss_kib(pids) / 1024 if pids else float("nan"), non2xx))
-            print(f"round {r + 1}/{ROUNDS} {name:30} {rps:10.0f} req/s  non-2xx {non2xx}", file=sys.stderr)
+            print(f"round {r + 1}/{ROUNDS} {name:32} {rps:10.0f} req/s  non-2xx {non2xx}", file=sys.stderr)
 
     def med(name, i):
         return statistics.median(v[i] for v in results[name])
