@@ -7,7 +7,7 @@
 //! lib.rs            this map, and `Gateway::start` (listeners, worker threads, housekeeping)
 //! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
 //! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Runtime
-//! server.rs         accept loop, connection permit, TLS handshake, hyper-util auto builder, drain
+//! server.rs         accept loop, connection permit, worker balance, TLS handshake, hyper-util auto builder, drain
 //! timer.rs          LazySleep / LazyTimer: deadlines moved per request without timer-wheel work
 //! tls.rs            PEM -> rustls; certificate reload; client TLS for https upstreams
 //! pipeline.rs       handle(): the request pipeline, step by step. Read this first
@@ -102,9 +102,15 @@ pub struct Gateway {
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     pub task: JoinHandle<()>,
+    open: Arc<server::Balance>,
 }
 
 impl Gateway {
+    /// Open client connections per worker.
+    pub fn open_connections(&self) -> Vec<usize> {
+        self.open.open()
+    }
+
     /// Build the store, bind the public listener and serve until `shutdown` resolves.
     pub async fn start(
         config: Config,
@@ -160,12 +166,15 @@ impl Gateway {
         // Worker 0 runs on this runtime; the others each on a thread with a runtime of its own.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut listeners = listeners.into_iter();
+        let mut places = server::Balance::workers(workers).into_iter();
+        let balance = places.next().ok_or_else(|| "no worker".to_string())?;
+        let open = balance.balance.clone();
         let first = listeners
             .next()
             .ok_or_else(|| "no listener".to_string())
             .and_then(|l| TcpListener::from_std(l).map_err(|e| e.to_string()))?;
         let mut done = Vec::new();
-        for (i, listener) in listeners.enumerate() {
+        for ((i, listener), place) in listeners.enumerate().zip(places) {
             let (state, tls, permits) = (state.clone(), tls.clone(), permits.clone());
             let mut stop = stop_rx.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -183,7 +192,7 @@ impl Gateway {
                                     let stop = async move {
                                         let _ = stop.wait_for(|stopped| *stopped).await;
                                     };
-                                    server::run(l, state, tls, permits, stop).await
+                                    server::run(l, place, state, tls, permits, stop).await
                                 }
                                 Err(e) => tracing::error!(error = %e, "worker cannot listen"),
                             }
@@ -201,7 +210,7 @@ impl Gateway {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             };
-            server::run(first, run_state, tls, permits, stop).await;
+            server::run(first, balance, run_state, tls, permits, stop).await;
             for worker in done {
                 let _ = worker.await;
             }
@@ -211,6 +220,7 @@ impl Gateway {
             metrics_addr,
             state,
             task,
+            open,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The accept loop of one worker: connection permit (shared by all workers), TLS handshake
+//! The accept loop of one worker: connection permit (shared by all workers), the hand-over of a
+//! connection to the worker with the fewest open ones ([`Balance`]), TLS handshake
 //! (bounded), hyper-util's auto builder (HTTP/1.1, HTTP/2 by ALPN under TLS, prior-knowledge h2c
 //! in clear) with bounded heads and timers, and the drain on shutdown. A connection's task also
 //! drives the connection's own upstream connections (`bound::drive`).
@@ -10,6 +11,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +20,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::bound::{self, ConnUpstreams};
@@ -47,10 +50,83 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serve `listener` until `shutdown` resolves, then drain in-flight requests for at most the
-/// configured grace period. With `tls`, every connection is TLS (handshake bounded in time).
+/// Open connections per worker, and the way to hand an accepted connection to another worker.
+///
+/// Each worker accepts on its own `SO_REUSEPORT` listener, where the kernel picks the listener
+/// by a hash of the addresses, not by load: 64 connections over 2 workers split 28/36 or worse
+/// half the time, and the busier worker then sets the tail latency. So a worker that accepts a
+/// connection while another worker has fewer open ones hands it over (once per connection).
+pub struct Balance {
+    open: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+/// A connection accepted by one worker for another to serve, with its permit.
+pub struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// One worker's place in the [`Balance`].
+pub struct Worker {
+    pub index: usize,
+    pub balance: Arc<Balance>,
+    pub inbox: mpsc::UnboundedReceiver<Handoff>,
+}
+
+impl Balance {
+    /// A balance of `n` workers, and each worker's place in it.
+    pub fn workers(n: usize) -> Vec<Worker> {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
+        let balance = Arc::new(Balance {
+            open: senders.iter().map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: senders,
+        });
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(index, inbox)| Worker {
+                index,
+                balance: balance.clone(),
+                inbox,
+            })
+            .collect()
+    }
+
+    /// Open connections per worker.
+    pub fn open(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Who serves a connection worker `me` accepted: the worker with the fewest open
+    /// connections, `me` on a tie.
+    fn pick(&self, me: usize) -> usize {
+        let count = |i: usize| {
+            self.open
+                .get(i)
+                .map_or(usize::MAX, |c| c.load(Ordering::Relaxed))
+        };
+        let mut best = me;
+        for i in 0..self.open.len() {
+            if count(i) < count(best) {
+                best = i;
+            }
+        }
+        best
+    }
+}
+
+/// Serve `listener` (and the connections other workers hand over) until `shutdown` resolves,
+/// then drain in-flight requests for at most the configured grace period. With `tls`, every
+/// connection is TLS (handshake bounded in time).
 pub async fn run(
     listener: TcpListener,
+    mut worker: Worker,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
     permits: Arc<Semaphore>,
@@ -62,24 +138,41 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
+        let accept = async {
+            let permit = permits.clone().acquire_owned().await;
+            (permit, listener.accept().await)
         };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
+        let (stream, peer, permit) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(h) = worker.inbox.recv() => match TcpStream::from_std(h.stream) {
+                Ok(stream) => (stream, h.peer, h.permit),
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::warn!(error = %e, "cannot take over a connection");
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            (permit, accepted) = accept => {
+                let Ok(permit) = permit else { break };
+                match accepted {
+                    Ok((stream, peer)) => (stream, peer, permit),
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let target = worker.balance.pick(worker.index);
+        let (stream, permit) = if target == worker.index {
+            (stream, permit)
+        } else {
+            match hand_over(&worker.balance, target, stream, peer, permit) {
+                Ok(()) => continue,
+                // The other worker has stopped: serve it here.
+                Err(back) => back,
+            }
         };
         let _ = stream.set_nodelay(true);
         let flags = Arc::new(crate::framing::ConnFlags::default());
@@ -103,6 +196,11 @@ pub async fn run(
         let tls = tls.clone();
         let handshake_timeout = cfg.tls_handshake_timeout;
         crate::metrics::get().connection_opened();
+        let balance = worker.balance.clone();
+        let me = worker.index;
+        if let Some(c) = balance.open.get(me) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         tokio::spawn(async move {
             let result = match tls {
                 None => {
@@ -132,6 +230,9 @@ pub async fn run(
                 tracing::debug!(error = %e, peer = %peer, "connection ended with error");
             }
             crate::metrics::get().connection_closed();
+            if let Some(c) = balance.open.get(me) {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
             drop(permit);
         });
     }
@@ -146,6 +247,38 @@ pub async fn run(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("drained"),
         _ = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Send an accepted connection to worker `target`; gives it back when that worker is gone.
+fn hand_over(
+    balance: &Balance,
+    target: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> Result<(), (TcpStream, OwnedSemaphorePermit)> {
+    let Some(inbox) = balance.inboxes.get(target) else {
+        return Err((stream, permit));
+    };
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        // Already deregistered: nothing to give back; the permit returns with the drop.
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot hand over a connection");
+            return Ok(());
+        }
+    };
+    match inbox.send(Handoff {
+        stream,
+        peer,
+        permit,
+    }) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::SendError(h)) => match TcpStream::from_std(h.stream) {
+            Ok(stream) => Err((stream, h.permit)),
+            Err(_) => Ok(()),
+        },
     }
 }
 
