@@ -53,19 +53,36 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// Open connections per worker, and the way to hand an accepted connection to another worker.
 ///
 /// Each worker accepts on its own `SO_REUSEPORT` listener, where the kernel picks the listener
-/// by a hash of the addresses, not by load: 64 connections over 2 workers split 28/36 or worse
-/// half the time, and the busier worker then sets the tail latency. So a worker that accepts a
-/// connection while another worker has fewer open ones hands it over (once per connection).
+/// by a hash of the addresses, not by load: 64 connections over 2 workers split 29/35 or worse
+/// about half the time, and the busier worker then sets the tail latency. So a worker that
+/// accepts a connection while another worker has fewer open ones hands it over (once per
+/// connection).
 pub struct Balance {
     open: Vec<AtomicUsize>,
     inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
 }
 
-/// A connection accepted by one worker for another to serve, with its permit.
+/// A connection accepted by one worker for another to serve, with its permit; it is counted
+/// against the other worker from the hand-over on, so a burst of accepts spreads at once.
 pub struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    counted: Counted,
+}
+
+/// One open connection, counted against its worker until dropped.
+struct Counted {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(c) = self.balance.open.get(self.worker) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One worker's place in the [`Balance`].
@@ -101,6 +118,17 @@ impl Balance {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Count one more open connection against `worker`, until the result is dropped.
+    fn count(self: &Arc<Self>, worker: usize) -> Counted {
+        if let Some(c) = self.open.get(worker) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Counted {
+            balance: self.clone(),
+            worker,
+        }
     }
 
     /// Who serves a connection worker `me` accepted: the worker with the fewest open
@@ -142,10 +170,10 @@ pub async fn run(
             let permit = permits.clone().acquire_owned().await;
             (permit, listener.accept().await)
         };
-        let (stream, peer, permit) = tokio::select! {
+        let (stream, peer, permit, counted) = tokio::select! {
             _ = &mut shutdown => break,
             Some(h) = worker.inbox.recv() => match TcpStream::from_std(h.stream) {
-                Ok(stream) => (stream, h.peer, h.permit),
+                Ok(stream) => (stream, h.peer, h.permit, h.counted),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take over a connection");
                     continue;
@@ -154,7 +182,22 @@ pub async fn run(
             (permit, accepted) = accept => {
                 let Ok(permit) = permit else { break };
                 match accepted {
-                    Ok((stream, peer)) => (stream, peer, permit),
+                    Ok((stream, peer)) => {
+                        let me = worker.index;
+                        let target = worker.balance.pick(me);
+                        if target == me {
+                            (stream, peer, permit, worker.balance.count(me))
+                        } else {
+                            let counted = worker.balance.count(target);
+                            match hand_over(&worker.balance, target, stream, peer, permit, counted) {
+                                Ok(()) => continue,
+                                // The other worker has stopped: serve it here.
+                                Err((stream, permit)) => {
+                                    (stream, peer, permit, worker.balance.count(me))
+                                }
+                            }
+                        }
+                    }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -162,16 +205,6 @@ pub async fn run(
                         continue;
                     }
                 }
-            }
-        };
-        let target = worker.balance.pick(worker.index);
-        let (stream, permit) = if target == worker.index {
-            (stream, permit)
-        } else {
-            match hand_over(&worker.balance, target, stream, peer, permit) {
-                Ok(()) => continue,
-                // The other worker has stopped: serve it here.
-                Err(back) => back,
             }
         };
         let _ = stream.set_nodelay(true);
@@ -196,11 +229,6 @@ pub async fn run(
         let tls = tls.clone();
         let handshake_timeout = cfg.tls_handshake_timeout;
         crate::metrics::get().connection_opened();
-        let balance = worker.balance.clone();
-        let me = worker.index;
-        if let Some(c) = balance.open.get(me) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
         tokio::spawn(async move {
             let result = match tls {
                 None => {
@@ -230,9 +258,7 @@ pub async fn run(
                 tracing::debug!(error = %e, peer = %peer, "connection ended with error");
             }
             crate::metrics::get().connection_closed();
-            if let Some(c) = balance.open.get(me) {
-                c.fetch_sub(1, Ordering::Relaxed);
-            }
+            drop(counted);
             drop(permit);
         });
     }
@@ -257,6 +283,7 @@ fn hand_over(
     stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    counted: Counted,
 ) -> Result<(), (TcpStream, OwnedSemaphorePermit)> {
     let Some(inbox) = balance.inboxes.get(target) else {
         return Err((stream, permit));
@@ -273,6 +300,7 @@ fn hand_over(
         stream,
         peer,
         permit,
+        counted,
     }) {
         Ok(()) => Ok(()),
         Err(mpsc::error::SendError(h)) => match TcpStream::from_std(h.stream) {
