@@ -36,11 +36,10 @@ fn main() -> Result<(), Error> {
         Some(n) => n.parse()?,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let listeners = ares_gateway::bind_listeners(listen, workers)?;
+    let addr = listeners.first().map(|l| l.local_addr()).transpose()?;
     let mut threads = Vec::new();
-    let mut addr = listen;
-    for _ in 0..workers {
-        let listener = bind(addr)?;
-        addr = listener.local_addr()?;
+    for listener in listeners {
         let upstream = upstream.clone();
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -51,25 +50,13 @@ fn main() -> Result<(), Error> {
                 .map_err(|e| e.to_string())
         }));
     }
-    eprintln!("floor_proxy listening on {addr}");
+    if let Some(addr) = addr {
+        eprintln!("floor_proxy listening on {addr}");
+    }
     for t in threads {
         t.join().map_err(|_| "worker panicked")??;
     }
     Ok(())
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 async fn serve(listener: std::net::TcpListener, upstream: Arc<Upstream>) -> std::io::Result<()> {

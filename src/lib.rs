@@ -235,7 +235,7 @@ pub fn worker_count(configured: usize) -> usize {
 
 /// `n` listening sockets on one address with `SO_REUSEPORT`: the kernel spreads new
 /// connections across them, one per worker, so a connection lives on one thread.
-fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),

@@ -219,8 +219,12 @@ async fn a_slow_upstream_is_cut_at_the_first_byte_timeout() {
     assert_eq!(post(&mut a, "/open/chat").await, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn several_workers_serve_and_drain() {
+/// A gateway with 3 workers in front of a keep-alive upstream; `tx` stops it.
+async fn three_workers() -> (
+    Counting,
+    ares_gateway::Gateway,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let up = Counting::start(Mode::KeepAlive).await;
     let cfg = open_route_config(&format!("http://{}", up.addr), &[("ARES_WORKERS", "3")]);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -229,6 +233,12 @@ async fn several_workers_serve_and_drain() {
     })
     .await
     .unwrap();
+    (up, g, tx)
+}
+
+#[tokio::test]
+async fn several_workers_serve_and_drain() {
+    let (up, g, tx) = three_workers().await;
     let mut tasks = Vec::new();
     for _ in 0..24 {
         let addr = g.addr;
@@ -260,14 +270,7 @@ async fn connections_are_spread_evenly_over_the_workers() {
     // over 3 workers land 4/4/4 by hash alone about 1 time in 15. The gateway hands a
     // connection to the worker with the fewest open ones, so it is always 4/4/4, and every
     // handed-over connection serves.
-    let up = Counting::start(Mode::KeepAlive).await;
-    let cfg = open_route_config(&format!("http://{}", up.addr), &[("ARES_WORKERS", "3")]);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let g = ares_gateway::Gateway::start(cfg, async move {
-        let _ = rx.await;
-    })
-    .await
-    .unwrap();
+    let (_up, g, tx) = three_workers().await;
     let mut clients = Vec::new();
     for _ in 0..12 {
         let mut c = client(g.addr).await;
@@ -303,14 +306,7 @@ async fn a_burst_of_connections_is_spread_too() {
     // 30 connections at once over 3 workers: a hand-over counts against its new worker at
     // once, so concurrent accepts on several workers still spread them (by hash alone, some
     // worker is off by more than 2 from 10 in about a third of runs: 2 of 6 tried).
-    let up = Counting::start(Mode::KeepAlive).await;
-    let cfg = open_route_config(&format!("http://{}", up.addr), &[("ARES_WORKERS", "3")]);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let g = ares_gateway::Gateway::start(cfg, async move {
-        let _ = rx.await;
-    })
-    .await
-    .unwrap();
+    let (_up, g, tx) = three_workers().await;
     let opened = (0..30).map(|_| {
         let addr = g.addr;
         tokio::spawn(async move {
