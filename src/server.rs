@@ -34,13 +34,13 @@ use crate::timer::LazyTimer;
 pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(LazyTimer)
+        .timer(LazyTimer::pooled())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
         .max_headers(cfg.max_headers)
         .keep_alive(true);
     b.http2()
-        .timer(LazyTimer)
+        .timer(LazyTimer::default())
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_pending_accept_reset_streams(64)

@@ -6,11 +6,17 @@
 //! request. [`LazySleep::set`] only records the new deadline: the tokio timer stays armed at the
 //! earlier one, and when it fires before the recorded deadline it is re-armed then. So the wheel
 //! sees about one operation per timeout period instead of one per request, and a deadline still
-//! fires on time. (hyper drops its header-read timer after each request head and asks for a new
-//! one, so that deadline still costs a timer per keep-alive request; `reset` is lazy.)
+//! fires on time.
+//!
+//! hyper drops its header-read timer after each request head and asks for a new one. A worker's
+//! [`LazyTimer::pooled`] keeps the armed tokio timers of dropped sleeps and hands them to the
+//! next ones, so a keep-alive request head costs no timer allocation or wheel operation either.
+//! The pool belongs to one worker's connection builder, so its timers never leave that worker's
+//! runtime.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -24,7 +30,15 @@ pub struct LazySleep {
     /// The waker the armed timer holds: polling again from the same task before the timer is
     /// due needs no call into it.
     registered: Option<Waker>,
+    /// Where the armed timer goes when this sleep is dropped, and where it comes from.
+    pool: Option<Pool>,
 }
+
+/// Armed timers of dropped sleeps, for the next sleeps of the same worker.
+type Pool = Arc<Mutex<Vec<Pin<Box<Sleep>>>>>;
+
+/// Timers kept per worker at most (one per connection waiting for a head, at the peak).
+const POOL_MAX: usize = 1024;
 
 impl LazySleep {
     pub fn new(deadline: Instant) -> LazySleep {
@@ -32,6 +46,7 @@ impl LazySleep {
             deadline,
             timer: None,
             registered: None,
+            pool: None,
         }
     }
 
@@ -59,6 +74,16 @@ impl LazySleep {
                 return Poll::Pending;
             }
         }
+        if self.timer.is_none() {
+            // A pooled timer armed for an earlier deadline is kept (it re-arms when it fires);
+            // one armed for a later deadline is moved.
+            self.timer = self.pool.as_ref().and_then(|p| p.lock().ok()?.pop());
+            if let Some(timer) = &mut self.timer {
+                if timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        }
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -82,6 +107,18 @@ impl LazySleep {
     }
 }
 
+impl Drop for LazySleep {
+    fn drop(&mut self) {
+        if let (Some(timer), Some(pool)) = (self.timer.take(), &self.pool) {
+            if let Ok(mut pool) = pool.lock() {
+                if pool.len() < POOL_MAX {
+                    pool.push(timer);
+                }
+            }
+        }
+    }
+}
+
 impl Future for LazySleep {
     type Output = ();
 
@@ -92,18 +129,39 @@ impl Future for LazySleep {
 
 /// hyper's timer with [`LazySleep`]s: the per-request reset of the header-read timeout only
 /// records the new deadline.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LazyTimer;
+#[derive(Debug, Clone, Default)]
+pub struct LazyTimer {
+    pool: Option<Pool>,
+}
+
+impl LazyTimer {
+    /// A timer whose sleeps reuse the armed timers of dropped ones. Use one per worker: the
+    /// timers belong to the runtime that armed them.
+    pub fn pooled() -> LazyTimer {
+        LazyTimer {
+            pool: Some(Pool::default()),
+        }
+    }
+
+    fn lazy(&self, deadline: Instant) -> LazySleep {
+        LazySleep {
+            deadline,
+            timer: None,
+            registered: None,
+            pool: self.pool.clone(),
+        }
+    }
+}
 
 impl hyper::rt::Sleep for LazySleep {}
 
 impl hyper::rt::Timer for LazyTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(LazySleep::new(Instant::now() + duration))
+        Box::pin(self.lazy(Instant::now() + duration))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(LazySleep::new(deadline.into()))
+        Box::pin(self.lazy(deadline.into()))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
@@ -150,10 +208,55 @@ mod tests {
         assert_eq!(Instant::now(), start + Duration::from_secs(2));
     }
 
+    fn pooled(t: &LazyTimer) -> usize {
+        t.pool
+            .as_ref()
+            .and_then(|p| p.lock().ok().map(|p| p.len()))
+            .unwrap_or(0)
+    }
+
+    async fn pending(s: &mut Pin<Box<dyn hyper::rt::Sleep>>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(s.as_mut().poll(cx).is_pending())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pooled_timer_serves_the_next_sleep_at_its_own_deadline() {
+        use hyper::rt::Timer;
+        let t = LazyTimer::pooled();
+        let start = Instant::now();
+        let mut first = t.sleep(Duration::from_secs(10));
+        assert!(pending(&mut first).await);
+        drop(first);
+        assert_eq!(pooled(&t), 1, "the armed timer is kept");
+        // Later deadline: the pooled timer (armed for 10 s) is taken and re-armed when it
+        // fires early.
+        let mut later = t.sleep(Duration::from_secs(20));
+        assert!(pending(&mut later).await);
+        assert_eq!(pooled(&t), 0, "the next sleep took it");
+        tokio::time::sleep_until(start + Duration::from_secs(11)).await;
+        assert!(pending(&mut later).await, "not before its own deadline");
+        later.as_mut().await;
+        assert_eq!(Instant::now(), start + Duration::from_secs(20));
+        drop(later);
+        // Earlier deadline than the pooled timer's: it is moved.
+        let now = Instant::now();
+        let mut sooner = t.sleep(Duration::from_secs(30));
+        assert!(pending(&mut sooner).await);
+        drop(sooner);
+        let mut soon = t.sleep(Duration::from_secs(2));
+        soon.as_mut().await;
+        assert_eq!(Instant::now(), now + Duration::from_secs(2));
+        // A sleep never waited on arms nothing and pools nothing.
+        drop(soon);
+        let before = pooled(&t);
+        drop(t.sleep(Duration::from_secs(5)));
+        assert_eq!(pooled(&t), before);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn hyper_reset_moves_the_same_sleep() {
         use hyper::rt::Timer;
-        let t = LazyTimer;
+        let t = LazyTimer::default();
         let start = Instant::now();
         let mut s = t.sleep(Duration::from_secs(5));
         let pending =
