@@ -102,13 +102,13 @@ pub struct Gateway {
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     pub task: JoinHandle<()>,
-    open: Arc<server::Balance>,
+    balance: Arc<server::Balance>,
 }
 
 impl Gateway {
     /// Open client connections per worker.
     pub fn open_connections(&self) -> Vec<usize> {
-        self.open.open()
+        self.balance.open()
     }
 
     /// Build the store, bind the public listener and serve until `shutdown` resolves.
@@ -167,8 +167,8 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut listeners = listeners.into_iter();
         let mut places = server::Balance::workers(workers).into_iter();
-        let balance = places.next().ok_or_else(|| "no worker".to_string())?;
-        let open = balance.balance.clone();
+        let first_place = places.next().ok_or_else(|| "no worker".to_string())?;
+        let balance = first_place.balance.clone();
         let first = listeners
             .next()
             .ok_or_else(|| "no listener".to_string())
@@ -210,7 +210,7 @@ impl Gateway {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             };
-            server::run(first, balance, run_state, tls, permits, stop).await;
+            server::run(first, first_place, run_state, tls, permits, stop).await;
             for worker in done {
                 let _ = worker.await;
             }
@@ -220,7 +220,7 @@ impl Gateway {
             metrics_addr,
             state,
             task,
-            open,
+            balance,
         })
     }
 }

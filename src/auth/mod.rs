@@ -109,8 +109,8 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
         .ok_or(GatewayError::InvalidToken)?;
     let end = rest.iter().rposition(|&b| b != b' ').unwrap_or(start);
     let token = &rest[start..=end];
-    // One pass over the token (a JWT is a few hundred bytes) with no early exit, so it
-    // vectorises: every byte visible ASCII, so no space inside and valid UTF-8.
+    // Every byte visible ASCII (so no space inside, and valid UTF-8), checked without an early
+    // exit; `from_utf8` below then only confirms it.
     let invisible = token.iter().fold(0u8, |bad, &b| {
         bad | u8::from(b.wrapping_sub(0x21) > 0x7e - 0x21)
     });
