@@ -302,12 +302,13 @@ impl Metrics {
 
 /// The kind of a rate-limit scope name, for labels (`t:ten_1` -> `tenant`).
 pub fn scope_kind(scope: &str) -> &'static str {
-    match scope.split(':').next().unwrap_or("") {
-        "t" => "tenant",
-        "u" => "user",
-        "ip" => "ip",
-        "la" => "login_account_ip",
-        "lf" => "login_account",
+    let kind = scope.as_bytes().split(|&b| b == b':').next().unwrap_or(b"");
+    match kind {
+        b"t" => "tenant",
+        b"u" => "user",
+        b"ip" => "ip",
+        b"la" => "login_account_ip",
+        b"lf" => "login_account",
         _ => "other",
     }
 }
@@ -359,6 +360,23 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_kinds_name_each_scope_builder() {
+        use crate::store::scope;
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(scope_kind(&scope::tenant("ten_1")), "tenant");
+        assert_eq!(scope_kind(&scope::user("usr_1")), "user");
+        assert_eq!(scope_kind(scope::USER), "user");
+        assert_eq!(scope_kind(&scope::auth_ip(&ip)), "ip");
+        assert_eq!(
+            scope_kind(&scope::login_account_ip("ab", &ip)),
+            "login_account_ip"
+        );
+        assert_eq!(scope_kind(&scope::login_account("ab")), "login_account");
+        assert_eq!(scope_kind("tenant:x"), "other");
+        assert_eq!(scope_kind(""), "other");
+    }
 
     #[test]
     fn equal_labels_from_different_allocations_are_one_series() {

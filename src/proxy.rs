@@ -696,19 +696,31 @@ fn connection_names(h: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Remove the hop-by-hop headers and every header `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    // One pass over the names finds the hop-by-hop ones (each name appears once in `keys`).
+    let mut found: [Option<HeaderName>; HOP_BY_HOP.len()] = Default::default();
+    let hop = h.keys().filter(|n| is_hop_by_hop(n));
+    for (slot, name) in found.iter_mut().zip(hop) {
+        *slot = Some(name.clone());
+    }
+    if found[0].is_none() {
         return;
     }
-    // Usually just `Connection: keep-alive`, which names a hop-by-hop header: then nothing
-    // is collected (no allocation) and only `Connection` itself is removed below.
-    let named: Vec<HeaderName> = connection_names(h)
-        .filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n)))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Usually just `Connection: keep-alive` or `close`, which name no other header: those
+    // need no parsing.
+    let plain = h.get_all(header::CONNECTION).iter().all(|v| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    });
+    if !plain {
+        let named: Vec<HeaderName> = connection_names(h)
+            .filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n)))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    while let Some(name) = h.keys().find(|n| is_hop_by_hop(n)).cloned() {
+    for name in found.into_iter().flatten() {
         h.remove(name);
     }
 }
@@ -761,19 +773,29 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("upgrade", "h2c"),
             ("x-other", "kept"),
+            ("proxy-connection", "close"),
+            ("proxy-authenticate", "Basic"),
+            ("trailer", "x-a"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "max=5"),
         ]);
         let ctx = strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
         assert!(!ctx.websocket_upgrade);
-        for n in [
-            "connection",
-            "x-custom",
-            "keep-alive",
-            "te",
-            "proxy-authorization",
-            "upgrade",
-        ] {
+        assert_eq!(h.len(), 1);
+        for n in HOP_BY_HOP.into_iter().chain(["x-custom"]) {
             assert!(h.get(n).is_none(), "{n} survived");
         }
+        assert_eq!(h["x-other"], "kept");
+
+        // A plain `keep-alive` in one Connection header does not hide what another names.
+        let mut h = hm(&[
+            ("connection", "Keep-Alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("x-other", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
         assert_eq!(h["x-other"], "kept");
     }
 

@@ -8,6 +8,7 @@
 //!   allow, so refused requests consume nothing. Windows are checked month first, then day, hour,
 //!   minute, second, and a refusal names the first window that refused.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -230,17 +231,47 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 impl RateLimitHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
-        headers.insert(
-            RATELIMIT_REMAINING.clone(),
-            HeaderValue::from(self.remaining),
-        );
-        headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(self.reset));
+        headers.insert(RATELIMIT_LIMIT.clone(), repeated(LIMIT, self.limit));
+        headers.insert(RATELIMIT_REMAINING.clone(), digits(self.remaining));
+        headers.insert(RATELIMIT_RESET.clone(), repeated(RESET, self.reset));
     }
 
     pub fn retry_after_secs(&self) -> u64 {
         self.reset.max(1)
     }
+}
+
+thread_local! {
+    /// This thread's last `RateLimit-Limit` and `RateLimit-Reset` values. A limit repeats from
+    /// request to request (one plan), and a reset for a second at a time: those requests get a
+    /// clone of the last value (a reference count) instead of a new one.
+    static REPEATED: RefCell<[Option<(u64, HeaderValue)>; 2]> = const { RefCell::new([None, None]) };
+}
+
+const LIMIT: usize = 0;
+const RESET: usize = 1;
+
+/// `n` as a header value, this thread's last one for `slot` when it is the same number.
+fn repeated(slot: usize, n: u64) -> HeaderValue {
+    REPEATED.with_borrow_mut(|last| {
+        let Some(cell) = last.get_mut(slot) else {
+            return digits(n);
+        };
+        match cell {
+            Some((m, v)) if *m == n => v.clone(),
+            _ => {
+                let v = digits(n);
+                *cell = Some((n, v.clone()));
+                v
+            }
+        }
+    })
+}
+
+/// `n` as a header value in one allocation of its digits (`HeaderValue::from(u64)` makes two).
+fn digits(n: u64) -> HeaderValue {
+    let bytes = bytes::Bytes::copy_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// The outcome of one decision.
@@ -582,6 +613,29 @@ mod tests {
         // December rolls into January.
         assert!(l.check("y", &month, ms(2026, 12, 31, 23, 59, 59)).allowed());
         assert!(l.check("y", &month, ms(2027, 1, 1, 0, 0, 0)).allowed());
+    }
+
+    #[test]
+    fn header_values_follow_the_numbers_when_reused() {
+        let text = |h: &HeaderMap, name: &str| h[name].to_str().unwrap().to_string();
+        let mut h = HeaderMap::new();
+        for (limit, remaining, reset) in [(100, 99, 60), (100, 98, 60), (7, 0, 60), (7, 0, 59)] {
+            let v = RateLimitHeaders {
+                limit,
+                remaining,
+                reset,
+            };
+            v.apply(&mut h);
+            assert_eq!(text(&h, "ratelimit-limit"), limit.to_string());
+            assert_eq!(text(&h, "ratelimit-remaining"), remaining.to_string());
+            assert_eq!(text(&h, "ratelimit-reset"), reset.to_string());
+            assert_eq!(h.len(), 3);
+        }
+        for n in [0, 9, 10, u64::MAX] {
+            assert_eq!(digits(n), HeaderValue::from(n));
+            assert_eq!(repeated(LIMIT, n), HeaderValue::from(n));
+            assert_eq!(repeated(LIMIT, n), HeaderValue::from(n));
+        }
     }
 
     #[test]

@@ -178,7 +178,8 @@ impl AppState {
         let decided = self
             .store_call(self.store.rate_limit(scope, &limits, now))
             .await;
-        self.limited(scope, plan, policy, now, decided)
+        let kind = crate::metrics::scope_kind(scope);
+        self.limited(kind, || scope.into(), plan, policy, now, decided)
     }
 
     /// As `rate_limit` for a user's access token, with its revocation check in the same store
@@ -213,20 +214,23 @@ impl AppState {
                 Err(e)
             }
         };
-        self.limited(&scope::user(&claims.sub), plan, policy, now, decided)
+        let kind = crate::metrics::scope_kind(scope::USER);
+        let scope = || scope::user(&claims.sub).into();
+        self.limited(kind, scope, plan, policy, now, decided)
     }
 
-    /// A store's rate-limit answer, counted in the metrics; a failed store by `policy`.
-    fn limited(
+    /// A store's rate-limit answer, counted in the metrics (by the scope's `kind`); a failed
+    /// store by `policy`. The scope's name is needed, and made, only for the local fallback.
+    fn limited<'a>(
         &self,
-        scope: &str,
+        kind: &'static str,
+        scope: impl FnOnce() -> std::borrow::Cow<'a, str>,
         plan: &Plan,
         policy: FailurePolicy,
         now: u64,
         decided: Result<Decision, GatewayError>,
     ) -> Result<Option<Decision>, GatewayError> {
         let m = crate::metrics::get();
-        let kind = crate::metrics::scope_kind(scope);
         match decided {
             Ok(d) => {
                 match d.refused_by {
@@ -244,7 +248,7 @@ impl AppState {
                     FailurePolicy::Closed => Err(e),
                     FailurePolicy::Local => {
                         let local = plan.divided(cfg.replicas).windows();
-                        Ok(Some(self.fallback_limiter.check(scope, &local, now)))
+                        Ok(Some(self.fallback_limiter.check(&scope(), &local, now)))
                     }
                 }
             }

@@ -253,8 +253,11 @@ pub mod scope {
     pub fn tenant(id: &str) -> String {
         join(&["t:", id])
     }
+    /// The prefix of user scopes.
+    pub const USER: &str = "u:";
+
     pub fn user(id: &str) -> String {
-        join(&["u:", id])
+        join(&[USER, id])
     }
     pub fn auth_ip(ip: &std::net::IpAddr) -> String {
         format!("ip:{ip}")
