@@ -214,7 +214,7 @@ impl Scanner {
                 Phase::Off => return,
                 Phase::Head(buf) if buf.is_empty() => {
                     // The common case: a whole head in one read, parsed where it lies.
-                    match find(data, b"\r\n\r\n") {
+                    match find_blank_line(data) {
                         Some(end) => {
                             self.phase = self.after_head(&data[..end + 4], flags);
                             data = &data[end + 4..];
@@ -228,7 +228,7 @@ impl Scanner {
                 Phase::Head(buf) => {
                     let before = buf.len();
                     buf.extend_from_slice(data);
-                    let Some(end) = find(buf, b"\r\n\r\n") else {
+                    let Some(end) = find_blank_line(buf) else {
                         if buf.len() > MAX_SCAN_HEAD {
                             self.phase = Phase::Off;
                         }
@@ -288,7 +288,7 @@ impl Scanner {
                     let end = if buf.starts_with(b"\r\n") {
                         Some(0)
                     } else {
-                        find(buf, b"\r\n\r\n").map(|e| e + 2)
+                        find_blank_line(buf).map(|e| e + 2)
                     };
                     match end {
                         Some(e) => {
@@ -379,8 +379,13 @@ impl Scanner {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+/// The empty line that ends a head or trailers. One searcher, built once (`memmem::find`
+/// would build one per call).
+static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+
+fn find_blank_line(hay: &[u8]) -> Option<usize> {
+    BLANK_LINE.find(hay)
 }
 
 /// A connection's reads, shown to a [`Scanner`] on their way to hyper (its small vectored writes go

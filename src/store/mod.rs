@@ -478,6 +478,10 @@ pub mod suite {
             panic!("another token of the user was refused as revoked");
         };
         assert_eq!((d.refused_by, d.headers.remaining), (None, 0));
+        // Counted in the user's own scope, the one the usage endpoint and `rate_limit` see.
+        let user = scope::user("usr_2");
+        let peek = s.peek_rate_limit(&user, &limits, now_ms).await.unwrap();
+        assert_eq!(peek.refused_by, Some(Window::Minute));
         let Admission::Decided(d) = admit(None).await.unwrap() else {
             panic!("a token without jti was refused as revoked");
         };
