@@ -384,8 +384,8 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// The name as a shared metric label.
-    pub label: Arc<String>,
+    /// The name as a metric label.
+    pub label: crate::metrics::Label,
     /// Position in the upstream list; the client pool uses the same index.
     pub index: usize,
     pub https: bool,
@@ -427,7 +427,7 @@ impl Upstream {
             .map_err(|_| "URL host is not a valid Host header".to_string())?;
         Ok(Upstream {
             host,
-            label: Arc::new(name.to_string()),
+            label: crate::metrics::get().upstream_label(name),
             name: name.to_string(),
             index: 0,
             https,

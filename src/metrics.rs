@@ -102,6 +102,37 @@ pub struct Metrics {
     invalidation_lag_seconds: Histogram,
     open_connections: Gauge,
     config_reloads: Family<ResultLabel, Counter>,
+    /// The series every request touches, made once: admitted decisions by scope kind (in the
+    /// order of `SCOPE_KINDS`), and cache lookups by cache (`CACHES`), miss then hit.
+    allowed: [Counter; SCOPE_KINDS.len()],
+    lookups: [[Counter; 2]; CACHES.len()],
+}
+
+/// What `scope_kind` returns.
+const SCOPE_KINDS: [&str; 6] = [
+    "tenant",
+    "user",
+    "ip",
+    "login_account_ip",
+    "login_account",
+    "other",
+];
+
+/// The caches `Metrics::cache` counts.
+const CACHES: [&str; 2] = ["api_key", "tenant"];
+
+/// A route's or an upstream's name as a metric label, with its latency series made once (when
+/// the config is loaded), not looked up per request.
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub name: Arc<String>,
+    seconds: Histogram,
+}
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -128,6 +159,8 @@ impl Metrics {
             open_connections: Gauge::default(),
             config_reloads: Family::default(),
             registry: Registry::default(),
+            allowed: Default::default(),
+            lookups: Default::default(),
         };
         registry.register(
             "requests",
@@ -198,16 +231,50 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
-        Metrics { registry, ..m }
+        let allowed = SCOPE_KINDS.map(|scope| {
+            let labels = DecisionLabels {
+                scope,
+                window: "-",
+                outcome: "allowed",
+            };
+            m.ratelimit_decisions.get_or_create(&labels).clone()
+        });
+        let lookups = CACHES.map(|cache| {
+            ["miss", "hit"].map(|result| {
+                m.cache
+                    .get_or_create(&CacheLabels { cache, result })
+                    .clone()
+            })
+        });
+        Metrics {
+            registry,
+            allowed,
+            lookups,
+            ..m
+        }
     }
 
-    pub fn request(
-        &self,
-        route: &Arc<String>,
-        method: &Method,
-        status: StatusCode,
-        elapsed: Duration,
-    ) {
+    /// A route's label, with its series of `request_duration_seconds`.
+    pub fn route_label(&self, route: &str) -> Label {
+        let name = Arc::new(route.to_string());
+        let labels = RouteLabel {
+            route: name.clone(),
+        };
+        let seconds = self.request_seconds.get_or_create(&labels).clone();
+        Label { name, seconds }
+    }
+
+    /// An upstream's label, with its series of `upstream_duration_seconds`.
+    pub fn upstream_label(&self, upstream: &str) -> Label {
+        let name = Arc::new(upstream.to_string());
+        let labels = UpstreamLabel {
+            upstream: name.clone(),
+        };
+        let seconds = self.upstream_seconds.get_or_create(&labels).clone();
+        Label { name, seconds }
+    }
+
+    pub fn request(&self, route: &Label, method: &Method, status: StatusCode, elapsed: Duration) {
         let method = match *method {
             Method::GET => "GET",
             Method::POST => "POST",
@@ -219,24 +286,16 @@ impl Metrics {
             _ => "OTHER",
         };
         let labels = RequestLabels {
-            route: route.clone(),
+            route: route.name.clone(),
             method,
             status: status.as_u16(),
         };
         self.requests.get_or_create(&labels).inc();
-        self.request_seconds
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+        route.seconds.observe(elapsed.as_secs_f64());
     }
 
-    pub fn upstream(&self, upstream: &Arc<String>, elapsed: Duration) {
-        self.upstream_seconds
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+    pub fn upstream(&self, upstream: &Label, elapsed: Duration) {
+        upstream.seconds.observe(elapsed.as_secs_f64());
     }
 
     pub fn auth(&self, elapsed: Duration) {
@@ -256,6 +315,12 @@ impl Metrics {
 
     /// `scope` is the kind (tenant, user, ip, ...), never the id.
     pub fn ratelimit(&self, scope: &'static str, window: &'static str, outcome: &'static str) {
+        if (window, outcome) == ("-", "allowed") {
+            if let Some(i) = SCOPE_KINDS.iter().position(|k| *k == scope) {
+                self.allowed[i].inc();
+                return;
+            }
+        }
         self.ratelimit_decisions
             .get_or_create(&DecisionLabels {
                 scope,
@@ -266,6 +331,10 @@ impl Metrics {
     }
 
     pub fn cache(&self, cache: &'static str, hit: bool) {
+        if let Some(i) = CACHES.iter().position(|c| *c == cache) {
+            self.lookups[i][usize::from(hit)].inc();
+            return;
+        }
         let result = if hit { "hit" } else { "miss" };
         self.cache
             .get_or_create(&CacheLabels { cache, result })
@@ -376,14 +445,56 @@ mod tests {
         assert_eq!(scope_kind(&scope::login_account("ab")), "login_account");
         assert_eq!(scope_kind("tenant:x"), "other");
         assert_eq!(scope_kind(""), "other");
+        // Every kind has its premade series.
+        for scope in ["t:1", "u:1", "ip:1", "la:1:2", "lf:1", "x:1"] {
+            assert!(SCOPE_KINDS.contains(&scope_kind(scope)), "{scope}");
+        }
+    }
+
+    #[test]
+    fn premade_series_count_like_the_looked_up_ones() {
+        let m = Metrics::new();
+        let text = m.render();
+        // Made at start: they read 0 before the first request.
+        for kind in SCOPE_KINDS {
+            let zero = format!(
+                "ratelimit_decisions_total{{scope=\"{kind}\",window=\"-\",outcome=\"allowed\"}} 0"
+            );
+            assert!(text.contains(&zero), "{zero}");
+        }
+        m.ratelimit("tenant", "-", "allowed");
+        m.ratelimit("tenant", "minute", "refused");
+        m.ratelimit("tenant", "-", "store_failed");
+        m.ratelimit("some_new_kind", "-", "allowed");
+        m.cache("api_key", true);
+        m.cache("api_key", true);
+        m.cache("api_key", false);
+        m.cache("tenant", false);
+        m.cache("other_cache", true);
+        let text = m.render();
+        for expected in [
+            "ratelimit_decisions_total{scope=\"tenant\",window=\"-\",outcome=\"allowed\"} 1",
+            "ratelimit_decisions_total{scope=\"tenant\",window=\"minute\",outcome=\"refused\"} 1",
+            "ratelimit_decisions_total{scope=\"tenant\",window=\"-\",outcome=\"store_failed\"} 1",
+            "ratelimit_decisions_total{scope=\"some_new_kind\",window=\"-\",outcome=\"allowed\"} 1",
+            "ratelimit_decisions_total{scope=\"user\",window=\"-\",outcome=\"allowed\"} 0",
+            "cache_lookups_total{cache=\"api_key\",result=\"hit\"} 2",
+            "cache_lookups_total{cache=\"api_key\",result=\"miss\"} 1",
+            "cache_lookups_total{cache=\"tenant\",result=\"miss\"} 1",
+            "cache_lookups_total{cache=\"tenant\",result=\"hit\"} 0",
+            "cache_lookups_total{cache=\"other_cache\",result=\"hit\"} 1",
+        ] {
+            assert!(text.contains(expected), "{expected} not in\n{text}");
+        }
     }
 
     #[test]
     fn equal_labels_from_different_allocations_are_one_series() {
         let m = Metrics::new();
-        let a = Arc::new("/api/".to_string());
-        let b = Arc::new("/api/".to_string());
-        let other = Arc::new("/v1/".to_string());
+        // Two labels of the same name (two routes, or one route across a config reload).
+        let a = m.route_label("/api/");
+        let b = m.route_label("/api/");
+        let other = m.route_label("/v1/");
         let ms = Duration::from_millis(1);
         m.request(&a, &Method::POST, StatusCode::OK, ms);
         m.request(&b, &Method::POST, StatusCode::OK, ms);
@@ -413,5 +524,10 @@ mod tests {
             line("ares_gateway_request_duration_seconds_count{route=\"/api/\"}"),
             vec!["ares_gateway_request_duration_seconds_count{route=\"/api/\"} 3"]
         );
+        m.upstream(&m.upstream_label("default"), ms);
+        m.upstream(&m.upstream_label("default"), ms);
+        let text = m.render();
+        let count = "ares_gateway_upstream_duration_seconds_count{upstream=\"default\"} 2";
+        assert!(text.lines().any(|l| l == count), "{text}");
     }
 }

@@ -32,13 +32,13 @@ use crate::cors;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, RequestContext, X_REQUEST_ID};
 use crate::ratelimit::{now_ms, RateLimitHeaders, Window};
-use crate::route::{self, Handler, Target};
+use crate::route::{self, Handler, Route, Target};
 use crate::state::{AppState, Runtime};
 use crate::store::scope;
 
 /// The route label of requests that matched none.
-static NO_ROUTE: std::sync::LazyLock<Arc<String>> =
-    std::sync::LazyLock::new(|| Arc::new("-".to_string()));
+static NO_ROUTE: std::sync::LazyLock<crate::metrics::Label> =
+    std::sync::LazyLock::new(|| crate::metrics::get().route_label("-"));
 
 /// Facts about the connection a request arrived on.
 #[derive(Clone)]
@@ -54,8 +54,9 @@ pub struct ConnInfo {
 
 /// What the access log and the error response need to know about how far a request got.
 #[derive(Debug, Default)]
-struct Outcome {
-    route: Option<Arc<String>>,
+struct Outcome<'r> {
+    /// The matched route, borrowed from the runtime config the request runs under.
+    route: Option<&'r Route>,
     bearer: bool,
     auth_method: Option<&'static str>,
     /// Who made a proxied request (its subject is logged).
@@ -130,7 +131,7 @@ pub async fn handle(
     }
     let elapsed = started.elapsed();
     crate::metrics::get().request(
-        outcome.route.as_ref().unwrap_or(&NO_ROUTE),
+        outcome.route.map_or(&*NO_ROUTE, |r| &r.label),
         &method,
         resp.status(),
         elapsed,
@@ -141,7 +142,7 @@ pub async fn handle(
         client = %ctx.client_ip,
         method = %method,
         path = %path,
-        route = outcome.route.as_deref().map_or("-", String::as_str),
+        route = outcome.route.map_or("-", |r| r.label.as_str()),
         status = resp.status().as_u16(),
         latency_us = elapsed.as_micros() as u64,
         trace_id = ctx.trace_id(),
@@ -155,15 +156,15 @@ pub async fn handle(
     resp
 }
 
-async fn handle_inner(
+async fn handle_inner<'r>(
     state: &Arc<AppState>,
-    rt: &Runtime,
+    rt: &'r Runtime,
     ctx: &RequestContext,
     // The request's URI, cloned once by `handle` (the request itself is consumed below).
     uri: &http::Uri,
     bound: Option<&ConnUpstreams>,
     req: Request<Incoming>,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'r>,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. ctx was built by `handle`; during a drain new requests are refused.
     if state.is_draining() {
@@ -187,7 +188,7 @@ async fn handle_inner(
         .routes
         .classify(&path)
         .ok_or(GatewayError::NotFound)?;
-    outcome.route = Some(route.label.clone());
+    outcome.route = Some(route);
     outcome.bearer = route.auth.is_bearer();
 
     // 3. gateway-served routes

@@ -175,8 +175,8 @@ pub enum Target {
 pub struct Route {
     /// The prefix as configured (normalised), for display and logs.
     pub prefix: String,
-    /// The prefix as a shared label, so metrics and logs need no copy per request.
-    pub label: Arc<String>,
+    /// The prefix as a metric label, so metrics and logs need no copy or lookup per request.
+    pub label: crate::metrics::Label,
     /// The prefix without its trailing slash (`""` for `/`): the segment-boundary match base.
     base: String,
     pub auth: AuthKind,
@@ -208,7 +208,7 @@ impl Route {
         query_token: bool,
     ) -> Self {
         Route {
-            label: Arc::new(prefix.clone()),
+            label: crate::metrics::get().route_label(&prefix),
             base: strip_trailing_slash(&prefix).to_owned(),
             upstream_base: upstream_prefix.map(|p| strip_trailing_slash(&p).to_owned()),
             prefix,
