@@ -80,7 +80,7 @@ async fn serve(listener: std::net::TcpListener, upstream: Arc<Upstream>) -> std:
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
             .serve_connection(TokioIo::new(Coalesced(stream)), service);
-        tokio::spawn(bound::drive(conn, driver));
+        tokio::spawn(bound::drive(conn, driver, None));
     }
 }
 

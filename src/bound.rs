@@ -24,7 +24,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
@@ -197,29 +197,53 @@ impl Driver {
     }
 }
 
+/// How [`drive`] ends its connection gracefully: when the worker's drain begins (`signal`
+/// changes), `close` tells the connection to finish the exchange in flight and then end. The
+/// drain waits until every connection's receiver is dropped, with the connection.
+pub struct Closing<F> {
+    signal: Pin<Box<dyn Future<Output = watch::Receiver<()>> + Send>>,
+    close: fn(Pin<&mut F>),
+}
+
+impl<F> Closing<F> {
+    pub fn on(mut signal: watch::Receiver<()>, close: fn(Pin<&mut F>)) -> Closing<F> {
+        let signal = Box::pin(async move {
+            // An error: the drain's sender is gone, which is a drain too.
+            let _ = signal.changed().await;
+            signal
+        });
+        Closing { signal, close }
+    }
+}
+
 /// Run the client connection `conn` and its upstream connections in one task; ends with
-/// `conn` (closing the upstream connections it opened).
+/// `conn` (closing the upstream connections it opened). With `closing`, the connection is
+/// closed gracefully when the worker drains.
 ///
-/// Each side gets a waker of its own that only sets a flag (and wakes the task unless it is
-/// being polled), so a poll runs just the side that has work, and a wake one side gives the
-/// other while the task runs (the request handed to the upstream connection, the response
-/// handed back) is served in the same poll instead of scheduling the task again.
-pub fn drive<F: Future>(conn: F, driver: Driver) -> Drive<F> {
+/// Each side (the connection, its upstream connections, the drain signal) gets a waker of its
+/// own that only sets a flag (and wakes the task unless it is being polled), so a poll runs just
+/// the side that has work, and a wake one side gives the other while the task runs (the request
+/// handed to the upstream connection, the response handed back) is served in the same poll
+/// instead of scheduling the task again. The drain signal is polled only when it fires.
+pub fn drive<F: Future>(conn: F, driver: Driver, closing: Option<Closing<F>>) -> Drive<F> {
     let shared = Arc::new(Shared {
-        flags: AtomicU8::new(CONN | UPSTREAM),
+        flags: AtomicU8::new(WORK),
         task: AtomicWaker::new(),
     });
+    let waker = |side| {
+        Waker::from(Arc::new(SideWaker {
+            shared: shared.clone(),
+            side,
+        }))
+    };
     Drive {
         conn: Box::pin(conn),
         driver,
-        conn_waker: Waker::from(Arc::new(SideWaker {
-            shared: shared.clone(),
-            side: CONN,
-        })),
-        upstream_waker: Waker::from(Arc::new(SideWaker {
-            shared: shared.clone(),
-            side: UPSTREAM,
-        })),
+        conn_waker: waker(CONN),
+        upstream_waker: waker(UPSTREAM),
+        closing_waker: waker(CLOSING),
+        closing,
+        closed: None,
         shared,
     }
 }
@@ -228,6 +252,10 @@ pub fn drive<F: Future>(conn: F, driver: Driver) -> Drive<F> {
 const CONN: u8 = 1;
 /// The upstream side has work.
 const UPSTREAM: u8 = 2;
+/// The drain signal may have fired.
+const CLOSING: u8 = 8;
+/// Every side.
+const WORK: u8 = CONN | UPSTREAM | CLOSING;
 /// The task is inside [`Drive::poll`]: a wake only sets its side's flag.
 const POLLING: u8 = 4;
 /// Rounds one poll may run before it yields to the task's other work.
@@ -251,7 +279,7 @@ impl std::task::Wake for SideWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         let before = self.shared.flags.fetch_or(self.side, Ordering::AcqRel);
         // Nobody else will look at the flags: not in a poll, and no earlier wake pending.
-        if before & (POLLING | CONN | UPSTREAM) == 0 {
+        if before & (POLLING | WORK) == 0 {
             self.shared.task.wake();
         }
     }
@@ -264,6 +292,10 @@ pub struct Drive<F> {
     shared: Arc<Shared>,
     conn_waker: Waker,
     upstream_waker: Waker,
+    closing_waker: Waker,
+    closing: Option<Closing<F>>,
+    /// Once the drain began: held until the connection ends, so the drain waits for it.
+    closed: Option<watch::Receiver<()>>,
 }
 
 impl<F: Future> Future for Drive<F> {
@@ -273,8 +305,20 @@ impl<F: Future> Future for Drive<F> {
         let this = &mut *self;
         this.shared.task.register(cx.waker());
         let flags = &this.shared.flags;
-        let mut todo = flags.swap(POLLING, Ordering::AcqRel) & (CONN | UPSTREAM);
+        let mut todo = flags.swap(POLLING, Ordering::AcqRel) & WORK;
         for _ in 0..MAX_ROUNDS {
+            if todo & CLOSING != 0 {
+                if let Some(closing) = &mut this.closing {
+                    let mut cx = Context::from_waker(&this.closing_waker);
+                    if let Poll::Ready(receiver) = closing.signal.as_mut().poll(&mut cx) {
+                        (closing.close)(this.conn.as_mut());
+                        this.closed = Some(receiver);
+                        this.closing = None;
+                        // The connection acts on it when polled.
+                        todo |= CONN;
+                    }
+                }
+            }
             // Upstream data first, so a response that arrived is handed on in this same poll.
             if todo & UPSTREAM != 0 {
                 this.driver
@@ -292,12 +336,12 @@ impl<F: Future> Future for Drive<F> {
             }
             // Wakes given while polling: the request handed to the upstream connection, the
             // response handed back, or I/O that became ready meanwhile.
-            todo = flags.swap(POLLING, Ordering::AcqRel) & (CONN | UPSTREAM);
+            todo = flags.swap(POLLING, Ordering::AcqRel) & WORK;
             if todo == 0 {
                 match flags.compare_exchange(POLLING, 0, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => return Poll::Pending,
                     // A wake landed between the two: take it too.
-                    Err(_) => todo = flags.swap(POLLING, Ordering::AcqRel) & (CONN | UPSTREAM),
+                    Err(_) => todo = flags.swap(POLLING, Ordering::AcqRel) & WORK,
                 }
             }
         }
@@ -356,7 +400,7 @@ mod tests {
     fn wakes_between_the_two_sides_are_served_in_the_same_poll() {
         let (count, waker) = task();
         let (conn, driver) = exchange();
-        let mut drive = std::pin::pin!(drive(conn, driver));
+        let mut drive = std::pin::pin!(drive(conn, driver, None));
         // Three request/response rounds between the sides, all in one poll, and the runtime is
         // never asked to poll the task again for them.
         let out = drive.as_mut().poll(&mut Context::from_waker(&waker));
@@ -369,7 +413,7 @@ mod tests {
         let (count, waker) = task();
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         let (_handle, driver) = ConnUpstreams::new();
-        let mut drive = std::pin::pin!(drive(async move { rx.await.unwrap_or(0) }, driver));
+        let mut drive = std::pin::pin!(drive(async move { rx.await.unwrap_or(0) }, driver, None));
         assert!(drive
             .as_mut()
             .poll(&mut Context::from_waker(&waker))
@@ -380,6 +424,58 @@ mod tests {
             drive.as_mut().poll(&mut Context::from_waker(&waker)),
             Poll::Ready(7)
         );
+    }
+
+    /// A connection that, once told to close, takes `finishing` more polls to end.
+    struct Closable {
+        closing: bool,
+        finishing: u32,
+    }
+
+    impl Future for Closable {
+        type Output = u32;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            if !self.closing {
+                return Poll::Pending;
+            }
+            if self.finishing == 0 {
+                return Poll::Ready(7);
+            }
+            self.finishing -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn the_drain_closes_the_connection_and_waits_for_its_end() {
+        let (count, waker) = task();
+        let (_handle, driver) = ConnUpstreams::new();
+        let (drain, signal) = watch::channel(());
+        let conn = Closable {
+            closing: false,
+            finishing: MAX_ROUNDS as u32 + 3,
+        };
+        let closing = Closing::on(signal, |c: Pin<&mut Closable>| c.get_mut().closing = true);
+        let mut drive = Box::pin(drive(conn, driver, Some(closing)));
+        let mut cx = Context::from_waker(&waker);
+        assert!(drive.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        drain.send(()).unwrap();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the drain wakes the task"
+        );
+        // Told to close, the connection is still finishing (past one poll's rounds), and the
+        // drain still sees it.
+        assert!(drive.as_mut().poll(&mut cx).is_pending());
+        assert!(drive.closing.is_none());
+        assert_eq!(drain.receiver_count(), 1);
+        assert_eq!(drive.as_mut().poll(&mut cx), Poll::Ready(7));
+        drop(drive);
+        assert_eq!(drain.receiver_count(), 0, "the drain is over");
     }
 
     #[test]
@@ -396,7 +492,7 @@ mod tests {
                 Poll::Pending
             }
         });
-        let mut drive = std::pin::pin!(drive(busy, driver));
+        let mut drive = std::pin::pin!(drive(busy, driver, None));
         assert!(drive
             .as_mut()
             .poll(&mut Context::from_waker(&waker))

@@ -19,9 +19,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::bound::{self, ConnUpstreams};
@@ -162,7 +161,9 @@ pub async fn run(
 ) {
     let cfg = state.runtime().config.server.clone();
     let builder = Arc::new(builder(&cfg));
-    let graceful = GracefulShutdown::new();
+    // The drain: a change tells every connection to close after its exchange in flight, and
+    // each holds a receiver until it has ended.
+    let (drain, connections) = watch::channel(());
     tokio::pin!(shutdown);
 
     loop {
@@ -225,7 +226,7 @@ pub async fn run(
             async move { Ok::<_, Infallible>(pipeline::handle(state, info, req).await) }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let drain_signal = connections.clone();
         let tls = tls.clone();
         let handshake_timeout = cfg.tls_handshake_timeout;
         crate::metrics::get().connection_opened();
@@ -234,14 +235,24 @@ pub async fn run(
                 None => {
                     let io = TokioIo::new(crate::framing::Scanned::new(stream, flags));
                     let conn = builder.serve_connection_with_upgrades(io, service);
-                    bound::drive(watcher.watch(conn.into_owned()), driver).await
+                    bound::drive(
+                        conn.into_owned(),
+                        driver,
+                        Some(bound::Closing::on(drain_signal, |c| c.graceful_shutdown())),
+                    )
+                    .await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let io = TokioIo::new(crate::framing::Scanned::new(tls_stream, flags));
                             let conn = builder.serve_connection_with_upgrades(io, service);
-                            bound::drive(watcher.watch(conn.into_owned()), driver).await
+                            bound::drive(
+                                conn.into_owned(),
+                                driver,
+                                Some(bound::Closing::on(drain_signal, |c| c.graceful_shutdown())),
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
@@ -265,13 +276,16 @@ pub async fn run(
 
     state.start_draining();
     drop(listener);
+    drop(connections);
     tracing::info!(
-        open = graceful.count(),
+        open = drain.receiver_count(),
         grace_secs = cfg.shutdown_grace.as_secs(),
         "draining"
     );
+    // No receiver left (no connection open) is an error here, and nothing to wait for.
+    let _ = drain.send(());
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = drain.closed() => tracing::info!("drained"),
         _ = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }

@@ -265,6 +265,36 @@ async fn several_workers_serve_and_drain() {
 }
 
 #[tokio::test]
+async fn idle_connections_are_closed_by_the_drain_without_waiting_out_the_grace() {
+    let (up, g, tx) = three_workers().await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut c = client(g.addr).await;
+        assert_eq!(post(&mut c, "/open/chat").await, StatusCode::OK);
+        clients.push(c);
+    }
+    assert_eq!(up.open(), 6);
+    let started = std::time::Instant::now();
+    let _ = tx.send(());
+    // The grace period is 30 s: only connections told to close end the drain this soon.
+    tokio::time::timeout(Duration::from_secs(10), g.task)
+        .await
+        .expect("the drain ended before the grace period")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while clients.iter().any(|c| !c.is_closed()) || up.open() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client connections open: {}, upstream connections open: {}",
+            clients.iter().filter(|c| !c.is_closed()).count(),
+            up.open()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn connections_are_spread_evenly_over_the_workers() {
     // The kernel spreads SO_REUSEPORT connections by a hash of their addresses; 12 connections
     // over 3 workers land 4/4/4 by hash alone about 1 time in 15. The gateway hands a
