@@ -318,30 +318,25 @@ impl RedisStore {
         }
     }
 
-    fn limit_keys(
-        &self,
-        scope: &str,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> (Vec<String>, Vec<String>) {
-        let mut keys = Vec::with_capacity(limits.len());
-        let mut args = Vec::with_capacity(limits.len() * 3);
-        for &(w, limit) in limits {
-            if w.is_calendar() {
-                let (period, end) = w.calendar_period(now_ms);
-                keys.push(key!(self, "rl:{{{scope}}}:{}:{period}", w.name()));
-                let kind = if w.is_check_only() { "k" } else { "c" };
-                args.extend([kind.to_string(), limit.to_string(), end.to_string()]);
-            } else {
-                keys.push(key!(self, "rl:{{{scope}}}:{}", w.name()));
-                args.extend([
-                    "s".to_string(),
-                    limit.to_string(),
-                    w.sliding_ms().to_string(),
-                ]);
-            }
+    /// `{p}rl:{<scope>}:<window>`, and `:<period>` for a calendar window: the one place the
+    /// limiter's key names are made.
+    fn window_key(&self, scope: &str, w: Window, period: Option<u64>) -> String {
+        let mut key = String::with_capacity(64);
+        self.write_window_key(&mut key, scope, w, period);
+        key
+    }
+
+    /// [`RedisStore::window_key`] written into `key` (cleared first), without `format!`: the
+    /// limiter builds these on every request.
+    fn write_window_key(&self, key: &mut String, scope: &str, w: Window, period: Option<u64>) {
+        key.clear();
+        for part in [self.prefix.as_str(), "rl:{", scope, "}:", w.name()] {
+            key.push_str(part);
         }
-        (keys, args)
+        if let Some(period) = period {
+            key.push(':');
+            key.push_str(itoa::Buffer::new().format(period));
+        }
     }
 
     /// The revocation key of an access token, in its user's limiter slot (`scope::user`).
@@ -364,21 +359,44 @@ impl RedisStore {
                 headers: RateLimitHeaders::default(),
             }));
         }
-        let (keys, args) = self.limit_keys(scope, limits, now_ms);
-        let mut inv = self.limiter.prepare_invoke();
-        for k in revocations.iter().chain(&keys) {
-            inv.key(k);
+        // EVALSHA built as one command (one buffer) rather than through `ScriptInvocation`,
+        // which allocates per argument and copies them all into a command again.
+        let nkeys = revocations.len() + limits.len();
+        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 4 + 3 * limits.len(), 512);
+        cmd.arg("EVALSHA").arg(self.limiter.get_hash()).arg(nkeys);
+        for k in revocations {
+            cmd.arg(k);
         }
-        let member = format!("{now_ms}:{}", crate::auth::random_token("", 10));
-        inv.arg(now_ms)
+        // Per window, in check order: its key, then (kind, limit, span) for the script.
+        let mut key = String::with_capacity(64);
+        let mut windows = Vec::with_capacity(limits.len());
+        for &(w, limit) in limits {
+            if w.is_calendar() {
+                let (period, end) = w.calendar_period(now_ms);
+                self.write_window_key(&mut key, scope, w, Some(period));
+                let kind = if w.is_check_only() { "k" } else { "c" };
+                windows.push((kind, limit, end));
+            } else {
+                self.write_window_key(&mut key, scope, w, None);
+                windows.push(("s", limit, w.sliding_ms()));
+            }
+            cmd.arg(key.as_str());
+        }
+        // A sliding window's log entry; calendar windows need none.
+        let mut member = String::new();
+        if limits.iter().any(|(w, _)| !w.is_calendar()) {
+            member.push_str(itoa::Buffer::new().format(now_ms));
+            member.push(':');
+            member.push_str(&crate::auth::random_token("", 10));
+        }
+        cmd.arg(now_ms)
             .arg(if consume { "1" } else { "0" })
             .arg(member)
             .arg(revocations.len());
-        for a in &args {
-            inv.arg(a);
+        for &(kind, limit, span) in &windows {
+            cmd.arg(kind).arg(limit).arg(span);
         }
-        let mut c = self.handle().await?;
-        let out: Vec<i64> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        let out: Vec<i64> = self.run_limiter(&cmd).await?;
         let [idx, limit, remaining, reset_ms] = out.as_slice() else {
             return Err(StoreError::Corrupt(format!(
                 "limiter script returned {out:?}"
@@ -402,6 +420,21 @@ impl RedisStore {
                 },
             },
         }))
+    }
+
+    /// Run a limiter `EVALSHA`. When Redis does not know the script (NOSCRIPT: after a restart
+    /// or a `SCRIPT FLUSH`), load it and run the command once more.
+    async fn run_limiter<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut c = self.handle().await?;
+        match cmd.query_async(&mut c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(LIMIT_SCRIPT);
+                let _: String = load.query_async(&mut c).await.map_err(unavailable)?;
+                cmd.query_async(&mut c).await.map_err(unavailable)
+            }
+            r => r.map_err(unavailable),
+        }
     }
 
     /// A decision of limits alone.
@@ -839,7 +872,7 @@ impl Store for RedisStore {
         for (slot, w) in counts.iter_mut().zip([Window::Day, Window::Month]) {
             let (period, _) = w.calendar_period(now_ms);
             *slot = self
-                .calendar_count(key!(self, "rl:{{{scope}}}:{}:{period}", w.name()))
+                .calendar_count(self.window_key(scope, w, Some(period)))
                 .await?;
         }
         Ok(Usage {
@@ -851,7 +884,7 @@ impl Store for RedisStore {
     async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
         let (period, end) = Window::Month.calendar_period(now_ms);
         // The token budget's counter: the limiter script checks the same key, in the same slot.
-        let key = key!(self, "rl:{{{scope}}}:tokens:{period}");
+        let key = self.window_key(scope, Window::Tokens, Some(period));
         let mut c = self.handle().await?;
         let (total,): (u64,) = redis::pipe()
             .atomic()
@@ -868,7 +901,7 @@ impl Store for RedisStore {
 
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
         let (period, _) = Window::Month.calendar_period(now_ms);
-        self.calendar_count(key!(self, "rl:{{{scope}}}:tokens:{period}"))
+        self.calendar_count(self.window_key(scope, Window::Tokens, Some(period)))
             .await
     }
 
