@@ -172,8 +172,8 @@ impl Peer {
 }
 
 /// Headers [`strip_spoofable`] removes or reads specially: identity ([`IDENTITY_HEADERS`]),
-/// forwarding, hop-by-hop.
-/// A `match` on the name, like [`is_hop_by_hop`]; a test keeps it and the statics in step.
+/// forwarding, hop-by-hop. A `match` on the name, like [`is_hop_by_hop`]; a test keeps it and
+/// the header statics in step.
 fn is_stripped(name: &HeaderName) -> bool {
     is_hop_by_hop(name)
         || matches!(
@@ -726,8 +726,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     });
     if !plain {
         let named: Vec<HeaderName> = connection_names(h)
-            .filter(|t| !HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n)))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !is_hop_by_hop(n))
             .collect();
         for n in named {
             h.remove(n);

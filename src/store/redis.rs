@@ -428,9 +428,7 @@ impl RedisStore {
         let mut c = self.handle().await?;
         match cmd.query_async(&mut c).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(LIMIT_SCRIPT);
-                let _: String = load.query_async(&mut c).await.map_err(unavailable)?;
+                self.limiter.load_async(&mut c).await.map_err(unavailable)?;
                 cmd.query_async(&mut c).await.map_err(unavailable)
             }
             r => r.map_err(unavailable),
