@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let keys = JwtKeys::new(&cfg.auth);
-    let now = ares_gateway::auth::unix_now();
+    let now = ares_gateway::util::unix_now();
     let (token, _) = keys
         .issue("usr_bench", "bench@example.com", now)
         .expect("issue");
@@ -124,8 +124,17 @@ fn bench(c: &mut Criterion) {
                 let uri = req.uri().clone();
                 let ctx = proxy::strip_spoofable(req.headers_mut(), &peer, false, &uri, &[]);
                 let (parts, body) = req.into_parts();
-                proxy::rewrite_request(parts, body, route, &principal, &ctx, "/api/chat", 1 << 20)
-                    .is_ok()
+                proxy::rewrite_request(
+                    parts,
+                    body,
+                    route,
+                    &principal,
+                    &ctx,
+                    "/api/chat",
+                    1 << 20,
+                    None,
+                )
+                .is_ok()
             },
             BatchSize::SmallInput,
         )
@@ -184,7 +193,7 @@ fn bench_pipeline(c: &mut Criterion) {
             .issue(
                 "usr_bench",
                 "bench@example.com",
-                ares_gateway::auth::unix_now(),
+                ares_gateway::util::unix_now(),
             )
             .expect("issue");
         let gw = ares_gateway::Gateway::start(cfg, std::future::pending())

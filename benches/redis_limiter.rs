@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ares_gateway::config::Config;
-use ares_gateway::ratelimit::{now_ms, Window};
+use ares_gateway::ratelimit::Window;
 use ares_gateway::store::{RedisStore, Store};
+use ares_gateway::util::now_ms;
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
     Command::new("redis-cli")

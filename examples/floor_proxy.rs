@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ares_gateway::body::{self, Body};
-use ares_gateway::bound::{self, ConnUpstreams};
-use ares_gateway::coalesce::Coalesced;
-use ares_gateway::config::Upstream;
+use ares_gateway::edge::bound::{self, ConnUpstreams};
+use ares_gateway::edge::coalesce::Coalesced;
+use ares_gateway::route::Upstream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -71,10 +71,15 @@ async fn serve(listener: std::net::TcpListener, upstream: Arc<Upstream>) -> std:
             let upstream = upstream.clone();
             async move {
                 let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-                Ok::<_, Error>(match upstreams.send(&upstream, req).await {
-                    Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
-                    Err(_) => bad_gateway(),
-                })
+                Ok::<_, Error>(
+                    match upstreams
+                        .send(&upstream.authority, upstream.connect_timeout, req)
+                        .await
+                    {
+                        Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
+                        Err(_) => bad_gateway(),
+                    },
+                )
             }
         });
         let conn = hyper::server::conn::http1::Builder::new()

@@ -10,13 +10,11 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use serde::de::DeserializeOwned;
+use http_body_util::{BodyExt, Empty, Full};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::error::GatewayError;
-use crate::timer::LazySleep;
+use crate::edge::timer::LazySleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,53 +46,59 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T, no_store: bool) -> Resp
     resp
 }
 
-/// Read a JSON request body of at most `limit` bytes and parse it.
-///
-/// Too large is 413; anything else that is not the expected JSON (bad syntax, non-UTF-8, nesting
-/// past serde_json's recursion limit, a missing field) is 400 naming the problem.
-pub async fn read_json<T, B>(body: B, limit: usize) -> Result<T, GatewayError>
-where
-    T: DeserializeOwned,
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let bytes = read_limited(body, limit).await?;
-    if bytes.is_empty() {
-        return Err(GatewayError::invalid("request body must be a JSON object"));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        // serde_json's message names the field and position, never echoes long input.
-        GatewayError::invalid(format!("malformed JSON body: {}", json_problem(&e)))
-    })
+/// A request body as the pipeline takes it: as hyper received it, or built in memory (unit
+/// tests drive the pipeline without a socket). An enum, not a box: no allocation per request.
+pub enum RequestBody {
+    Incoming(hyper::body::Incoming),
+    Full(Full<Bytes>),
 }
 
-/// Collect a body of at most `limit` bytes.
-pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, GatewayError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        Err(e) => Err(GatewayError::invalid(format!(
-            "could not read request body: {e}"
-        ))),
+impl From<hyper::body::Incoming> for RequestBody {
+    fn from(b: hyper::body::Incoming) -> Self {
+        RequestBody::Incoming(b)
     }
 }
 
-fn json_problem(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    // serde_json quotes unknown variants and values; keep messages short and free of input.
-    match e.classify() {
-        serde_json::error::Category::Data => text,
-        _ => format!(
-            "{:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        ),
+impl From<Bytes> for RequestBody {
+    fn from(b: Bytes) -> Self {
+        RequestBody::Full(Full::new(b))
     }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A 204 for gateway-served endpoints that return nothing.
+pub fn no_content() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
 }
 
 /// Marks a body that stalled longer than the idle timeout.
@@ -212,44 +216,6 @@ where
 mod tests {
     use super::*;
     use http_body_util::StreamBody;
-
-    #[derive(serde::Deserialize, Debug)]
-    struct Login {
-        #[allow(dead_code)]
-        email: String,
-    }
-
-    #[tokio::test]
-    async fn oversize_json_is_413() {
-        let body = Full::new(Bytes::from(vec![b' '; 2000]));
-        let err = read_json::<Login, _>(body, 1000).await.unwrap_err();
-        assert!(matches!(err, GatewayError::PayloadTooLarge));
-    }
-
-    #[tokio::test]
-    async fn missing_field_is_400_naming_it() {
-        let body = Full::new(Bytes::from_static(b"{\"name\":\"x\"}"));
-        let err = read_json::<Login, _>(body, 1000).await.unwrap_err();
-        match err {
-            GatewayError::InvalidInput(m) => assert!(m.contains("email"), "{m}"),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn non_utf8_and_deep_nesting_are_400() {
-        let body = Full::new(Bytes::from_static(b"{\"email\":\"\xff\xfe\"}"));
-        assert!(matches!(
-            read_json::<Login, _>(body, 1000).await,
-            Err(GatewayError::InvalidInput(_))
-        ));
-        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-        let body = Full::new(Bytes::from(deep));
-        assert!(matches!(
-            read_json::<serde_json::Value, _>(body, 100_000).await,
-            Err(GatewayError::InvalidInput(_))
-        ));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_ends_a_stalled_stream_but_not_a_slow_one() {

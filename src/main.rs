@@ -12,7 +12,8 @@ use ares_gateway::config::Config;
 // the 64 MiB target.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use ares_gateway::{demo, server, Gateway};
+use ares_gateway::edge::accept;
+use ares_gateway::{demo, Gateway};
 
 #[derive(Parser)]
 #[command(
@@ -139,7 +140,7 @@ fn serve(cfg: Config) -> ExitCode {
     print_generated(&cfg);
     rt.block_on(async move {
         let listen = cfg.server.listen;
-        match Gateway::start(cfg, server::shutdown_signal()).await {
+        match Gateway::start(cfg, accept::shutdown_signal()).await {
             Ok(g) => {
                 tracing::info!(addr = %g.addr, "listening");
                 let _ = g.task.await;
@@ -206,7 +207,7 @@ fn demo_cmd() -> ExitCode {
             .first()
             .map(|s| s.expose().to_string())
             .unwrap_or_default();
-        match Gateway::start(cfg, server::shutdown_signal()).await {
+        match Gateway::start(cfg, accept::shutdown_signal()).await {
             Ok(g) => {
                 let up: std::net::SocketAddr = up_addr.parse().unwrap_or(g.addr);
                 println!("{}", demo::walkthrough(g.addr, up, &secret));

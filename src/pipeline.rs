@@ -17,24 +17,23 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::api;
 use crate::auth::{self, Identity, Principal};
-use crate::body::{self, Body};
-use crate::bound::ConnUpstreams;
-use crate::config::FailurePolicy;
+use crate::body::{self, Body, RequestBody};
 use crate::cors;
+use crate::edge::bound::ConnUpstreams;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, RequestContext, X_REQUEST_ID};
-use crate::ratelimit::{now_ms, RateLimitHeaders, Window};
-use crate::route::{self, Handler, Route, Target};
-use crate::state::{AppState, Runtime};
-use crate::store::scope;
+use crate::ratelimit::limiter::{self, OnFailure, Scope};
+use crate::ratelimit::RateLimitHeaders;
+use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
+use crate::state::{AppState, Snapshot};
+use crate::util::unix_now;
 
 /// The route label of requests that matched none.
 static NO_ROUTE: std::sync::LazyLock<crate::metrics::Label> =
@@ -68,15 +67,15 @@ struct Outcome<'r> {
 pub async fn handle(
     state: Arc<AppState>,
     conn: ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let rt = state.runtime();
+    let snap = state.snapshot();
     // Before anything reads the request: refuse what another parser could frame differently.
     let framing = if conn.both_lengths {
-        Err(crate::framing::FramingError::LengthAndChunked)
+        Err(crate::edge::framing::FramingError::LengthAndChunked)
     } else {
-        crate::framing::check(&req)
+        crate::edge::framing::check(&req)
     };
     let uri = req.uri().clone();
     let ctx = proxy::strip_spoofable(
@@ -84,10 +83,10 @@ pub async fn handle(
         &conn.peer,
         conn.tls,
         &uri,
-        &rt.config.server.trusted_proxies,
+        &snap.config.server.trusted_proxies,
     );
     let method = req.method().clone();
-    let cors_origin = cors::allowed_origin(req.headers(), &rt.config.server.cors_origins);
+    let cors_origin = cors::allowed_origin(req.headers(), &snap.config.server.cors_origins);
     let req_bytes = content_length(req.headers());
     // The path without the query: a query may hold a token (EventSource) and is never logged.
     let path = uri.path();
@@ -96,7 +95,7 @@ pub async fn handle(
     let result = match framing {
         Ok(()) => {
             let bound = conn.upstreams.as_ref();
-            handle_inner(&state, &rt, &ctx, &uri, bound, req, &mut outcome).await
+            handle_inner(&state, &snap, &ctx, &uri, bound, req, &mut outcome).await
         }
         Err(e) => Err(GatewayError::invalid(e.to_string())),
     };
@@ -158,12 +157,12 @@ pub async fn handle(
 
 async fn handle_inner<'r>(
     state: &Arc<AppState>,
-    rt: &'r Runtime,
+    snap: &'r Snapshot,
     ctx: &RequestContext,
     // The request's URI, cloned once by `handle` (the request itself is consumed below).
     uri: &http::Uri,
     bound: Option<&ConnUpstreams>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     outcome: &mut Outcome<'r>,
 ) -> Result<Response<Body>, GatewayError> {
     // 1. ctx was built by `handle`; during a drain new requests are refused.
@@ -174,7 +173,7 @@ async fn handle_inner<'r>(
         return Err(GatewayError::MethodNotAllowed);
     }
     // Preflights are answered before any credential is asked for.
-    let cors_origins = &rt.config.server.cors_origins;
+    let cors_origins = &snap.config.server.cors_origins;
     if !cors_origins.is_empty() && cors::is_preflight(req.method(), req.headers()) {
         return Ok(cors::preflight(
             cors::allowed_origin(req.headers(), cors_origins).as_ref(),
@@ -183,7 +182,7 @@ async fn handle_inner<'r>(
 
     // 2. route
     let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
-    let route = rt
+    let route = snap
         .config
         .routes
         .classify(&path)
@@ -191,29 +190,42 @@ async fn handle_inner<'r>(
     outcome.route = Some(route);
     outcome.bearer = route.auth.is_bearer();
 
-    // 3. gateway-served routes
-    if let Target::Handler(handler) = &route.target {
-        return match handler {
-            Handler::Health => api::health(state, req.method(), &path).await,
-            Handler::Auth => api::auth::handle(state, rt, ctx, req, &path).await,
-            Handler::Admin => {
-                let revocation = auth::Revocation::Now;
-                let principal =
-                    auth::authenticate(route, req.headers(), None, revocation, rt, state).await?;
-                outcome.auth_method = principal.auth_method();
-                api::admin::handle(state, rt, &principal, req, &path).await
-            }
-        };
-    }
+    // 3. gateway-served routes. The admin API serves exactly the paths it implements; the
+    // others go to the upstream's own admin routes, after the same admin check.
+    let route = match &route.target {
+        Target::Handler(Handler::Admin) if !api::admin::serves(&path) => {
+            let upstream_route = snap.config.routes.classify_upstream(&path);
+            // Never with weaker authentication than the admin secret.
+            let route = upstream_route
+                .filter(|r| r.auth == AuthKind::Admin)
+                .ok_or(GatewayError::NotFound)?;
+            outcome.route = Some(route);
+            route
+        }
+        Target::Handler(handler) => {
+            return match handler {
+                Handler::Health => api::health(state, req.method(), &path).await,
+                Handler::Auth => api::auth::handle(state, snap, ctx, req, &path).await,
+                Handler::Admin => {
+                    let revocation = auth::Revocation::Now;
+                    let creds = state.credentials(snap);
+                    let principal =
+                        auth::authenticate(route, req.headers(), None, revocation, &creds).await?;
+                    outcome.auth_method = principal.auth_method();
+                    api::admin::handle(state, snap, &principal, req, &path).await
+                }
+            };
+        }
+        Target::Upstream(_) => route,
+    };
     let Target::Upstream(upstream) = &route.target else {
         return Err(GatewayError::NotFound);
     };
-
     // 4, 5. principal (an access token's revocation is checked with its limits, in step 6)
     let auth_started = Instant::now();
     let revocation = auth::Revocation::WithLimits;
-    let principal =
-        auth::authenticate(route, req.headers(), uri.query(), revocation, rt, state).await;
+    let creds = state.credentials(snap);
+    let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, &creds).await;
     crate::metrics::get().auth(auth_started.elapsed());
     let principal = principal?;
     outcome.auth_method = principal.auth_method();
@@ -223,10 +235,8 @@ async fn handle_inner<'r>(
     auth::authorize(route, &principal)?;
 
     // 6. limits (and a user's token revocation, in the same store round trip)
-    let policy = route
-        .failure_policy
-        .unwrap_or(rt.config.limits.failure_policy);
-    let limit_headers = check_limits(state, rt, &principal, policy).await?;
+    let on_failure = snap.on_failure(route.failure_policy);
+    let limit_headers = check_limits(state, snap, &principal, on_failure).await?;
 
     // 7. rewrite
     let forward_path = route.forward_path(&path);
@@ -239,6 +249,13 @@ async fn handle_inner<'r>(
     } else {
         None
     };
+    let minted = match route.credential {
+        Credential::Mint => snap.minters.get(upstream.index).and_then(|m| {
+            m.as_ref()
+                .and_then(|m| m.authorization(principal.identity(), unix_now()))
+        }),
+        Credential::None | Credential::Passthrough => None,
+    };
     let upstream_req = proxy::rewrite_request(
         parts,
         body,
@@ -246,11 +263,12 @@ async fn handle_inner<'r>(
         &principal,
         ctx,
         &forward_path,
-        rt.config.server.request_body_limit,
+        snap.config.server.request_body_limit,
+        minted,
     )?;
 
     // 8. forward
-    let client = rt
+    let client = snap
         .clients
         .get(upstream.index)
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
@@ -269,7 +287,7 @@ async fn handle_inner<'r>(
         proxy::spawn_tunnel(
             client_upgrade,
             upstream_upgrade,
-            rt.config.server.websocket_idle_timeout,
+            snap.config.server.websocket_idle_timeout,
         );
         return Ok(proxy::switching_protocols(upstream_resp));
     }
@@ -297,32 +315,32 @@ async fn handle_inner<'r>(
 /// token the same round trip checks its revocation.
 async fn check_limits(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     principal: &Principal,
-    policy: FailurePolicy,
+    on_failure: OnFailure,
 ) -> Result<Option<RateLimitHeaders>, GatewayError> {
-    let limits = &rt.config.limits;
+    let limits = &snap.config.limits;
     let decision = match principal.identity() {
         Identity::ApiKey { tenant, .. } => {
             let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
             let plan = tenant.limits.apply(&tier);
-            state
-                .rate_limit(&scope::tenant(&tenant.id), &plan, policy)
-                .await?
+            let scope = Scope::Tenant(&tenant.id);
+            state.limiter.admit(scope, &plan, on_failure).await?
         }
         Identity::User(claims) => {
             // Users have request limits only; a token budget is a tenant's.
             let mut plan = limits.user.clone();
             plan.tokens_per_month = None;
-            state.admit_user(claims, &plan, policy).await?
+            let jti = claims.jti.as_deref();
+            let limiter = &state.limiter;
+            limiter
+                .admit_user(&claims.sub, jti, &plan, on_failure)
+                .await?
         }
         Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
     };
-    match decision.and_then(|d| d.refused_by.map(|w| (w, d.headers))) {
-        Some((Window::Tokens, headers)) => Err(GatewayError::TokenQuotaExceeded {
-            retry_after: Duration::from_secs(headers.reset.max(1)),
-        }),
-        Some((window, headers)) => Err(GatewayError::RateLimited { window, headers }),
+    match decision.as_ref().and_then(limiter::refusal) {
+        Some(refused) => Err(refused),
         None => Ok(decision.map(|d| d.headers)),
     }
 }
@@ -344,13 +362,10 @@ fn debit_tokens(state: &Arc<AppState>, principal: &Principal, headers: &http::He
     if n == 0 {
         return;
     }
-    let state = state.clone();
-    let scope = scope::tenant(&tenant.id);
+    let (state, tenant) = (state.clone(), tenant.clone());
     tokio::spawn(async move {
-        if let Err(e) = state
-            .store_call(state.store.add_tokens(&scope, n, now_ms()))
-            .await
-        {
+        let debited = state.limiter.debit_tokens(Scope::Tenant(&tenant.id), n);
+        if let Err(e) = debited.await {
             tracing::warn!(error = %e, tokens = n, "token debit lost: store unavailable");
         }
     });
@@ -370,11 +385,4 @@ fn resp_bytes(resp: &Response<Body>) -> i64 {
         Some(n) => n as i64,
         None => content_length(resp.headers()),
     }
-}
-
-/// A 204/200 helper for gateway-served endpoints that return nothing.
-pub fn no_content() -> Response<Body> {
-    let mut r = Response::new(body::empty());
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
 }

@@ -9,7 +9,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{FailurePolicy, Upstream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ratelimit::FailurePolicy;
 
 /// Why a path was refused before routing (400 `INVALID_INPUT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +173,73 @@ pub enum Target {
     Handler(Handler),
 }
 
+/// What a proxied request carries to the upstream in `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// Nothing: the client's `Authorization` and `X-Admin-Secret` are removed.
+    None,
+    /// The client's own `Authorization` and `X-Admin-Secret`, as sent.
+    Passthrough,
+    /// A short-lived token the gateway mints with the upstream's secret (`auth::mint`); the
+    /// client's credentials are removed.
+    Mint,
+}
+
+impl Credential {
+    pub fn parse(s: &str) -> Option<Credential> {
+        match s.trim() {
+            "none" => Some(Credential::None),
+            "passthrough" => Some(Credential::Passthrough),
+            "mint" => Some(Credential::Mint),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::None => "none",
+            Credential::Passthrough => "passthrough",
+            Credential::Mint => "mint",
+        }
+    }
+}
+
+/// How an upstream's tokens are minted (`credential: mint`).
+#[derive(Clone)]
+pub struct MintConfig {
+    /// The upstream's HS256 secret (ARES's `JWT_SECRET`).
+    pub secret: crate::util::Secret,
+    pub ttl_secs: u64,
+    /// Static claims of every token (never one the gateway sets itself).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl MintConfig {
+    /// The claims the gateway sets itself (`auth::mint`); static claims may not replace them.
+    pub const RESERVED_CLAIMS: [&'static str; 10] = [
+        "iss",
+        "sub",
+        "email",
+        "iat",
+        "exp",
+        "auth_method",
+        "tenant_id",
+        "tier",
+        "key_id",
+        "token_use",
+    ];
+}
+
+impl fmt::Debug for MintConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MintConfig")
+            .field("secret", &self.secret)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// One validated route.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -185,8 +255,8 @@ pub struct Route {
     upstream_base: Option<String>,
     /// Keys need this scope (or `full`).
     pub required_scope: Option<String>,
-    /// Whether `Authorization` / `X-Admin-Secret` reach the upstream.
-    pub forward_credentials: bool,
+    /// What the upstream receives in `Authorization` (and whether `X-Admin-Secret` reaches it).
+    pub credential: Credential,
     /// Whether WebSocket upgrades pass through.
     pub websocket: bool,
     /// Whether an `access_token` query parameter may stand in for the header (EventSource).
@@ -203,7 +273,7 @@ impl Route {
         target: Target,
         upstream_prefix: Option<String>,
         required_scope: Option<String>,
-        forward_credentials: bool,
+        credential: Credential,
         websocket: bool,
         query_token: bool,
     ) -> Self {
@@ -215,7 +285,7 @@ impl Route {
             auth,
             target,
             required_scope,
-            forward_credentials,
+            credential,
             websocket,
             query_token,
             failure_policy: None,
@@ -282,6 +352,14 @@ impl RouteTable {
         self.routes.iter().find(|r| r.matches(path))
     }
 
+    /// The longest upstream route for `path`: where a gateway-served path that its handler does
+    /// not implement goes (the admin API's other paths, to the upstream's own admin routes).
+    pub fn classify_upstream(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| matches!(r.target, Target::Upstream(_)) && r.matches(path))
+    }
+
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -291,7 +369,7 @@ impl fmt::Display for RouteTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<32} {:<8} {:<22} {:<18} {:<7} {:<5} forward_credentials",
+            "{:<32} {:<8} {:<22} {:<18} {:<7} {:<5} upstream_credential",
             "prefix", "auth", "target", "upstream_prefix", "scope", "ws"
         )?;
         for r in &self.routes {
@@ -309,10 +387,82 @@ impl fmt::Display for RouteTable {
                 up,
                 r.required_scope.as_deref().unwrap_or("-"),
                 if r.websocket { "yes" } else { "no" },
-                if r.forward_credentials { "yes" } else { "no" },
+                match &r.target {
+                    Target::Upstream(_) => r.credential.as_str(),
+                    Target::Handler(_) => "-",
+                },
             )?;
         }
         Ok(())
+    }
+}
+
+/// One upstream service.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// The name as a metric label.
+    pub label: crate::metrics::Label,
+    /// Position in the upstream list; the client pool uses the same index.
+    pub index: usize,
+    pub https: bool,
+    pub authority: http::uri::Authority,
+    /// `Host` for requests on the gateway's own HTTP/1 connections (the authority).
+    pub host: http::HeaderValue,
+    /// Path the upstream is mounted at, without trailing slash (usually empty).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// PEM bundle trusted for an `https://` upstream (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// What this upstream's routes send in `Authorization` unless a route says.
+    pub credential: Credential,
+    /// Set when the upstream takes minted tokens.
+    pub mint: Option<MintConfig>,
+}
+
+impl Upstream {
+    /// An upstream with default timeouts.
+    pub fn parse(name: &str, url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err("scheme must be http or https".into()),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| "URL has no host".to_string())?;
+        if authority.as_str().contains('@') {
+            return Err("URL must not carry credentials".into());
+        }
+        if uri.query().is_some() {
+            return Err("URL must not have a query".into());
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "URL host is not a valid Host header".to_string())?;
+        Ok(Upstream {
+            host,
+            label: crate::metrics::get().upstream_label(name),
+            name: name.to_string(),
+            index: 0,
+            https,
+            authority,
+            base_path,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            ca_file: None,
+            credential: Credential::None,
+            mint: None,
+        })
     }
 }
 
@@ -391,7 +541,7 @@ mod tests {
                 t,
                 upp.map(Into::into),
                 None,
-                false,
+                Credential::None,
                 false,
                 false,
             )

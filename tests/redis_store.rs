@@ -54,7 +54,7 @@ async fn redis_cluster_passes_the_store_suite() {
     // A revocation under the older gateways' key lives in another slot than the user's limiter
     // keys; it is still honoured.
     use ares_gateway::store::{Admission, Store};
-    let now_ms = ares_gateway::ratelimit::now_ms();
+    let now_ms = ares_gateway::util::now_ms();
     let limits = [(ares_gateway::ratelimit::Window::Minute, 10)];
     let admit = || store.admit_token("usr_c", Some("old-jti"), &limits, now_ms);
     assert!(matches!(admit().await.unwrap(), Admission::Decided(_)));
@@ -673,8 +673,9 @@ fn connections_received(port: u16) -> u64 {
 
 #[tokio::test]
 async fn concurrent_decisions_share_one_multiplexed_connection() {
-    use ares_gateway::ratelimit::{now_ms, Window};
+    use ares_gateway::ratelimit::Window;
     use ares_gateway::store::Store;
+    use ares_gateway::util::now_ms;
     let redis = RedisServer::start();
     let store = store_for(&redis.url()).await;
     let limits = [(Window::Day, 1_000), (Window::Minute, 1_000)];

@@ -8,19 +8,20 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
-use crate::api::{check_name, segments};
-use crate::auth::{api_key, random_token, unix_now, Identity, Principal};
-use crate::body::{self, Body};
+use crate::api::{self, check_name, segments};
+use crate::auth::{api_key, Identity, Principal};
+use crate::body::{self, no_content, Body, RequestBody};
 use crate::config::MAX_SLIDING_LIMIT;
 use crate::error::{GatewayError, StoreError};
-use crate::pipeline::no_content;
-use crate::ratelimit::{now_ms, Window};
-use crate::state::{AppState, Runtime};
-use crate::store::{scope, ApiKeyRecord, LimitOverrides, Tenant, TenantStatus};
+use crate::ratelimit::limiter::Scope;
+use crate::ratelimit::Window;
+use crate::state::{AppState, Snapshot};
+use crate::store::{ApiKeyRecord, LimitOverrides, Tenant, TenantStatus};
+use crate::util::now_ms;
+use crate::util::{random_token, unix_now};
 
 const KEY_WARNING: &str = "Store this API key securely: it will not be shown again.";
 
@@ -107,11 +108,28 @@ struct Provision {
     api_key_name: Option<String>,
 }
 
+/// Whether the admin API implements `path` (with some method; a method it does not take is its
+/// 405). Every other path under `/api/admin/` is the upstream's.
+pub fn serves(path: &str) -> bool {
+    matches!(
+        segments(path, "/api/admin").as_slice(),
+        ["provision-client"]
+            | ["tenants"]
+            | ["tenants", _]
+            | [
+                "tenants",
+                _,
+                "quota" | "limits" | "status" | "usage" | "api-keys"
+            ]
+            | ["tenants", _, "api-keys", _]
+    )
+}
+
 pub async fn handle(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     principal: &Principal,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     path: &str,
 ) -> Result<Response<Body>, GatewayError> {
     let admin = match principal.identity() {
@@ -119,51 +137,47 @@ pub async fn handle(
         _ => return Err(GatewayError::InvalidAdminSecret),
     };
     let method = req.method().clone();
-    let limit = rt.config.server.json_body_limit;
+    let limit = snap.config.server.json_body_limit;
     let seg = segments(path, "/api/admin");
-    let a = Admin { state, rt, admin };
+    let a = Admin { state, snap, admin };
     let result = match (seg.as_slice(), &method) {
         (["provision-client"], &Method::POST) => {
-            a.provision(body::read_json(req.into_body(), limit).await?)
+            a.provision(api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         (["tenants"], &Method::GET) => a.list_tenants().await,
         (["tenants"], &Method::POST) => {
-            a.create_tenant(body::read_json(req.into_body(), limit).await?)
+            a.create_tenant(api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         (["tenants", id], &Method::GET) => a.get_tenant(id).await,
         (["tenants", id], &Method::DELETE) => a.delete_tenant(id).await,
         (["tenants", id, "quota"], &Method::PUT) => {
-            a.set_tier(id, body::read_json(req.into_body(), limit).await?)
+            a.set_tier(id, api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         (["tenants", id, "limits"], &Method::PUT) => {
-            a.set_limits(id, body::read_json(req.into_body(), limit).await?)
+            a.set_limits(id, api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         (["tenants", id, "status"], &Method::PUT) => {
-            a.set_status(id, body::read_json(req.into_body(), limit).await?)
+            a.set_status(id, api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         (["tenants", id, "usage"], &Method::GET) => a.usage(id).await,
         (["tenants", id, "api-keys"], &Method::GET) => a.list_keys(id).await,
         (["tenants", id, "api-keys"], &Method::POST) => {
-            a.create_key(id, body::read_json(req.into_body(), limit).await?)
+            a.create_key(id, api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         (["tenants", id, "api-keys", "import"], &Method::POST) => {
-            a.import_key(id, body::read_json(req.into_body(), limit).await?)
+            a.import_key(id, api::json::read_json(req.into_body(), limit).await?)
                 .await
         }
         // Key ids are `key_...`: `import` is never one.
         (["tenants", _, "api-keys", "import"], _) => Err(GatewayError::MethodNotAllowed),
         (["tenants", id, "api-keys", key_id], &Method::DELETE) => a.delete_key(id, key_id).await,
-        (["provision-client"], _)
-        | (["tenants"], _)
-        | (["tenants", _], _)
-        | (["tenants", _, "quota" | "limits" | "status" | "usage" | "api-keys"], _)
-        | (["tenants", _, "api-keys", _], _) => Err(GatewayError::MethodNotAllowed),
+        _ if serves(path) => Err(GatewayError::MethodNotAllowed),
         _ => Err(GatewayError::NotFound),
     };
     if let Err(e) = &result {
@@ -201,7 +215,7 @@ pub(crate) fn fuzz(data: &[u8]) {
 
 struct Admin<'a> {
     state: &'a AppState,
-    rt: &'a Runtime,
+    snap: &'a Snapshot,
     /// Index of the admin secret used, for the audit log.
     admin: usize,
 }
@@ -220,12 +234,12 @@ impl Admin<'_> {
     }
 
     fn tier(&self, tier: Option<String>) -> Result<String, GatewayError> {
-        let tier = tier.unwrap_or_else(|| self.rt.config.limits.default_plan.clone());
-        if self.rt.config.limits.plans.contains_key(&tier) {
+        let tier = tier.unwrap_or_else(|| self.snap.config.limits.default_plan.clone());
+        if self.snap.config.limits.plans.contains_key(&tier) {
             Ok(tier)
         } else {
             let known: Vec<&str> = self
-                .rt
+                .snap
                 .config
                 .limits
                 .plans
@@ -241,14 +255,16 @@ impl Admin<'_> {
 
     async fn tenant(&self, id: &str) -> Result<Tenant, GatewayError> {
         self.state
-            .store_call(self.state.store.get_tenant(id))
+            .store
+            .call(self.state.store.get_tenant(id))
             .await?
             .ok_or(GatewayError::NotFound)
     }
 
     async fn save(&self, t: &Tenant) -> Result<(), GatewayError> {
         self.state
-            .store_call(self.state.store.put_tenant(t))
+            .store
+            .call(self.state.store.put_tenant(t))
             .await?;
         self.state.keys.invalidate_tenant(&t.id);
         Ok(())
@@ -276,7 +292,8 @@ impl Admin<'_> {
     async fn list_tenants(&self) -> Result<Response<Body>, GatewayError> {
         let all = self
             .state
-            .store_call(self.state.store.list_tenants())
+            .store
+            .call(self.state.store.list_tenants())
             .await?;
         Ok(body::json(StatusCode::OK, &all, false))
     }
@@ -288,7 +305,8 @@ impl Admin<'_> {
     async fn delete_tenant(&self, id: &str) -> Result<Response<Body>, GatewayError> {
         let hashes = self
             .state
-            .store_call(self.state.store.delete_tenant(id))
+            .store
+            .call(self.state.store.delete_tenant(id))
             .await?
             .ok_or(GatewayError::NotFound)?;
         self.state.keys.invalidate_tenant(id);
@@ -347,12 +365,16 @@ impl Admin<'_> {
         let t = self.tenant(id).await?;
         let now = now_ms();
         let s = &self.state;
-        let usage = s.store_call(s.store.usage(&scope::tenant(id), now)).await?;
+        let usage = s
+            .store
+            .call(s.store.usage(&Scope::Tenant(id).key(), now))
+            .await?;
         let tokens = s
-            .store_call(s.store.tokens_used(&scope::tenant(id), now))
+            .store
+            .call(s.store.tokens_used(&Scope::Tenant(id).key(), now))
             .await?;
         let tier = self
-            .rt
+            .snap
             .config
             .limits
             .plans
@@ -383,7 +405,8 @@ impl Admin<'_> {
         self.tenant(id).await?;
         let keys = self
             .state
-            .store_call(self.state.store.list_api_keys(id))
+            .store
+            .call(self.state.store.list_api_keys(id))
             .await?;
         let views: Vec<ApiKeyView> = keys.iter().map(ApiKeyView::from).collect();
         Ok(body::json(StatusCode::OK, &views, false))
@@ -414,7 +437,8 @@ impl Admin<'_> {
     async fn store_key(&self, record: ApiKeyRecord) -> Result<ApiKeyRecord, GatewayError> {
         match self
             .state
-            .store_raw(self.state.store.create_api_key(&record))
+            .store
+            .call_keep_error(self.state.store.create_api_key(&record))
             .await
         {
             Ok(()) => {}
@@ -521,7 +545,8 @@ impl Admin<'_> {
     async fn delete_key(&self, id: &str, key_id: &str) -> Result<Response<Body>, GatewayError> {
         let record = self
             .state
-            .store_call(self.state.store.delete_api_key(id, key_id))
+            .store
+            .call(self.state.store.delete_api_key(id, key_id))
             .await?
             .ok_or(GatewayError::NotFound)?;
         self.state.keys.invalidate_key(&record.key_hash);

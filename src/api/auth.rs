@@ -7,21 +7,21 @@
 //! locked from one address.
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api::{check_name, segments};
+use crate::api::{self, check_name, segments};
 use crate::auth::password::{self, Password, MAX_PASSWORD_BYTES};
-use crate::auth::{self, random_token, unix_now, Identity};
-use crate::body::{self, Body};
-use crate::config::FailurePolicy;
+use crate::auth::{self, Identity};
+use crate::body::{self, Body, RequestBody};
 use crate::error::{GatewayError, StoreError};
 use crate::proxy::RequestContext;
-use crate::ratelimit::now_ms;
-use crate::state::{AppState, Runtime};
-use crate::store::{scope, RefreshRecord, User};
+use crate::ratelimit::limiter::{self, OnFailure, Scope};
+use crate::ratelimit::FailurePolicy;
+use crate::state::{AppState, Snapshot};
+use crate::store::{RefreshRecord, User};
+use crate::util::{random_token, unix_now};
 
 const REFRESH_PREFIX: &str = "rt_";
 /// 43 alphanumerics carry 256 bits.
@@ -47,51 +47,63 @@ struct RefreshRequest {
 
 pub async fn handle(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     ctx: &RequestContext,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     path: &str,
 ) -> Result<Response<Body>, GatewayError> {
-    let ip_scope = scope::auth_ip(&ctx.client_ip);
-    if let Some(d) = state
-        .rate_limit(&ip_scope, &rt.config.limits.auth_ip, FailurePolicy::Local)
-        .await?
-    {
-        if let Some(window) = d.refused_by {
-            return Err(GatewayError::RateLimited {
-                window,
-                headers: d.headers,
-            });
-        }
+    // Per client address, and by the `local` policy whatever the configured one: these
+    // endpoints take passwords, so they are never unlimited.
+    let on_failure = OnFailure {
+        policy: FailurePolicy::Local,
+        replicas: snap.config.limits.replicas,
+    };
+    let scope = Scope::AuthIp(ctx.client_ip);
+    let plan = &snap.config.limits.auth_ip;
+    let decision = state.limiter.admit(scope, plan, on_failure).await?;
+    if let Some(refused) = decision.as_ref().and_then(limiter::refusal) {
+        return Err(refused);
     }
     let seg = segments(path, "/api/auth");
     let method = req.method().clone();
-    let limit = rt.config.server.json_body_limit;
+    let limit = snap.config.server.json_body_limit;
     match (seg.as_slice(), &method) {
         (["register"], &Method::POST) => {
-            register(state, rt, body::read_json(req.into_body(), limit).await?).await
+            register(
+                state,
+                snap,
+                api::json::read_json(req.into_body(), limit).await?,
+            )
+            .await
         }
         (["login"], &Method::POST) => {
             login(
                 state,
-                rt,
+                snap,
                 ctx,
-                body::read_json(req.into_body(), limit).await?,
+                api::json::read_json(req.into_body(), limit).await?,
             )
             .await
         }
         (["refresh"], &Method::POST) => {
-            refresh(state, rt, body::read_json(req.into_body(), limit).await?).await
+            refresh(
+                state,
+                snap,
+                api::json::read_json(req.into_body(), limit).await?,
+            )
+            .await
         }
         (["logout"], &Method::POST) => {
             let principal = match auth::bearer(req.headers()) {
-                Ok(Some(token)) => auth::authenticate_jwt(token, rt, state).await.ok(),
+                Ok(Some(token)) => auth::authenticate_jwt(token, &state.credentials(snap))
+                    .await
+                    .ok(),
                 _ => None,
             };
-            let body: RefreshRequest = body::read_json(req.into_body(), limit).await?;
-            logout(state, rt, body, principal).await
+            let body: RefreshRequest = api::json::read_json(req.into_body(), limit).await?;
+            logout(state, snap, body, principal).await
         }
-        (["me"], &Method::GET) => me(state, rt, &req).await,
+        (["me"], &Method::GET) => me(state, snap, &req).await,
         (["register" | "login" | "refresh" | "logout" | "me"], _) => {
             Err(GatewayError::MethodNotAllowed)
         }
@@ -143,7 +155,7 @@ fn token_hash(token: &str) -> String {
 
 async fn register(
     state: &AppState,
-    _rt: &Runtime,
+    _rt: &Snapshot,
     req: RegisterRequest,
 ) -> Result<Response<Body>, GatewayError> {
     // Every check that can fail runs before the (deliberately slow) hash.
@@ -157,7 +169,11 @@ async fn register(
         password_hash: state.passwords.hash(&req.password).await?,
         created_at: unix_now(),
     };
-    match state.store_raw(state.store.create_user(&user)).await {
+    match state
+        .store
+        .call_keep_error(state.store.create_user(&user))
+        .await
+    {
         Ok(()) => {}
         Err(StoreError::Conflict) => return Err(GatewayError::EmailTaken),
         Err(e) => return Err(e.into()),
@@ -172,42 +188,34 @@ async fn register(
 
 async fn login(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     ctx: &RequestContext,
     req: LoginRequest,
 ) -> Result<Response<Body>, GatewayError> {
-    let limits = &rt.config.limits;
+    let limits = &snap.config.limits;
     // Same answer for a malformed email as for a wrong password: no account probing.
     let email = normalize_email(&req.email).map_err(|_| GatewayError::InvalidCredentials)?;
     if req.password.expose().len() > MAX_PASSWORD_BYTES {
         return Err(GatewayError::InvalidCredentials);
     }
     let ek = email_key(&email);
-    let per_account_ip = scope::login_account_ip(&ek, &ctx.client_ip);
-    let per_account = scope::login_account(&ek);
-    let now = now_ms();
-    for (scope, plan) in [
-        (&per_account_ip, &limits.login_failures_per_account_ip),
-        (&per_account, &limits.login_failures_per_account),
-    ] {
-        let windows = plan.windows();
-        if windows.is_empty() {
-            continue;
-        }
-        let d = state
-            .store_call(state.store.peek_rate_limit(scope, &windows, now))
-            .await?;
-        if let Some(window) = d.refused_by {
+    let failures = [
+        (
+            Scope::LoginAccountIp(&ek, ctx.client_ip),
+            &limits.login_failures_per_account_ip,
+        ),
+        (Scope::LoginAccount(&ek), &limits.login_failures_per_account),
+    ];
+    if let Err(e) = state.limiter.check_failures(&failures).await {
+        if matches!(e, GatewayError::RateLimited { .. }) {
             tracing::info!(reason = "login_failures", "login refused");
-            return Err(GatewayError::RateLimited {
-                window,
-                headers: d.headers,
-            });
         }
+        return Err(e);
     }
 
     let user = state
-        .store_call(state.store.get_user_by_email(&email))
+        .store
+        .call(state.store.get_user_by_email(&email))
         .await?;
     let verified = state
         .passwords
@@ -217,37 +225,28 @@ async fn login(
         )
         .await?;
     let Some(user) = user.filter(|_| verified.ok) else {
-        for (scope, plan) in [
-            (&per_account_ip, &limits.login_failures_per_account_ip),
-            (&per_account, &limits.login_failures_per_account),
-        ] {
-            let windows = plan.windows();
-            if !windows.is_empty() {
-                let _ = state
-                    .store_call(state.store.rate_limit(scope, &windows, now))
-                    .await;
-            }
-        }
+        state.limiter.record_failure(&failures).await;
         tracing::info!(reason = "bad_credentials", "login refused");
         return Err(GatewayError::InvalidCredentials);
     };
     if let Some(new_hash) = verified.rehash {
         if let Err(e) = state
-            .store_call(state.store.set_password_hash(&user.id, &new_hash))
+            .store
+            .call(state.store.set_password_hash(&user.id, &new_hash))
             .await
         {
             tracing::warn!(user = %user.id, error = %e, "password rehash not stored");
         }
     }
     let family = random_token("fam_", 22);
-    let (access, refresh) = issue_pair(state, rt, &user.id, &user.email, &family).await?;
+    let (access, refresh) = issue_pair(state, snap, &user.id, &user.email, &family).await?;
     tracing::info!(user = %user.id, "login");
     Ok(body::json(
         StatusCode::OK,
         &json!({
             "access_token": access,
             "refresh_token": refresh,
-            "expires_in": rt.jwt.ttl_secs(),
+            "expires_in": snap.jwt.ttl_secs(),
             "token_type": "Bearer",
         }),
         true,
@@ -257,7 +256,7 @@ async fn login(
 /// Issue an access token and store a new refresh token of `family`.
 async fn issue_pair(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     user_id: &str,
     email: &str,
     family: &str,
@@ -268,13 +267,14 @@ async fn issue_pair(
         token_hash: token_hash(&refresh),
         user_id: user_id.to_string(),
         family_id: family.to_string(),
-        expires_at: now + rt.config.auth.refresh_token_ttl.as_secs(),
+        expires_at: now + snap.config.auth.refresh_token_ttl.as_secs(),
         rotated_at: None,
     };
     state
-        .store_call(state.store.put_refresh_token(&record))
+        .store
+        .call(state.store.put_refresh_token(&record))
         .await?;
-    let (access, _) = rt
+    let (access, _) = snap
         .jwt
         .issue(user_id, email, now)
         .map_err(GatewayError::Internal)?;
@@ -287,7 +287,7 @@ fn plausible_refresh_token(t: &str) -> bool {
 
 async fn refresh(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     req: RefreshRequest,
 ) -> Result<Response<Body>, GatewayError> {
     if !plausible_refresh_token(&req.refresh_token) {
@@ -295,34 +295,38 @@ async fn refresh(
     }
     let hash = token_hash(&req.refresh_token);
     let record = state
-        .store_call(state.store.get_refresh_token(&hash))
+        .store
+        .call(state.store.get_refresh_token(&hash))
         .await?
         .ok_or(GatewayError::InvalidRefreshToken)?;
     let user = state
-        .store_call(state.store.get_user(&record.user_id))
+        .store
+        .call(state.store.get_user(&record.user_id))
         .await?
         .ok_or(GatewayError::InvalidRefreshToken)?;
-    let cfg = &rt.config.auth;
+    let cfg = &snap.config.auth;
     let now = unix_now();
     if !cfg.refresh_rotation {
-        let (access, _) = rt
+        let (access, _) = snap
             .jwt
             .issue(&user.id, &user.email, now)
             .map_err(GatewayError::Internal)?;
         return Ok(body::json(
             StatusCode::OK,
-            &json!({"access_token": access, "expires_in": rt.jwt.ttl_secs()}),
+            &json!({"access_token": access, "expires_in": snap.jwt.ttl_secs()}),
             true,
         ));
     }
     if let Some(rotated_at) = state
-        .store_call(state.store.mark_refresh_rotated(&hash, now))
+        .store
+        .call(state.store.mark_refresh_rotated(&hash, now))
         .await?
     {
         if now.saturating_sub(rotated_at) > cfg.refresh_reuse_grace.as_secs() {
             // A rotated token came back: it leaked. Kill the whole family (RFC 9700).
             state
-                .store_call(state.store.revoke_refresh_family(
+                .store
+                .call(state.store.revoke_refresh_family(
                     &record.family_id,
                     now + cfg.refresh_token_ttl.as_secs(),
                 ))
@@ -331,17 +335,18 @@ async fn refresh(
             return Err(GatewayError::InvalidRefreshToken);
         }
     }
-    let (access, refresh) = issue_pair(state, rt, &user.id, &user.email, &record.family_id).await?;
+    let (access, refresh) =
+        issue_pair(state, snap, &user.id, &user.email, &record.family_id).await?;
     Ok(body::json(
         StatusCode::OK,
-        &json!({"access_token": access, "refresh_token": refresh, "expires_in": rt.jwt.ttl_secs()}),
+        &json!({"access_token": access, "refresh_token": refresh, "expires_in": snap.jwt.ttl_secs()}),
         true,
     ))
 }
 
 async fn logout(
     state: &AppState,
-    rt: &Runtime,
+    snap: &Snapshot,
     req: RefreshRequest,
     principal: Option<auth::Principal>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -349,20 +354,23 @@ async fn logout(
     if plausible_refresh_token(&req.refresh_token) {
         let hash = token_hash(&req.refresh_token);
         if let Some(record) = state
-            .store_call(state.store.get_refresh_token(&hash))
+            .store
+            .call(state.store.get_refresh_token(&hash))
             .await?
         {
-            let until = now + rt.config.auth.refresh_token_ttl.as_secs();
+            let until = now + snap.config.auth.refresh_token_ttl.as_secs();
             state
-                .store_call(state.store.revoke_refresh_family(&record.family_id, until))
+                .store
+                .call(state.store.revoke_refresh_family(&record.family_id, until))
                 .await?;
         }
     }
     if let Some(Identity::User(claims)) = principal.as_ref().map(|p| p.identity()) {
         if let Some(jti) = &claims.jti {
-            let until = claims.exp + rt.config.auth.jwt_leeway.as_secs();
+            let until = claims.exp + snap.config.auth.jwt_leeway.as_secs();
             state
-                .store_call(state.store.revoke_jti(&claims.sub, jti, until))
+                .store
+                .call(state.store.revoke_jti(&claims.sub, jti, until))
                 .await?;
         }
     }
@@ -375,16 +383,17 @@ async fn logout(
 
 async fn me(
     state: &AppState,
-    rt: &Runtime,
-    req: &Request<Incoming>,
+    snap: &Snapshot,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let token = auth::bearer(req.headers())?.ok_or(GatewayError::MissingCredentials)?;
-    let principal = auth::authenticate_jwt(token, rt, state).await?;
+    let principal = auth::authenticate_jwt(token, &state.credentials(snap)).await?;
     let Identity::User(claims) = principal.identity() else {
         return Err(GatewayError::InvalidToken);
     };
     let user = state
-        .store_call(state.store.get_user(&claims.sub))
+        .store
+        .call(state.store.get_user(&claims.sub))
         .await?
         .ok_or(GatewayError::InvalidToken)?;
     Ok(body::json(

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod json;
 
 use http::{Method, Response, StatusCode};
 use serde_json::json;
@@ -22,7 +23,7 @@ pub async fn health(
     match path {
         "/healthz" => Ok(body::json(StatusCode::OK, &json!({"status": "ok"}), false)),
         "/readyz" => {
-            state.store_call(state.store.ping()).await?;
+            state.store.call(state.store.ping()).await?;
             Ok(body::json(
                 StatusCode::OK,
                 &json!({"status": "ready"}),

@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::Secret;
+use crate::util::Secret;
 
 pub struct AdminSecrets {
     digests: Vec<[u8; 32]>,

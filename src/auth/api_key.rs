@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::FastMap;
+use crate::util::FastMap;
 use sha2::{Digest, Sha256};
 
 use crate::store::{ApiKeyRecord, Tenant};
@@ -44,7 +44,7 @@ fn checksum(body: &str) -> String {
 }
 
 pub fn generate() -> NewKey {
-    let body = format!("{KEY_PREFIX}{}", super::random_token("", BODY_LEN));
+    let body = format!("{KEY_PREFIX}{}", crate::util::random_token("", BODY_LEN));
     let raw = format!("{body}{}", checksum(&body));
     NewKey {
         hash: hash(&raw),

@@ -17,8 +17,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthConfig, Secret};
-use crate::FastMap;
+use crate::config::AuthConfig;
+use crate::util::FastMap;
+use crate::util::Secret;
 
 /// Refuse larger tokens before base64 or JSON work.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -29,7 +30,9 @@ pub const VERIFIED_CACHE_ENTRIES: usize = 16 * 1024;
 /// The claims we issue and read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
-    pub iss: String,
+    /// Absent in tokens ARES issued itself (accepted only with `accept_tokens_without_issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
     pub sub: String,
     #[serde(default)]
     pub email: String,
@@ -42,6 +45,9 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Set only in tokens minted for an upstream (`mint.rs`): such a token is never accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_use: Option<String>,
 }
 
 struct VerifyKey {
@@ -56,6 +62,9 @@ pub struct JwtKeys {
     verify: Vec<VerifyKey>,
     validation: Validation,
     issuer: String,
+    /// Issuers whose tokens verify: ours first, then `jwt_accepted_issuers`.
+    accepted_issuers: Vec<String>,
+    accept_without_issuer: bool,
     audience: Option<String>,
     ttl_secs: u64,
     leeway: u64,
@@ -87,25 +96,30 @@ impl JwtKeys {
         validation.leeway = cfg.jwt_leeway.as_secs().min(60);
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_issuer(&[cfg.jwt_issuer.as_str()]);
+        // `iss` is checked after decoding (`issuer_allowed`): a token without one may be
+        // accepted, which jsonwebtoken's issuer check cannot express.
         match &cfg.jwt_audience {
             Some(aud) => {
                 // jsonwebtoken only checks `aud` when present unless it is required.
-                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+                validation.set_required_spec_claims(&["exp", "sub", "aud"]);
                 validation.set_audience(&[aud.as_str()]);
             }
             // An `aud` we were not told about is refused, as ARES does.
             None => {
-                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+                validation.set_required_spec_claims(&["exp", "sub"]);
                 validation.validate_aud = true;
             }
         }
+        let mut accepted_issuers = vec![cfg.jwt_issuer.clone()];
+        accepted_issuers.extend(cfg.jwt_accepted_issuers.iter().cloned());
         JwtKeys {
             active_kid: verify[0].kid.clone(),
             encoding: EncodingKey::from_secret(cfg.jwt_secret.expose().as_bytes()),
             verify,
             validation,
             issuer: cfg.jwt_issuer.clone(),
+            accepted_issuers,
+            accept_without_issuer: cfg.accept_tokens_without_issuer,
             audience: cfg.jwt_audience.clone(),
             ttl_secs: cfg.access_token_ttl.as_secs(),
             leeway: cfg.jwt_leeway.as_secs().min(60),
@@ -120,14 +134,15 @@ impl JwtKeys {
     /// Issue an access token; returns it with its claims.
     pub fn issue(&self, user_id: &str, email: &str, now: u64) -> Result<(String, Claims), String> {
         let claims = Claims {
-            iss: self.issuer.clone(),
+            iss: Some(self.issuer.clone()),
             sub: user_id.to_string(),
             email: email.to_string(),
             iat: now,
             exp: now + self.ttl_secs,
-            jti: Some(super::random_token("", 22)),
+            jti: Some(crate::util::random_token("", 22)),
             nbf: None,
             aud: self.audience.clone(),
+            token_use: None,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.active_kid.clone());
@@ -167,26 +182,49 @@ impl JwtKeys {
         if header.alg != Algorithm::HS256 {
             return Err("algorithm not allowed");
         }
-        let key = match header.kid.as_deref() {
-            None => &self.verify[0],
-            Some(kid) => self
-                .verify
-                .iter()
-                .find(|k| k.kid == kid)
-                .ok_or("unknown kid")?,
+        // A token without `kid` (ARES issues them) is tried against every key, active first:
+        // the key ARES signs with may be a previous secret during a migration.
+        let keys: &[VerifyKey] = match header.kid.as_deref() {
+            None => &self.verify,
+            Some(kid) => {
+                let i = self
+                    .verify
+                    .iter()
+                    .position(|k| k.kid == kid)
+                    .ok_or("unknown kid")?;
+                &self.verify[i..=i]
+            }
         };
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "expired",
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => "not yet valid",
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature",
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer",
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience",
-                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => "missing claim",
-                _ => "invalid token",
-            },
-        )?;
+        let mut decoded = Err(jsonwebtoken::errors::ErrorKind::InvalidSignature.into());
+        for key in keys {
+            decoded = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation);
+            let bad_signature = matches!(
+                decoded.as_ref().map_err(|e| e.kind()),
+                Err(jsonwebtoken::errors::ErrorKind::InvalidSignature)
+            );
+            if !bad_signature {
+                break;
+            }
+        }
+        let data = decoded.map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "expired",
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => "not yet valid",
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature",
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer",
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience",
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => "missing claim",
+            _ => "invalid token",
+        })?;
         let c = data.claims;
+        if c.token_use.is_some() {
+            return Err("a token minted for an upstream");
+        }
+        match c.iss.as_deref() {
+            None if self.accept_without_issuer => {}
+            None => return Err("missing claim"),
+            Some(iss) if self.accepted_issuers.iter().any(|a| a == iss) => {}
+            Some(_) => return Err("wrong issuer"),
+        }
         // These become upstream headers: keep them short and printable.
         let printable = |s: &str| s.bytes().all(|b| (0x21..0x7f).contains(&b));
         if c.sub.is_empty() || c.sub.len() > 128 || !printable(&c.sub) {
@@ -217,6 +255,8 @@ mod tests {
             jwt_secret_generated: false,
             jwt_previous_secrets: vec![],
             jwt_issuer: "ares-gateway".into(),
+            jwt_accepted_issuers: vec![],
+            accept_tokens_without_issuer: false,
             jwt_audience: None,
             jwt_leeway: Duration::from_secs(30),
             access_token_ttl: Duration::from_secs(900),
@@ -230,7 +270,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn now() -> u64 {
-        crate::auth::unix_now()
+        crate::util::unix_now()
     }
 
     fn forge(header: serde_json::Value, claims: serde_json::Value, key: &[u8]) -> String {

@@ -7,17 +7,22 @@
 pub mod admin;
 pub mod api_key;
 pub mod jwt;
+pub mod mint;
 pub mod password;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderMap, AUTHORIZATION};
-use rand::distr::{Alphanumeric, SampleString};
 
 use crate::error::GatewayError;
 use crate::route::{AuthKind, Route};
-use crate::state::{AppState, Runtime};
-use crate::store::{ApiKeyRecord, Tenant, TenantStatus};
+use crate::store::{ApiKeyRecord, StoreHandle, Tenant, TenantStatus};
+use crate::util::unix_now;
+
+use admin::AdminSecrets;
+use api_key::KeyCache;
+use jwt::JwtKeys;
 
 pub use jwt::Claims;
 
@@ -72,22 +77,6 @@ impl Principal {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `prefix` + `len` alphanumerics from the thread-local CSPRNG (ChaCha, seeded by the OS).
-pub fn random_token(prefix: &str, len: usize) -> String {
-    let mut s = String::with_capacity(prefix.len() + len);
-    s.push_str(prefix);
-    Alphanumeric.append_string(&mut rand::rng(), &mut s, len);
-    s
-}
-
 /// The token of `Authorization: Bearer <token>` (scheme word in any case).
 ///
 /// `Ok(None)` when there is no Authorization header; `Err` when it is there but unusable
@@ -130,12 +119,24 @@ fn query_token(query: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// What authentication reads: the verifiers of one config and the credential caches in front of
+/// the store. Nothing else of the running gateway.
+pub struct Credentials<'a> {
+    pub jwt: &'a JwtKeys,
+    pub admin: &'a AdminSecrets,
+    /// Validated keys and tenants, and the keys known not to exist.
+    pub keys: &'a KeyCache,
+    pub store: &'a StoreHandle,
+    /// How long a cached key or tenant stays usable while the store cannot answer.
+    pub outage_grace: Duration,
+}
+
 /// When `authenticate` checks an access token against the revocations (logout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
     /// Before returning.
     Now,
-    /// Together with the user's rate limit (`AppState::admit_user`, one store round trip),
+    /// Together with the user's rate limit (`Limiter::admit_user`, one store round trip),
     /// which the caller must then call.
     WithLimits,
 }
@@ -146,12 +147,11 @@ pub async fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
     revocation: Revocation,
-    rt: &Runtime,
-    state: &AppState,
+    creds: &Credentials<'_>,
 ) -> Result<Principal, GatewayError> {
     match route.auth {
         AuthKind::None => Ok(Principal(Identity::Anonymous)),
-        AuthKind::Admin => authenticate_admin(headers, rt),
+        AuthKind::Admin => authenticate_admin(headers, creds.admin),
         AuthKind::Jwt => {
             let token = match bearer(headers)? {
                 Some(t) => t,
@@ -161,26 +161,29 @@ pub async fn authenticate(
                 None => return Err(GatewayError::MissingCredentials),
             };
             match revocation {
-                Revocation::Now => authenticate_jwt(token, rt, state).await,
-                Revocation::WithLimits => verify_jwt(token, rt),
+                Revocation::Now => authenticate_jwt(token, creds).await,
+                Revocation::WithLimits => verify_jwt(token, creds.jwt),
             }
         }
         AuthKind::ApiKey => {
             let token = bearer(headers)
                 .map_err(|_| GatewayError::InvalidApiKey)?
                 .ok_or(GatewayError::MissingCredentials)?;
-            authenticate_key(token, state).await
+            authenticate_key(token, creds).await
         }
     }
 }
 
-pub fn authenticate_admin(headers: &HeaderMap, rt: &Runtime) -> Result<Principal, GatewayError> {
+pub fn authenticate_admin(
+    headers: &HeaderMap,
+    secrets: &AdminSecrets,
+) -> Result<Principal, GatewayError> {
     let mut values = headers.get_all("x-admin-secret").iter();
     let value = values.next().ok_or(GatewayError::MissingCredentials)?;
     if values.next().is_some() {
         return Err(GatewayError::InvalidAdminSecret);
     }
-    rt.admin
+    secrets
         .verify(value.as_bytes())
         .map(|secret_index| Principal(Identity::Admin { secret_index }))
         .ok_or(GatewayError::InvalidAdminSecret)
@@ -189,17 +192,16 @@ pub fn authenticate_admin(headers: &HeaderMap, rt: &Runtime) -> Result<Principal
 /// Verify an access token and check it was not revoked (logout).
 pub async fn authenticate_jwt(
     token: &str,
-    rt: &Runtime,
-    state: &AppState,
+    creds: &Credentials<'_>,
 ) -> Result<Principal, GatewayError> {
-    let principal = verify_jwt(token, rt)?;
-    check_revoked(&principal, state).await?;
+    let principal = verify_jwt(token, creds.jwt)?;
+    check_revoked(&principal, creds.store).await?;
     Ok(principal)
 }
 
 /// Verify an access token's signature and claims; revocation is the caller's to check.
-fn verify_jwt(token: &str, rt: &Runtime) -> Result<Principal, GatewayError> {
-    let claims = rt.jwt.verify_cached(token, unix_now()).map_err(|reason| {
+fn verify_jwt(token: &str, keys: &JwtKeys) -> Result<Principal, GatewayError> {
+    let claims = keys.verify_cached(token, unix_now()).map_err(|reason| {
         tracing::debug!(reason, "access token refused");
         GatewayError::InvalidToken
     })?;
@@ -207,17 +209,14 @@ fn verify_jwt(token: &str, rt: &Runtime) -> Result<Principal, GatewayError> {
 }
 
 /// Refuse a user's access token that was revoked (logout). Other principals pass.
-async fn check_revoked(principal: &Principal, state: &AppState) -> Result<(), GatewayError> {
+async fn check_revoked(principal: &Principal, store: &StoreHandle) -> Result<(), GatewayError> {
     let Identity::User(claims) = principal.identity() else {
         return Ok(());
     };
     let Some(jti) = &claims.jti else {
         return Ok(());
     };
-    match state
-        .store_call(state.store.is_jti_revoked(&claims.sub, jti))
-        .await
-    {
+    match store.call(store.is_jti_revoked(&claims.sub, jti)).await {
         Ok(false) => Ok(()),
         Ok(true) => Err(revoked()),
         // A logout cannot have been recorded while the store is down either; refusing every
@@ -236,18 +235,21 @@ pub fn revoked() -> GatewayError {
 }
 
 /// Look an API key up (format and checksum first, then the caches, then the store).
-pub async fn authenticate_key(raw: &str, state: &AppState) -> Result<Principal, GatewayError> {
+pub async fn authenticate_key(
+    raw: &str,
+    creds: &Credentials<'_>,
+) -> Result<Principal, GatewayError> {
     if api_key::shape(raw) == api_key::KeyShape::Invalid {
         return Err(GatewayError::InvalidApiKey);
     }
     let hash = api_key::hash(raw);
-    let cache = &state.keys;
+    let cache = creds.keys;
     let cached = cache.key(&hash);
     crate::metrics::get().cache("api_key", cached.is_some());
     let key = match cached {
         Some(k) => k,
         None if cache.is_known_missing(&hash) => return Err(GatewayError::InvalidApiKey),
-        None => match state.store_call(state.store.get_api_key(&hash)).await {
+        None => match creds.store.call(creds.store.get_api_key(&hash)).await {
             Ok(Some(k)) => {
                 let k = Arc::new(k);
                 cache.put_key(k.clone());
@@ -259,14 +261,14 @@ pub async fn authenticate_key(raw: &str, state: &AppState) -> Result<Principal, 
             }
             // Keys validated within the last cache TTL keep working through an outage;
             // unknown keys never pass.
-            Err(e) => cache.stale_key(&hash, state.outage_grace()).ok_or(e)?,
+            Err(e) => cache.stale_key(&hash, creds.outage_grace).ok_or(e)?,
         },
     };
     let now = unix_now();
     if !key.is_active || key.expires_at.is_some_and(|exp| exp <= now) {
         return Err(GatewayError::InvalidApiKey);
     }
-    let tenant = tenant(&key.tenant_id, state).await?;
+    let tenant = tenant(&key.tenant_id, creds).await?;
     let Some(tenant) = tenant else {
         return Err(GatewayError::InvalidApiKey);
     };
@@ -277,20 +279,20 @@ pub async fn authenticate_key(raw: &str, state: &AppState) -> Result<Principal, 
     Ok(Principal(Identity::ApiKey { tenant, key }))
 }
 
-async fn tenant(id: &str, state: &AppState) -> Result<Option<Arc<Tenant>>, GatewayError> {
-    let cached = state.keys.tenant(id);
+async fn tenant(id: &str, creds: &Credentials<'_>) -> Result<Option<Arc<Tenant>>, GatewayError> {
+    let cached = creds.keys.tenant(id);
     crate::metrics::get().cache("tenant", cached.is_some());
     if let Some(t) = cached {
         return Ok(Some(t));
     }
-    match state.store_call(state.store.get_tenant(id)).await {
+    match creds.store.call(creds.store.get_tenant(id)).await {
         Ok(Some(t)) => {
             let t = Arc::new(t);
-            state.keys.put_tenant(t.clone());
+            creds.keys.put_tenant(t.clone());
             Ok(Some(t))
         }
         Ok(None) => Ok(None),
-        Err(e) => match state.keys.stale_tenant(id, state.outage_grace()) {
+        Err(e) => match creds.keys.stale_tenant(id, creds.outage_grace) {
             Some(t) => Ok(Some(t)),
             None => Err(e),
         },
@@ -365,13 +367,5 @@ mod tests {
         assert_eq!(query_token(Some("my_access_token=xyz")), None);
         assert_eq!(query_token(Some("access_token=")), None);
         assert_eq!(query_token(None), None);
-    }
-
-    #[test]
-    fn random_tokens_are_long_and_distinct() {
-        let a = random_token("rt_", 43);
-        assert_eq!(a.len(), 46);
-        assert!(a[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
-        assert_ne!(a, random_token("rt_", 43));
     }
 }

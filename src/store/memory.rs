@@ -9,9 +9,9 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, User};
-use crate::auth::unix_now;
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
+use crate::util::unix_now;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -25,7 +25,7 @@ pub struct MemoryStore {
     /// Family id -> revoked until (unix seconds).
     revoked_families: DashMap<String, u64>,
     /// Access token id -> revoked until (unix seconds).
-    revoked_jtis: crate::FastMap<String, u64>,
+    revoked_jtis: crate::util::FastMap<String, u64>,
     limiter: LocalLimiter,
 }
 
@@ -44,7 +44,7 @@ impl MemoryStore {
         self.refresh.retain(|_, r| r.expires_at > now);
         self.revoked_families.retain(|_, until| *until > now);
         self.revoked_jtis.retain(|_, until| *until > now);
-        self.limiter.sweep(crate::ratelimit::now_ms());
+        self.limiter.sweep(crate::util::now_ms());
     }
 }
 

@@ -3,6 +3,7 @@
 //! replicas). Nothing secret is stored in plaintext: API keys and refresh tokens by SHA-256,
 //! passwords as argon2id PHC strings.
 
+pub mod handle;
 pub mod memory;
 pub mod redis;
 
@@ -13,6 +14,7 @@ use crate::error::StoreError;
 use crate::ratelimit::{Decision, Plan, Usage, Window};
 
 pub use self::redis::RedisStore;
+pub use handle::StoreHandle;
 pub use memory::MemoryStore;
 
 /// A change another replica made: drop the cached copies.
@@ -426,7 +428,7 @@ pub mod suite {
     }
 
     async fn refresh_and_revocation(s: &dyn Store) {
-        let now = crate::auth::unix_now();
+        let now = crate::util::unix_now();
         let r = RefreshRecord {
             token_hash: "rh1".into(),
             user_id: "usr_1".into(),

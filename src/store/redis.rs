@@ -41,10 +41,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, OnceCell};
 
 use super::{scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, User};
-use crate::auth::unix_now;
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, RateLimitHeaders, Usage, Window};
+use crate::util::unix_now;
 
 /// Decide every window of one scope atomically; consume from all only when all allow.
 ///
@@ -244,7 +244,7 @@ impl RedisStore {
             }
         };
         let (tx, _) = broadcast::channel(1024);
-        let origin = crate::auth::random_token("", 16);
+        let origin = crate::util::random_token("", 16);
         let store = Arc::new(RedisStore {
             conn,
             prefix: cfg.key_prefix.clone(),
@@ -306,7 +306,7 @@ impl RedisStore {
         let channel = key!(self, "invalidate");
         let result: Result<(), StoreError> = async {
             let mut c = self.handle().await?;
-            let sent_ms = crate::ratelimit::now_ms();
+            let sent_ms = crate::util::now_ms();
             c.publish::<_, _, ()>(channel, format!("{} {sent_ms} {message}", self.origin))
                 .await
                 .map_err(unavailable)
@@ -387,7 +387,7 @@ impl RedisStore {
         if limits.iter().any(|(w, _)| !w.is_calendar()) {
             member.push_str(itoa::Buffer::new().format(now_ms));
             member.push(':');
-            member.push_str(&crate::auth::random_token("", 10));
+            member.push_str(&crate::util::random_token("", 10));
         }
         cmd.arg(now_ms)
             .arg(if consume { "1" } else { "0" })
@@ -497,7 +497,7 @@ async fn subscribe_loop(
                         continue;
                     }
                     if let Some(sent) = sent_ms {
-                        let lag = crate::ratelimit::now_ms().saturating_sub(sent);
+                        let lag = crate::util::now_ms().saturating_sub(sent);
                         crate::metrics::get().invalidation_lag(Duration::from_millis(lag));
                     }
                     let inv = match body.split_once(':') {

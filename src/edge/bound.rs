@@ -9,7 +9,7 @@
 //! Lifetimes: an upstream connection lives until the client connection ends, the upstream closes
 //! it, or a newer one replaces it; so the gateway holds at most one idle upstream connection per
 //! client connection and upstream. HTTP/2 clients (many exchanges at once), `https://` upstreams
-//! and WebSocket upgrades use the shared pool in [`crate::proxy::UpstreamClient`] instead.
+//! and WebSocket upgrades use the proxy's shared pool instead.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
-use crate::coalesce::Coalesced;
-use crate::config::Upstream;
-use crate::timer::LazySleep;
+use crate::edge::coalesce::Coalesced;
+use crate::edge::timer::LazySleep;
+use std::time::Duration;
 
 type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -76,11 +76,12 @@ impl ConnUpstreams {
     /// `None` when it passed (the upstream connection is then closed: the exchange was cut).
     pub async fn send_by(
         &self,
-        up: &Upstream,
+        up: &Authority,
+        connect_timeout: Duration,
         req: Request<Body>,
         deadline: Instant,
     ) -> Option<Result<Response<Incoming>, BoxError>> {
-        let mut send = std::pin::pin!(self.send(up, req));
+        let mut send = std::pin::pin!(self.send(up, connect_timeout, req));
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = send.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
@@ -104,17 +105,18 @@ impl ConnUpstreams {
     /// never saw (its idle connection closed just before) is retried once on a new connection.
     pub async fn send(
         &self,
-        up: &Upstream,
+        up: &Authority,
+        connect_timeout: Duration,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
-        if let Some(mut sender) = self.take(&up.authority) {
+        if let Some(mut sender) = self.take(up) {
             // The previous exchange on this connection is over (HTTP/1 clients wait for the
             // whole response), so an open upstream connection is ready at once; one that is
             // not (closed, or still finishing a body) is left to end on its own.
             if let Some(Ok(())) = sender.ready().now_or_never() {
                 match sender.try_send_request(req).await {
                     Ok(resp) => {
-                        self.put(&up.authority, sender);
+                        self.put(up, sender);
                         return Ok(resp);
                     }
                     Err(mut e) => match e.take_message() {
@@ -124,22 +126,26 @@ impl ConnUpstreams {
                 }
             }
         }
-        let mut sender = self.connect(up).await?;
+        let mut sender = self.connect(up, connect_timeout).await?;
         sender.ready().await.map_err(boxed)?;
         let resp = sender.send_request(req).await.map_err(boxed)?;
-        self.put(&up.authority, sender);
+        self.put(up, sender);
         Ok(resp)
     }
 
-    async fn connect(&self, up: &Upstream) -> Result<SendRequest<Body>, BoxError> {
-        let host = up.authority.host();
+    async fn connect(
+        &self,
+        up: &Authority,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<Body>, BoxError> {
+        let host = up.host();
         let host = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        let port = up.authority.port_u16().unwrap_or(80);
+        let port = up.port_u16().unwrap_or(80);
         let stream = tokio::time::timeout(
-            up.connect_timeout,
+            connect_timeout,
             tokio::net::TcpStream::connect((host, port)),
         )
         .await

@@ -8,6 +8,8 @@
 //!   allow, so refused requests consume nothing. Windows are checked month first, then day, hour,
 //!   minute, second, and a refusal names the first window that refused.
 
+pub mod limiter;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -274,6 +276,17 @@ fn digits(n: u64) -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
+/// What the limiter does when the shared store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Let requests through unlimited.
+    Open,
+    /// Refuse with 503 `STORE_UNAVAILABLE`.
+    Closed,
+    /// Enforce `limit / replicas` per replica in memory until the store is back.
+    Local,
+}
+
 /// The outcome of one decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -419,7 +432,7 @@ impl ScopeState {
 /// policy of a shared store.
 #[derive(Debug, Default)]
 pub struct LocalLimiter {
-    scopes: crate::FastMap<String, Mutex<ScopeState>>,
+    scopes: crate::util::FastMap<String, Mutex<ScopeState>>,
 }
 
 impl LocalLimiter {
@@ -500,14 +513,6 @@ fn lock(m: &Mutex<ScopeState>) -> std::sync::MutexGuard<'_, ScopeState> {
     // A panic while holding this lock cannot leave the counters half-updated in a way that
     // matters more than refusing service, so recover the data.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -389,7 +389,7 @@ fn find_blank_line(hay: &[u8]) -> Option<usize> {
 }
 
 /// A connection's reads, shown to a [`Scanner`] on their way to hyper (its small vectored writes go
-/// out as one write: [`crate::coalesce`]).
+/// out as one write: [`crate::edge::coalesce`]).
 pub struct Scanned<T> {
     inner: T,
     scanner: Scanner,
@@ -450,7 +450,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Scanned<T> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        crate::coalesce::poll_write_vectored(std::pin::Pin::new(&mut self.inner), cx, bufs)
+        crate::edge::coalesce::poll_write_vectored(std::pin::Pin::new(&mut self.inner), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

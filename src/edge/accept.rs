@@ -23,11 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::bound::{self, ConnUpstreams};
 use crate::config::ServerConfig;
+use crate::edge::bound::{self, ConnUpstreams};
+use crate::edge::timer::LazyTimer;
 use crate::pipeline::{self, ConnInfo};
 use crate::state::AppState;
-use crate::timer::LazyTimer;
 
 /// The HTTP connection builder with the configured limits.
 pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -159,7 +159,7 @@ pub async fn run(
     permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let cfg = state.runtime().config.server.clone();
+    let cfg = state.snapshot().config.server.clone();
     let builder = Arc::new(builder(&cfg));
     // The drain: a change tells every connection to close after its exchange in flight, and
     // each holds a receiver until it has ended.
@@ -209,7 +209,7 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let flags = Arc::new(crate::framing::ConnFlags::default());
+        let flags = Arc::new(crate::edge::framing::ConnFlags::default());
         let tls_conn = tls.is_some();
         let state = state.clone();
         let conn_flags = flags.clone();
@@ -223,6 +223,7 @@ pub async fn run(
                 upstreams: Some(upstreams.clone()),
             };
             let state = state.clone();
+            let req = req.map(crate::body::RequestBody::from);
             async move { Ok::<_, Infallible>(pipeline::handle(state, info, req).await) }
         });
         let builder = builder.clone();
@@ -233,7 +234,7 @@ pub async fn run(
         tokio::spawn(async move {
             let result = match tls {
                 None => {
-                    let io = TokioIo::new(crate::framing::Scanned::new(stream, flags));
+                    let io = TokioIo::new(crate::edge::framing::Scanned::new(stream, flags));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     bound::drive(
                         conn.into_owned(),
@@ -245,7 +246,8 @@ pub async fn run(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let io = TokioIo::new(crate::framing::Scanned::new(tls_stream, flags));
+                            let io =
+                                TokioIo::new(crate::edge::framing::Scanned::new(tls_stream, flags));
                             let conn = builder.serve_connection_with_upgrades(io, service);
                             bound::drive(
                                 conn.into_owned(),
@@ -361,4 +363,32 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// `n` listening sockets on one address with `SO_REUSEPORT`: the kernel spreads new
+/// connections across them, one per worker, so a connection lives on one thread.
+pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if n > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let first = bind(addr)?;
+    // Port 0: the others join the port the first one got.
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind(addr)?);
+    }
+    Ok(all)
 }

@@ -7,7 +7,7 @@
 //! keeps serving. Only TLS 1.2 and 1.3 with rustls's AEAD suites are offered; ALPN offers `h2`
 //! and `http/1.1`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,14 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{FileStamp, TlsFiles};
+use crate::util::FileStamp;
+
+/// The certificate chain and private key files (PEM) the server presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

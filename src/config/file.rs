@@ -1,0 +1,165 @@
+//! `gateway.yaml` as written: serde types that refuse unknown keys. Nothing here is checked
+//! beyond its shape; `validate.rs` turns these into the types request code sees.
+
+use serde::Deserialize;
+
+/// A number that may also be written as a string (as `${VAR:-60}` substitution produces).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Num {
+    Int(u64),
+    Text(String),
+}
+
+/// A boolean that may also be written as a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Flag {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub workers: Option<Num>,
+    pub max_connections: Option<Num>,
+    pub header_read_timeout_secs: Option<Num>,
+    pub max_header_bytes: Option<Num>,
+    pub max_headers: Option<Num>,
+    pub request_body_limit_bytes: Option<Num>,
+    pub json_body_limit_bytes: Option<Num>,
+    pub shutdown_grace_secs: Option<Num>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_handshake_timeout_secs: Option<Num>,
+    pub tls_reload_poll_secs: Option<Num>,
+    pub websocket_idle_timeout_secs: Option<Num>,
+    pub config_reload_poll_secs: Option<Num>,
+    pub cors_origins: Option<String>,
+    pub http2_max_concurrent_streams: Option<Num>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub command_timeout_ms: Option<Num>,
+    pub api_key_cache_ttl_secs: Option<Num>,
+    pub legacy_revocations: Option<Flag>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub admin_secrets: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub jwt_previous_secrets: Option<String>,
+    pub jwt_issuer: Option<String>,
+    /// Other issuers whose tokens verify (comma-separated), e.g. during a migration.
+    pub jwt_accepted_issuers: Option<String>,
+    pub accept_tokens_without_issuer: Option<Flag>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_secs: Option<Num>,
+    pub access_token_ttl_secs: Option<Num>,
+    pub refresh_token_ttl_secs: Option<Num>,
+    pub refresh_rotation: Option<Flag>,
+    pub refresh_reuse_grace_secs: Option<Num>,
+    pub password_hash_concurrency: Option<Num>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    pub requests_per_second: Option<Num>,
+    pub requests_per_minute: Option<Num>,
+    pub requests_per_hour: Option<Num>,
+    pub requests_per_day: Option<Num>,
+    pub requests_per_month: Option<Num>,
+    pub tokens_per_month: Option<Num>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    pub failure_policy: Option<String>,
+    pub replicas: Option<Num>,
+    pub user: Option<PlanFile>,
+    pub auth_ip: Option<PlanFile>,
+    pub login_failures_per_account_ip: Option<PlanFile>,
+    pub login_failures_per_account: Option<PlanFile>,
+    pub default_plan: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: String,
+    pub connect_timeout_ms: Option<Num>,
+    pub first_byte_timeout_secs: Option<Num>,
+    pub idle_timeout_secs: Option<Num>,
+    pub pool_idle_timeout_secs: Option<Num>,
+    pub pool_max_idle_per_host: Option<Num>,
+    pub ca_file: Option<String>,
+    /// `none | passthrough | mint`: what the upstream receives in `Authorization` on routes
+    /// that do not say (default: `mint` when `mint_secret` is set, else `none`).
+    pub credential: Option<String>,
+    /// HS256 secret of the upstream (ARES's `JWT_SECRET`) for minted tokens.
+    pub mint_secret: Option<String>,
+    pub mint_ttl_secs: Option<Num>,
+    /// Static claims added to every minted token, e.g. `roles: {ares: [user]}`.
+    pub mint_claims: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub prefix: String,
+    pub auth: AuthKindFile,
+    pub upstream: Option<String>,
+    pub handler: Option<HandlerFile>,
+    pub upstream_prefix: Option<String>,
+    pub required_scope: Option<String>,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    /// `none | passthrough | mint`; overrides the upstream's `credential`.
+    pub upstream_credential: Option<String>,
+    #[serde(default)]
+    pub websocket: bool,
+    #[serde(default)]
+    pub query_token: bool,
+    /// `open | closed | local`: overrides `rate_limits.failure_policy` on this route.
+    pub failure_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKindFile {
+    None,
+    ApiKey,
+    Jwt,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlerFile {
+    Auth,
+    Admin,
+    Health,
+}
+
+pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "store",
+    "auth",
+    "rate_limits",
+    "plans",
+    "upstreams",
+    "routes",
+];

@@ -1,0 +1,563 @@
+//! `gateway.yaml`: parsed into serde types that refuse unknown keys, then validated into
+//! [`Config`], the only configuration request code ever sees.
+//!
+//! Loading never panics and reports every problem it finds, each with its key path, so an
+//! operator fixes a file in one go. `${VAR}` and `${VAR:-default}` are substituted inside string
+//! values *after* YAML parsing, so an environment value can never inject YAML structure.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+mod file;
+mod substitute;
+mod validate;
+
+use file::*;
+pub use file::{Flag, Num};
+pub use substitute::substitute;
+use substitute::substitute_tree;
+use validate::Validator;
+
+pub use crate::edge::tls::TlsFiles;
+use crate::ratelimit::{FailurePolicy, Plan};
+use crate::route::{RouteTable, Upstream};
+use crate::util::{FileStamp, Secret};
+
+/// Shortest admin secret accepted.
+pub const MIN_ADMIN_SECRET_BYTES: usize = 16;
+/// Shortest HS256 key accepted (CONTRACT.md section 3).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Largest limit a sliding window (second, minute, hour) may have: each admitted request is
+/// remembered for the window's length, so this bounds memory per scope.
+pub const MAX_SLIDING_LIMIT: u64 = 100_000;
+
+/// One problem in the file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} problem(s)",
+            self.file.display(),
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None` turns the metrics listener off (an empty `metrics_listen`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Open connections beyond this wait in the accept queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request head (slowloris bound).
+    pub header_read_timeout: Duration,
+    /// Read buffer for a request head; larger heads are 431.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Proxied request bodies larger than this are 413.
+    pub request_body_limit: u64,
+    /// Bodies of gateway-served JSON endpoints.
+    pub json_body_limit: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-*` values are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<TlsFiles>,
+    pub tls_handshake_timeout: Duration,
+    /// How often the certificate files are checked for changes (SIGHUP reloads at once).
+    pub tls_reload_poll: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
+    /// How often the config file is checked for changes (SIGHUP reloads at once).
+    pub config_reload_poll: Duration,
+    /// Exact origins allowed by CORS; empty turns CORS off.
+    pub cors_origins: Vec<String>,
+    pub http2_max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Memory,
+    Redis { url: Secret },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Budget of one store command; past it the store counts as unavailable for that request.
+    pub command_timeout: Duration,
+    /// How long a validated API key (and its tenant) is trusted from the local cache.
+    pub api_key_cache_ttl: Duration,
+    /// Also write and read access-token revocations under the Redis key older gateways use
+    /// (`{p}jti:{jti}`), for replicas of an older version during an upgrade.
+    pub legacy_revocations: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Every one is valid (rotation). Never empty after validation.
+    pub admin_secrets: Vec<Secret>,
+    /// True when the admin secret was generated for development (memory store only).
+    pub admin_secret_generated: bool,
+    /// Signs new tokens.
+    pub jwt_secret: Secret,
+    pub jwt_secret_generated: bool,
+    /// Still verify tokens signed before a rotation.
+    pub jwt_previous_secrets: Vec<Secret>,
+    pub jwt_issuer: String,
+    /// Issuers besides `jwt_issuer` whose tokens verify.
+    pub jwt_accepted_issuers: Vec<String>,
+    /// Verify tokens without `iss` (those ARES issued itself) with the same keys.
+    pub accept_tokens_without_issuer: bool,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub refresh_rotation: bool,
+    /// Reuse of a rotated refresh token within this grace is a concurrent refresh, not theft.
+    pub refresh_reuse_grace: Duration,
+    /// Argon2 hashes running at once; the rest queue.
+    pub password_hash_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub failure_policy: FailurePolicy,
+    /// Replicas sharing the store; divides limits under the `local` policy.
+    pub replicas: u64,
+    /// Per user on JWT routes.
+    pub user: Plan,
+    /// Per client IP on `/api/auth/*`.
+    pub auth_ip: Plan,
+    /// Failed logins per (account, client IP): a victim's account cannot be locked from one IP.
+    pub login_failures_per_account_ip: Plan,
+    /// Failed logins per account from anywhere: a ceiling against distributed guessing.
+    pub login_failures_per_account: Plan,
+    /// Tiers, by name.
+    pub plans: BTreeMap<String, Plan>,
+    /// Tier of tenants created without one.
+    pub default_plan: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (watched for hot reload), if any.
+    pub source: Option<PathBuf>,
+    /// The file's modification time when it was read: the reload watcher's baseline, taken
+    /// before reading so that a change made right after is never missed.
+    pub source_stamp: Option<FileStamp>,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub limits: RateLimitConfig,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub routes: RouteTable,
+}
+
+impl Config {
+    /// Read, substitute, parse and validate a file with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let stamp = FileStamp::of(path);
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot read file: {e}"),
+            }],
+        })?;
+        let mut cfg = Config::from_yaml(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
+            ConfigError {
+                file: path.to_path_buf(),
+                problems,
+            }
+        })?;
+        cfg.source = Some(path.to_path_buf());
+        cfg.source_stamp = stamp;
+        Ok(cfg)
+    }
+
+    /// Parse and validate YAML text with the given environment.
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut root: Value = match serde_yaml::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(vec![Problem {
+                    path: String::new(),
+                    message: format!("not valid YAML: {e}"),
+                }])
+            }
+        };
+        substitute_tree(&mut root, "", env, &mut problems);
+        let map = match root {
+            Value::Mapping(m) => m,
+            Value::Null => Default::default(),
+            _ => {
+                return Err(vec![Problem {
+                    path: String::new(),
+                    message: "the file must be a mapping of sections".into(),
+                }])
+            }
+        };
+        let mut sections: BTreeMap<String, Value> = BTreeMap::new();
+        for (k, v) in map {
+            match k.as_str() {
+                Some(name) if TOP_LEVEL_KEYS.contains(&name) => {
+                    sections.insert(name.to_string(), v);
+                }
+                _ => problems.push(Problem {
+                    path: yaml_key(&k),
+                    message: format!(
+                        "unknown section (expected one of {})",
+                        TOP_LEVEL_KEYS.join(", ")
+                    ),
+                }),
+            }
+        }
+        let mut take = |name: &str| sections.remove(name).unwrap_or(Value::Null);
+        let server: ServerFile =
+            section(take("server"), "server", &mut problems).unwrap_or_default();
+        let store: StoreFile = section(take("store"), "store", &mut problems).unwrap_or_default();
+        let auth: AuthFile = section(take("auth"), "auth", &mut problems).unwrap_or_default();
+        let limits: RateLimitsFile =
+            section(take("rate_limits"), "rate_limits", &mut problems).unwrap_or_default();
+        let plans_v = take("plans");
+        let upstreams_v = take("upstreams");
+        let routes_v = take("routes");
+
+        let mut v = Validator { problems };
+        let server = v.server(server);
+        let store = v.store(store);
+        let auth = v.auth(auth, &store);
+        let plans = v.plans(plans_v);
+        let limits = v.limits(limits, plans);
+        let upstreams = v.upstreams(upstreams_v);
+        let routes = v.routes(routes_v, &upstreams);
+        if v.problems.is_empty() {
+            Ok(Config {
+                source: None,
+                source_stamp: None,
+                server,
+                store,
+                auth,
+                limits,
+                upstreams,
+                routes,
+            })
+        } else {
+            Err(v.problems)
+        }
+    }
+}
+
+pub(crate) fn yaml_key(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into()),
+    }
+}
+
+/// Deserialize one part of the tree, recording a problem with its key path on failure.
+pub(crate) fn section<T: DeserializeOwned>(
+    v: Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    if v.is_null() {
+        return None;
+    }
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = match (path.is_empty(), inner.as_str()) {
+                (_, ".") => path.to_string(),
+                (true, _) => inner,
+                (false, _) => format!("{path}.{inner}"),
+            };
+            problems.push(Problem {
+                path: full,
+                message: e.into_inner().to_string(),
+            });
+            None
+        }
+    }
+}
+
+/// Replace `${VAR}` and `${VAR:-default}` in every string of the tree.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::Window;
+    use crate::route::{self, AuthKind, Handler, Target};
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    const SHIPPED: &str = include_str!("../../gateway.yaml");
+
+    #[test]
+    fn shipped_config_is_valid_with_empty_environment() {
+        let cfg = Config::from_yaml(SHIPPED, &env_of(&[])).unwrap();
+        assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.store.backend, StoreBackend::Memory);
+        assert!(cfg.store.legacy_revocations);
+        assert!(cfg.auth.admin_secret_generated);
+        let t = &cfg.routes;
+        let v1 = t.classify("/v1/chat").unwrap();
+        assert_eq!(v1.auth, AuthKind::ApiKey);
+        assert_eq!(v1.forward_path("/v1/chat"), "/api/v1/chat");
+        assert_eq!(v1.required_scope.as_deref(), Some("chat"));
+        assert_eq!(
+            t.classify("/v1/usage/events")
+                .unwrap()
+                .required_scope
+                .as_deref(),
+            Some("ingest")
+        );
+        assert_eq!(t.classify("/api/chat").unwrap().auth, AuthKind::Jwt);
+        assert!(t.classify("/api/chat").unwrap().websocket);
+        assert_eq!(
+            t.classify("/api/chat").unwrap().credential,
+            route::Credential::None
+        );
+        let admin_up = t.classify("/api/admin/agents").unwrap();
+        assert_eq!(admin_up.auth, AuthKind::Admin);
+        assert_eq!(admin_up.credential, route::Credential::Passthrough);
+        assert!(matches!(admin_up.target, Target::Upstream(_)));
+        assert!(matches!(
+            t.classify("/api/admin/tenants/x").unwrap().target,
+            Target::Handler(Handler::Admin)
+        ));
+        assert!(matches!(
+            t.classify("/api/admin/provision-client").unwrap().target,
+            Target::Handler(Handler::Admin)
+        ));
+        assert!(matches!(
+            t.classify("/api/auth/login").unwrap().target,
+            Target::Handler(Handler::Auth)
+        ));
+        assert!(matches!(
+            t.classify("/readyz").unwrap().target,
+            Target::Handler(Handler::Health)
+        ));
+        assert!(t.classify("/other").is_none());
+        let free = &cfg.limits.plans["free"];
+        assert_eq!(free.get(Window::Day), Some(50));
+        assert_eq!(free.get(Window::Month), Some(1000));
+        assert_eq!(cfg.limits.plans["enterprise"].get(Window::Month), None);
+        assert_eq!(cfg.limits.user.get(Window::Minute), Some(600));
+    }
+
+    #[test]
+    fn environment_is_substituted_and_typed() {
+        let cfg = Config::from_yaml(
+            SHIPPED,
+            &env_of(&[
+                ("ARES_LISTEN", "127.0.0.1:18080"),
+                ("ARES_WORKERS", "3"),
+                ("ARES_USER_REQUESTS_PER_MINUTE", "42"),
+                (
+                    "ARES_ADMIN_SECRET",
+                    "first-admin-secret-0001, second-admin-secret-002",
+                ),
+                ("ARES_UPSTREAM", "http://127.0.0.1:4000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:18080");
+        assert_eq!(cfg.server.workers, 3);
+        assert_eq!(cfg.limits.user.get(Window::Minute), Some(42));
+        assert_eq!(cfg.auth.admin_secrets.len(), 2);
+        assert!(!cfg.auth.admin_secret_generated);
+        assert_eq!(cfg.upstreams[0].authority.as_str(), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn redis_store_requires_secrets_and_names_the_variables() {
+        let err = Config::from_yaml(SHIPPED, &env_of(&[("ARES_STORE", "redis")])).unwrap_err();
+        let text: Vec<String> = err.iter().map(|p| p.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("ARES_ADMIN_SECRET")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("ARES_JWT_SECRET")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_without_echoing_them() {
+        let err = Config::from_yaml(
+            SHIPPED,
+            &env_of(&[
+                ("ARES_ADMIN_SECRET", "tiny-secret"),
+                ("ARES_JWT_SECRET", "short-jwt-key"),
+            ]),
+        )
+        .unwrap_err();
+        let all: String = err.iter().map(|p| p.to_string()).collect();
+        assert!(
+            all.contains("ARES_ADMIN_SECRET") && all.contains("ARES_JWT_SECRET"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("tiny-secret") && !all.contains("short-jwt-key"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let yaml = r#"
+server:
+  listen: "nonsense"
+  workers: "many"
+store:
+  legacy_revocations: "sometimes"
+bogus: 1
+upstreams:
+  default: { url: "ftp://x" }
+  other: { url: "http://127.0.0.1:1", colour: red }
+routes:
+  - { prefix: /a/, auth: jwt, upstream: missing }
+  - { prefix: /b/, auth: magic, upstream: default }
+  - { prefix: "/c/../d/", auth: none, handler: health }
+  - { prefix: /e/, auth: jwt, handler: admin }
+  - { prefix: /f/, auth: jwt, upstream: other, required_scope: chat }
+  - { prefix: /g/, auth: jwt, upstream: other, failure_policy: maybe }
+"#;
+        let err = Config::from_yaml(yaml, &env_of(&[])).unwrap_err();
+        let paths: Vec<&str> = err.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "server.listen",
+            "server.workers",
+            "store.legacy_revocations",
+            "bogus",
+            "upstreams.default.url",
+            "upstreams.other.colour",
+            "routes[0].upstream",
+            "routes[1].auth",
+            "routes[2].prefix",
+            "routes[3].auth",
+            "routes[4].upstream",
+            "routes[4].required_scope",
+            "routes[5].failure_policy",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn substitution_rules() {
+        let env = env_of(&[("A", "1"), ("EMPTY", "")]);
+        assert_eq!(substitute("x${A}y", &env).unwrap(), "x1y");
+        assert_eq!(substitute("${B:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(substitute("${EMPTY:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(substitute("$${A}", &env).unwrap(), "${A}");
+        assert_eq!(substitute("cost $5", &env).unwrap(), "cost $5");
+        assert!(substitute("${B}", &env)
+            .unwrap_err()
+            .contains("B is not set"));
+        assert!(substitute("${A", &env).is_err());
+        assert!(substitute("${A B}", &env).is_err());
+    }
+
+    #[test]
+    fn env_values_cannot_inject_yaml() {
+        let yaml = "server:\n  listen: \"${ARES_LISTEN}\"\nroutes:\n  - { prefix: /healthz, auth: none, handler: health }\n";
+        let err = Config::from_yaml(yaml, &env_of(&[("ARES_LISTEN", "1.2.3.4:1\"\nbogus: [")]))
+            .unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].path, "server.listen");
+    }
+
+    #[test]
+    fn regression_writes_within_one_clock_tick_looked_unchanged() {
+        // Two atomic replacements back to back: the mtime may not move, the stamp must.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.yaml");
+        let mut seen = Vec::new();
+        for text in ["a: 1\n", "a: 2\n", "a: 3\n"] {
+            let tmp = dir.path().join("g.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            seen.push(FileStamp::of(&path).unwrap());
+        }
+        assert_ne!(seen[0], seen[1]);
+        assert_ne!(seen[1], seen[2]);
+        assert_eq!(FileStamp::of(&path), Some(seen[2]));
+        assert_eq!(FileStamp::of(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in [
+            "",
+            "[1,2]",
+            "routes: 5",
+            "routes: [1, null, {}]",
+            "plans: {free: 3}",
+            ":::",
+            "\0",
+        ] {
+            let _ = Config::from_yaml(text, &env_of(&[]));
+        }
+    }
+}

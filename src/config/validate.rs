@@ -1,0 +1,942 @@
+//! Turning the file types into the validated [`Config`](super::Config) parts: every bad field is
+//! reported with its key path (all of them, not the first), and nothing here panics. Defaults and
+//! bounds come from `defaults.rs`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_yaml::Value;
+
+use super::file::*;
+use super::*;
+use crate::edge::tls::TlsFiles;
+use crate::ratelimit::{FailurePolicy, Plan, Window};
+use crate::route::{self, AuthKind, Handler, Route, RouteTable, Target, Upstream};
+use crate::util::Secret;
+
+/// Collects problems while turning file types into runtime types.
+pub(super) struct Validator {
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn num(&mut self, v: &Option<Num>, path: &str, default: u64, min: u64, max: u64) -> u64 {
+        let n = match v {
+            None => return default,
+            Some(Num::Int(n)) => *n,
+            Some(Num::Text(t)) if t.trim().is_empty() => return default,
+            Some(Num::Text(t)) => match t.trim().parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => {
+                    self.problem(path, format!("expected a whole number, got {t:?}"));
+                    return default;
+                }
+            },
+        };
+        if n < min || n > max {
+            self.problem(path, format!("must be between {min} and {max}, got {n}"));
+            return default;
+        }
+        n
+    }
+
+    fn flag(&mut self, v: &Option<Flag>, path: &str, default: bool) -> bool {
+        match v {
+            None => default,
+            Some(Flag::Bool(b)) => *b,
+            Some(Flag::Text(t)) => match t.trim() {
+                "" => default,
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => {
+                    self.problem(path, format!("expected true or false, got {other:?}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, v: &Option<String>, path: &str, default: &str) -> Option<SocketAddr> {
+        let text = v.as_deref().unwrap_or(default).trim();
+        // `off` turns a listener off (an empty value falls back to the default under `:-`).
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return None;
+        }
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(path, format!("expected ip:port, got {text:?}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn server(&mut self, f: ServerFile) -> ServerConfig {
+        let listen = self
+            .addr(&f.listen, "server.listen", "0.0.0.0:8080")
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let metrics_listen =
+            self.addr(&f.metrics_listen, "server.metrics_listen", "127.0.0.1:9090");
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => self.problem(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("expected an IP or CIDR, got {cidr:?}"),
+                ),
+            }
+        }
+        let cert = f.tls_cert.unwrap_or_default();
+        let key = f.tls_key.unwrap_or_default();
+        let tls = match (cert.trim().is_empty(), key.trim().is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(TlsFiles {
+                cert: PathBuf::from(cert.trim()),
+                key: PathBuf::from(key.trim()),
+            }),
+            _ => {
+                self.problem(
+                    "server.tls_cert",
+                    "ARES_TLS_CERT and ARES_TLS_KEY must be set together",
+                );
+                None
+            }
+        };
+        let mut cors_origins = Vec::new();
+        for origin in f.cors_origins.unwrap_or_default().split(',') {
+            let origin = origin.trim();
+            if origin.is_empty() {
+                continue;
+            }
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.parse::<http::Uri>().is_ok();
+            if ok {
+                cors_origins.push(origin.to_string());
+            } else {
+                self.problem(
+                    "server.cors_origins",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                );
+            }
+        }
+        ServerConfig {
+            listen,
+            metrics_listen,
+            workers: self.num(&f.workers, "server.workers", 0, 0, 1024) as usize,
+            max_connections: self.num(
+                &f.max_connections,
+                "server.max_connections",
+                10_000,
+                1,
+                1_000_000,
+            ) as usize,
+            header_read_timeout: Duration::from_secs(self.num(
+                &f.header_read_timeout_secs,
+                "server.header_read_timeout_secs",
+                10,
+                1,
+                300,
+            )),
+            max_header_bytes: self.num(
+                &f.max_header_bytes,
+                "server.max_header_bytes",
+                64 * 1024,
+                8192,
+                1 << 20,
+            ) as usize,
+            max_headers: self.num(&f.max_headers, "server.max_headers", 100, 16, 1000) as usize,
+            request_body_limit: self.num(
+                &f.request_body_limit_bytes,
+                "server.request_body_limit_bytes",
+                10 << 20,
+                1,
+                1 << 40,
+            ),
+            json_body_limit: self.num(
+                &f.json_body_limit_bytes,
+                "server.json_body_limit_bytes",
+                64 * 1024,
+                1024,
+                1 << 20,
+            ) as usize,
+            shutdown_grace: Duration::from_secs(self.num(
+                &f.shutdown_grace_secs,
+                "server.shutdown_grace_secs",
+                30,
+                0,
+                3600,
+            )),
+            trusted_proxies,
+            tls,
+            tls_handshake_timeout: Duration::from_secs(self.num(
+                &f.tls_handshake_timeout_secs,
+                "server.tls_handshake_timeout_secs",
+                10,
+                1,
+                120,
+            )),
+            tls_reload_poll: Duration::from_secs(self.num(
+                &f.tls_reload_poll_secs,
+                "server.tls_reload_poll_secs",
+                10,
+                1,
+                3600,
+            )),
+            websocket_idle_timeout: Duration::from_secs(self.num(
+                &f.websocket_idle_timeout_secs,
+                "server.websocket_idle_timeout_secs",
+                300,
+                1,
+                86_400,
+            )),
+            config_reload_poll: Duration::from_secs(self.num(
+                &f.config_reload_poll_secs,
+                "server.config_reload_poll_secs",
+                5,
+                1,
+                3600,
+            )),
+            cors_origins,
+            http2_max_concurrent_streams: self.num(
+                &f.http2_max_concurrent_streams,
+                "server.http2_max_concurrent_streams",
+                256,
+                1,
+                10_000,
+            ) as u32,
+        }
+    }
+
+    pub(super) fn store(&mut self, f: StoreFile) -> StoreConfig {
+        let backend = match f.backend.as_deref().map(str::trim).unwrap_or("memory") {
+            "" | "memory" => StoreBackend::Memory,
+            "redis" => {
+                let url = f
+                    .redis_url
+                    .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+                let ok = [
+                    "redis://",
+                    "rediss://",
+                    "redis+cluster://",
+                    "rediss+cluster://",
+                ]
+                .iter()
+                .any(|s| url.starts_with(s));
+                if !ok {
+                    // The URL may hold a password: name the scheme rule, never the value.
+                    self.problem(
+                        "store.redis_url",
+                        "REDIS_URL must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
+                    );
+                }
+                StoreBackend::Redis {
+                    url: Secret::new(url),
+                }
+            }
+            other => {
+                self.problem(
+                    "store.backend",
+                    format!("ARES_STORE must be memory or redis, got {other:?}"),
+                );
+                StoreBackend::Memory
+            }
+        };
+        StoreConfig {
+            backend,
+            key_prefix: f.key_prefix.unwrap_or_else(|| "ares:".into()),
+            command_timeout: Duration::from_millis(self.num(
+                &f.command_timeout_ms,
+                "store.command_timeout_ms",
+                300,
+                10,
+                60_000,
+            )),
+            api_key_cache_ttl: Duration::from_secs(self.num(
+                &f.api_key_cache_ttl_secs,
+                "store.api_key_cache_ttl_secs",
+                30,
+                0,
+                3600,
+            )),
+            legacy_revocations: self.flag(&f.legacy_revocations, "store.legacy_revocations", true),
+        }
+    }
+
+    fn secret_list(&mut self, v: Option<String>, path: &str, var: &str, min: usize) -> Vec<Secret> {
+        let mut out = Vec::new();
+        for (i, s) in v.unwrap_or_default().split(',').map(str::trim).enumerate() {
+            if s.is_empty() {
+                continue;
+            }
+            if s.len() < min {
+                // Name the variable and the rule, never the value.
+                self.problem(
+                    path,
+                    format!(
+                        "{var}: secret #{} is {} bytes, at least {min} are required",
+                        i + 1,
+                        s.len()
+                    ),
+                );
+                continue;
+            }
+            out.push(Secret::new(s.to_string()));
+        }
+        out
+    }
+
+    pub(super) fn auth(&mut self, f: AuthFile, store: &StoreConfig) -> AuthConfig {
+        let dev = store.backend == StoreBackend::Memory;
+        let mut admin_secrets = self.secret_list(
+            f.admin_secrets,
+            "auth.admin_secrets",
+            "ARES_ADMIN_SECRET",
+            MIN_ADMIN_SECRET_BYTES,
+        );
+        let mut admin_secret_generated = false;
+        if admin_secrets.is_empty() && !self.problems.iter().any(|p| p.path == "auth.admin_secrets")
+        {
+            if dev {
+                admin_secrets.push(Secret::new(crate::util::random_token("adm_", 32)));
+                admin_secret_generated = true;
+            } else {
+                self.problem(
+                    "auth.admin_secrets",
+                    "ARES_ADMIN_SECRET is not set (required with ARES_STORE=redis)",
+                );
+            }
+        }
+        let mut jwt = self.secret_list(
+            f.jwt_secret,
+            "auth.jwt_secret",
+            "ARES_JWT_SECRET",
+            MIN_JWT_SECRET_BYTES,
+        );
+        if jwt.len() > 1 {
+            self.problem(
+                "auth.jwt_secret",
+                "ARES_JWT_SECRET holds one key; list older keys in ARES_JWT_PREVIOUS_SECRETS",
+            );
+        }
+        let mut jwt_secret_generated = false;
+        let jwt_secret = match jwt.pop() {
+            Some(s) => s,
+            None => {
+                if dev {
+                    jwt_secret_generated = true;
+                } else if !self.problems.iter().any(|p| p.path == "auth.jwt_secret") {
+                    self.problem(
+                        "auth.jwt_secret",
+                        "ARES_JWT_SECRET is not set (required with ARES_STORE=redis)",
+                    );
+                }
+                Secret::new(crate::util::random_token("", 48))
+            }
+        };
+        let jwt_previous_secrets = self.secret_list(
+            f.jwt_previous_secrets,
+            "auth.jwt_previous_secrets",
+            "ARES_JWT_PREVIOUS_SECRETS",
+            MIN_JWT_SECRET_BYTES,
+        );
+        let jwt_issuer = f.jwt_issuer.unwrap_or_else(|| "ares-gateway".into());
+        if jwt_issuer.trim().is_empty() {
+            self.problem("auth.jwt_issuer", "must not be empty");
+        }
+        AuthConfig {
+            admin_secrets,
+            admin_secret_generated,
+            jwt_secret,
+            jwt_secret_generated,
+            jwt_previous_secrets,
+            jwt_issuer,
+            jwt_accepted_issuers: f
+                .jwt_accepted_issuers
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            accept_tokens_without_issuer: self.flag(
+                &f.accept_tokens_without_issuer,
+                "auth.accept_tokens_without_issuer",
+                false,
+            ),
+            jwt_audience: f.jwt_audience.filter(|a| !a.trim().is_empty()),
+            jwt_leeway: Duration::from_secs(self.num(
+                &f.jwt_leeway_secs,
+                "auth.jwt_leeway_secs",
+                30,
+                0,
+                60,
+            )),
+            access_token_ttl: Duration::from_secs(self.num(
+                &f.access_token_ttl_secs,
+                "auth.access_token_ttl_secs",
+                900,
+                60,
+                86_400,
+            )),
+            refresh_token_ttl: Duration::from_secs(self.num(
+                &f.refresh_token_ttl_secs,
+                "auth.refresh_token_ttl_secs",
+                7 * 86_400,
+                300,
+                365 * 86_400,
+            )),
+            refresh_rotation: self.flag(&f.refresh_rotation, "auth.refresh_rotation", false),
+            refresh_reuse_grace: Duration::from_secs(self.num(
+                &f.refresh_reuse_grace_secs,
+                "auth.refresh_reuse_grace_secs",
+                5,
+                0,
+                60,
+            )),
+            password_hash_concurrency: self.num(
+                &f.password_hash_concurrency,
+                "auth.password_hash_concurrency",
+                0,
+                0,
+                256,
+            ) as usize,
+        }
+    }
+
+    fn plan(&mut self, f: &PlanFile, path: &str) -> Plan {
+        let mut plan = Plan::default();
+        let windows = [
+            (
+                Window::Second,
+                &f.requests_per_second,
+                "requests_per_second",
+            ),
+            (
+                Window::Minute,
+                &f.requests_per_minute,
+                "requests_per_minute",
+            ),
+            (Window::Hour, &f.requests_per_hour, "requests_per_hour"),
+            (Window::Day, &f.requests_per_day, "requests_per_day"),
+            (Window::Month, &f.requests_per_month, "requests_per_month"),
+        ];
+        for (window, value, name) in windows {
+            if value.is_none() {
+                continue;
+            }
+            let max = if window.is_calendar() {
+                u64::MAX / 4
+            } else {
+                MAX_SLIDING_LIMIT
+            };
+            let n = self.num(value, &format!("{path}.{name}"), 0, 1, max);
+            if n > 0 {
+                plan.set(window, Some(n));
+            }
+        }
+        if f.tokens_per_month.is_some() {
+            let n = self.num(
+                &f.tokens_per_month,
+                &format!("{path}.tokens_per_month"),
+                0,
+                1,
+                u64::MAX / 4,
+            );
+            if n > 0 {
+                plan.tokens_per_month = Some(n);
+            }
+        }
+        plan
+    }
+
+    pub(super) fn plans(&mut self, v: Value) -> BTreeMap<String, Plan> {
+        let files: BTreeMap<String, Value> =
+            section(v, "plans", &mut self.problems).unwrap_or_default();
+        let mut out = BTreeMap::new();
+        for (name, value) in files {
+            let path = format!("plans.{name}");
+            if !valid_name(&name) {
+                self.problem(
+                    &path,
+                    "plan names are lower-case letters, digits, '-' and '_'",
+                );
+            }
+            let file: PlanFile = if value.is_null() {
+                PlanFile::default()
+            } else {
+                match section(value, &path, &mut self.problems) {
+                    Some(f) => f,
+                    None => continue,
+                }
+            };
+            let plan = self.plan(&file, &path);
+            out.insert(name, plan);
+        }
+        out
+    }
+
+    pub(super) fn limits(
+        &mut self,
+        f: RateLimitsFile,
+        plans: BTreeMap<String, Plan>,
+    ) -> RateLimitConfig {
+        let failure_policy = self
+            .policy(f.failure_policy.as_deref(), "rate_limits.failure_policy")
+            .unwrap_or(FailurePolicy::Local);
+        let default_user = PlanFile {
+            requests_per_minute: Some(Num::Int(600)),
+            ..Default::default()
+        };
+        let default_auth_ip = PlanFile {
+            requests_per_minute: Some(Num::Int(30)),
+            requests_per_hour: Some(Num::Int(300)),
+            ..Default::default()
+        };
+        let default_acct_ip = PlanFile {
+            requests_per_hour: Some(Num::Int(10)),
+            ..Default::default()
+        };
+        let default_acct = PlanFile {
+            requests_per_hour: Some(Num::Int(100)),
+            ..Default::default()
+        };
+        let user = self.plan(f.user.as_ref().unwrap_or(&default_user), "rate_limits.user");
+        let auth_ip = self.plan(
+            f.auth_ip.as_ref().unwrap_or(&default_auth_ip),
+            "rate_limits.auth_ip",
+        );
+        let login_failures_per_account_ip = self.plan(
+            f.login_failures_per_account_ip
+                .as_ref()
+                .unwrap_or(&default_acct_ip),
+            "rate_limits.login_failures_per_account_ip",
+        );
+        let login_failures_per_account = self.plan(
+            f.login_failures_per_account
+                .as_ref()
+                .unwrap_or(&default_acct),
+            "rate_limits.login_failures_per_account",
+        );
+        let plans = if plans.is_empty() {
+            crate::ratelimit::default_plans()
+        } else {
+            plans
+        };
+        let default_plan = f.default_plan.unwrap_or_else(|| "free".into());
+        if !plans.contains_key(&default_plan) {
+            self.problem(
+                "rate_limits.default_plan",
+                format!("no plan named {default_plan:?} in plans"),
+            );
+        }
+        RateLimitConfig {
+            failure_policy,
+            replicas: self.num(&f.replicas, "rate_limits.replicas", 1, 1, 1000),
+            user,
+            auth_ip,
+            login_failures_per_account_ip,
+            login_failures_per_account,
+            plans,
+            default_plan,
+        }
+    }
+
+    fn policy(&mut self, v: Option<&str>, path: &str) -> Option<FailurePolicy> {
+        match v.map(str::trim) {
+            None | Some("") => None,
+            Some("open") => Some(FailurePolicy::Open),
+            Some("closed") => Some(FailurePolicy::Closed),
+            Some("local") => Some(FailurePolicy::Local),
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("must be open, closed or local, got {other:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn upstreams(&mut self, v: Value) -> Vec<Arc<Upstream>> {
+        let files: BTreeMap<String, Value> =
+            section(v, "upstreams", &mut self.problems).unwrap_or_default();
+        let mut out = Vec::new();
+        for (name, value) in files {
+            let path = format!("upstreams.{name}");
+            let Some(file) = section::<UpstreamFile>(value, &path, &mut self.problems) else {
+                continue;
+            };
+            let mut up = match Upstream::parse(&name, file.url.trim()) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.problem(format!("{path}.url"), e);
+                    continue;
+                }
+            };
+            up.index = out.len();
+            up.connect_timeout = Duration::from_millis(self.num(
+                &file.connect_timeout_ms,
+                &format!("{path}.connect_timeout_ms"),
+                2000,
+                10,
+                60_000,
+            ));
+            up.first_byte_timeout = Duration::from_secs(self.num(
+                &file.first_byte_timeout_secs,
+                &format!("{path}.first_byte_timeout_secs"),
+                60,
+                1,
+                3600,
+            ));
+            up.idle_timeout = Duration::from_secs(self.num(
+                &file.idle_timeout_secs,
+                &format!("{path}.idle_timeout_secs"),
+                300,
+                1,
+                86_400,
+            ));
+            up.pool_idle_timeout = Duration::from_secs(self.num(
+                &file.pool_idle_timeout_secs,
+                &format!("{path}.pool_idle_timeout_secs"),
+                90,
+                1,
+                3600,
+            ));
+            up.pool_max_idle_per_host = self.num(
+                &file.pool_max_idle_per_host,
+                &format!("{path}.pool_max_idle_per_host"),
+                256,
+                0,
+                100_000,
+            ) as usize;
+            up.ca_file = file
+                .ca_file
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from);
+            if let Some(ca) = &up.ca_file {
+                if !up.https {
+                    self.problem(
+                        format!("{path}.ca_file"),
+                        "only https:// upstreams use a CA bundle",
+                    );
+                } else if !ca.is_file() {
+                    self.problem(
+                        format!("{path}.ca_file"),
+                        format!("{} is not a readable file", ca.display()),
+                    );
+                }
+            }
+            self.upstream_credential(&mut up, &file, &path);
+            out.push(Arc::new(up));
+        }
+        out
+    }
+
+    /// An upstream's minting settings and default credential.
+    fn upstream_credential(&mut self, up: &mut Upstream, file: &UpstreamFile, path: &str) {
+        let secret = file.mint_secret.as_deref().map(str::trim).unwrap_or("");
+        if !secret.is_empty() {
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                self.problem(
+                    format!("{path}.mint_secret"),
+                    format!(
+                        "must be at least {MIN_JWT_SECRET_BYTES} bytes (got {}; the value is not shown)",
+                        secret.len()
+                    ),
+                );
+            }
+            let ttl_secs = self.num(
+                &file.mint_ttl_secs,
+                &format!("{path}.mint_ttl_secs"),
+                60,
+                10,
+                3600,
+            );
+            let claims = match &file.mint_claims {
+                None | Some(Value::Null) => serde_json::Map::new(),
+                Some(v) => match serde_json::to_value(v) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => {
+                        self.problem(
+                            format!("{path}.mint_claims"),
+                            "must be a mapping of claim names to values",
+                        );
+                        serde_json::Map::new()
+                    }
+                },
+            };
+            for name in claims.keys() {
+                if route::MintConfig::RESERVED_CLAIMS.contains(&name.as_str()) {
+                    self.problem(
+                        format!("{path}.mint_claims.{name}"),
+                        "the gateway sets this claim itself",
+                    );
+                }
+            }
+            up.mint = Some(route::MintConfig {
+                secret: Secret::new(secret.to_string()),
+                ttl_secs,
+                claims,
+            });
+        }
+        let default = if up.mint.is_some() {
+            route::Credential::Mint
+        } else {
+            route::Credential::None
+        };
+        up.credential = match file.credential.as_deref().map(str::trim) {
+            None | Some("") => default,
+            Some(text) => match route::Credential::parse(text) {
+                Some(route::Credential::Mint) if up.mint.is_none() => {
+                    self.problem(
+                        format!("{path}.credential"),
+                        "mint needs mint_secret (ARES_UPSTREAM_JWT_SECRET)",
+                    );
+                    default
+                }
+                Some(c) => c,
+                None => {
+                    self.problem(
+                        format!("{path}.credential"),
+                        format!("must be none, passthrough or mint, got {text:?}"),
+                    );
+                    default
+                }
+            },
+        };
+    }
+
+    pub(super) fn routes(&mut self, v: Value, upstreams: &[Arc<Upstream>]) -> RouteTable {
+        let items: Vec<Value> = match v {
+            Value::Null => {
+                self.problem("routes", "at least one route is required");
+                Vec::new()
+            }
+            Value::Sequence(items) => items,
+            _ => {
+                self.problem("routes", "must be a list of routes");
+                Vec::new()
+            }
+        };
+        let mut routes = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let Some(f) = section::<RouteFile>(item, &path, &mut self.problems) else {
+                continue;
+            };
+            if let Some(r) = self.route(f, &path, upstreams, &mut seen) {
+                routes.push(r);
+            }
+        }
+        RouteTable::new(routes)
+    }
+
+    fn route(
+        &mut self,
+        f: RouteFile,
+        path: &str,
+        upstreams: &[Arc<Upstream>],
+        seen: &mut HashSet<String>,
+    ) -> Option<Route> {
+        let before = self.problems.len();
+        let prefix = f.prefix.trim().to_string();
+        match route::normalize(&prefix) {
+            Ok(n) if n == prefix => {}
+            Ok(n) => self.problem(
+                format!("{path}.prefix"),
+                format!("{prefix:?} is not a normalised path (did you mean {n:?}?)"),
+            ),
+            Err(e) => self.problem(format!("{path}.prefix"), format!("{prefix:?}: {e}")),
+        }
+        let key = prefix.trim_end_matches('/').to_string();
+        if !seen.insert(key) {
+            self.problem(
+                format!("{path}.prefix"),
+                format!("{prefix:?} is listed twice"),
+            );
+        }
+        let auth = match f.auth {
+            AuthKindFile::None => AuthKind::None,
+            AuthKindFile::ApiKey => AuthKind::ApiKey,
+            AuthKindFile::Jwt => AuthKind::Jwt,
+            AuthKindFile::Admin => AuthKind::Admin,
+        };
+        let target = match (&f.upstream, f.handler) {
+            (Some(name), None) => match upstreams.iter().find(|u| &u.name == name) {
+                Some(u) => Some(Target::Upstream(u.clone())),
+                None => {
+                    self.problem(
+                        format!("{path}.upstream"),
+                        format!("no upstream named {name:?}"),
+                    );
+                    None
+                }
+            },
+            (None, Some(h)) => {
+                let (handler, want) = match h {
+                    HandlerFile::Auth => (Handler::Auth, AuthKind::None),
+                    HandlerFile::Admin => (Handler::Admin, AuthKind::Admin),
+                    HandlerFile::Health => (Handler::Health, AuthKind::None),
+                };
+                if auth != want {
+                    self.problem(
+                        format!("{path}.auth"),
+                        format!("handler {} needs auth: {}", handler.as_str(), want.as_str()),
+                    );
+                }
+                Some(Target::Handler(handler))
+            }
+            (Some(_), Some(_)) => {
+                self.problem(path, "set either upstream or handler, not both");
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    path,
+                    "set upstream (a name from upstreams) or handler (auth, admin, health)",
+                );
+                None
+            }
+        };
+        if let Some(up) = &f.upstream_prefix {
+            if f.upstream.is_none() {
+                self.problem(
+                    format!("{path}.upstream_prefix"),
+                    "only upstream routes rewrite paths",
+                );
+            }
+            if !matches!(route::normalize(up), Ok(ref n) if n == up) {
+                self.problem(
+                    format!("{path}.upstream_prefix"),
+                    format!("{up:?} must be a normalised absolute path"),
+                );
+            }
+        }
+        if let Some(scope) = &f.required_scope {
+            if auth != AuthKind::ApiKey {
+                self.problem(
+                    format!("{path}.required_scope"),
+                    "only api_key routes check scopes",
+                );
+            }
+            if !valid_name(scope) {
+                self.problem(
+                    format!("{path}.required_scope"),
+                    "scopes are lower-case words",
+                );
+            }
+        }
+        if f.query_token && auth != AuthKind::Jwt {
+            self.problem(
+                format!("{path}.query_token"),
+                "only jwt routes accept a query token",
+            );
+        }
+        let failure_policy = self.policy(
+            f.failure_policy.as_deref(),
+            &format!("{path}.failure_policy"),
+        );
+        if f.websocket && f.upstream.is_none() {
+            self.problem(
+                format!("{path}.websocket"),
+                "only upstream routes pass WebSocket upgrades",
+            );
+        }
+        let credential = self.route_credential(&f, target.as_ref(), path);
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(
+            Route::new(
+                prefix,
+                auth,
+                target?,
+                f.upstream_prefix,
+                f.required_scope,
+                credential,
+                f.websocket,
+                f.query_token,
+            )
+            .with_failure_policy(failure_policy),
+        )
+    }
+}
+
+impl Validator {
+    /// A route's credential: its own `upstream_credential`, `forward_credentials: true`
+    /// (passthrough), or its upstream's default.
+    fn route_credential(
+        &mut self,
+        f: &RouteFile,
+        target: Option<&Target>,
+        path: &str,
+    ) -> route::Credential {
+        let upstream = match target {
+            Some(Target::Upstream(u)) => Some(u),
+            _ => None,
+        };
+        let own = match f.upstream_credential.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => match route::Credential::parse(text) {
+                Some(c) => Some(c),
+                None => {
+                    self.problem(
+                        format!("{path}.upstream_credential"),
+                        format!("must be none, passthrough or mint, got {text:?}"),
+                    );
+                    None
+                }
+            },
+        };
+        if (own.is_some() || f.forward_credentials) && upstream.is_none() {
+            self.problem(
+                format!("{path}.upstream_credential"),
+                "only upstream routes send credentials upstream",
+            );
+        }
+        if own.is_some() && f.forward_credentials {
+            self.problem(
+                format!("{path}.forward_credentials"),
+                "set upstream_credential or forward_credentials, not both",
+            );
+        }
+        let credential = match (own, f.forward_credentials) {
+            (Some(c), _) => c,
+            (None, true) => route::Credential::Passthrough,
+            (None, false) => upstream.map_or(route::Credential::None, |u| u.credential),
+        };
+        if credential == route::Credential::Mint && upstream.is_some_and(|u| u.mint.is_none()) {
+            self.problem(
+                format!("{path}.upstream_credential"),
+                "mint needs the upstream's mint_secret (ARES_UPSTREAM_JWT_SECRET)",
+            );
+        }
+        credential
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

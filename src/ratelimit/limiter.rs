@@ -1,0 +1,360 @@
+//! The one way the gateway limits anything: [`Limiter`] asks the store, falls back by the
+//! failure policy when the store cannot answer, and counts every decision in the metrics.
+//!
+//! Every limit goes through it: a tenant's plan, a user's plan (with the access token's
+//! revocation in the same store round trip), the per-address limit of `/api/auth/*`, and the
+//! failed-login limits. Only the failed-login check never falls open: a store that cannot say how
+//! many guesses were made refuses the login (503) rather than allow unlimited guessing.
+
+use std::net::IpAddr;
+
+use super::{Decision, FailurePolicy, LocalLimiter, Plan, Window};
+use crate::error::GatewayError;
+use crate::store::{scope, Admission, StoreHandle};
+use crate::util::now_ms;
+
+/// What a limit counts. Its store key and its metric label come from here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// A tenant's plan (API-key routes), and its token budget.
+    Tenant(&'a str),
+    /// A user's plan (JWT routes).
+    User(&'a str),
+    /// Requests to `/api/auth/*` from one client address.
+    AuthIp(IpAddr),
+    /// Failed logins to one account (by email hash) from one address.
+    LoginAccountIp(&'a str, IpAddr),
+    /// Failed logins to one account from anywhere.
+    LoginAccount(&'a str),
+}
+
+impl Scope<'_> {
+    /// The store's name for it (`store::scope`).
+    pub fn key(&self) -> String {
+        match *self {
+            Scope::Tenant(id) => scope::tenant(id),
+            Scope::User(id) => scope::user(id),
+            Scope::AuthIp(ip) => scope::auth_ip(&ip),
+            Scope::LoginAccountIp(account, ip) => scope::login_account_ip(account, &ip),
+            Scope::LoginAccount(account) => scope::login_account(account),
+        }
+    }
+
+    /// Its `scope` label in the limiter metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::Tenant(_) => "tenant",
+            Scope::User(_) => "user",
+            Scope::AuthIp(_) => "ip",
+            Scope::LoginAccountIp(..) => "login_account_ip",
+            Scope::LoginAccount(_) => "login_account",
+        }
+    }
+}
+
+/// When the shared store fails: the policy, and how many replicas share the limits (the `local`
+/// policy enforces `limit / replicas` in each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnFailure {
+    pub policy: FailurePolicy,
+    pub replicas: u64,
+}
+
+/// The store, the local fallback and the metrics, behind one call per decision.
+pub struct Limiter {
+    store: StoreHandle,
+    /// Limits in force while the shared store is unreachable (`local` policy).
+    fallback: LocalLimiter,
+}
+
+impl Limiter {
+    pub fn new(store: StoreHandle) -> Self {
+        Limiter {
+            store,
+            fallback: LocalLimiter::new(),
+        }
+    }
+
+    /// Admit one request of `scope` under `plan`. `None`: nothing to limit (or limits open
+    /// during an outage). A refusal is a `Decision` naming its window; the caller answers it.
+    pub async fn admit(
+        &self,
+        scope: Scope<'_>,
+        plan: &Plan,
+        on_failure: OnFailure,
+    ) -> Result<Option<Decision>, GatewayError> {
+        let limits = plan.windows();
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let decided = self
+            .store
+            .call(self.store.rate_limit(&scope.key(), &limits, now))
+            .await;
+        self.decided(scope, plan, on_failure, now, decided)
+    }
+
+    /// As [`Limiter::admit`] for a user's access token, with its revocation (`jti`) checked in
+    /// the same store round trip: a revoked token is `InvalidToken` and counts against nothing.
+    pub async fn admit_user(
+        &self,
+        sub: &str,
+        jti: Option<&str>,
+        plan: &Plan,
+        on_failure: OnFailure,
+    ) -> Result<Option<Decision>, GatewayError> {
+        let limits = plan.windows();
+        if limits.is_empty() && jti.is_none() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let admitted = self
+            .store
+            .call(self.store.admit_token(sub, jti, &limits, now))
+            .await;
+        let decided = match admitted {
+            Ok(Admission::Revoked) => {
+                tracing::debug!(reason = "revoked", "access token refused");
+                return Err(GatewayError::InvalidToken);
+            }
+            Ok(Admission::Decided(_)) if limits.is_empty() => return Ok(None),
+            Ok(Admission::Decided(d)) => Ok(d),
+            Err(e) => {
+                // A logout cannot have been recorded while the store is down either; refusing
+                // every user for the length of an outage would be worse. The limits follow
+                // the policy.
+                tracing::warn!(error = %e, "revocation check skipped: store unavailable");
+                if limits.is_empty() {
+                    return Ok(None);
+                }
+                Err(e)
+            }
+        };
+        self.decided(Scope::User(sub), plan, on_failure, now, decided)
+    }
+
+    /// Refuse when any of these failure counts is at its limit, without counting anything.
+    /// Never falls open: a store that cannot answer is the request's 503.
+    pub async fn check_failures(&self, scopes: &[(Scope<'_>, &Plan)]) -> Result<(), GatewayError> {
+        let now = now_ms();
+        for (scope, plan) in scopes {
+            let windows = plan.windows();
+            if windows.is_empty() {
+                continue;
+            }
+            let peeked = self
+                .store
+                .call(self.store.peek_rate_limit(&scope.key(), &windows, now))
+                .await;
+            let m = crate::metrics::get();
+            let d = peeked.inspect_err(|_| m.ratelimit(scope.kind(), "-", "store_failed"))?;
+            if let Some(window) = d.refused_by {
+                m.ratelimit(scope.kind(), window.name(), "refused");
+                return Err(GatewayError::RateLimited {
+                    window,
+                    headers: d.headers,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Count one failure in each scope. Best effort: a failure the store cannot record is
+    /// logged; the next check then fails closed while the store is still down.
+    pub async fn record_failure(&self, scopes: &[(Scope<'_>, &Plan)]) {
+        let now = now_ms();
+        for (scope, plan) in scopes {
+            let windows = plan.windows();
+            if windows.is_empty() {
+                continue;
+            }
+            let counted = self
+                .store
+                .call(self.store.rate_limit(&scope.key(), &windows, now))
+                .await;
+            if let Err(e) = counted {
+                tracing::warn!(error = %e, scope = scope.kind(), "failure not counted");
+            }
+        }
+    }
+
+    /// Count `n` tokens the upstream reported against the scope's monthly budget.
+    pub async fn debit_tokens(&self, scope: Scope<'_>, n: u64) -> Result<u64, GatewayError> {
+        let key = scope.key();
+        self.store
+            .call(self.store.add_tokens(&key, n, now_ms()))
+            .await
+    }
+
+    /// Forget idle scopes of the local fallback.
+    pub fn sweep(&self) {
+        self.fallback.sweep(now_ms());
+    }
+
+    /// A store's answer, counted in the metrics; a failed store by the policy. The scope's key
+    /// is made only for the local fallback.
+    fn decided(
+        &self,
+        scope: Scope<'_>,
+        plan: &Plan,
+        on_failure: OnFailure,
+        now: u64,
+        decided: Result<Decision, GatewayError>,
+    ) -> Result<Option<Decision>, GatewayError> {
+        let m = crate::metrics::get();
+        let kind = scope.kind();
+        match decided {
+            Ok(d) => {
+                match d.refused_by {
+                    None => m.ratelimit(kind, "-", "allowed"),
+                    Some(w) => m.ratelimit(kind, w.name(), "refused"),
+                }
+                Ok(Some(d))
+            }
+            Err(e) => {
+                m.ratelimit(kind, "-", "store_failed");
+                tracing::warn!(error = %e, policy = ?on_failure.policy, "rate limiter falling back");
+                match on_failure.policy {
+                    FailurePolicy::Open => Ok(None),
+                    FailurePolicy::Closed => Err(e),
+                    FailurePolicy::Local => {
+                        let local = plan.divided(on_failure.replicas).windows();
+                        Ok(Some(self.fallback.check(&scope.key(), &local, now)))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A refusing decision as the request's error: 429 by its window, or the token budget's own.
+pub fn refusal(decision: &Decision) -> Option<GatewayError> {
+    let window = decision.refused_by?;
+    Some(match window {
+        Window::Tokens => GatewayError::TokenQuotaExceeded {
+            retry_after: std::time::Duration::from_secs(decision.headers.reset.max(1)),
+        },
+        window => GatewayError::RateLimited {
+            window,
+            headers: decision.headers,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn limiter() -> Limiter {
+        Limiter::new(StoreHandle::new(
+            Arc::new(MemoryStore::new()),
+            Duration::from_millis(300),
+        ))
+    }
+
+    fn per_minute(n: u64) -> Plan {
+        let mut p = Plan::default();
+        p.set(Window::Minute, Some(n));
+        p
+    }
+
+    const OPEN: OnFailure = OnFailure {
+        policy: FailurePolicy::Open,
+        replicas: 1,
+    };
+
+    #[test]
+    fn scopes_name_their_store_keys_and_metric_kinds() {
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let cases = [
+            (Scope::Tenant("ten_1"), "t:ten_1", "tenant"),
+            (Scope::User("usr_9"), "u:usr_9", "user"),
+            (Scope::AuthIp(ip), "ip:10.0.0.1", "ip"),
+            (
+                Scope::LoginAccountIp("ab12", ip),
+                "la:ab12:10.0.0.1",
+                "login_account_ip",
+            ),
+            (Scope::LoginAccount("ab12"), "lf:ab12", "login_account"),
+        ];
+        for (scope, key, kind) in cases {
+            assert_eq!(scope.key(), key);
+            assert_eq!(scope.kind(), kind);
+        }
+    }
+
+    #[tokio::test]
+    async fn admits_up_to_the_plan_then_refuses_with_the_window() {
+        let l = limiter();
+        let plan = per_minute(2);
+        for _ in 0..2 {
+            let d = l.admit(Scope::Tenant("t"), &plan, OPEN).await.unwrap();
+            assert!(d.unwrap().allowed());
+        }
+        let d = l
+            .admit(Scope::Tenant("t"), &plan, OPEN)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.refused_by, Some(Window::Minute));
+        assert!(matches!(
+            refusal(&d),
+            Some(GatewayError::RateLimited {
+                window: Window::Minute,
+                ..
+            })
+        ));
+        // Another scope has its own count.
+        let d = l.admit(Scope::Tenant("u"), &plan, OPEN).await.unwrap();
+        assert!(d.unwrap().allowed());
+        // No windows: nothing to decide.
+        assert!(l
+            .admit(Scope::Tenant("t"), &Plan::default(), OPEN)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn failure_limits_count_only_when_recorded() {
+        let l = limiter();
+        let plan = per_minute(2);
+        let scopes = [(Scope::LoginAccount("acct"), &plan)];
+        for _ in 0..5 {
+            l.check_failures(&scopes).await.unwrap();
+        }
+        l.record_failure(&scopes).await;
+        l.check_failures(&scopes).await.unwrap();
+        l.record_failure(&scopes).await;
+        let err = l.check_failures(&scopes).await.unwrap_err();
+        assert!(matches!(err, GatewayError::RateLimited { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_is_refused_and_counts_nothing() {
+        let l = limiter();
+        let plan = per_minute(1);
+        l.store
+            .call(
+                l.store
+                    .revoke_jti("usr_1", "j1", crate::util::unix_now() + 60),
+            )
+            .await
+            .unwrap();
+        let err = l
+            .admit_user("usr_1", Some("j1"), &plan, OPEN)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::InvalidToken));
+        // The one request of the minute is still there for a valid token.
+        let d = l
+            .admit_user("usr_1", Some("j2"), &plan, OPEN)
+            .await
+            .unwrap();
+        assert!(d.unwrap().allowed());
+    }
+}
