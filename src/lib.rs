@@ -2,37 +2,39 @@
 //!
 //! # Layout
 //!
+//! Layers, top to bottom; a module imports only from its own layer or below, and no two modules
+//! import each other (`tests/layering.rs` checks both).
+//!
 //! ```text
-//! main.rs           clap commands (serve, check, demo); tracing init
-//! lib.rs            this map, and `Gateway::start` (listeners, worker threads, housekeeping)
-//! config.rs         gateway.yaml: serde file types -> validated `Config`; every problem reported
-//! state.rs          AppState (store, caches, hasher, drain flag) and the swappable Snapshot
-//! server.rs         accept loop, connection permit, worker balance, TLS handshake, hyper-util auto builder, drain
-//! timer.rs          LazySleep / LazyTimer: deadlines moved per request without timer-wheel work
-//! tls.rs            PEM -> rustls; certificate reload; client TLS for https upstreams
-//! pipeline.rs       handle(): the request pipeline, step by step. Read this first
-//! route.rs          path normalisation; RouteTable::classify (longest prefix on segments)
-//! auth/mod.rs       Principal; authenticate(); authorize(); bearer parsing
-//! auth/api_key.rs   key format + checksum, hashing, the key/tenant cache
-//! auth/jwt.rs       JwtKeys: issue(), verify()
-//! auth/admin.rs     constant-time admin secret check
-//! auth/password.rs  argon2id on spawn_blocking behind a semaphore; password policy
-//! store/mod.rs      trait Store and its records; the shared store test suite
-//! store/memory.rs   the embedded default store
-//! store/redis.rs    Redis / Redis Cluster: key schema, Lua limiter, pub/sub invalidation
-//! ratelimit.rs      windows, plans, the exact local limiter, RateLimit-* headers
-//! proxy.rs          header hygiene, identity headers, streaming forward
-//! bound.rs          a client connection's own upstream connections, driven in its task
-//! coalesce.rs       small vectored writes sent as one write (both sides of the proxy)
-//! api/auth.rs       /api/auth/*
-//! api/admin.rs      /api/admin/tenants*, /api/admin/provision-client
-//! api/mod.rs        /healthz, /readyz
-//! cors.rs           preflights and CORS response headers
-//! framing.rs        HTTP/1 framing checks against request smuggling
-//! metrics.rs        Prometheus registry and the metrics listener
-//! error.rs          GatewayError and its one into_response()
-//! body.rs           Body alias, JSON helpers, the idle-timeout body
+//! main.rs, lib.rs   the commands (serve, check, demo, import-ares); this map
+//! gateway.rs        Gateway::start: store, shared state, listeners, workers, reload, housekeeping
+//! edge/accept.rs    accept loop, connection permit, worker balance, TLS handshake, drain
 //! demo.rs           the `demo` command's echo upstream and walkthrough
+//! import_ares.rs    `import-ares`: ARES's PostgreSQL tables -> the store
+//! pipeline.rs       handle(request): the request pipeline, step by step. Read this first
+//! api/              what the gateway serves itself: auth.rs (/api/auth/*), admin.rs (the admin
+//!                   API), json.rs (bounded JSON bodies), mod.rs (/healthz, /readyz)
+//! state.rs          AppState (store, caches, limiter, hasher, drain flag); Snapshot (one config)
+//! auth/             Principal, authenticate(Credentials), authorize; api_key.rs, jwt.rs,
+//!                   mint.rs (tokens for upstreams), admin.rs, password.rs
+//! ratelimit/        limiter.rs: the one Limiter (store + failure policy + local fallback +
+//!                   metrics) and its Scope enum; mod.rs: windows, plans, the exact local
+//!                   limiter, RateLimit-* headers
+//! proxy/            hygiene.rs (step 1 and hop-by-hop), identity.rs (what the upstream
+//!                   receives), forward.rs (pool and forward), tunnel.rs (WebSocket)
+//! cors.rs           preflights and CORS response headers
+//! store/            trait Store and its records; handle.rs (the command budget); memory.rs,
+//!                   redis.rs; the shared store test suite
+//! config/           file.rs (serde schema) -> substitute.rs (${VAR}) -> validate.rs -> Config;
+//!                   defaults.rs: every numeric default and bound in one table
+//! route.rs          path normalisation, RouteTable::classify, Upstream, Credential
+//! error.rs          GatewayError and its one into_response()
+//! metrics.rs        Prometheus registry and the metrics listener
+//! body.rs           Body, RequestBody, JSON responses, the idle-timeout body
+//! edge/             the connection machinery's leaves (no tenants, tokens or routes):
+//!                   bound.rs (a connection's own upstream connections), framing.rs (HTTP/1
+//!                   smuggling checks), coalesce.rs (vectored writes), timer.rs, tls.rs
+//! util.rs           clocks, random tokens, Secret, FileStamp, FastMap
 //! ```
 //!
 //! # Request pipeline
@@ -40,17 +42,18 @@
 //! ```text
 //! Gateway::start         one SO_REUSEPORT listener per worker; worker 0 on the caller's runtime,
 //!                        the others each on a thread with a current-thread runtime
-//! server::run            accept -> permit -> spawn connection (its upstream connections in its task)
+//! edge::accept::run      accept -> permit -> spawn connection (its upstream connections in its task)
 //! pipeline::handle       never fails: handle_inner, then error.into_response(); access log
 //! pipeline::handle_inner
 //!   1 ctx       request id, client ip (trusted proxies); strip spoofable headers
 //!   2 route     normalise path; routes.classify(path)                 400 / 404
-//!   3 gateway-served routes return here (auth API, admin API, health)
-//!   4 principal auth::authenticate(route, headers, ..)                  401
+//!   3 gateway-served routes return here (auth API, admin API, health);
+//!               admin paths the gateway does not implement go on to the upstream
+//!   4 principal auth::authenticate(route, headers, .., credentials)     401
 //!   5           auth::authorize(route, &principal)                      403
-//!   6           rate limit (tenant / user), token quota                 429
+//!   6           state.limiter: tenant / user, token quota               429
 //!               (a user's token revocation: same store round trip)      401
-//!   7           proxy::rewrite_request(.., &principal, ..)              413
+//!   7           proxy::rewrite_request(.., &principal, .., minted)      413
 //!   8           proxy::forward(client, req)                             502 / 504
 //!   9           proxy::rewrite_response + RateLimit-* headers
 //! ```
@@ -64,6 +67,7 @@ pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod gateway;
+pub mod import_ares;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! The `ares-gateway` command: `serve`, `check`, `demo`.
+//! The `ares-gateway` command: `serve`, `check`, `demo`, `import-ares`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,18 @@ enum Command {
     },
     /// Everything embedded (memory store, echo upstream, generated secrets) and a walkthrough.
     Demo,
+    /// Copy ARES's users, tenants and API keys from its PostgreSQL database (read-only) into the
+    /// store the config names. Exit 0: all present; 2: done, some rows skipped; 1: failed.
+    ImportAres {
+        /// `postgres://user[:password]@host[:port]/database` of ARES (plain TCP).
+        #[arg(long, env = "ARES_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, env = "ARES_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// Read and check everything, print the counts, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +67,54 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => demo_cmd(),
+        Command::ImportAres {
+            database_url,
+            config,
+            dry_run,
+        } => import_ares(&database_url, &config, dry_run),
+    }
+}
+
+fn import_ares(database_url: &str, config: &std::path::Path, dry_run: bool) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cfg.store.backend == ares_gateway::config::StoreBackend::Memory && !dry_run {
+        eprintln!(
+            "import-ares: the memory store keeps nothing after this command exits; set ARES_STORE=redis (or use --dry-run)"
+        );
+        return ExitCode::from(1);
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("import-ares: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let done = rt.block_on(async {
+        let mut client = ares_gateway::import_ares::connect(database_url).await?;
+        let store = ares_gateway::gateway::build_store(&cfg).await?;
+        let store = ares_gateway::store::StoreHandle::new(store, cfg.store.command_timeout);
+        ares_gateway::import_ares::run(&mut client, &store, &cfg.limits.plans, dry_run).await
+    });
+    match done {
+        Ok(report) => {
+            print!("{report}");
+            if report.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("import-ares: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -108,15 +108,8 @@ pub struct Metrics {
     lookups: [[Counter; 2]; CACHES.len()],
 }
 
-/// What `scope_kind` returns.
-const SCOPE_KINDS: [&str; 6] = [
-    "tenant",
-    "user",
-    "ip",
-    "login_account_ip",
-    "login_account",
-    "other",
-];
+/// Every `ratelimit::limiter::Scope::kind`, each with its premade series.
+pub const SCOPE_KINDS: [&str; 5] = ["tenant", "user", "ip", "login_account_ip", "login_account"];
 
 /// The caches `Metrics::cache` counts.
 const CACHES: [&str; 2] = ["api_key", "tenant"];
@@ -369,19 +362,6 @@ impl Metrics {
     }
 }
 
-/// The kind of a rate-limit scope name, for labels (`t:ten_1` -> `tenant`).
-pub fn scope_kind(scope: &str) -> &'static str {
-    let kind = scope.as_bytes().split(|&b| b == b':').next().unwrap_or(b"");
-    match kind {
-        b"t" => "tenant",
-        b"u" => "user",
-        b"ip" => "ip",
-        b"la" => "login_account_ip",
-        b"lf" => "login_account",
-        _ => "other",
-    }
-}
-
 /// Serve `GET /metrics` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener) {
     loop {
@@ -429,27 +409,6 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scope_kinds_name_each_scope_builder() {
-        use crate::store::scope;
-        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
-        assert_eq!(scope_kind(&scope::tenant("ten_1")), "tenant");
-        assert_eq!(scope_kind(&scope::user("usr_1")), "user");
-        assert_eq!(scope_kind(scope::USER), "user");
-        assert_eq!(scope_kind(&scope::auth_ip(&ip)), "ip");
-        assert_eq!(
-            scope_kind(&scope::login_account_ip("ab", &ip)),
-            "login_account_ip"
-        );
-        assert_eq!(scope_kind(&scope::login_account("ab")), "login_account");
-        assert_eq!(scope_kind("tenant:x"), "other");
-        assert_eq!(scope_kind(""), "other");
-        // Every kind has its premade series.
-        for scope in ["t:1", "u:1", "ip:1", "la:1:2", "lf:1", "x:1"] {
-            assert!(SCOPE_KINDS.contains(&scope_kind(scope)), "{scope}");
-        }
-    }
 
     #[test]
     fn premade_series_count_like_the_looked_up_ones() {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::defaults;
 use crate::ratelimit::FailurePolicy;
 
 /// Why a path was refused before routing (400 `INVALID_INPUT`).
@@ -454,11 +455,15 @@ impl Upstream {
             https,
             authority,
             base_path,
-            connect_timeout: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(300),
-            pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 256,
+            connect_timeout: Duration::from_millis(defaults::UPSTREAM_CONNECT_TIMEOUT_MS.default),
+            first_byte_timeout: Duration::from_secs(
+                defaults::UPSTREAM_FIRST_BYTE_TIMEOUT_SECS.default,
+            ),
+            idle_timeout: Duration::from_secs(defaults::UPSTREAM_IDLE_TIMEOUT_SECS.default),
+            pool_idle_timeout: Duration::from_secs(
+                defaults::UPSTREAM_POOL_IDLE_TIMEOUT_SECS.default,
+            ),
+            pool_max_idle_per_host: defaults::UPSTREAM_POOL_MAX_IDLE_PER_HOST.default as usize,
             ca_file: None,
             credential: Credential::None,
             mint: None,

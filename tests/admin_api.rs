@@ -2,11 +2,9 @@
 
 mod common;
 
-use common::*;
+use sha2::Digest;
 
-fn admin() -> [(&'static str, &'static str); 1] {
-    [("x-admin-secret", ADMIN)]
-}
+use common::*;
 
 #[tokio::test]
 async fn admin_secret_is_required_and_every_configured_one_works() {
@@ -384,8 +382,13 @@ async fn imported_ares_keys_keep_working() {
     let up = Upstream::start().await;
     let g = gateway(&up.url(), &[]).await;
     let (tenant, _, _) = provision(&g, "dev").await;
-    // ARES issues `ares_` + 64 hex and stores the SHA-256 hex of the whole key.
+    // ARES issues `ares_` + 64 hex and stores the SHA-256 hex of the 64 hex (without `ares_`):
+    // that stored hash is what an operator imports.
     let legacy = format!("ares_{}", "0123456789abcdef".repeat(4));
+    let ares_hash: String = sha2::Sha256::digest(&legacy.as_bytes()[5..])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let r = post(
         &g.url("/v1/models"),
         &[("authorization", &bearer(&legacy))],
@@ -394,7 +397,7 @@ async fn imported_ares_keys_keep_working() {
     .await;
     assert_eq!(r.status, 401, "unknown before import");
     let body = serde_json::json!({
-        "key_hash": ares_gateway::auth::api_key::hash(&legacy),
+        "key_hash": ares_hash,
         "key_prefix": &legacy[..13],
         "name": "migrated"
     });

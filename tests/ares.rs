@@ -252,7 +252,7 @@ async fn revoked_expired_and_logged_out_tokens_never_reach_ares() {
     let r = send(
         "DELETE",
         &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}")),
-        &[("x-admin-secret", ADMIN)],
+        &admin(),
         None,
     )
     .await;
@@ -337,7 +337,7 @@ async fn ares_admin_routes_under_the_gateways_prefix_reach_ares_after_the_admin_
         "/api/admin/tenants/ten_1/agents/router/stats",
         "/api/admin/tenants/ten_1/usage/daily",
     ] {
-        let r = get(&g.url(path), &[("x-admin-secret", ADMIN)]).await;
+        let r = get(&g.url(path), &admin()).await;
         assert_eq!(r.status, 200, "{path}: {:?}", r.body);
         assert_eq!(r.json()["path"], path);
         let r = get(&g.url(path), &[]).await;
@@ -352,13 +352,13 @@ async fn ares_admin_routes_under_the_gateways_prefix_reach_ares_after_the_admin_
     }
     assert_eq!(ares.seen().len(), 5);
     // What the gateway implements, it answers: its own tenants, not ARES's.
-    let r = get(&g.url("/api/admin/tenants"), &[("x-admin-secret", ADMIN)]).await;
+    let r = get(&g.url("/api/admin/tenants"), &admin()).await;
     assert_eq!(r.status, 200);
     assert!(r.json().is_array());
     let r = send(
         "PATCH",
         &g.url("/api/admin/tenants/ten_1/quota"),
-        &[("x-admin-secret", ADMIN)],
+        &admin(),
         None,
     )
     .await;

@@ -90,7 +90,7 @@ async fn no_secret_reaches_a_log_line() {
     let password = "log-test-password-42";
     let r = post(
         &format!("{base}/api/admin/provision-client"),
-        &[("x-admin-secret", ADMIN)],
+        &admin(),
         r#"{"name":"L","tier":"dev","api_key_name":"k"}"#,
     )
     .await;

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("lib", 9),
     ("gateway", 8),
     ("demo", 8),
+    ("import_ares", 8),
     ("edge::accept", 8),
     ("pipeline", 7),
     ("api", 6),

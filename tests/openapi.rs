@@ -48,7 +48,7 @@ async fn every_documented_operation_is_implemented_as_documented() {
     let (tenant, _, _) = provision(&g, "dev").await;
     let r = post(
         &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
-        &[("x-admin-secret", ADMIN)],
+        &admin(),
         r#"{"name":"spare"}"#,
     )
     .await;
@@ -151,7 +151,7 @@ async fn undocumented_methods_are_405_and_undocumented_paths_404() {
             let r = send(
                 &method.to_uppercase(),
                 &g.url(&url_path),
-                &[("x-admin-secret", ADMIN)],
+                &admin(),
                 Some("{}"),
             )
             .await;
@@ -172,7 +172,7 @@ async fn undocumented_methods_are_405_and_undocumented_paths_404() {
         "/api/admin/tenants/ten_x/api-keys/k/extra",
     ] {
         let before = up.count();
-        let r = send("GET", &g.url(path), &[("x-admin-secret", ADMIN)], None).await;
+        let r = send("GET", &g.url(path), &admin(), None).await;
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(up.count(), before + 1, "{path} reached the upstream");
         assert_eq!(up.last().uri, path);

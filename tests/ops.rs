@@ -151,9 +151,7 @@ async fn reload_adds_a_route_and_a_broken_file_keeps_the_old_config() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        get(&g.url("/api/admin/tenants"), &[("x-admin-secret", ADMIN)])
-            .await
-            .status,
+        get(&g.url("/api/admin/tenants"), &admin()).await.status,
         401
     );
 }

@@ -93,7 +93,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 async fn admin_credentials_are_forwarded_only_where_configured() {
     let up = Upstream::start().await;
     let g = gateway(&up.url(), &[]).await;
-    let r = get(&g.url("/api/admin/agents"), &[("x-admin-secret", ADMIN)]).await;
+    let r = get(&g.url("/api/admin/agents"), &admin()).await;
     assert_eq!(r.status, 200);
     let h = up.last().headers;
     assert_eq!(h["x-auth-method"], "admin");

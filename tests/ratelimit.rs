@@ -4,10 +4,6 @@ mod common;
 
 use common::*;
 
-fn admin() -> [(&'static str, &'static str); 1] {
-    [("x-admin-secret", ADMIN)]
-}
-
 async fn set_limits(g: &TestGateway, tenant: &str, body: &str) {
     let r = send(
         "PUT",
@@ -168,14 +164,13 @@ async fn token_usage_headers_debit_the_monthly_budget() {
             200
         );
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let usage = get(
-        &g.url(&format!("/api/admin/tenants/{tenant}/usage")),
-        &admin(),
-    )
-    .await
-    .json();
-    assert_eq!(usage["monthly_tokens"], 2000);
+    // The debit lands off the response path.
+    let usage_url = g.url(&format!("/api/admin/tenants/{tenant}/usage"));
+    let debited = wait_until(std::time::Duration::from_secs(5), || async {
+        get(&usage_url, &admin()).await.json()["monthly_tokens"] == 2000
+    })
+    .await;
+    assert!(debited, "{}", get(&usage_url, &admin()).await.json());
     let r = get(&g.url("/v1/chat"), &[("authorization", &auth)]).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"], "Monthly token quota exceeded");
@@ -194,12 +189,11 @@ async fn token_counts_in_stream_trailers_are_debited_after_the_stream() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "data: hi\n\n");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let usage = get(
-        &g.url(&format!("/api/admin/tenants/{tenant}/usage")),
-        &admin(),
-    )
-    .await
-    .json();
-    assert_eq!(usage["monthly_tokens"], 500);
+    // The debit lands off the response path.
+    let usage_url = g.url(&format!("/api/admin/tenants/{tenant}/usage"));
+    let debited = wait_until(std::time::Duration::from_secs(5), || async {
+        get(&usage_url, &admin()).await.json()["monthly_tokens"] == 500
+    })
+    .await;
+    assert!(debited, "{}", get(&usage_url, &admin()).await.json());
 }

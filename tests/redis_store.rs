@@ -10,10 +10,6 @@ use ares_gateway::store::{suite, RedisStore};
 use common::redis::{cli, RedisCluster, RedisServer};
 use common::*;
 
-fn admin() -> [(&'static str, &'static str); 1] {
-    [("x-admin-secret", ADMIN)]
-}
-
 fn redis_config(upstream: &str, redis_url: &str, extra: &[(&str, &str)]) -> Config {
     let mut env = vec![("ARES_STORE", "redis"), ("REDIS_URL", redis_url)];
     env.extend_from_slice(extra);
@@ -125,9 +121,13 @@ async fn two_replicas_share_keys_revocations_logouts_and_limits() {
         Some(r#"{"status":"suspended"}"#),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = post(&a.url("/v1/chat"), &[("authorization", &bearer(&k2))], "{}").await;
-    assert_eq!(r.error_code(), "AUTH_TENANT_SUSPENDED");
+    // Replica a hears of it through the store's invalidation channel, as fast as a revocation.
+    let suspended = wait_until(Duration::from_millis(500), || async {
+        let r = post(&a.url("/v1/chat"), &[("authorization", &bearer(&k2))], "{}").await;
+        r.error_code() == "AUTH_TENANT_SUSPENDED"
+    })
+    .await;
+    assert!(suspended);
 
     // Logout on A kills the access token on B.
     let t = login(&a, "replica@example.com").await;

@@ -53,9 +53,15 @@ pub fn generate() -> NewKey {
     }
 }
 
-/// SHA-256 (hex) of the whole key: what the store indexes.
+/// SHA-256 (hex): what the store indexes. Of the whole key for the gateway's own keys; of the
+/// 64 hex after `ares_` for keys ARES issued, because that is the `key_hash` ARES stores, so its
+/// keys are imported by that hash as they are.
 pub fn hash(raw: &str) -> String {
-    let d = Sha256::digest(raw.as_bytes());
+    let hashed = match (shape_of_legacy(raw), raw.strip_prefix(KEY_PREFIX)) {
+        (true, Some(body)) => body,
+        _ => raw,
+    };
+    let d = Sha256::digest(hashed.as_bytes());
     let mut s = String::with_capacity(64);
     for b in d {
         s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
@@ -75,11 +81,17 @@ pub enum KeyShape {
     Invalid,
 }
 
+/// `ares_` + 64 hex digits: a key ARES issued.
+fn shape_of_legacy(raw: &str) -> bool {
+    raw.strip_prefix(KEY_PREFIX)
+        .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn shape(raw: &str) -> KeyShape {
     let Some(rest) = raw.strip_prefix(KEY_PREFIX) else {
         return KeyShape::Invalid;
     };
-    if rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if shape_of_legacy(raw) {
         return KeyShape::Legacy;
     }
     if raw.len() == KEY_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -235,6 +247,18 @@ mod tests {
             hash("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn an_ares_keys_hash_is_the_one_ares_stores() {
+        // ARES stores SHA-256 of the 64 hex digits, without `ares_`.
+        let body = "0123456789abcdef".repeat(4);
+        assert_eq!(hash(&format!("ares_{body}")), hash(&body));
+        assert_ne!(hash(&format!("ares_{body}")), hash(&format!("x{body}")));
+        // One digit short is not ARES's shape: hashed whole.
+        let short = format!("ares_{}", &body[1..]);
+        assert_eq!(shape(&short), KeyShape::Invalid);
+        assert_ne!(hash(&short), hash(&body[1..]));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+pub mod defaults;
 mod file;
 mod substitute;
 mod validate;
@@ -350,6 +351,59 @@ mod tests {
     }
 
     const SHIPPED: &str = include_str!("../../gateway.yaml");
+
+    #[test]
+    fn the_shipped_file_writes_every_default_of_the_table() {
+        let file: Value = serde_yaml::from_str(SHIPPED).unwrap();
+        let mut checked = 0;
+        for bound in defaults::ALL {
+            assert!(
+                bound.min <= bound.default && bound.default <= bound.max,
+                "{bound:?}"
+            );
+            // Plan limits are per tier, not defaults.
+            if bound.key.starts_with("plans.") {
+                continue;
+            }
+            let mut node = &file;
+            for part in bound.key.replace('*', "default").split('.') {
+                node = node
+                    .get(part)
+                    .unwrap_or_else(|| panic!("{} is not in gateway.yaml", bound.key));
+            }
+            let written = match node {
+                Value::Number(n) => n.as_u64(),
+                // `${VAR:-N}`: the default is N.
+                Value::String(s) => s
+                    .rsplit_once(":-")
+                    .and_then(|(_, d)| d.strip_suffix('}'))
+                    .and_then(|d| d.parse().ok()),
+                _ => None,
+            };
+            assert_eq!(
+                written,
+                Some(bound.default),
+                "{} in gateway.yaml",
+                bound.key
+            );
+            checked += 1;
+        }
+        assert!(checked >= 25, "{checked}");
+        // An absent key means the table's default.
+        let cfg = Config::from_yaml(
+            "routes: [{prefix: /, auth: none, handler: health}]",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.server.max_connections as u64,
+            defaults::SERVER_MAX_CONNECTIONS.default
+        );
+        assert_eq!(
+            cfg.auth.access_token_ttl.as_secs(),
+            defaults::AUTH_ACCESS_TOKEN_TTL_SECS.default
+        );
+    }
 
     #[test]
     fn shipped_config_is_valid_with_empty_environment() {

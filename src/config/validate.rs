@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_yaml::Value;
 
+use super::defaults::{self, Bound};
 use super::file::*;
 use super::*;
 use crate::edge::tls::TlsFiles;
@@ -49,6 +50,16 @@ impl Validator {
             return default;
         }
         n
+    }
+
+    /// A number with its default and bounds from the table in `defaults.rs`.
+    fn bounded(&mut self, v: &Option<Num>, d: &Bound) -> u64 {
+        self.num(v, d.key, d.default, d.min, d.max)
+    }
+
+    /// As `bounded`, for a key under a named item (`upstreams.<name>.…`).
+    fn bounded_at(&mut self, v: &Option<Num>, path: &str, d: &Bound) -> u64 {
+        self.num(v, path, d.default, d.min, d.max)
     }
 
     fn flag(&mut self, v: &Option<Flag>, path: &str, default: bool) -> bool {
@@ -138,87 +149,50 @@ impl Validator {
         ServerConfig {
             listen,
             metrics_listen,
-            workers: self.num(&f.workers, "server.workers", 0, 0, 1024) as usize,
-            max_connections: self.num(
-                &f.max_connections,
-                "server.max_connections",
-                10_000,
-                1,
-                1_000_000,
-            ) as usize,
-            header_read_timeout: Duration::from_secs(self.num(
+            workers: self.bounded(&f.workers, &defaults::SERVER_WORKERS) as usize,
+            max_connections: self.bounded(&f.max_connections, &defaults::SERVER_MAX_CONNECTIONS)
+                as usize,
+            header_read_timeout: Duration::from_secs(self.bounded(
                 &f.header_read_timeout_secs,
-                "server.header_read_timeout_secs",
-                10,
-                1,
-                300,
+                &defaults::SERVER_HEADER_READ_TIMEOUT_SECS,
             )),
-            max_header_bytes: self.num(
-                &f.max_header_bytes,
-                "server.max_header_bytes",
-                64 * 1024,
-                8192,
-                1 << 20,
-            ) as usize,
-            max_headers: self.num(&f.max_headers, "server.max_headers", 100, 16, 1000) as usize,
-            request_body_limit: self.num(
+            max_header_bytes: self.bounded(&f.max_header_bytes, &defaults::SERVER_MAX_HEADER_BYTES)
+                as usize,
+            max_headers: self.bounded(&f.max_headers, &defaults::SERVER_MAX_HEADERS) as usize,
+            request_body_limit: self.bounded(
                 &f.request_body_limit_bytes,
-                "server.request_body_limit_bytes",
-                10 << 20,
-                1,
-                1 << 40,
+                &defaults::SERVER_REQUEST_BODY_LIMIT_BYTES,
             ),
-            json_body_limit: self.num(
+            json_body_limit: self.bounded(
                 &f.json_body_limit_bytes,
-                "server.json_body_limit_bytes",
-                64 * 1024,
-                1024,
-                1 << 20,
+                &defaults::SERVER_JSON_BODY_LIMIT_BYTES,
             ) as usize,
-            shutdown_grace: Duration::from_secs(self.num(
+            shutdown_grace: Duration::from_secs(self.bounded(
                 &f.shutdown_grace_secs,
-                "server.shutdown_grace_secs",
-                30,
-                0,
-                3600,
+                &defaults::SERVER_SHUTDOWN_GRACE_SECS,
             )),
             trusted_proxies,
             tls,
-            tls_handshake_timeout: Duration::from_secs(self.num(
+            tls_handshake_timeout: Duration::from_secs(self.bounded(
                 &f.tls_handshake_timeout_secs,
-                "server.tls_handshake_timeout_secs",
-                10,
-                1,
-                120,
+                &defaults::SERVER_TLS_HANDSHAKE_TIMEOUT_SECS,
             )),
-            tls_reload_poll: Duration::from_secs(self.num(
+            tls_reload_poll: Duration::from_secs(self.bounded(
                 &f.tls_reload_poll_secs,
-                "server.tls_reload_poll_secs",
-                10,
-                1,
-                3600,
+                &defaults::SERVER_TLS_RELOAD_POLL_SECS,
             )),
-            websocket_idle_timeout: Duration::from_secs(self.num(
+            websocket_idle_timeout: Duration::from_secs(self.bounded(
                 &f.websocket_idle_timeout_secs,
-                "server.websocket_idle_timeout_secs",
-                300,
-                1,
-                86_400,
+                &defaults::SERVER_WEBSOCKET_IDLE_TIMEOUT_SECS,
             )),
-            config_reload_poll: Duration::from_secs(self.num(
+            config_reload_poll: Duration::from_secs(self.bounded(
                 &f.config_reload_poll_secs,
-                "server.config_reload_poll_secs",
-                5,
-                1,
-                3600,
+                &defaults::SERVER_CONFIG_RELOAD_POLL_SECS,
             )),
             cors_origins,
-            http2_max_concurrent_streams: self.num(
+            http2_max_concurrent_streams: self.bounded(
                 &f.http2_max_concurrent_streams,
-                "server.http2_max_concurrent_streams",
-                256,
-                1,
-                10_000,
+                &defaults::SERVER_HTTP2_MAX_CONCURRENT_STREAMS,
             ) as u32,
         }
     }
@@ -260,19 +234,12 @@ impl Validator {
         StoreConfig {
             backend,
             key_prefix: f.key_prefix.unwrap_or_else(|| "ares:".into()),
-            command_timeout: Duration::from_millis(self.num(
-                &f.command_timeout_ms,
-                "store.command_timeout_ms",
-                300,
-                10,
-                60_000,
-            )),
-            api_key_cache_ttl: Duration::from_secs(self.num(
+            command_timeout: Duration::from_millis(
+                self.bounded(&f.command_timeout_ms, &defaults::STORE_COMMAND_TIMEOUT_MS),
+            ),
+            api_key_cache_ttl: Duration::from_secs(self.bounded(
                 &f.api_key_cache_ttl_secs,
-                "store.api_key_cache_ttl_secs",
-                30,
-                0,
-                3600,
+                &defaults::STORE_API_KEY_CACHE_TTL_SECS,
             )),
             legacy_revocations: self.flag(&f.legacy_revocations, "store.legacy_revocations", true),
         }
@@ -380,41 +347,25 @@ impl Validator {
                 false,
             ),
             jwt_audience: f.jwt_audience.filter(|a| !a.trim().is_empty()),
-            jwt_leeway: Duration::from_secs(self.num(
-                &f.jwt_leeway_secs,
-                "auth.jwt_leeway_secs",
-                30,
-                0,
-                60,
-            )),
-            access_token_ttl: Duration::from_secs(self.num(
+            jwt_leeway: Duration::from_secs(
+                self.bounded(&f.jwt_leeway_secs, &defaults::AUTH_JWT_LEEWAY_SECS),
+            ),
+            access_token_ttl: Duration::from_secs(self.bounded(
                 &f.access_token_ttl_secs,
-                "auth.access_token_ttl_secs",
-                900,
-                60,
-                86_400,
+                &defaults::AUTH_ACCESS_TOKEN_TTL_SECS,
             )),
-            refresh_token_ttl: Duration::from_secs(self.num(
+            refresh_token_ttl: Duration::from_secs(self.bounded(
                 &f.refresh_token_ttl_secs,
-                "auth.refresh_token_ttl_secs",
-                7 * 86_400,
-                300,
-                365 * 86_400,
+                &defaults::AUTH_REFRESH_TOKEN_TTL_SECS,
             )),
             refresh_rotation: self.flag(&f.refresh_rotation, "auth.refresh_rotation", false),
-            refresh_reuse_grace: Duration::from_secs(self.num(
+            refresh_reuse_grace: Duration::from_secs(self.bounded(
                 &f.refresh_reuse_grace_secs,
-                "auth.refresh_reuse_grace_secs",
-                5,
-                0,
-                60,
+                &defaults::AUTH_REFRESH_REUSE_GRACE_SECS,
             )),
-            password_hash_concurrency: self.num(
+            password_hash_concurrency: self.bounded(
                 &f.password_hash_concurrency,
-                "auth.password_hash_concurrency",
-                0,
-                0,
-                256,
+                &defaults::AUTH_PASSWORD_HASH_CONCURRENCY,
             ) as usize,
         }
     }
@@ -451,13 +402,8 @@ impl Validator {
             }
         }
         if f.tokens_per_month.is_some() {
-            let n = self.num(
-                &f.tokens_per_month,
-                &format!("{path}.tokens_per_month"),
-                0,
-                1,
-                u64::MAX / 4,
-            );
+            let path = format!("{path}.tokens_per_month");
+            let n = self.num(&f.tokens_per_month, &path, 0, 1, u64::MAX / 4);
             if n > 0 {
                 plan.tokens_per_month = Some(n);
             }
@@ -547,7 +493,7 @@ impl Validator {
         }
         RateLimitConfig {
             failure_policy,
-            replicas: self.num(&f.replicas, "rate_limits.replicas", 1, 1, 1000),
+            replicas: self.bounded(&f.replicas, &defaults::RATE_LIMITS_REPLICAS),
             user,
             auth_ip,
             login_failures_per_account_ip,
@@ -590,40 +536,30 @@ impl Validator {
                 }
             };
             up.index = out.len();
-            up.connect_timeout = Duration::from_millis(self.num(
+            up.connect_timeout = Duration::from_millis(self.bounded_at(
                 &file.connect_timeout_ms,
                 &format!("{path}.connect_timeout_ms"),
-                2000,
-                10,
-                60_000,
+                &defaults::UPSTREAM_CONNECT_TIMEOUT_MS,
             ));
-            up.first_byte_timeout = Duration::from_secs(self.num(
+            up.first_byte_timeout = Duration::from_secs(self.bounded_at(
                 &file.first_byte_timeout_secs,
                 &format!("{path}.first_byte_timeout_secs"),
-                60,
-                1,
-                3600,
+                &defaults::UPSTREAM_FIRST_BYTE_TIMEOUT_SECS,
             ));
-            up.idle_timeout = Duration::from_secs(self.num(
+            up.idle_timeout = Duration::from_secs(self.bounded_at(
                 &file.idle_timeout_secs,
                 &format!("{path}.idle_timeout_secs"),
-                300,
-                1,
-                86_400,
+                &defaults::UPSTREAM_IDLE_TIMEOUT_SECS,
             ));
-            up.pool_idle_timeout = Duration::from_secs(self.num(
+            up.pool_idle_timeout = Duration::from_secs(self.bounded_at(
                 &file.pool_idle_timeout_secs,
                 &format!("{path}.pool_idle_timeout_secs"),
-                90,
-                1,
-                3600,
+                &defaults::UPSTREAM_POOL_IDLE_TIMEOUT_SECS,
             ));
-            up.pool_max_idle_per_host = self.num(
+            up.pool_max_idle_per_host = self.bounded_at(
                 &file.pool_max_idle_per_host,
                 &format!("{path}.pool_max_idle_per_host"),
-                256,
-                0,
-                100_000,
+                &defaults::UPSTREAM_POOL_MAX_IDLE_PER_HOST,
             ) as usize;
             up.ca_file = file
                 .ca_file
@@ -663,12 +599,10 @@ impl Validator {
                     ),
                 );
             }
-            let ttl_secs = self.num(
+            let ttl_secs = self.bounded_at(
                 &file.mint_ttl_secs,
                 &format!("{path}.mint_ttl_secs"),
-                60,
-                10,
-                3600,
+                &defaults::UPSTREAM_MINT_TTL_SECS,
             );
             let claims = match &file.mint_claims {
                 None | Some(Value::Null) => serde_json::Map::new(),

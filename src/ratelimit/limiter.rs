@@ -284,6 +284,8 @@ mod tests {
         for (scope, key, kind) in cases {
             assert_eq!(scope.key(), key);
             assert_eq!(scope.kind(), kind);
+            // Each kind has its premade metric series.
+            assert!(crate::metrics::SCOPE_KINDS.contains(&kind), "{kind}");
         }
     }
 

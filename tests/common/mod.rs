@@ -1,6 +1,7 @@
 //! Test harness: a recording upstream, an in-process gateway on 127.0.0.1:0, and an HTTP client.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod redis;
 
 use std::convert::Infallible;
@@ -339,6 +340,30 @@ pub async fn login(g: &TestGateway, email: &str) -> serde_json::Value {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.json()
+}
+
+/// The admin secret header, for admin API calls.
+pub fn admin() -> [(&'static str, &'static str); 1] {
+    [("x-admin-secret", ADMIN)]
+}
+
+/// Poll `check` until it holds (every 20 ms, at most `within`): for effects that land
+/// asynchronously (a token debit, a cache invalidation), instead of sleeping a fixed time.
+pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn bearer(token: &str) -> String {

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Interleaved A/B of two gateway runs on the JWT and API-key routes (memory store), on loopback.
+
+    python3 bench/ab.py A_BINARY B_BINARY            # two builds, same settings
+    MINT_B=1 python3 bench/ab.py BINARY BINARY       # one build, B mints tokens for the upstream
+    ROUNDS=6 DURATION=6 WORKERS=1 ...                # the defaults
+    GATEWAY_YAML=old/gateway.yaml ...                # a config both builds read (else ./gateway.yaml)
+
+For a change to the request path: the build before against the build after. For minting
+(issue 18): the same build with and without `ARES_UPSTREAM_JWT_SECRET`. Each round runs A then B
+(then B then A on odd rounds, so neither always goes first) on both routes with wrk (-t2 -c64,
+small JSON POSTs) against an nginx upstream answering a small JSON body, and prints the medians:
+requests/s and the gateway's CPU microseconds per request (its own CPU time from /proc), with
+B's ratio to A. Only loopback addresses are used.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402  (the helpers: spawn, wrk, lua, cpu_ticks, ...)
+
+ROUNDS = int(os.environ.get("ROUNDS", "6"))
+load.DURATION = int(os.environ.get("DURATION", "6"))
+WORKERS = os.environ.get("WORKERS", "1")
+MINT_SECRET = "bench-upstream-secret-0123456789abcdef"
+
+
+def main():
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    binaries = {"A": sys.argv[1], "B": sys.argv[2]}
+    mint = {"A": os.environ.get("MINT_A") == "1", "B": os.environ.get("MINT_B") == "1"}
+    tmp = tempfile.mkdtemp(prefix="ares-ab-")
+    up = load.free_port()
+    nginx_up = os.path.join(tmp, "nginx-up.conf")
+    with open(nginx_up, "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{up} reuseport; client_body_buffer_size 16k;
+    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
+""")
+    load.spawn(["nginx", "-c", nginx_up, "-p", tmp, "-g", "daemon off;"])
+    load.wait_http(f"http://127.0.0.1:{up}/")
+    with open(os.environ.get("GATEWAY_YAML", os.path.join(load.ROOT, "gateway.yaml"))) as f:
+        yaml = f.read()
+    # Calendar limits only, so no run is ever refused (as load.py).
+    yaml = yaml.replace('  user:\n    requests_per_minute: "${ARES_USER_REQUESTS_PER_MINUTE:-600}"',
+                        "  user:\n    requests_per_day: 1000000000")
+    yaml = yaml.replace("  enterprise:\n    requests_per_minute: 6000",
+                        "  enterprise:\n    requests_per_day: 1000000000\n    requests_per_month: 1000000000")
+    conf = os.path.join(tmp, "gateway.yaml")
+    with open(conf, "w") as f:
+        f.write(yaml)
+
+    gateways = {}
+    for side in ("A", "B"):
+        port = load.free_port()
+        env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
+                   ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=load.ADMIN,
+                   ARES_JWT_SECRET=load.JWT_SECRET, ARES_STORE="memory", ARES_LOG="warn",
+                   ARES_WORKERS=WORKERS)
+        if mint[side]:
+            env["ARES_UPSTREAM_JWT_SECRET"] = MINT_SECRET
+        p = load.spawn([binaries[side], "serve", "--config", conf], env=env)
+        base = f"http://127.0.0.1:{port}"
+        load.wait_http(f"{base}/healthz")
+        key = load.call("POST", f"{base}/api/admin/provision-client",
+                        '{"name":"bench","tier":"enterprise","api_key_name":"k"}',
+                        {"X-Admin-Secret": load.ADMIN})["raw_api_key"]
+        load.call("POST", f"{base}/api/auth/register",
+                  '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
+        token = load.call("POST", f"{base}/api/auth/login",
+                          '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+        scripts = {
+            "jwt": load.lua(tmp, f"jwt-{side}", {"Authorization": f"Bearer {token}"}),
+            "api_key": load.lua(tmp, f"key-{side}", {"Authorization": f"Bearer {key}"}),
+        }
+        gateways[side] = (p, base, scripts)
+
+    results = {(side, route): [] for side in "AB" for route in ("jwt", "api_key")}
+    for r in range(ROUNDS):
+        order = ("A", "B") if r % 2 == 0 else ("B", "A")
+        for route in ("jwt", "api_key"):
+            for side in order:
+                p, base, scripts = gateways[side]
+                path = "/api/chat" if route == "jwt" else "/v1/chat"
+                before = load.cpu_ticks([p.pid])
+                rps, total, non2xx, p50, p99 = load.wrk(base + path, scripts[route])
+                ticks = load.cpu_ticks([p.pid]) - before
+                if non2xx:
+                    raise SystemExit(f"{side} {route}: {non2xx} non-2xx responses")
+                us = ticks / load.CLK_TCK * 1e6 / max(total, 1)
+                results[(side, route)].append((rps, us, p99))
+                print(f"round {r + 1} {route:8} {side}: {rps:9.0f} req/s {us:6.2f} us/req p99 {p99:.2f} ms",
+                      file=sys.stderr)
+
+    print(f"\ninterleaved A/B, {ROUNDS} rounds of {load.DURATION}s, wrk -t2 -c64, {WORKERS} worker(s), medians")
+    print(f"A = {binaries['A']}{' (minting)' if mint['A'] else ''}")
+    print(f"B = {binaries['B']}{' (minting)' if mint['B'] else ''}")
+    print("| route | A req/s | B req/s | B/A | A us/req | B us/req | B/A | A p99 ms | B p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for route in ("jwt", "api_key"):
+        a, b = results[("A", route)], results[("B", route)]
+        med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+        print(f"| {route} | {med(a, 0):.0f} | {med(b, 0):.0f} | {med(b, 0) / med(a, 0):.3f} "
+              f"| {med(a, 1):.2f} | {med(b, 1):.2f} | {med(b, 1) / med(a, 1):.3f} "
+              f"| {med(a, 2):.2f} | {med(b, 2):.2f} |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for proc in load.procs:
+            proc.terminate()
+        for proc in load.procs:
+            try:
+                proc.wait(timeout=5)
+            except Exception:
+                proc.kill()

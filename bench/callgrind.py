@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request of a gateway build, counted by callgrind (not by a clock).
+
+    python3 bench/callgrind.py BINARY [BINARY ...]    # JWT and API-key routes, one worker
+    MINT=1 python3 bench/callgrind.py BINARY          # with tokens minted for the upstream
+    GATEWAY_YAML=old/gateway.yaml ...                 # a config every build reads
+
+Runs each build under `valgrind --tool=callgrind` with one worker and the memory store, sets up a
+user and a key with collection off, then counts the whole process (every thread) while
+`wrk -t1 -c8` sends small JSON POSTs for a few seconds, and prints instructions per request: the
+count moves with the code, not with the machine's load, so it settles changes that an
+interleaved throughput run cannot tell from noise. Only loopback addresses are used.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402
+
+SECONDS = int(os.environ.get("SECONDS_PER_ROUTE", "5"))
+
+
+def count(binary, tmp, up, conf, route):
+    port = load.free_port()
+    out = os.path.join(tmp, f"cg-{route}-{os.path.basename(binary)}-{port}.out")
+    env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
+               ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=load.ADMIN,
+               ARES_JWT_SECRET=load.JWT_SECRET, ARES_STORE="memory", ARES_LOG="warn",
+               ARES_WORKERS="1")
+    if os.environ.get("MINT") == "1":
+        env["ARES_UPSTREAM_JWT_SECRET"] = "bench-upstream-secret-0123456789abcdef"
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--collect-atstart=no",
+                          f"--callgrind-out-file={out}", binary, "serve", "--config", conf],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load.procs.append(p)
+    base = f"http://127.0.0.1:{port}"
+    load.wait_http(f"{base}/healthz", timeout=60)
+    key = load.call("POST", f"{base}/api/admin/provision-client",
+                    '{"name":"bench","tier":"enterprise","api_key_name":"k"}',
+                    {"X-Admin-Secret": load.ADMIN})["raw_api_key"]
+    load.call("POST", f"{base}/api/auth/register",
+              '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
+    token = load.call("POST", f"{base}/api/auth/login",
+                      '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+    cred = token if route == "jwt" else key
+    path = "/api/chat" if route == "jwt" else "/v1/chat"
+    script = load.lua(tmp, f"cg-{route}", {"Authorization": f"Bearer {cred}"})
+    # Warm up (caches, connections), then count.
+    subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", script, base + path], capture_output=True)
+    subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], capture_output=True, check=True)
+    res = subprocess.run(["wrk", "-t1", "-c8", f"-d{SECONDS}s", "-s", script, base + path],
+                         capture_output=True, text=True).stdout
+    subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], capture_output=True, check=True)
+    requests = int(next(l for l in res.splitlines() if "requests in" in l).split()[0])
+    p.terminate()
+    p.wait(timeout=60)
+    total = 0
+    for f in glob.glob(out + "*"):
+        with open(f) as fh:
+            for line in fh:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = max(total, 0) + int(line.split()[1])
+                    break
+    return total / max(requests, 1), requests
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    tmp = tempfile.mkdtemp(prefix="ares-cg-")
+    up = load.free_port()
+    nginx_up = os.path.join(tmp, "nginx-up.conf")
+    with open(nginx_up, "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{up} reuseport; client_body_buffer_size 16k;
+    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
+""")
+    load.spawn(["nginx", "-c", nginx_up, "-p", tmp, "-g", "daemon off;"])
+    load.wait_http(f"http://127.0.0.1:{up}/")
+    with open(os.environ.get("GATEWAY_YAML", os.path.join(load.ROOT, "gateway.yaml"))) as f:
+        yaml = f.read()
+    yaml = yaml.replace('  user:\n    requests_per_minute: "${ARES_USER_REQUESTS_PER_MINUTE:-600}"',
+                        "  user:\n    requests_per_day: 1000000000")
+    yaml = yaml.replace("  enterprise:\n    requests_per_minute: 6000",
+                        "  enterprise:\n    requests_per_day: 1000000000\n    requests_per_month: 1000000000")
+    conf = os.path.join(tmp, "gateway.yaml")
+    with open(conf, "w") as f:
+        f.write(yaml)
+    print("| build | route | requests counted | instructions per request |")
+    print("|---|---|---|---|")
+    for binary in sys.argv[1:]:
+        for route in ("jwt", "api_key"):
+            per, n = count(binary, tmp, up, conf, route)
+            print(f"| {binary} | {route} | {n} | {per:,.0f} |", flush=True)
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for proc in load.procs:
+            proc.terminate()
+        for proc in load.procs:
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
