@@ -34,27 +34,8 @@ def main():
     binaries = {"A": sys.argv[1], "B": sys.argv[2]}
     mint = {"A": os.environ.get("MINT_A") == "1", "B": os.environ.get("MINT_B") == "1"}
     tmp = tempfile.mkdtemp(prefix="ares-ab-")
-    up = load.free_port()
-    nginx_up = os.path.join(tmp, "nginx-up.conf")
-    with open(nginx_up, "w") as f:
-        f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up} reuseport; client_body_buffer_size 16k;
-    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
-""")
-    load.spawn(["nginx", "-c", nginx_up, "-p", tmp, "-g", "daemon off;"])
-    load.wait_http(f"http://127.0.0.1:{up}/")
-    with open(os.environ.get("GATEWAY_YAML", os.path.join(load.ROOT, "gateway.yaml"))) as f:
-        yaml = f.read()
-    # Calendar limits only, so no run is ever refused (as load.py).
-    yaml = yaml.replace('  user:\n    requests_per_minute: "${ARES_USER_REQUESTS_PER_MINUTE:-600}"',
-                        "  user:\n    requests_per_day: 1000000000")
-    yaml = yaml.replace("  enterprise:\n    requests_per_minute: 6000",
-                        "  enterprise:\n    requests_per_day: 1000000000\n    requests_per_month: 1000000000")
-    conf = os.path.join(tmp, "gateway.yaml")
-    with open(conf, "w") as f:
-        f.write(yaml)
+    up = load.nginx_upstream(tmp)
+    conf = load.bench_config(tmp, os.environ.get("GATEWAY_YAML"))
 
     gateways = {}
     for side in ("A", "B"):
@@ -68,13 +49,7 @@ http {{ access_log off; keepalive_requests 1000000;
         p = load.spawn([binaries[side], "serve", "--config", conf], env=env)
         base = f"http://127.0.0.1:{port}"
         load.wait_http(f"{base}/healthz")
-        key = load.call("POST", f"{base}/api/admin/provision-client",
-                        '{"name":"bench","tier":"enterprise","api_key_name":"k"}',
-                        {"X-Admin-Secret": load.ADMIN})["raw_api_key"]
-        load.call("POST", f"{base}/api/auth/register",
-                  '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
-        token = load.call("POST", f"{base}/api/auth/login",
-                          '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+        key, token = load.credentials(base)
         scripts = {
             "jwt": load.lua(tmp, f"jwt-{side}", {"Authorization": f"Bearer {token}"}),
             "api_key": load.lua(tmp, f"key-{side}", {"Authorization": f"Bearer {key}"}),

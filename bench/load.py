@@ -151,6 +151,49 @@ def lua(dirname, name, headers, keys=None, method="POST"):
     return path
 
 
+def nginx_upstream(tmp, events=""):
+    """The trivial upstream: nginx answering a small JSON body (and `events` on /api/v1/stream)."""
+    up = free_port()
+    stream = (f'    location /api/v1/stream {{ default_type text/event-stream; return 200 "{events}"; }}\n'
+              if events else "")
+    nginx_up = os.path.join(tmp, "nginx-up.conf")
+    with open(nginx_up, "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{up} reuseport; client_body_buffer_size 16k;
+{stream}    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
+""")
+    spawn(["nginx", "-c", nginx_up, "-p", tmp, "-g", "daemon off;"])
+    wait_http(f"http://127.0.0.1:{up}/")
+    return up
+
+
+def bench_config(tmp, source=None):
+    """The gateway's config for benchmarks: calendar limits so a long run is never refused."""
+    with open(source or os.path.join(ROOT, "gateway.yaml")) as f:
+        yaml = f.read()
+    yaml = yaml.replace('  user:\n    requests_per_minute: "${ARES_USER_REQUESTS_PER_MINUTE:-600}"',
+                        "  user:\n    requests_per_day: 1000000000")
+    yaml = yaml.replace("  enterprise:\n    requests_per_minute: 6000",
+                        "  enterprise:\n    requests_per_day: 1000000000\n    requests_per_month: 1000000000")
+    conf = os.path.join(tmp, "gateway.yaml")
+    with open(conf, "w") as f:
+        f.write(yaml)
+    return conf
+
+
+def credentials(base):
+    """A tenant's API key and a user's access token on the gateway at `base`."""
+    key = call("POST", f"{base}/api/admin/provision-client",
+               '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
+    call("POST", f"{base}/api/auth/register",
+         '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
+    token = call("POST", f"{base}/api/auth/login",
+                 '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+    return key, token
+
+
 def main():
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
@@ -164,31 +207,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ares-bench-")
 
     # The trivial upstream: nginx answering a small JSON body, and a 4 KiB event stream.
-    up = free_port()
     events = "".join(f"data: event {i:04d} padding-padding-padding\\n\\n" for i in range(40))
-    nginx_up = os.path.join(tmp, "nginx-up.conf")
-    with open(nginx_up, "w") as f:
-        f.write(f"""worker_processes 1; pid {tmp}/up.pid; error_log /dev/null;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up} reuseport; client_body_buffer_size 16k;
-    location /api/v1/stream {{ default_type text/event-stream; return 200 "{events}"; }}
-    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
-""")
-    spawn(["nginx", "-c", nginx_up, "-p", tmp, "-g", "daemon off;"])
-    wait_http(f"http://127.0.0.1:{up}/")
-
-    # The gateway's config for the benchmark: calendar limits so a long run is never refused,
-    # and the access log at warn (HAProxy and nginx log nothing here either).
-    with open(os.path.join(ROOT, "gateway.yaml")) as f:
-        yaml = f.read()
-    yaml = yaml.replace('  user:\n    requests_per_minute: "${ARES_USER_REQUESTS_PER_MINUTE:-600}"',
-                        "  user:\n    requests_per_day: 1000000000")
-    yaml = yaml.replace("  enterprise:\n    requests_per_minute: 6000",
-                        "  enterprise:\n    requests_per_day: 1000000000\n    requests_per_month: 1000000000")
-    conf = os.path.join(tmp, "gateway.yaml")
-    with open(conf, "w") as f:
-        f.write(yaml)
+    up = nginx_upstream(tmp, events)
+    # The access log at warn (HAProxy and nginx log nothing here either).
+    conf = bench_config(tmp)
 
     def gateway(store, redis_url="", workers=0):
         port = free_port()
@@ -203,12 +225,7 @@ http {{ access_log off; keepalive_requests 1000000;
 
     gw, gw_port, ready_s, _ = gateway("memory")
     base = f"http://127.0.0.1:{gw_port}"
-    key = call("POST", f"{base}/api/admin/provision-client",
-               '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
-    call("POST", f"{base}/api/auth/register",
-         '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
-    token = call("POST", f"{base}/api/auth/login",
-                 '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+    key, token = credentials(base)
     keys = [call("POST", f"{base}/api/admin/provision-client",
                  f'{{"name":"t{i}","tier":"enterprise","api_key_name":"k"}}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
             for i in range(1000)]

@@ -30,11 +30,11 @@ use crate::body::{self, Body, RequestBody};
 use crate::cors;
 use crate::edge::bound::ConnUpstreams;
 use crate::error::{ErrorContext, GatewayError};
-use crate::proxy::{self, RequestContext, X_REQUEST_ID};
+use crate::proxy::{self, X_REQUEST_ID};
 use crate::ratelimit::limiter::{self, OnFailure, Scope};
 use crate::ratelimit::RateLimitHeaders;
 use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
-use crate::state::{AppState, Snapshot};
+use crate::state::{AppState, RequestScope, Snapshot};
 use crate::util::unix_now;
 
 /// The route label of requests that matched none.
@@ -97,7 +97,12 @@ pub async fn handle(
     let result = match framing {
         Ok(()) => {
             let bound = conn.upstreams.as_ref();
-            handle_inner(&state, &snap, &ctx, &uri, bound, req, &mut outcome).await
+            let scope = RequestScope {
+                state: &state,
+                snap: &snap,
+                ctx: &ctx,
+            };
+            handle_inner(&scope, &uri, bound, req, &mut outcome).await
         }
         Err(e) => Err(GatewayError::invalid(e.to_string())),
     };
@@ -158,15 +163,14 @@ pub async fn handle(
 }
 
 async fn handle_inner<'r>(
-    state: &Arc<AppState>,
-    snap: &'r Snapshot,
-    ctx: &RequestContext,
+    scope: &RequestScope<'r>,
     // The request's URI, cloned once by `handle` (the request itself is consumed below).
     uri: &http::Uri,
     bound: Option<&ConnUpstreams>,
     req: Request<RequestBody>,
     outcome: &mut Outcome<'r>,
 ) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, ctx } = *scope;
     // 1. ctx was built by `handle`; during a drain new requests are refused.
     if state.is_draining() {
         return Err(GatewayError::ShuttingDown);
@@ -207,14 +211,14 @@ async fn handle_inner<'r>(
         Target::Handler(handler) => {
             return match handler {
                 Handler::Health => api::health(state, req.method(), &path).await,
-                Handler::Auth => api::auth::handle(state, snap, ctx, req, &path).await,
+                Handler::Auth => api::auth::handle(scope, req, &path).await,
                 Handler::Admin => {
                     let revocation = auth::Revocation::Now;
                     let creds = state.credentials(snap);
                     let principal =
                         auth::authenticate(route, req.headers(), None, revocation, &creds).await?;
                     outcome.auth_method = principal.auth_method();
-                    api::admin::handle(state, snap, &principal, req, &path).await
+                    api::admin::handle(scope, &principal, req, &path).await
                 }
             };
         }

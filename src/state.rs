@@ -17,7 +17,7 @@ use crate::auth::mint::{Minter, Minters};
 use crate::auth::password::PasswordHasher;
 use crate::auth::Credentials;
 use crate::config::Config;
-use crate::proxy::UpstreamClient;
+use crate::proxy::{RequestContext, UpstreamClient};
 use crate::ratelimit::limiter::{Limiter, OnFailure};
 use crate::ratelimit::FailurePolicy;
 use crate::store::{Invalidation, Store, StoreHandle};
@@ -67,6 +67,16 @@ impl Snapshot {
             replicas: limits.replicas,
         }
     }
+}
+
+/// What one request runs under: the shared state, the config it started with (one snapshot
+/// from start to end), and what step 1 learnt about the request. Made once per request in the
+/// pipeline; every step and every gateway-served handler borrows it.
+#[derive(Clone, Copy)]
+pub struct RequestScope<'r> {
+    pub state: &'r Arc<AppState>,
+    pub snap: &'r Snapshot,
+    pub ctx: &'r RequestContext,
 }
 
 pub struct AppState {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -15,12 +14,8 @@ use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 /// ARES's `JWT_SECRET` (its own copy; the gateway has it as `ARES_UPSTREAM_JWT_SECRET`).
 const ARES_SECRET: &str = "ares-own-jwt-secret-0123456789abcdef";
@@ -40,27 +35,13 @@ struct Ares {
 
 impl Ares {
     async fn start() -> Ares {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let rec = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let rec = rec.clone();
-                        async move { Ok::<_, Infallible>(ares_answer(req, &rec)) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let addr = serve(move |req| {
+            let rec = rec.clone();
+            async move { ares_answer(req, &rec) }
+        })
+        .await;
         Ares { addr, seen }
     }
 
@@ -249,14 +230,7 @@ async fn revoked_expired_and_logged_out_tokens_never_reach_ares() {
 
     // An API key deleted at the gateway.
     let (tenant, key_id, raw) = provision(&g, "pro").await;
-    let r = send(
-        "DELETE",
-        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}")),
-        &admin(),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 204);
+    assert_eq!(revoke_key(&g, &tenant, &key_id).await.status, 204);
     let r = get(&g.url("/v1/chat"), &[("authorization", &bearer(&raw))]).await;
     assert_eq!(r.status, 401);
     assert_eq!(r.error_code(), "AUTH_INVALID_API_KEY");

@@ -18,7 +18,7 @@ use crate::config::MAX_SLIDING_LIMIT;
 use crate::error::{GatewayError, StoreError};
 use crate::ratelimit::limiter::Scope;
 use crate::ratelimit::Window;
-use crate::state::{AppState, Snapshot};
+use crate::state::{AppState, RequestScope, Snapshot};
 use crate::store::{ApiKeyRecord, LimitOverrides, Tenant, TenantStatus};
 use crate::util::now_ms;
 use crate::util::{random_token, unix_now};
@@ -126,12 +126,12 @@ pub fn serves(path: &str) -> bool {
 }
 
 pub async fn handle(
-    state: &AppState,
-    snap: &Snapshot,
+    s: &RequestScope<'_>,
     principal: &Principal,
     req: Request<RequestBody>,
     path: &str,
 ) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     let admin = match principal.identity() {
         Identity::Admin { secret_index } => *secret_index,
         _ => return Err(GatewayError::InvalidAdminSecret),

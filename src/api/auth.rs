@@ -16,10 +16,9 @@ use crate::auth::password::{self, Password, MAX_PASSWORD_BYTES};
 use crate::auth::{self, Identity};
 use crate::body::{self, Body, RequestBody};
 use crate::error::{GatewayError, StoreError};
-use crate::proxy::RequestContext;
 use crate::ratelimit::limiter::{self, OnFailure, Scope};
 use crate::ratelimit::FailurePolicy;
-use crate::state::{AppState, Snapshot};
+use crate::state::{AppState, RequestScope};
 use crate::store::{RefreshRecord, User};
 use crate::util::{random_token, unix_now};
 
@@ -46,12 +45,11 @@ struct RefreshRequest {
 }
 
 pub async fn handle(
-    state: &AppState,
-    snap: &Snapshot,
-    ctx: &RequestContext,
+    s: &RequestScope<'_>,
     req: Request<RequestBody>,
     path: &str,
 ) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, ctx } = *s;
     // Per client address, and by the `local` policy whatever the configured one: these
     // endpoints take passwords, so they are never unlimited.
     let on_failure = OnFailure {
@@ -69,29 +67,13 @@ pub async fn handle(
     let limit = snap.config.server.json_body_limit;
     match (seg.as_slice(), &method) {
         (["register"], &Method::POST) => {
-            register(
-                state,
-                snap,
-                api::json::read_json(req.into_body(), limit).await?,
-            )
-            .await
+            register(state, api::json::read_json(req.into_body(), limit).await?).await
         }
         (["login"], &Method::POST) => {
-            login(
-                state,
-                snap,
-                ctx,
-                api::json::read_json(req.into_body(), limit).await?,
-            )
-            .await
+            login(s, api::json::read_json(req.into_body(), limit).await?).await
         }
         (["refresh"], &Method::POST) => {
-            refresh(
-                state,
-                snap,
-                api::json::read_json(req.into_body(), limit).await?,
-            )
-            .await
+            refresh(s, api::json::read_json(req.into_body(), limit).await?).await
         }
         (["logout"], &Method::POST) => {
             let principal = match auth::bearer(req.headers()) {
@@ -101,9 +83,9 @@ pub async fn handle(
                 _ => None,
             };
             let body: RefreshRequest = api::json::read_json(req.into_body(), limit).await?;
-            logout(state, snap, body, principal).await
+            logout(s, body, principal).await
         }
-        (["me"], &Method::GET) => me(state, snap, &req).await,
+        (["me"], &Method::GET) => me(s, &req).await,
         (["register" | "login" | "refresh" | "logout" | "me"], _) => {
             Err(GatewayError::MethodNotAllowed)
         }
@@ -153,11 +135,7 @@ fn token_hash(token: &str) -> String {
     crate::auth::api_key::hash(token)
 }
 
-async fn register(
-    state: &AppState,
-    _rt: &Snapshot,
-    req: RegisterRequest,
-) -> Result<Response<Body>, GatewayError> {
+async fn register(state: &AppState, req: RegisterRequest) -> Result<Response<Body>, GatewayError> {
     // Every check that can fail runs before the (deliberately slow) hash.
     let email = normalize_email(&req.email)?;
     let name = check_name("name", &req.name)?;
@@ -186,12 +164,8 @@ async fn register(
     ))
 }
 
-async fn login(
-    state: &AppState,
-    snap: &Snapshot,
-    ctx: &RequestContext,
-    req: LoginRequest,
-) -> Result<Response<Body>, GatewayError> {
+async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, ctx } = *s;
     let limits = &snap.config.limits;
     // Same answer for a malformed email as for a wrong password: no account probing.
     let email = normalize_email(&req.email).map_err(|_| GatewayError::InvalidCredentials)?;
@@ -239,7 +213,7 @@ async fn login(
         }
     }
     let family = random_token("fam_", 22);
-    let (access, refresh) = issue_pair(state, snap, &user.id, &user.email, &family).await?;
+    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
     tracing::info!(user = %user.id, "login");
     Ok(body::json(
         StatusCode::OK,
@@ -255,12 +229,12 @@ async fn login(
 
 /// Issue an access token and store a new refresh token of `family`.
 async fn issue_pair(
-    state: &AppState,
-    snap: &Snapshot,
+    s: &RequestScope<'_>,
     user_id: &str,
     email: &str,
     family: &str,
 ) -> Result<(String, String), GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     let refresh = random_token(REFRESH_PREFIX, REFRESH_RANDOM_LEN);
     let now = unix_now();
     let record = RefreshRecord {
@@ -286,10 +260,10 @@ fn plausible_refresh_token(t: &str) -> bool {
 }
 
 async fn refresh(
-    state: &AppState,
-    snap: &Snapshot,
+    s: &RequestScope<'_>,
     req: RefreshRequest,
 ) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     if !plausible_refresh_token(&req.refresh_token) {
         return Err(GatewayError::InvalidRefreshToken);
     }
@@ -335,8 +309,7 @@ async fn refresh(
             return Err(GatewayError::InvalidRefreshToken);
         }
     }
-    let (access, refresh) =
-        issue_pair(state, snap, &user.id, &user.email, &record.family_id).await?;
+    let (access, refresh) = issue_pair(s, &user.id, &user.email, &record.family_id).await?;
     Ok(body::json(
         StatusCode::OK,
         &json!({"access_token": access, "refresh_token": refresh, "expires_in": snap.jwt.ttl_secs()}),
@@ -345,11 +318,11 @@ async fn refresh(
 }
 
 async fn logout(
-    state: &AppState,
-    snap: &Snapshot,
+    s: &RequestScope<'_>,
     req: RefreshRequest,
     principal: Option<auth::Principal>,
 ) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     let now = unix_now();
     if plausible_refresh_token(&req.refresh_token) {
         let hash = token_hash(&req.refresh_token);
@@ -382,10 +355,10 @@ async fn logout(
 }
 
 async fn me(
-    state: &AppState,
-    snap: &Snapshot,
+    s: &RequestScope<'_>,
     req: &Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     let token = auth::bearer(req.headers())?.ok_or(GatewayError::MissingCredentials)?;
     let principal = auth::authenticate_jwt(token, &state.credentials(snap)).await?;
     let Identity::User(claims) = principal.identity() else {

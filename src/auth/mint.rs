@@ -87,7 +87,8 @@ impl Minter {
         let (cache, id) = match identity {
             Identity::User(c) => (&self.users, c.sub.as_str()),
             Identity::ApiKey { key, .. } => (&self.keys, key.id.as_str()),
-            Identity::Admin { .. } => (&self.users, "admin"),
+            // Rare, and never from a cache a user's `sub` could name.
+            Identity::Admin { .. } => return self.mint(identity, now).map(|m| m.header),
             Identity::Anonymous => return None,
         };
         if let Some(m) = cache.get(id) {
@@ -170,8 +171,8 @@ mod tests {
 
     const SECRET: &[u8] = b"ares-jwt-secret-0123456789abcdef0123";
 
-    fn user() -> Identity {
-        Identity::User(Arc::new(Claims {
+    fn user_claims() -> Claims {
+        Claims {
             iss: Some("ares-gateway".into()),
             sub: "usr_1".into(),
             email: "a@example.com".into(),
@@ -181,7 +182,11 @@ mod tests {
             nbf: None,
             aud: None,
             token_use: None,
-        }))
+        }
+    }
+
+    fn user() -> Identity {
+        Identity::User(Arc::new(user_claims()))
     }
 
     fn roles() -> serde_json::Map<String, serde_json::Value> {
@@ -259,6 +264,22 @@ mod tests {
         assert_eq!(c["key_id"], "key_1");
         assert_eq!(c["auth_method"], "api_key");
         assert!(m.authorization(&Identity::Anonymous, 0).is_none());
+    }
+
+    #[test]
+    fn a_user_whose_sub_is_admin_never_gets_the_admin_token() {
+        let m = Minter::new(SECRET, 60, Default::default());
+        let now = crate::util::unix_now();
+        let admin = m
+            .authorization(&Identity::Admin { secret_index: 0 }, now)
+            .unwrap();
+        assert_eq!(ares_decode(&admin)["auth_method"], "admin");
+        let named_admin = Identity::User(Arc::new(Claims {
+            sub: "admin".into(),
+            ..user_claims()
+        }));
+        let c = ares_decode(&m.authorization(&named_admin, now).unwrap());
+        assert_eq!(c["auth_method"], "jwt");
     }
 
     #[test]

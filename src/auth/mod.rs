@@ -368,4 +368,191 @@ mod tests {
         assert_eq!(query_token(Some("access_token=")), None);
         assert_eq!(query_token(None), None);
     }
+
+    /// Authentication with its narrow interfaces only: no AppState, no sockets.
+    mod with_credentials {
+        use super::*;
+        use crate::route::{Credential, Target, Upstream};
+        use crate::store::MemoryStore;
+        use std::time::Duration;
+
+        struct Fixture {
+            jwt: JwtKeys,
+            admin: AdminSecrets,
+            keys: KeyCache,
+            store: StoreHandle,
+        }
+
+        impl Fixture {
+            fn new() -> Fixture {
+                let cfg = jwt::tests::cfg("auth-unit-secret-0123456789abcdef0123");
+                Fixture {
+                    jwt: JwtKeys::new(&cfg),
+                    admin: AdminSecrets::new(&[crate::util::Secret::new(
+                        "auth-unit-admin-secret".into(),
+                    )]),
+                    keys: KeyCache::new(Duration::from_secs(30)),
+                    store: StoreHandle::new(Arc::new(MemoryStore::new()), Duration::from_secs(1)),
+                }
+            }
+
+            fn creds(&self) -> Credentials<'_> {
+                Credentials {
+                    jwt: &self.jwt,
+                    admin: &self.admin,
+                    keys: &self.keys,
+                    store: &self.store,
+                    outage_grace: Duration::from_secs(60),
+                }
+            }
+        }
+
+        fn route(auth: AuthKind) -> Route {
+            let up = Arc::new(Upstream::parse("u", "http://127.0.0.1:1").unwrap());
+            Route::new(
+                "/r/".into(),
+                auth,
+                Target::Upstream(up),
+                None,
+                None,
+                Credential::None,
+                false,
+                false,
+            )
+        }
+
+        fn auth_header(value: &str) -> HeaderMap {
+            headers(&[("authorization", value)])
+        }
+
+        #[tokio::test]
+        async fn an_api_key_is_found_by_hash_and_its_tenant_must_be_active() {
+            let f = Fixture::new();
+            let new = api_key::generate();
+            let tenant = Tenant {
+                id: "ten_1".into(),
+                name: "T".into(),
+                tier: "pro".into(),
+                status: TenantStatus::Active,
+                created_at: 0,
+                limits: Default::default(),
+            };
+            f.store.put_tenant(&tenant).await.unwrap();
+            let record = ApiKeyRecord {
+                id: "key_1".into(),
+                tenant_id: "ten_1".into(),
+                key_hash: new.hash.clone(),
+                key_prefix: new.prefix.clone(),
+                name: "k".into(),
+                scopes: vec!["chat".into()],
+                is_active: true,
+                created_at: 0,
+                expires_at: None,
+                last_used_at: None,
+                imported: false,
+            };
+            f.store.create_api_key(&record).await.unwrap();
+            let r = route(AuthKind::ApiKey);
+            let h = auth_header(&format!("Bearer {}", new.raw));
+            let p = authenticate(&r, &h, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap();
+            assert_eq!(p.subject(), "ten_1");
+            assert_eq!(p.auth_method(), Some("api_key"));
+            // A scope the key lacks.
+            let mut scoped = route(AuthKind::ApiKey);
+            scoped.required_scope = Some("ingest".into());
+            assert!(matches!(
+                authorize(&scoped, &p),
+                Err(GatewayError::Forbidden)
+            ));
+            // Suspended: refused although the key is cached.
+            let suspended = Tenant {
+                status: TenantStatus::Suspended,
+                ..tenant
+            };
+            f.store.put_tenant(&suspended).await.unwrap();
+            f.keys.invalidate_tenant("ten_1");
+            let err = authenticate(&r, &h, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, GatewayError::TenantSuspended), "{err:?}");
+            // A key that fails its checksum never reaches the store.
+            let typo = auth_header(&format!("Bearer {}x", &new.raw[..new.raw.len() - 1]));
+            let err = authenticate(&r, &typo, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, GatewayError::InvalidApiKey), "{err:?}");
+        }
+
+        #[tokio::test]
+        async fn a_jwt_is_verified_and_a_logged_out_one_refused() {
+            let f = Fixture::new();
+            let (token, claims) = f
+                .jwt
+                .issue("usr_1", "a@example.com", crate::util::unix_now())
+                .unwrap();
+            let r = route(AuthKind::Jwt);
+            let h = auth_header(&format!("Bearer {token}"));
+            let p = authenticate(&r, &h, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap();
+            assert_eq!(p.subject(), "usr_1");
+            let jti = claims.jti.unwrap();
+            f.store.revoke_jti("usr_1", &jti, claims.exp).await.unwrap();
+            let err = authenticate(&r, &h, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, GatewayError::InvalidToken));
+            // Checked later with the limits: not here.
+            assert!(
+                authenticate(&r, &h, None, Revocation::WithLimits, &f.creds())
+                    .await
+                    .is_ok()
+            );
+            // The query token only where the route allows it.
+            let query = format!("access_token={token}");
+            let none = HeaderMap::new();
+            let err = authenticate(&r, &none, Some(&query), Revocation::WithLimits, &f.creds())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, GatewayError::MissingCredentials));
+            let mut q = route(AuthKind::Jwt);
+            q.query_token = true;
+            assert!(
+                authenticate(&q, &none, Some(&query), Revocation::WithLimits, &f.creds())
+                    .await
+                    .is_ok()
+            );
+        }
+
+        #[tokio::test]
+        async fn the_admin_secret_and_the_wrong_kind_of_credential() {
+            let f = Fixture::new();
+            let r = route(AuthKind::Admin);
+            let ok = headers(&[("x-admin-secret", "auth-unit-admin-secret")]);
+            let p = authenticate(&r, &ok, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap();
+            assert_eq!(p.auth_method(), Some("admin"));
+            let bad = headers(&[("x-admin-secret", "auth-unit-admin-secreT")]);
+            let err = authenticate(&r, &bad, None, Revocation::Now, &f.creds())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, GatewayError::InvalidAdminSecret));
+            // A JWT on an API-key route is an invalid key, not a pass.
+            let (token, _) = f.jwt.issue("usr_1", "", crate::util::unix_now()).unwrap();
+            let k = route(AuthKind::ApiKey);
+            let err = authenticate(
+                &k,
+                &auth_header(&format!("Bearer {token}")),
+                None,
+                Revocation::Now,
+                &f.creds(),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, GatewayError::InvalidApiKey), "{err:?}");
+        }
+    }
 }

@@ -50,27 +50,13 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let rec = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let rec = rec.clone();
-                        async move { Ok::<_, Infallible>(answer(req, rec).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let addr = serve(move |req| {
+            let rec = rec.clone();
+            async move { answer(req, rec).await }
+        })
+        .await;
         Upstream { addr, seen }
     }
 
@@ -197,6 +183,36 @@ impl TestGateway {
     }
 }
 
+/// Serve `handler` on a free loopback port (HTTP/1.1 and h2c), each connection in its own task.
+pub async fn serve<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// The shipped config with test secrets, the given upstream, and `env` overrides.
 pub fn config(upstream: &str, env: &[(&str, &str)]) -> Config {
     config_from(&shipped_yaml(), upstream, env)
@@ -321,6 +337,12 @@ pub async fn provision(g: &TestGateway, tier: &str) -> (String, String, String) 
         v["api_key_id"].as_str().unwrap().into(),
         v["raw_api_key"].as_str().unwrap().into(),
     )
+}
+
+/// Delete (revoke) a tenant's API key through the admin API.
+pub async fn revoke_key(g: &TestGateway, tenant: &str, key_id: &str) -> Reply {
+    let url = g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}"));
+    send("DELETE", &url, &admin(), None).await
 }
 
 /// Register and log in; returns the login response JSON.
