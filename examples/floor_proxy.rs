@@ -5,7 +5,7 @@
 //!
 //! As in the gateway: one `SO_REUSEPORT` listener and one current-thread runtime per worker,
 //! per client connection one upstream HTTP/1 connection polled in the client connection's task
-//! (`bound::drive`), small vectored writes sent as one (`coalesce`). Left out: authentication,
+//! (`conn_upstreams::drive`), small vectored writes sent as one (`coalesce`). Left out: authentication,
 //! limits, header rewriting, framing checks, metrics, timeouts, HTTP/2 detection.
 //! `bench/load.py` runs it beside the gateway: the CPU it spends per request is what the stack
 //! costs before the gateway does any work of its own.
@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ares_gateway::body::{self, Body};
-use ares_gateway::edge::bound::{self, ConnUpstreams};
 use ares_gateway::edge::coalesce::Coalesced;
+use ares_gateway::edge::conn_upstreams::{self, ConnUpstreams};
 use ares_gateway::route::Upstream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -85,7 +85,7 @@ async fn serve(listener: std::net::TcpListener, upstream: Arc<Upstream>) -> std:
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
             .serve_connection(TokioIo::new(Coalesced(stream)), service);
-        tokio::spawn(bound::drive(conn, driver, None));
+        tokio::spawn(conn_upstreams::drive(conn, driver, None));
     }
 }
 

@@ -32,7 +32,7 @@
 //! metrics.rs        Prometheus registry and the metrics listener
 //! body.rs           Body, RequestBody, JSON responses, the idle-timeout body
 //! edge/             the connection machinery's leaves (no tenants, tokens or routes):
-//!                   bound.rs (a connection's own upstream connections), framing.rs (HTTP/1
+//!                   conn_upstreams.rs (a connection's own upstream connections), framing.rs (HTTP/1
 //!                   smuggling checks), coalesce.rs (vectored writes), timer.rs, tls.rs
 //! util.rs           clocks, random tokens, Secret, FileStamp, FastMap
 //! ```

@@ -28,7 +28,7 @@ use crate::api;
 use crate::auth::{self, Identity, Principal};
 use crate::body::{self, Body, RequestBody};
 use crate::cors;
-use crate::edge::bound::ConnUpstreams;
+use crate::edge::conn_upstreams::ConnUpstreams;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, X_REQUEST_ID};
 use crate::ratelimit::limiter::{self, OnFailure, Scope};
@@ -49,7 +49,7 @@ pub struct ConnInfo {
     /// The raw head of this request carried both Content-Length and Transfer-Encoding (seen by
     /// `framing::Scanner`; hyper drops the length before the handler could tell).
     pub both_lengths: bool,
-    /// The connection's own upstream connections (HTTP/1 client connections; see `bound`).
+    /// The connection's own upstream connections (HTTP/1 client connections; see `edge::conn_upstreams`).
     pub upstreams: Option<ConnUpstreams>,
 }
 
@@ -96,13 +96,13 @@ pub async fn handle(
 
     let result = match framing {
         Ok(()) => {
-            let bound = conn.upstreams.as_ref();
+            let own = conn.upstreams.as_ref();
             let scope = RequestScope {
                 state: &state,
                 snap: &snap,
                 ctx: &ctx,
             };
-            handle_inner(&scope, &uri, bound, req, &mut outcome).await
+            handle_inner(&scope, &uri, own, req, &mut outcome).await
         }
         Err(e) => Err(GatewayError::invalid(e.to_string())),
     };
@@ -166,7 +166,8 @@ async fn handle_inner<'r>(
     scope: &RequestScope<'r>,
     // The request's URI, cloned once by `handle` (the request itself is consumed below).
     uri: &http::Uri,
-    bound: Option<&ConnUpstreams>,
+    // The client connection's own upstream connections (HTTP/1 clients).
+    own: Option<&ConnUpstreams>,
     req: Request<RequestBody>,
     outcome: &mut Outcome<'r>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -247,7 +248,7 @@ async fn handle_inner<'r>(
     // 7. rewrite
     let forward_path = route.forward_path(&path);
     // HTTP/2 clients multiplex: their requests share the pool, not one bound connection.
-    let bound = bound.filter(|_| req.version() <= http::Version::HTTP_11);
+    let own = own.filter(|_| req.version() <= http::Version::HTTP_11);
     let (mut parts, body) = req.into_parts();
     // A WebSocket upgrade the route allows: keep the client's side of the upgrade.
     let client_upgrade = if route.websocket && ctx.websocket_upgrade {
@@ -280,8 +281,8 @@ async fn handle_inner<'r>(
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
     let forward_started = Instant::now();
     // An upgrade takes its upstream connection over: that one comes from the pool.
-    let bound = bound.filter(|_| client_upgrade.is_none());
-    let upstream_resp = proxy::forward(client, bound, upstream_req).await;
+    let own = own.filter(|_| client_upgrade.is_none());
+    let upstream_resp = proxy::forward(client, own, upstream_req).await;
     crate::metrics::get().upstream(&upstream.label, forward_started.elapsed());
     let mut upstream_resp = upstream_resp?;
     outcome.upstream_status = Some(upstream_resp.status().as_u16());

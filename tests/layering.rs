@@ -24,7 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("route", 3),
     ("error", 2),
     ("metrics", 2),
-    ("edge::bound", 2),
+    ("edge::conn_upstreams", 2),
     ("body", 1),
     ("ratelimit", 1),
     ("edge::tls", 1),

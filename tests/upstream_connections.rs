@@ -1,4 +1,4 @@
-//! A client connection's own upstream connections (`bound.rs`) and the per-core workers:
+//! A client connection's own upstream connections (`edge/conn_upstreams.rs`) and the per-core workers:
 //! reuse, survival of upstream closes, cancellation when the client goes, and several workers
 //! serving and draining.
 

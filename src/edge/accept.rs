@@ -2,7 +2,7 @@
 //! connection to the worker with the fewest open ones ([`Balance`]), TLS handshake
 //! (bounded), hyper-util's auto builder (HTTP/1.1, HTTP/2 by ALPN under TLS, prior-knowledge h2c
 //! in clear) with bounded heads and timers, and the drain on shutdown. A connection's task also
-//! drives the connection's own upstream connections (`bound::drive`).
+//! drives the connection's own upstream connections (`conn_upstreams::drive`).
 //!
 //! Every wait has a bound: a permit caps open connections (excess waits in the kernel's accept
 //! queue), a client must send its head within `header_read_timeout`, heads are capped at
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
-use crate::edge::bound::{self, ConnUpstreams};
+use crate::edge::conn_upstreams::{self, ConnUpstreams};
 use crate::edge::timer::LazyTimer;
 use crate::pipeline::{self, ConnInfo};
 use crate::state::AppState;
@@ -236,10 +236,12 @@ pub async fn run(
                 None => {
                     let io = TokioIo::new(crate::edge::framing::Scanned::new(stream, flags));
                     let conn = builder.serve_connection_with_upgrades(io, service);
-                    bound::drive(
+                    conn_upstreams::drive(
                         conn.into_owned(),
                         driver,
-                        Some(bound::Closing::on(drain_signal, |c| c.graceful_shutdown())),
+                        Some(conn_upstreams::Closing::on(drain_signal, |c| {
+                            c.graceful_shutdown()
+                        })),
                     )
                     .await
                 }
@@ -249,10 +251,12 @@ pub async fn run(
                             let io =
                                 TokioIo::new(crate::edge::framing::Scanned::new(tls_stream, flags));
                             let conn = builder.serve_connection_with_upgrades(io, service);
-                            bound::drive(
+                            conn_upstreams::drive(
                                 conn.into_owned(),
                                 driver,
-                                Some(bound::Closing::on(drain_signal, |c| c.graceful_shutdown())),
+                                Some(conn_upstreams::Closing::on(drain_signal, |c| {
+                                    c.graceful_shutdown()
+                                })),
                             )
                             .await
                         }

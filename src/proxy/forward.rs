@@ -1,4 +1,4 @@
-//! Sending a request upstream: on the client connection's own upstream connection (`bound`) or
+//! Sending a request upstream: on the client connection's own upstream connection (`edge::conn_upstreams`) or
 //! through the shared pool, within the first-byte timeout; upstream failures told apart from a
 //! client's oversized body.
 
@@ -15,14 +15,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, BoxError, IdleTimeout};
-use crate::edge::bound::ConnUpstreams;
+use crate::edge::conn_upstreams::ConnUpstreams;
 use crate::error::GatewayError;
 use crate::route::Upstream;
 
 use super::hygiene::*;
 
 /// The shared pool for one upstream, for what cannot use a client connection's own upstream
-/// connection (`bound`): HTTP/2 clients, `https://` upstreams, WebSocket upgrades. HTTP/1.1, or
+/// connection (`conn_upstreams`): HTTP/2 clients, `https://` upstreams, WebSocket upgrades. HTTP/1.1, or
 /// HTTP/2 when an HTTPS upstream offers it by ALPN.
 pub struct UpstreamClient {
     pub upstream: Arc<Upstream>,
@@ -54,19 +54,18 @@ impl UpstreamClient {
 }
 
 /// Send the request; the response head must arrive within the upstream's first-byte timeout.
-/// With `bound` (an HTTP/1 client connection's own upstream connections), a plain-HTTP upstream
+/// With `own` (an HTTP/1 client connection's own upstream connections), a plain-HTTP upstream
 /// is reached on the client connection's own upstream connection; otherwise through the pool.
 pub async fn forward(
     client: &UpstreamClient,
-    bound: Option<&ConnUpstreams>,
+    own: Option<&ConnUpstreams>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let up = &client.upstream;
-    let sent = match bound {
-        Some(bound) if !up.https => {
+    let sent = match own {
+        Some(own) if !up.https => {
             let deadline = tokio::time::Instant::now() + up.first_byte_timeout;
-            bound
-                .send_by(&up.authority, up.connect_timeout, req, deadline)
+            own.send_by(&up.authority, up.connect_timeout, req, deadline)
                 .await
         }
         _ => {
