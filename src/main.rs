@@ -181,9 +181,9 @@ fn print_generated(cfg: &Config) {
         }
     }
     if cfg.auth.jwt_secret_generated {
+        // The key itself is never printed (CONTRACT.md section 3): only that there is one.
         eprintln!(
-            "development mode: generated JWT signing key (ARES_JWT_SECRET; tokens die with this process): {}",
-            cfg.auth.jwt_secret.expose()
+            "development mode: generated a JWT signing key for this process (not shown; set ARES_JWT_SECRET to keep sessions across restarts)"
         );
     }
 }

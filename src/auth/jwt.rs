@@ -182,6 +182,21 @@ impl JwtKeys {
         if header.alg != Algorithm::HS256 {
             return Err("algorithm not allowed");
         }
+        // Only the type the gateway (and ARES) issue, or none: a refresh+jwt, at+jwt or any
+        // other typed token was meant for something else.
+        if header
+            .typ
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("JWT"))
+        {
+            return Err("token type not accepted");
+        }
+        // RFC 7515 4.1.11: an extension the recipient does not understand listed in `crit`
+        // makes the token invalid. The gateway understands none, and jsonwebtoken's header type
+        // drops unknown fields, so the raw header is read for it.
+        if header_names_crit(token) {
+            return Err("critical header extension");
+        }
         // A token without `kid` (ARES issues them) is tried against every key, active first:
         // the key ARES signs with may be a previous secret during a migration.
         let keys: &[VerifyKey] = match header.kid.as_deref() {
@@ -216,6 +231,10 @@ impl JwtKeys {
             _ => "invalid token",
         })?;
         let c = data.claims;
+        // Issued in the future beyond the leeway: a clock that far off, or a forged token.
+        if c.iat > crate::util::unix_now().saturating_add(self.leeway) {
+            return Err("issued in the future");
+        }
         if c.token_use.is_some() {
             return Err("a token minted for an upstream");
         }
@@ -237,6 +256,21 @@ impl JwtKeys {
             return Err("bad jti");
         }
         Ok(c)
+    }
+}
+
+/// Whether the token's header (its first segment) has a `crit` member.
+fn header_names_crit(token: &str) -> bool {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let Some(first) = token.split('.').next() else {
+        return false;
+    };
+    match URL_SAFE_NO_PAD.decode(first) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+            .map_or(true, |h| h.contains_key("crit")),
+        // decode_header already refused what does not decode.
+        Err(_) => true,
     }
 }
 
@@ -309,6 +343,52 @@ pub(crate) mod tests {
 
     fn good_claims() -> serde_json::Value {
         serde_json::json!({"iss":"ares-gateway","sub":"usr_1","email":"a@b.c","iat":now(),"exp":now()+600,"jti":"j1"})
+    }
+
+    #[test]
+    fn regression_unknown_crit_refresh_typ_and_future_iat_were_accepted() {
+        let keys = JwtKeys::new(&cfg(SECRET));
+        let now = now();
+        let claims = serde_json::json!({
+            "iss": "ares-gateway", "sub": "usr_1", "email": "", "iat": now, "exp": now + 600
+        });
+        let ok = forge(
+            serde_json::json!({"alg": "HS256", "typ": "JWT"}),
+            claims.clone(),
+            SECRET.as_bytes(),
+        );
+        assert!(keys.verify(&ok).is_ok());
+        let untyped = forge(
+            serde_json::json!({"alg": "HS256"}),
+            claims.clone(),
+            SECRET.as_bytes(),
+        );
+        assert!(keys.verify(&untyped).is_ok(), "no typ is accepted");
+        let crit = forge(
+            serde_json::json!({"alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1}),
+            claims.clone(),
+            SECRET.as_bytes(),
+        );
+        assert_eq!(keys.verify(&crit), Err("critical header extension"));
+        for typ in ["refresh+jwt", "at+jwt", "JWE"] {
+            let t = forge(
+                serde_json::json!({"alg": "HS256", "typ": typ}),
+                claims.clone(),
+                SECRET.as_bytes(),
+            );
+            assert_eq!(keys.verify(&t), Err("token type not accepted"), "{typ}");
+        }
+        let leeway = 30;
+        for (iat, ok) in [
+            (now + 3600, false),
+            (now + leeway + 5, false),
+            (now + leeway - 5, true),
+        ] {
+            let mut c = claims.clone();
+            c["iat"] = iat.into();
+            let t = forge(serde_json::json!({"alg": "HS256"}), c, SECRET.as_bytes());
+            assert_eq!(keys.verify(&t).is_ok(), ok, "iat {}", iat - now);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_ADMIN_SECRET: HeaderName = HeaderName::from_static("x-admin-secret");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Headers only the gateway may set: removed from every client request on every route.
@@ -163,8 +164,16 @@ pub(crate) fn is_stripped(name: &HeaderName) -> bool {
                 | "x-forwarded-for"
                 | "x-forwarded-proto"
                 | "x-forwarded-host"
+                | "x-real-ip"
                 | "forwarded"
         )
+}
+
+/// A name with `_`: CGI/WSGI-style upstreams fold `_` and `-` together, so `X_User_Id` would
+/// reach them as the gateway's own `X-User-Id`. Dropped like Envoy's
+/// `headers_with_underscores_action: DROP_HEADER`.
+fn has_underscore(name: &HeaderName) -> bool {
+    name.as_str().as_bytes().contains(&b'_')
 }
 
 /// The hop-by-hop headers (RFC 9110 7.6.1), removed both ways.
@@ -219,8 +228,10 @@ pub fn strip_spoofable(
     // Most requests carry none of the headers read or removed below: one pass over the names
     // tells, and spares the lookups (each hashes the name) and removals.
     let (mut stripped, mut traced, mut identified) = (false, false, false);
+    let mut underscored = false;
     for name in headers.keys() {
         stripped |= is_stripped(name);
+        underscored |= has_underscore(name);
         traced |= name == TRACEPARENT;
         identified |= name == X_REQUEST_ID;
     }
@@ -316,6 +327,20 @@ pub fn strip_spoofable(
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(&FORWARDED);
+        // Believed only from a trusted proxy, like X-Forwarded-For.
+        if !trusted_peer {
+            headers.remove(&X_REAL_IP);
+        }
+    }
+    if underscored {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| has_underscore(n))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 
     RequestContext {
@@ -365,6 +390,11 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
         }
     }
     for name in found.into_iter().flatten() {
+        // A message framed by Transfer-Encoding has no meaningful Content-Length (RFC 9112
+        // 6.3): forwarded, the length would describe a body that is not the one sent.
+        if name == header::TRANSFER_ENCODING {
+            h.remove(header::CONTENT_LENGTH);
+        }
         h.remove(name);
     }
 }

@@ -72,6 +72,48 @@ mod tests {
     }
 
     #[test]
+    fn regression_underscored_identity_headers_and_client_x_real_ip_were_forwarded() {
+        let mut h = hm(&[
+            ("X_Tenant_Id", "ten_evil"),
+            ("x_user_id", "usr_evil"),
+            ("my_custom_header", "v"),
+            ("x-real-ip", "6.6.6.6"),
+            ("content-type", "application/json"),
+        ]);
+        strip_spoofable(&mut h, &peer("1.2.3.4"), false, &Uri::from_static("/"), &[]);
+        assert!(h.keys().all(|n| !n.as_str().contains('_')), "{h:?}");
+        assert!(h.get("x-real-ip").is_none());
+        assert_eq!(h["content-type"], "application/json");
+        // From a trusted proxy X-Real-IP stays, like its X-Forwarded-For.
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = hm(&[("x-real-ip", "7.7.7.7")]);
+        strip_spoofable(
+            &mut h,
+            &peer("10.1.2.3"),
+            false,
+            &Uri::from_static("/"),
+            &trusted,
+        );
+        assert_eq!(h["x-real-ip"], "7.7.7.7");
+    }
+
+    #[test]
+    fn regression_an_upstreams_content_length_beside_transfer_encoding_was_forwarded() {
+        let mut h = hm(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("content-length").is_none(), "{h:?}");
+        // Without Transfer-Encoding the length is the body's, and stays.
+        let mut h = hm(&[("content-length", "5"), ("connection", "keep-alive")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
     fn identity_headers_are_stripped_in_any_case_and_multiplicity() {
         let mut h = hm(&[
             ("X-Tenant-Id", "t_evil"),
@@ -220,6 +262,7 @@ mod tests {
             &X_FORWARDED_PROTO,
             &X_FORWARDED_HOST,
             &FORWARDED,
+            &X_REAL_IP,
         ] {
             assert!(is_stripped(name), "{name}");
         }
