@@ -90,10 +90,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for proc in load.procs:
-            proc.terminate()
-        for proc in load.procs:
-            try:
-                proc.wait(timeout=5)
-            except Exception:
-                proc.kill()
+        load.stop_all(5)

@@ -82,10 +82,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for proc in load.procs:
-            proc.terminate()
-        for proc in load.procs:
-            try:
-                proc.wait(timeout=10)
-            except Exception:
-                proc.kill()
+        load.stop_all(10)

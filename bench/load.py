@@ -381,14 +381,19 @@ http {{ access_log off; keepalive_requests 1000000;
               f"{rps / hap_job:.2f} | {non2xx} |")
 
 
+def stop_all(timeout=5):
+    """Stop every process this run started (SIGTERM, then SIGKILL after `timeout`)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except Exception:
+            p.kill()
+
+
 if __name__ == "__main__":
     try:
         main()
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except Exception:
-                p.kill()
+        stop_all()
