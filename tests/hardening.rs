@@ -219,6 +219,40 @@ async fn slow_and_idle_floods_do_not_starve_health_checks() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+#[tokio::test]
+async fn regression_connections_that_never_sent_a_byte_were_never_closed() {
+    let up = Upstream::start().await;
+    let yaml = shipped_yaml()
+        .replace(
+            "header_read_timeout_secs: 10",
+            "header_read_timeout_secs: 1",
+        )
+        .replace("max_connections: 10000", "max_connections: 20");
+    let g = start(config_from(&yaml, &up.url(), &[("ARES_WORKERS", "1")])).await;
+    // More silent sockets than the gateway takes connections.
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        silent.push(tokio::net::TcpStream::connect(g.addr).await.unwrap());
+    }
+    // Each is closed once the first-byte bound (the header timeout) passes...
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent[0].read(&mut buf))
+        .await
+        .expect("a silent connection was still open after 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    // ...so new clients get in while more silent ones keep arriving.
+    let started = Instant::now();
+    let r = get(&g.url("/healthz"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// An upstream that misbehaves by path, at the TCP level.
 async fn rogue_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

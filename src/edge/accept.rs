@@ -230,9 +230,14 @@ pub async fn run(
         let drain_signal = connections.clone();
         let tls = tls.clone();
         let handshake_timeout = cfg.tls_handshake_timeout;
+        let first_byte_timeout = cfg.header_read_timeout;
         crate::metrics::get().connection_opened();
         tokio::spawn(async move {
             let result = match tls {
+                None if !first_byte_within(&stream, first_byte_timeout).await => {
+                    tracing::debug!(peer = %peer, "no request byte in time; connection closed");
+                    Ok(())
+                }
                 None => {
                     let io = TokioIo::new(crate::edge::framing::Scanned::new(stream, flags));
                     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -294,6 +299,19 @@ pub async fn run(
         _ = drain.closed() => tracing::info!("drained"),
         _ = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+}
+
+/// Whether the client sends its first byte within `limit`. hyper's head timer starts with the
+/// first byte, so a connection that never sends one would hold its permit forever and idle
+/// sockets could fill `max_connections`. (A TLS connection's first bytes are its handshake,
+/// which has its own bound.) `peek` leaves the byte for hyper; a handed-over connection whose
+/// bytes already arrived answers at once.
+async fn first_byte_within(stream: &TcpStream, limit: Duration) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(
+        tokio::time::timeout(limit, stream.peek(&mut probe)).await,
+        Ok(Ok(n)) if n > 0
+    )
 }
 
 /// Send an accepted connection to worker `target`; gives it back when that worker is gone.
