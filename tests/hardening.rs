@@ -253,6 +253,35 @@ async fn regression_connections_that_never_sent_a_byte_were_never_closed() {
     );
 }
 
+#[tokio::test]
+async fn regression_a_clients_malformed_chunked_body_was_answered_502() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let token = login(&g, "chunks@example.com").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // A valid chunk, then a chunk size that is not hex.
+    s.write_all(b"5\r\nhello\r\nZZ\r\nmore\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("INVALID_INPUT"), "{text}");
+}
+
 /// An upstream that misbehaves by path, at the TCP level.
 async fn rogue_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

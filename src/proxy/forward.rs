@@ -96,6 +96,11 @@ pub async fn forward(
             if caused_by::<http_body_util::LengthLimitError>(&*e) {
                 return Err(GatewayError::PayloadTooLarge);
             }
+            if client_body_failed(&*e) {
+                return Err(GatewayError::invalid(
+                    "the request body could not be read (malformed chunked encoding or cut off)",
+                ));
+            }
             Err(GatewayError::UpstreamUnavailable(format!(
                 "{}: {}",
                 up.name,
@@ -103,6 +108,20 @@ pub async fn forward(
             )))
         }
     }
+}
+
+/// Whether the request body the client was sending failed (a malformed chunk, a connection
+/// cut mid-body): hyper's client reports it as its user body's error, wrapping the hyper error
+/// of the server side that read the client. The client's fault, not the upstream's.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<hyper::Error>() {
+            return err.source().is_some_and(caused_by::<hyper::Error>);
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
