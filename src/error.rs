@@ -43,6 +43,9 @@ pub enum GatewayError {
     EmailTaken,
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A gateway-served endpoint's body declared a type other than JSON.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// A request-count window refused the request.
     #[error("rate limited ({window:?})")]
     RateLimited {
@@ -136,6 +139,11 @@ impl GatewayError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Payload too large",
                 "PAYLOAD_TOO_LARGE",
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+                "UNSUPPORTED_MEDIA_TYPE",
             ),
             RateLimited { window, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

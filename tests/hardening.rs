@@ -282,6 +282,30 @@ async fn regression_a_clients_malformed_chunked_body_was_answered_502() {
     assert!(text.contains("INVALID_INPUT"), "{text}");
 }
 
+#[tokio::test]
+async fn regression_text_plain_bodies_and_arrays_were_accepted_as_json() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let req = http::Request::post(g.url("/api/auth/register"))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"email":"plain@example.com","password":"your-secure-password","name":"P"}"#,
+        )))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 415);
+    let (tenant, _, _) = provision(&g, "pro").await;
+    let r = send(
+        "PUT",
+        &g.url(&format!("/api/admin/tenants/{tenant}/limits")),
+        &admin(),
+        Some("[7,8,9]"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "INVALID_INPUT");
+}
+
 /// An upstream that misbehaves by path, at the TCP level.
 async fn rogue_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

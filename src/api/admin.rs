@@ -142,36 +142,36 @@ pub async fn handle(
     let a = Admin { state, snap, admin };
     let result = match (seg.as_slice(), &method) {
         (["provision-client"], &Method::POST) => {
-            a.provision(api::json::read_json(req.into_body(), limit).await?)
+            a.provision(api::json::read_request_json(req, limit).await?)
                 .await
         }
         (["tenants"], &Method::GET) => a.list_tenants().await,
         (["tenants"], &Method::POST) => {
-            a.create_tenant(api::json::read_json(req.into_body(), limit).await?)
+            a.create_tenant(api::json::read_request_json(req, limit).await?)
                 .await
         }
         (["tenants", id], &Method::GET) => a.get_tenant(id).await,
         (["tenants", id], &Method::DELETE) => a.delete_tenant(id).await,
         (["tenants", id, "quota"], &Method::PUT) => {
-            a.set_tier(id, api::json::read_json(req.into_body(), limit).await?)
+            a.set_tier(id, api::json::read_request_json(req, limit).await?)
                 .await
         }
         (["tenants", id, "limits"], &Method::PUT) => {
-            a.set_limits(id, api::json::read_json(req.into_body(), limit).await?)
+            a.set_limits(id, api::json::read_request_json(req, limit).await?)
                 .await
         }
         (["tenants", id, "status"], &Method::PUT) => {
-            a.set_status(id, api::json::read_json(req.into_body(), limit).await?)
+            a.set_status(id, api::json::read_request_json(req, limit).await?)
                 .await
         }
         (["tenants", id, "usage"], &Method::GET) => a.usage(id).await,
         (["tenants", id, "api-keys"], &Method::GET) => a.list_keys(id).await,
         (["tenants", id, "api-keys"], &Method::POST) => {
-            a.create_key(id, api::json::read_json(req.into_body(), limit).await?)
+            a.create_key(id, api::json::read_request_json(req, limit).await?)
                 .await
         }
         (["tenants", id, "api-keys", "import"], &Method::POST) => {
-            a.import_key(id, api::json::read_json(req.into_body(), limit).await?)
+            a.import_key(id, api::json::read_request_json(req, limit).await?)
                 .await
         }
         // Key ids are `key_...`: `import` is never one.

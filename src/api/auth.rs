@@ -67,13 +67,13 @@ pub async fn handle(
     let limit = snap.config.server.json_body_limit;
     match (seg.as_slice(), &method) {
         (["register"], &Method::POST) => {
-            register(state, api::json::read_json(req.into_body(), limit).await?).await
+            register(state, api::json::read_request_json(req, limit).await?).await
         }
         (["login"], &Method::POST) => {
-            login(s, api::json::read_json(req.into_body(), limit).await?).await
+            login(s, api::json::read_request_json(req, limit).await?).await
         }
         (["refresh"], &Method::POST) => {
-            refresh(s, api::json::read_json(req.into_body(), limit).await?).await
+            refresh(s, api::json::read_request_json(req, limit).await?).await
         }
         (["logout"], &Method::POST) => {
             let principal = match auth::bearer(req.headers()) {
@@ -82,7 +82,7 @@ pub async fn handle(
                     .ok(),
                 _ => None,
             };
-            let body: RefreshRequest = api::json::read_json(req.into_body(), limit).await?;
+            let body: RefreshRequest = api::json::read_request_json(req, limit).await?;
             logout(s, body, principal).await
         }
         (["me"], &Method::GET) => me(s, &req).await,

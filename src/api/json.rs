@@ -19,13 +19,44 @@ where
     B::Error: Into<BoxError>,
 {
     let bytes = read_limited(body, limit).await?;
-    if bytes.is_empty() {
+    // Every body the gateway takes is an object: serde would read a struct from an array too
+    // (`[7, 8, 9]` as limits), so anything else is refused before it gets the chance.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
         return Err(GatewayError::invalid("request body must be a JSON object"));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         // serde_json's message names the field and position, never echoes long input.
         GatewayError::invalid(format!("malformed JSON body: {}", json_problem(&e)))
     })
+}
+
+/// [`read_json`] of a request whose `Content-Type`, when it has one, is JSON (`application/json`
+/// or a `+json` type, any parameters): a body declared as something else (`text/plain`, a
+/// form) is 415 and never parsed.
+pub async fn read_request_json<T, B>(req: http::Request<B>, limit: usize) -> Result<T, GatewayError>
+where
+    T: DeserializeOwned,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if let Some(ct) = req.headers().get(http::header::CONTENT_TYPE) {
+        let media = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        let json = media.eq_ignore_ascii_case("application/json")
+            || media
+                .get(media.len().saturating_sub(5)..)
+                .is_some_and(|s| s.eq_ignore_ascii_case("+json"));
+        if !json {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+    }
+    read_json(req.into_body(), limit).await
 }
 
 /// Collect a body of at most `limit` bytes.
@@ -98,5 +129,58 @@ mod tests {
             read_json::<serde_json::Value, _>(body, 100_000).await,
             Err(GatewayError::InvalidInput(_))
         ));
+    }
+
+    fn request(content_type: Option<&str>, body: &'static str) -> http::Request<Full<Bytes>> {
+        let mut b = http::Request::builder();
+        if let Some(ct) = content_type {
+            b = b.header("content-type", ct);
+        }
+        b.body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn regression_text_plain_and_arrays_were_read_as_json_objects() {
+        let body = r#"{"email":"a@example.com"}"#;
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("application/merge-patch+json"),
+        ] {
+            let r = read_request_json::<Login, _>(request(ok, body), 1000).await;
+            assert!(r.is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "json",
+        ] {
+            let r = read_request_json::<Login, _>(request(Some(bad), body), 1000).await;
+            assert!(
+                matches!(r, Err(GatewayError::UnsupportedMediaType)),
+                "{bad}"
+            );
+        }
+        // serde reads a struct from a sequence; an object is required.
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Limits {
+            a: Option<u64>,
+            b: Option<u64>,
+            c: Option<u64>,
+        }
+        for bad in ["[7,8,9]", "  [1]", "7", "\"x\"", "null"] {
+            let r =
+                read_json::<Limits, _>(Full::new(Bytes::from_static(bad.as_bytes())), 100).await;
+            assert!(matches!(r, Err(GatewayError::InvalidInput(_))), "{bad}");
+        }
+        assert!(
+            read_json::<Limits, _>(Full::new(Bytes::from_static(b" {}")), 100)
+                .await
+                .is_ok()
+        );
     }
 }
