@@ -2,7 +2,8 @@
 //! it re-verifies every request's `Authorization: Bearer <jwt>` with its own copy of the secret
 //! and jsonwebtoken's default validation, never reads the identity headers, answers 401
 //! `{"error":"Unauthorized"}`, and (as a newer ARES does) 403 without a non-empty `roles.ares`.
-//! Its admin routes want ARES's own `X-Admin-Secret`.
+//! Its admin routes want ARES's own `X-Admin-Secret`, and it keeps its own API-key table (by
+//! SHA-256 of the 64 hex after `ares_`, as ARES stores them).
 
 mod common;
 
@@ -19,6 +20,19 @@ use serde_json::json;
 
 /// ARES's `JWT_SECRET` (its own copy; the gateway has it as `ARES_UPSTREAM_JWT_SECRET`).
 const ARES_SECRET: &str = "ares-own-jwt-secret-0123456789abcdef";
+
+/// ARES's key table: (SHA-256 of the 64 hex, tenant id). The key is `ares_` + [`ARES_KEY_HEX`].
+const ARES_KEY_HEX: &str = "7f3a9c0e5b1d2f4a6c8e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a";
+static ARES_KEYS: std::sync::LazyLock<Vec<(String, &'static str)>> =
+    std::sync::LazyLock::new(|| vec![(sha256_hex(ARES_KEY_HEX.as_bytes()), "ten_ares")]);
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// What the ARES-like upstream let in: the path and the claims it verified.
 #[derive(Debug, Clone)]
@@ -88,6 +102,22 @@ fn ares_answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("")
         .to_string();
+    // ARES's own keys: `ares_` + 64 hex, looked up by SHA-256 of the hex.
+    if let Some(hex) = token.strip_prefix("ares_") {
+        let hash = sha256_hex(hex.as_bytes());
+        let Some(tenant) = ARES_KEYS.iter().find(|(h, _)| *h == hash).map(|(_, t)| t) else {
+            return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+        };
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            claims: json!({"tenant_id": tenant, "auth_method": "ares_api_key"}),
+            token,
+        });
+        return reply(
+            StatusCode::OK,
+            json!({"response": "Hello", "tenant": tenant}),
+        );
+    }
     let key = DecodingKey::from_secret(ARES_SECRET.as_bytes());
     let Ok(data) = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &Validation::default())
     else {
@@ -338,6 +368,53 @@ async fn ares_admin_routes_under_the_gateways_prefix_reach_ares_after_the_admin_
     .await;
     assert_eq!(r.status, 405, "a path the gateway serves keeps its 405");
     assert_eq!(ares.seen().len(), 5);
+}
+
+#[tokio::test]
+async fn an_ares_key_imported_by_aress_hash_passes_both_sides_on_a_passthrough_route() {
+    // A route that passes the client's own key through: ARES checks it in its own table after
+    // the gateway checked it in the store (imported by the hash ARES keeps).
+    let ares = Ares::start().await;
+    let yaml = shipped_yaml().replace(
+        "  - prefix: /api/v1/\n    auth: api_key\n    upstream: default\n    required_scope: chat",
+        "  - prefix: /api/v1/\n    auth: api_key\n    upstream: default\n    required_scope: chat\n    upstream_credential: passthrough",
+    );
+    assert!(yaml.contains("upstream_credential: passthrough"));
+    let g = start(config_from(
+        &yaml,
+        &ares.url(),
+        &[("ARES_UPSTREAM_JWT_SECRET", ARES_SECRET)],
+    ))
+    .await;
+    let raw = format!("ares_{ARES_KEY_HEX}");
+    let auth = bearer(&raw);
+    let r = post(&g.url("/api/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 401, "unknown to the gateway before the import");
+    assert!(ares.seen().is_empty());
+    let (tenant, _, _) = provision(&g, "pro").await;
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/import")),
+        &admin(),
+        &json!({
+            "key_hash": sha256_hex(ARES_KEY_HEX.as_bytes()),
+            "key_prefix": &raw[..13],
+            "name": "from ARES"
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = post(&g.url("/api/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["tenant"], "ten_ares");
+    assert_eq!(ares.seen().last().unwrap().token, raw);
+    // The same key on a minting route reaches ARES as a minted token instead.
+    let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        ares.seen().last().unwrap().claims["tenant_id"],
+        tenant.as_str()
+    );
 }
 
 #[tokio::test]
