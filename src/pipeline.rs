@@ -189,11 +189,13 @@ async fn handle_inner<'r>(
 
     // 2. route
     let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
-    let route = snap
-        .config
-        .routes
-        .classify(&path)
-        .ok_or(GatewayError::NotFound)?;
+    let routes = &snap.config.routes;
+    let route = routes.classify(&path).ok_or(GatewayError::NotFound)?;
+    if routes.is_ambiguous(&path, route) {
+        return Err(GatewayError::invalid(
+            "the path reads as another route when case or ;parameters are ignored",
+        ));
+    }
     outcome.route = Some(route);
     outcome.bearer = route.auth.is_bearer();
 

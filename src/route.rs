@@ -332,6 +332,16 @@ impl Route {
     }
 }
 
+/// `path` with every segment's `;parameters` (a `;` also when encoded as `%3B`) cut off.
+fn without_params(path: &str) -> String {
+    path.replace("%3B", ";")
+        .replace("%3b", ";")
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn strip_trailing_slash(p: &str) -> &str {
     p.strip_suffix('/').unwrap_or(p)
 }
@@ -351,6 +361,37 @@ impl RouteTable {
     /// The route for a normalised path, if any.
     pub fn classify(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path))
+    }
+
+    /// Whether another reading of `path` that common upstreams make lands on a route with
+    /// another credential rule than `route`, the one it was classified to: the path folded to
+    /// lower case (case-insensitive routers), or with `;parameters` cut from its segments
+    /// (servlet-style matrix parameters, also when encoded as `%3B`), or both. Such a path could
+    /// reach an upstream's admin route under a user's token (`/api/ADMIN/…`, `/api/admin;x/…`),
+    /// so the pipeline refuses it. Free for the usual path: no upper case and no `;`.
+    pub fn is_ambiguous(&self, path: &str, route: &Route) -> bool {
+        // One pass over the bytes for the usual case.
+        let (mut upper, mut semicolon, mut percent) = (false, false, false);
+        for b in path.bytes() {
+            upper |= b.is_ascii_uppercase();
+            semicolon |= b == b';';
+            percent |= b == b'%';
+        }
+        let params = semicolon || percent && (path.contains("%3B") || path.contains("%3b"));
+        if !upper && !params {
+            return false;
+        }
+        let lower = path.to_ascii_lowercase();
+        let readings = [
+            upper.then(|| lower.clone()),
+            params.then(|| without_params(path)),
+            (upper && params).then(|| without_params(&lower)),
+        ];
+        readings
+            .iter()
+            .flatten()
+            .filter_map(|reading| self.classify(reading))
+            .any(|other| other.auth != route.auth)
     }
 
     /// The longest upstream route for `path`: where a gateway-served path that its handler does
@@ -616,6 +657,35 @@ mod tests {
         ] {
             let p = normalize(raw).unwrap();
             assert_eq!(t.classify(&p).unwrap().auth, AuthKind::Admin, "{raw}");
+        }
+    }
+
+    #[test]
+    fn regression_admin_looking_paths_were_classified_under_weaker_auth() {
+        let t = table();
+        for path in [
+            "/api/ADMIN/tenants",
+            "/api/Admin/x",
+            "/api/admin;x/tenants",
+            "/api/admin%3Bx/tenants",
+            "/api/admin%3bjsessionid=1/agents",
+        ] {
+            let route = t.classify(path).unwrap();
+            assert_eq!(route.auth, AuthKind::Jwt, "{path}");
+            assert!(t.is_ambiguous(path, route), "{path}");
+        }
+        // A path no route takes stays a 404, whatever its readings.
+        assert!(t.classify("/API/admin;x/y").is_none());
+        // Upper case and parameters that change no credential rule pass.
+        for path in [
+            "/api/chat/ABC",
+            "/api/Chat",
+            "/api/chat;v=1",
+            "/v1/Chat",
+            "/api/admin/X",
+        ] {
+            let route = t.classify(path).unwrap();
+            assert!(!t.is_ambiguous(path, route), "{path}");
         }
     }
 }

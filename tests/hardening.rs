@@ -306,6 +306,32 @@ async fn regression_text_plain_bodies_and_arrays_were_accepted_as_json() {
     assert_eq!(r.error_code(), "INVALID_INPUT");
 }
 
+#[tokio::test]
+async fn regression_admin_looking_paths_reached_the_upstream_with_a_users_jwt() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let token = login(&g, "casey@example.com").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = bearer(&token);
+    for path in [
+        "/api/ADMIN/tenants/ten_1/agents",
+        "/api/admin;x/tenants",
+        "/api/admin%3Bx/tenants",
+        "/api/Admin/anything",
+    ] {
+        let r = get(&g.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.error_code(), "INVALID_INPUT", "{path}");
+    }
+    assert_eq!(up.count(), 0, "none reached the upstream");
+    // Upper case that changes no credential rule is forwarded as it is.
+    let r = get(&g.url("/api/chat/ABC"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/api/chat/ABC");
+}
+
 /// An upstream that misbehaves by path, at the TCP level.
 async fn rogue_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
