@@ -23,11 +23,6 @@ impl StoreHandle {
         StoreHandle { store, budget }
     }
 
-    /// The store itself, for what outlives a call (invalidation subscriptions, sweeps).
-    pub fn shared(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// Run one store call within the budget; its failure as the request's error (503).
     pub async fn call<T>(
         &self,
