@@ -307,6 +307,14 @@ async fn redis_outage_degrades_cleanly_and_recovers_without_restart() {
     )
     .await;
     assert_eq!(r.error_code(), "STORE_UNAVAILABLE");
+    // The failed-login limits cannot be read: a login is refused, never let through unlimited.
+    let r = post(
+        &g.url("/api/auth/login"),
+        &[],
+        r#"{"email":"o@example.com","password":"your-secure-password"}"#,
+    )
+    .await;
+    assert_eq!(r.error_code(), "STORE_UNAVAILABLE");
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
