@@ -243,12 +243,7 @@ def main():
            "--dir", tmp])
     time.sleep(0.3)
     gwr, gwr_port, _, _ = gateway("redis", f"redis://127.0.0.1:{redis_port}")
-    rkey = call("POST", f"http://127.0.0.1:{gwr_port}/api/admin/provision-client",
-                '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
-    call("POST", f"http://127.0.0.1:{gwr_port}/api/auth/register",
-         '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
-    rtoken = call("POST", f"http://127.0.0.1:{gwr_port}/api/auth/login",
-                  '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+    rkey, rtoken = credentials(f"http://127.0.0.1:{gwr_port}")
 
     # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
     hj, hp, np_ = free_port(), free_port(), free_port()

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Row};
 
+use crate::auth::api_key;
 use crate::error::StoreError;
 use crate::ratelimit::Plan;
 use crate::store::StoreHandle;
@@ -368,16 +369,11 @@ async fn import_key(
         .to_ascii_lowercase();
     let key_prefix = text(row, "key_prefix")?.unwrap_or_default();
     let name = text(row, "name")?.unwrap_or_default();
-    let prefix_ok = key_prefix.starts_with(crate::auth::api_key::KEY_PREFIX)
-        && key_prefix.len() <= crate::auth::api_key::DISPLAY_PREFIX_LEN
-        && key_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     let problem = if !valid_id(&id) {
         Some("id is empty, too long or not printable".to_string())
-    } else if key_hash.len() != 64 || !key_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    } else if !api_key::is_sha256_hex(&key_hash) {
         Some("key hash is not 64 hex digits (SHA-256)".into())
-    } else if !prefix_ok {
+    } else if !api_key::is_display_prefix(&key_prefix) {
         Some("key prefix is not ares_ and at most 13 characters".into())
     } else if !tenants.contains(&tenant_id) {
         Some(format!("its tenant {tenant_id:?} was not imported"))

@@ -504,18 +504,13 @@ impl Admin<'_> {
     async fn import_key(&self, id: &str, req: ImportKey) -> Result<Response<Body>, GatewayError> {
         let tenant = self.tenant(id).await?;
         let hash = req.key_hash.trim().to_ascii_lowercase();
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !api_key::is_sha256_hex(&hash) {
             return Err(GatewayError::invalid(
                 "key_hash must be 64 hex digits (SHA-256 of the key)",
             ));
         }
         let prefix = req.key_prefix.trim();
-        let prefix_ok = prefix.starts_with(api_key::KEY_PREFIX)
-            && prefix.len() <= api_key::DISPLAY_PREFIX_LEN
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !prefix_ok {
+        if !api_key::is_display_prefix(prefix) {
             return Err(GatewayError::invalid(
                 "key_prefix must be the key's first characters (ares_..., at most 13)",
             ));

@@ -70,6 +70,21 @@ pub fn hash(raw: &str) -> String {
     s
 }
 
+/// A stored key hash: SHA-256 as 64 hex digits (either case; stored lower-case).
+pub fn is_sha256_hex(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A key's display prefix: `ares_` and at most [`DISPLAY_PREFIX_LEN`] characters in all, of the
+/// key's own alphabet.
+pub fn is_display_prefix(prefix: &str) -> bool {
+    prefix.starts_with(KEY_PREFIX)
+        && prefix.len() <= DISPLAY_PREFIX_LEN
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// What a presented key looks like before any lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyShape {
@@ -83,8 +98,7 @@ pub enum KeyShape {
 
 /// `ares_` + 64 hex digits: a key ARES issued.
 fn shape_of_legacy(raw: &str) -> bool {
-    raw.strip_prefix(KEY_PREFIX)
-        .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+    raw.strip_prefix(KEY_PREFIX).is_some_and(is_sha256_hex)
 }
 
 pub fn shape(raw: &str) -> KeyShape {
