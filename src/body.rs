@@ -31,6 +31,35 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A streamed body of JSON lines, one per value from `rx`. When `rx` ends, `done` tells whether
+/// everything was sent: a failure ends the body with an error, so the client sees a cut
+/// transfer, never a short file that looks complete.
+pub fn json_lines<T, E>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+    done: tokio::task::JoinHandle<Result<(), E>>,
+) -> Body
+where
+    T: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let frames = futures_util::stream::unfold(Some((rx, done)), |state| async move {
+        let (mut rx, done) = state?;
+        match rx.recv().await {
+            Some(v) => {
+                let mut line = serde_json::to_vec(&v).unwrap_or_default();
+                line.push(b'\n');
+                Some((Ok(Frame::data(Bytes::from(line))), Some((rx, done))))
+            }
+            None => match done.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((Err(BoxError::from(e.to_string())), None)),
+                Err(e) => Some((Err(BoxError::from(e.to_string())), None)),
+            },
+        }
+    });
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
+
 /// A JSON response. `no_store` is set for responses that carry a key or a token.
 pub fn json<T: Serialize>(status: StatusCode, value: &T, no_store: bool) -> Response<Body> {
     // Serialising our own plain structs cannot fail; fall back to an empty object regardless.

@@ -175,6 +175,10 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             });
             Ok(store)
         }
+        StoreBackend::Embedded(opts) => {
+            let store: Arc<dyn Store> = store::EmbeddedStore::start(opts)?;
+            Ok(store)
+        }
         StoreBackend::Redis { url } => {
             let store: Arc<dyn Store> =
                 store::RedisStore::connect(&config.store, url.expose()).await?;

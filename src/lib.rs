@@ -6,11 +6,12 @@
 //! import each other (`tests/layering.rs` checks both).
 //!
 //! ```text
-//! main.rs, lib.rs   the commands (serve, check, demo, import-ares); this map
+//! main.rs, lib.rs   the commands (serve, check, demo, export, import, import-ares); this map
 //! gateway.rs        Gateway::start: store, shared state, listeners, workers, reload, housekeeping
 //! edge/accept.rs    accept loop, connection permit, worker balance, TLS handshake, drain
 //! demo.rs           the `demo` command's echo upstream and walkthrough
 //! import_ares.rs    `import-ares`: ARES's PostgreSQL tables -> the store
+//! transfer.rs       `export` / `import FILE`: any store <-> JSON lines (store/records.rs)
 //! pipeline.rs       handle(request): the request pipeline, step by step. Read this first
 //! api/              what the gateway serves itself: auth.rs (/api/auth/*), admin.rs (the admin
 //!                   API), json.rs (bounded JSON bodies), mod.rs (/healthz, /readyz)
@@ -23,8 +24,9 @@
 //! proxy/            hygiene.rs (step 1 and hop-by-hop), identity.rs (what the upstream
 //!                   receives), forward.rs (pool and forward), tunnel.rs (WebSocket)
 //! cors.rs           preflights and CORS response headers
-//! store/            trait Store and its records; handle.rs (the command budget); memory.rs,
-//!                   redis.rs; the shared store test suite
+//! store/            trait Store and its records; handle.rs (the command budget); embedded/
+//!                   (the default: redb file, schema, generated secrets), memory.rs, redis/;
+//!                   records.rs (export lines, idempotent load); the shared store test suite
 //! config/           file.rs (serde schema) -> substitute.rs (${VAR}) -> validate.rs -> Config;
 //!                   defaults.rs: every numeric default and bound in one table
 //! route.rs          path normalisation, RouteTable::classify, Upstream, Credential
@@ -75,6 +77,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod util;
 
 pub use edge::accept::bind_listeners;

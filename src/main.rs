@@ -1,11 +1,11 @@
-//! The `ares-gateway` command: `serve`, `check`, `demo`, `import-ares`.
+//! The `ares-gateway` command: `serve`, `check`, `demo`, `export`, `import`, `import-ares`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use ares_gateway::config::Config;
+use ares_gateway::config::{Config, StoreBackend};
 
 // Chosen by measurement (BENCHMARKS.md): 4% more requests/s and 4% less CPU per request than
 // glibc malloc on the JWT route. glibc's peak RSS was lower (15 vs 22 MiB); both are far below
@@ -41,6 +41,19 @@ enum Command {
     },
     /// Everything embedded (memory store, echo upstream, generated secrets) and a walkthrough.
     Demo,
+    /// Every stored record as JSON lines on stdout (hashes, never raw secrets; still
+    /// sensitive). With the embedded store, stop the gateway first or use GET /api/admin/export.
+    Export {
+        #[arg(long, env = "ARES_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Load an export (`-` for stdin) into the store the config names; idempotent. Exit 0: all
+    /// loaded; 2: done, some records skipped; 1: failed or lines that are not records.
+    Import {
+        file: PathBuf,
+        #[arg(long, env = "ARES_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
     /// Copy ARES's users, tenants and API keys from its PostgreSQL database (read-only) into the
     /// store the config names. Exit 0: all present; 2: done, some rows skipped; 1: failed.
     ImportAres {
@@ -67,11 +80,98 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => demo_cmd(),
+        Command::Export { config } => export(&config),
+        Command::Import { file, config } => import(&file, &config),
         Command::ImportAres {
             database_url,
             config,
             dry_run,
         } => import_ares(&database_url, &config, dry_run),
+    }
+}
+
+/// The config and a runtime for a one-shot command on the configured store.
+fn store_command(
+    name: &str,
+    config: &std::path::Path,
+) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let cfg = Config::load(config).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(1)
+    })?;
+    let rt = runtime().map_err(|e| {
+        eprintln!("{name}: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })?;
+    Ok((cfg, rt))
+}
+
+fn export(config: &std::path::Path) -> ExitCode {
+    let (cfg, rt) = match store_command("export", config) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let done = rt.block_on(async {
+        let store = ares_gateway::gateway::build_store(&cfg).await?;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let n = ares_gateway::transfer::export(store.clone(), &mut out).await?;
+        store.shutdown().await.map_err(|e| e.to_string())?;
+        Ok::<u64, String>(n)
+    });
+    match done {
+        Ok(n) => {
+            eprintln!("export: {n} records");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("export: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn import(file: &std::path::Path, config: &std::path::Path) -> ExitCode {
+    let (cfg, rt) = match store_command("import", config) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if cfg.store.backend == ares_gateway::config::StoreBackend::Memory {
+        eprintln!("import: the memory store keeps nothing after this command exits; set ARES_STORE=embedded or redis");
+        return ExitCode::from(1);
+    }
+    let mut input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("import: cannot read {}: {e}", file.display());
+                return ExitCode::from(1);
+            }
+        }
+    };
+    let done = rt.block_on(async {
+        let store = ares_gateway::gateway::build_store(&cfg).await?;
+        let report = ares_gateway::transfer::import(&*store, &mut input).await;
+        store.shutdown().await.map_err(|e| e.to_string())?;
+        report
+    });
+    match done {
+        Ok(report) => {
+            print!("{report}");
+            if !report.bad.is_empty() {
+                ExitCode::from(1)
+            } else if !report.skipped.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("import: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -134,7 +234,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
             if cfg.auth.admin_secret_generated || cfg.auth.jwt_secret_generated {
                 println!(
-                    "note: secrets unset; they will be generated at start-up (memory store only)"
+                    "note: secrets unset; they will be generated at start-up (development use: memory store, or kept in the embedded store's data directory)"
                 );
             }
             ExitCode::SUCCESS
@@ -150,8 +250,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARES_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("ARES_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // A log reader that goes away (a closed pipe) must not take the gateway with it: the
+    // subscriber's own complaint about a failed write would be an `eprintln!`, which panics.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
@@ -170,9 +273,9 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn print_generated(cfg: &Config) {
+fn print_generated(cfg: &Config, admin_is_new: bool) {
     // Printed once, to the terminal, never through the logger.
-    if cfg.auth.admin_secret_generated {
+    if cfg.auth.admin_secret_generated && admin_is_new {
         if let Some(s) = cfg.auth.admin_secrets.first() {
             eprintln!(
                 "development mode: generated admin secret (X-Admin-Secret): {}",
@@ -180,7 +283,7 @@ fn print_generated(cfg: &Config) {
             );
         }
     }
-    if cfg.auth.jwt_secret_generated {
+    if cfg.auth.jwt_secret_generated && cfg.store.backend == StoreBackend::Memory {
         // The key itself is never printed (CONTRACT.md section 3): only that there is one.
         eprintln!(
             "development mode: generated a JWT signing key for this process (not shown; set ARES_JWT_SECRET to keep sessions across restarts)"
@@ -188,8 +291,29 @@ fn print_generated(cfg: &Config) {
     }
 }
 
-fn serve(cfg: Config) -> ExitCode {
+fn serve(mut cfg: Config) -> ExitCode {
     init_tracing();
+    let mut admin_is_new = true;
+    if let StoreBackend::Embedded(opts) = &cfg.store.backend {
+        let dir = opts.dir.clone();
+        match ares_gateway::store::embedded::secrets::keep_generated(&mut cfg, &dir) {
+            Ok(new) => admin_is_new = new,
+            Err(e) => {
+                eprintln!("cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        if cfg.auth.admin_secret_generated && !admin_is_new {
+            eprintln!(
+                "development mode: the admin secret generated earlier is kept in {}",
+                dir.join(ares_gateway::store::embedded::secrets::FILE_NAME)
+                    .display()
+            );
+        }
+    }
+    if cfg.store.backend == StoreBackend::Memory {
+        tracing::warn!("ARES_STORE=memory: nothing persists; every tenant, key, user, session and logout is lost when this process stops (ARES_STORE=embedded keeps them)");
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -197,13 +321,16 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    print_generated(&cfg);
+    print_generated(&cfg, admin_is_new);
     rt.block_on(async move {
         let listen = cfg.server.listen;
         match Gateway::start(cfg, accept::shutdown_signal()).await {
             Ok(g) => {
                 tracing::info!(addr = %g.addr, "listening");
                 let _ = g.task.await;
+                if let Err(e) = g.state.store.shutdown().await {
+                    tracing::error!(error = %e, "the last counts were not written");
+                }
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
             }

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("gateway", 8),
     ("demo", 8),
     ("import_ares", 8),
+    ("transfer", 8),
     ("edge::accept", 8),
     ("pipeline", 7),
     ("api", 6),

@@ -114,6 +114,7 @@ pub fn serves(path: &str) -> bool {
     matches!(
         segments(path, "/api/admin").as_slice(),
         ["provision-client"]
+            | ["export"]
             | ["tenants"]
             | ["tenants", _]
             | [
@@ -145,6 +146,7 @@ pub async fn handle(
             a.provision(api::json::read_request_json(req, limit).await?)
                 .await
         }
+        (["export"], &Method::GET) => a.export(),
         (["tenants"], &Method::GET) => a.list_tenants().await,
         (["tenants"], &Method::POST) => {
             a.create_tenant(api::json::read_request_json(req, limit).await?)
@@ -287,6 +289,19 @@ impl Admin<'_> {
     async fn create_tenant(&self, req: CreateTenant) -> Result<Response<Body>, GatewayError> {
         let t = self.new_tenant(&req.name, req.tier).await?;
         Ok(body::json(StatusCode::CREATED, &t, false))
+    }
+
+    /// Every record as JSON lines, streamed: the online backup, on any store.
+    fn export(&self) -> Result<Response<Body>, GatewayError> {
+        let store = self.state.store.shared();
+        let kind = store.kind();
+        let (rx, task) = crate::store::records::stream(store, kind);
+        tracing::info!(target: "audit", action = "export", admin_secret = self.admin, outcome = "ok", "admin action");
+        Ok(Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+            .header(http::header::CACHE_CONTROL, "no-store")
+            .body(body::json_lines(rx, task))
+            .unwrap_or_else(|_| Response::new(body::full(""))))
     }
 
     async fn list_tenants(&self) -> Result<Response<Body>, GatewayError> {

@@ -101,6 +101,18 @@ pub const STORE_API_KEY_CACHE_TTL_SECS: Bound = Bound {
     min: 0,
     max: 3600,
 };
+pub const STORE_EMBEDDED_CACHE_MB: Bound = Bound {
+    key: "store.embedded_cache_mb",
+    default: 64,
+    min: 1,
+    max: 65_536,
+};
+pub const STORE_MIN_FREE_DISK_MB: Bound = Bound {
+    key: "store.min_free_disk_mb",
+    default: 64,
+    min: 0,
+    max: 1_048_576,
+};
 pub const AUTH_JWT_LEEWAY_SECS: Bound = Bound {
     key: "auth.jwt_leeway_secs",
     default: 30,
@@ -191,6 +203,8 @@ pub const ALL: &[Bound] = &[
     SERVER_HTTP2_MAX_CONCURRENT_STREAMS,
     STORE_COMMAND_TIMEOUT_MS,
     STORE_API_KEY_CACHE_TTL_SECS,
+    STORE_EMBEDDED_CACHE_MB,
+    STORE_MIN_FREE_DISK_MB,
     AUTH_JWT_LEEWAY_SECS,
     AUTH_ACCESS_TOKEN_TTL_SECS,
     AUTH_REFRESH_TOKEN_TTL_SECS,

@@ -47,6 +47,9 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     pub backend: Option<String>,
+    pub data_dir: Option<String>,
+    pub embedded_cache_mb: Option<Num>,
+    pub min_free_disk_mb: Option<Num>,
     pub redis_url: Option<String>,
     pub key_prefix: Option<String>,
     pub command_timeout_ms: Option<Num>,

@@ -117,9 +117,20 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
 }
 
+/// Where and how the embedded store keeps its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    pub dir: std::path::PathBuf,
+    /// The engine's page cache: what bounds memory, whatever the file's size.
+    pub cache_bytes: usize,
+    /// Writes are refused (503) while less than this is free on the data disk.
+    pub min_free_bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Memory,
+    Embedded(EmbeddedOptions),
     Redis { url: Secret },
 }
 

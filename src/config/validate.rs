@@ -200,6 +200,24 @@ impl Validator {
     pub(super) fn store(&mut self, f: StoreFile) -> StoreConfig {
         let backend = match f.backend.as_deref().map(str::trim).unwrap_or("memory") {
             "" | "memory" => StoreBackend::Memory,
+            "embedded" => {
+                let dir = f.data_dir.as_deref().map(str::trim).unwrap_or("./data");
+                if dir.is_empty() {
+                    self.problem("store.data_dir", "ARES_DATA_DIR must not be empty");
+                }
+                StoreBackend::Embedded(super::EmbeddedOptions {
+                    dir: std::path::PathBuf::from(dir),
+                    cache_bytes: self
+                        .bounded(&f.embedded_cache_mb, &defaults::STORE_EMBEDDED_CACHE_MB)
+                        as usize
+                        * 1024
+                        * 1024,
+                    min_free_bytes: self
+                        .bounded(&f.min_free_disk_mb, &defaults::STORE_MIN_FREE_DISK_MB)
+                        * 1024
+                        * 1024,
+                })
+            }
             "redis" => {
                 let url = f
                     .redis_url
@@ -226,7 +244,7 @@ impl Validator {
             other => {
                 self.problem(
                     "store.backend",
-                    format!("ARES_STORE must be memory or redis, got {other:?}"),
+                    format!("ARES_STORE must be embedded, memory or redis, got {other:?}"),
                 );
                 StoreBackend::Memory
             }
@@ -269,7 +287,11 @@ impl Validator {
     }
 
     pub(super) fn auth(&mut self, f: AuthFile, store: &StoreConfig) -> AuthConfig {
-        let dev = store.backend == StoreBackend::Memory;
+        // Development use: secrets may be generated (and, embedded, kept in the data directory).
+        let dev = matches!(
+            store.backend,
+            StoreBackend::Memory | StoreBackend::Embedded(_)
+        );
         let mut admin_secrets = self.secret_list(
             f.admin_secrets,
             "auth.admin_secrets",

@@ -29,6 +29,9 @@ pub enum Window {
     Second,
 }
 
+/// The windows counted per UTC calendar period (kept across restarts by a durable store).
+pub const CALENDAR_WINDOWS: [Window; 3] = [Window::Day, Window::Month, Window::Tokens];
+
 pub const WINDOWS: [Window; 6] = [
     Window::Month,
     Window::Tokens,
@@ -319,6 +322,8 @@ struct ScopeState {
     logs: [VecDeque<u64>; 6],
     /// `(period id, count)` per calendar window.
     periods: [(u64, u64); 6],
+    /// A calendar count changed since [`LocalLimiter::take_changed`] last looked.
+    changed: bool,
 }
 
 impl ScopeState {
@@ -366,6 +371,7 @@ impl ScopeState {
                 *slot = (period, 0);
             }
             slot.1 += n;
+            self.changed = true;
         } else {
             for _ in 0..n {
                 self.logs[w.index()].push_back(now_ms);
@@ -375,9 +381,7 @@ impl ScopeState {
 
     fn is_idle(&self, now_ms: u64) -> bool {
         self.logs.iter().all(VecDeque::is_empty)
-            && [Window::Day, Window::Month, Window::Tokens]
-                .iter()
-                .all(|w| self.count(*w, now_ms) == 0)
+            && CALENDAR_WINDOWS.iter().all(|w| self.count(*w, now_ms) == 0)
     }
 
     /// Check every window, then consume from all or none.
@@ -492,6 +496,51 @@ impl LocalLimiter {
 
     pub fn len(&self) -> usize {
         self.scopes.len()
+    }
+
+    /// The calendar counts (day, month, tokens) changed since the last call, as
+    /// `(scope, window, period, count)`: what a durable store writes down in batches.
+    pub fn take_changed(&self) -> Vec<(String, Window, u64, u64)> {
+        self.calendar(true)
+    }
+
+    /// Every non-zero calendar count, as [`LocalLimiter::take_changed`] (an export).
+    pub fn calendar_counts(&self) -> Vec<(String, Window, u64, u64)> {
+        self.calendar(false)
+    }
+
+    fn calendar(&self, only_changed: bool) -> Vec<(String, Window, u64, u64)> {
+        let mut out = Vec::new();
+        for entry in self.scopes.iter() {
+            let mut s = lock(entry.value());
+            if only_changed && !std::mem::take(&mut s.changed) {
+                continue;
+            }
+            for w in CALENDAR_WINDOWS {
+                let (period, count) = s.periods[w.index()];
+                if count > 0 {
+                    out.push((entry.key().clone(), w, period, count));
+                }
+            }
+        }
+        out
+    }
+
+    /// Restore a calendar count written down earlier (start-up, import): the larger of it and
+    /// what is counted now for that period, so loading twice counts nothing twice.
+    pub fn restore(&self, scope: &str, window: Window, period: u64, count: u64) {
+        if !window.is_calendar() {
+            return;
+        }
+        self.with_scope(scope, |s| {
+            let slot = &mut s.periods[window.index()];
+            if slot.0 == period {
+                slot.1 = slot.1.max(count);
+            } else if slot.0 < period {
+                *slot = (period, count);
+            }
+            s.changed = true;
+        });
     }
 
     pub fn is_empty(&self) -> bool {

@@ -23,6 +23,11 @@ impl StoreHandle {
         StoreHandle { store, budget }
     }
 
+    /// The store itself, for work that outlives a request's borrow (a streamed export).
+    pub fn shared(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// Run one store call within the budget; its failure as the request's error (503).
     pub async fn call<T>(
         &self,

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::records::{self, Record, Sink};
 use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, User};
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
@@ -24,8 +25,8 @@ pub struct MemoryStore {
     refresh: DashMap<String, RefreshRecord>,
     /// Family id -> revoked until (unix seconds).
     revoked_families: DashMap<String, u64>,
-    /// Access token id -> revoked until (unix seconds).
-    revoked_jtis: crate::util::FastMap<String, u64>,
+    /// Access token id -> (user id, revoked until (unix seconds)).
+    revoked_jtis: crate::util::FastMap<String, (String, u64)>,
     limiter: LocalLimiter,
 }
 
@@ -35,7 +36,7 @@ impl MemoryStore {
     }
 
     fn jti_revoked_at(&self, jti: &str, now: u64) -> bool {
-        self.revoked_jtis.get(jti).is_some_and(|until| *until > now)
+        self.revoked_jtis.get(jti).is_some_and(|r| r.1 > now)
     }
 
     /// Drop what has expired; called periodically so memory stays bounded by live state.
@@ -43,7 +44,7 @@ impl MemoryStore {
         let now = unix_now();
         self.refresh.retain(|_, r| r.expires_at > now);
         self.revoked_families.retain(|_, until| *until > now);
-        self.revoked_jtis.retain(|_, until| *until > now);
+        self.revoked_jtis.retain(|_, r| r.1 > now);
         self.limiter.sweep(crate::util::now_ms());
     }
 }
@@ -56,6 +57,10 @@ impl Store for MemoryStore {
 
     fn in_process(&self) -> bool {
         true
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
@@ -207,9 +212,10 @@ impl Store for MemoryStore {
     }
 
     // A jti is random per token: it alone names the revocation here.
-    async fn revoke_jti(&self, _subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
+    async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
         if until > unix_now() {
-            self.revoked_jtis.insert(jti.to_string(), until);
+            self.revoked_jtis
+                .insert(jti.to_string(), (subject.to_string(), until));
         }
         Ok(())
     }
@@ -264,6 +270,58 @@ impl Store for MemoryStore {
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
         Ok(self.limiter.count(scope, Window::Tokens, now_ms))
     }
+
+    async fn restore_counter(
+        &self,
+        scope: &str,
+        window: Window,
+        period: u64,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        self.limiter.restore(scope, window, period, count);
+        Ok(())
+    }
+
+    async fn export(&self, sink: &Sink) -> Result<(), StoreError> {
+        // Collected first: no map guard is held across the sends.
+        let now = unix_now();
+        let mut all: Vec<Record> = Vec::new();
+        all.extend(self.tenants.iter().map(|t| Record::Tenant(t.clone())));
+        all.extend(self.keys.iter().map(|k| Record::ApiKey(k.clone())));
+        all.extend(self.users.iter().map(|u| Record::User(u.clone())));
+        all.extend(self.refresh.iter().map(|r| Record::RefreshToken(r.clone())));
+        all.extend(
+            self.revoked_families
+                .iter()
+                .filter(|e| *e.value() > now)
+                .map(|e| Record::RevokedFamily {
+                    family_id: e.key().clone(),
+                    until: *e.value(),
+                }),
+        );
+        all.extend(
+            self.revoked_jtis
+                .iter()
+                .filter(|e| e.value().1 > now)
+                .map(|e| Record::RevokedToken {
+                    subject: e.value().0.clone(),
+                    jti: e.key().clone(),
+                    until: e.value().1,
+                }),
+        );
+        all.extend(
+            self.limiter
+                .calendar_counts()
+                .into_iter()
+                .map(|(scope, w, period, count)| Record::counter(&scope, w, period, count)),
+        );
+        for r in all {
+            if !records::send(sink, r).await {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +337,7 @@ mod tests {
     #[tokio::test]
     async fn sweep_drops_expired_state() {
         let s = MemoryStore::new();
-        s.revoked_jtis.insert("old".into(), 1);
+        s.revoked_jtis.insert("old".into(), ("usr_1".into(), 1));
         s.revoked_families.insert("old".into(), 1);
         s.sweep();
         assert!(s.revoked_jtis.is_empty() && s.revoked_families.is_empty());

@@ -1,10 +1,12 @@
-//! The persistent state of the gateway, behind one trait with two implementations: the embedded
-//! memory store (the default; single process, lost on restart) and the Redis store (shared by
-//! replicas). Nothing secret is stored in plaintext: API keys and refresh tokens by SHA-256,
-//! passwords as argon2id PHC strings.
+//! The persistent state of the gateway, behind one trait with three implementations: the
+//! embedded store (the default: one durable file, one process), the Redis store (shared by
+//! replicas) and the memory store (lost on exit: tests and `demo`). Nothing secret is stored in
+//! plaintext: API keys and refresh tokens by SHA-256, passwords as argon2id PHC strings.
 
+pub mod embedded;
 pub mod handle;
 pub mod memory;
+pub mod records;
 pub mod redis;
 
 use async_trait::async_trait;
@@ -14,6 +16,7 @@ use crate::error::StoreError;
 use crate::ratelimit::{Decision, Plan, Usage, Window};
 
 pub use self::redis::RedisStore;
+pub use embedded::EmbeddedStore;
 pub use handle::StoreHandle;
 pub use memory::MemoryStore;
 
@@ -220,6 +223,27 @@ pub trait Store: Send + Sync + 'static {
     async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError>;
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError>;
 
+    /// Set a calendar count (day, month or tokens of `period`) to at least `count`: loading an
+    /// export, where loading it twice must count nothing twice.
+    async fn restore_counter(
+        &self,
+        scope: &str,
+        window: Window,
+        period: u64,
+        count: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Send every record to `sink` (`ares-gateway export`); stops early when the reader goes.
+    async fn export(&self, sink: &records::Sink) -> Result<(), StoreError>;
+
+    /// Write down what is held back for batching (counters); called when the gateway stops.
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// `memory`, `embedded` or `redis`.
+    fn kind(&self) -> &'static str;
+
     /// Answers from this process's memory, never blocking or hanging: calls need no time
     /// budget.
     fn in_process(&self) -> bool {
@@ -322,6 +346,112 @@ pub mod suite {
         users(s).await;
         refresh_and_revocation(s).await;
         counters(s).await;
+        restored_counters(s).await;
+    }
+
+    /// One record of every kind, with ids of its own (`ten_f`, `usr_f`, ...).
+    pub async fn fill(s: &dyn Store) {
+        let now = crate::util::unix_now();
+        s.put_tenant(&tenant("ten_f")).await.unwrap();
+        s.create_api_key(&key("key_f", "ten_f", "hash_f"))
+            .await
+            .unwrap();
+        let user = User {
+            id: "usr_f".into(),
+            email: "f@example.com".into(),
+            name: "F".into(),
+            password_hash: "$argon2id$f".into(),
+            created_at: 2,
+        };
+        s.create_user(&user).await.unwrap();
+        let r = RefreshRecord {
+            token_hash: "rt_f".into(),
+            user_id: "usr_f".into(),
+            family_id: "fam_f".into(),
+            expires_at: now + 3600,
+            rotated_at: None,
+        };
+        s.put_refresh_token(&r).await.unwrap();
+        s.mark_refresh_rotated("rt_f", now).await.unwrap();
+        s.revoke_refresh_family("fam_dead", now + 600)
+            .await
+            .unwrap();
+        s.revoke_jti("usr_f", "jti_f", now + 600).await.unwrap();
+        let ms = crate::util::now_ms();
+        s.rate_limit(&scope::tenant("ten_f"), &[(Window::Day, 100)], ms)
+            .await
+            .unwrap();
+        s.add_tokens(&scope::tenant("ten_f"), 77, ms).await.unwrap();
+    }
+
+    /// What [`fill`] wrote is all there.
+    pub async fn check_filled(s: &dyn Store) {
+        assert_eq!(s.get_tenant("ten_f").await.unwrap(), Some(tenant("ten_f")));
+        assert_eq!(
+            s.get_api_key("hash_f").await.unwrap(),
+            Some(key("key_f", "ten_f", "hash_f"))
+        );
+        assert_eq!(s.list_api_keys("ten_f").await.unwrap().len(), 1);
+        let u = s.get_user_by_email("f@example.com").await.unwrap().unwrap();
+        assert_eq!(
+            (u.id.as_str(), u.password_hash.as_str()),
+            ("usr_f", "$argon2id$f")
+        );
+        let r = s.get_refresh_token("rt_f").await.unwrap().unwrap();
+        assert!(r.rotated_at.is_some(), "rotation lost");
+        assert!(s.mark_refresh_rotated("rt_f", 1).await.unwrap().is_some());
+        let mut dead = r.clone();
+        dead.token_hash = "rt_dead".into();
+        dead.family_id = "fam_dead".into();
+        s.put_refresh_token(&dead).await.unwrap();
+        assert!(
+            s.get_refresh_token("rt_dead").await.unwrap().is_none(),
+            "family revocation lost"
+        );
+        assert!(
+            s.is_jti_revoked("usr_f", "jti_f").await.unwrap(),
+            "logout lost"
+        );
+        let ms = crate::util::now_ms();
+        let usage = s.usage(&scope::tenant("ten_f"), ms).await.unwrap();
+        assert_eq!((usage.day, usage.month), (1, 0));
+        assert_eq!(
+            s.tokens_used(&scope::tenant("ten_f"), ms).await.unwrap(),
+            77
+        );
+    }
+
+    /// Every record `s` exports, header excluded.
+    pub async fn exported(s: &dyn Store) -> Vec<records::Record> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        // The sender goes with the export, so the reader ends when the export does.
+        let export = async move { s.export(&tx).await };
+        let (done, out) = tokio::join!(export, async {
+            let mut out = Vec::new();
+            while let Some(r) = rx.recv().await {
+                out.push(r);
+            }
+            out
+        });
+        done.unwrap();
+        out
+    }
+
+    async fn restored_counters(s: &dyn Store) {
+        let ms = crate::util::now_ms();
+        let (day, _) = Window::Day.calendar_period(ms);
+        s.restore_counter("rc", Window::Day, day, 5).await.unwrap();
+        // Loading the same count again counts nothing twice; a lower one lowers nothing.
+        s.restore_counter("rc", Window::Day, day, 5).await.unwrap();
+        s.restore_counter("rc", Window::Day, day, 2).await.unwrap();
+        assert_eq!(s.usage("rc", ms).await.unwrap().day, 5);
+        let d = s.rate_limit("rc", &[(Window::Day, 6)], ms).await.unwrap();
+        assert!(d.allowed());
+        assert!(!s
+            .rate_limit("rc", &[(Window::Day, 6)], ms)
+            .await
+            .unwrap()
+            .allowed());
     }
 
     async fn tenants_and_keys(s: &dyn Store) {

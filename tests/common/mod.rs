@@ -225,6 +225,7 @@ pub fn config_from(yaml: &str, upstream: &str, env: &[(&str, &str)]) -> Config {
         ("ARES_UPSTREAM".into(), upstream.into()),
         ("ARES_ADMIN_SECRET".into(), ADMIN.into()),
         ("ARES_JWT_SECRET".into(), JWT_SECRET.into()),
+        ("ARES_STORE".into(), "memory".into()),
     ];
     for (k, v) in env {
         vars.retain(|(n, _)| n != k);
@@ -448,6 +449,7 @@ pub async fn serve_binary_with(
         .env("ARES_UPSTREAM", upstream)
         .env("ARES_ADMIN_SECRET", ADMIN)
         .env("ARES_JWT_SECRET", JWT_SECRET)
+        .env("ARES_STORE", "memory")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);

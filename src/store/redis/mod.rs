@@ -206,6 +206,8 @@ macro_rules! key {
     };
 }
 
+mod export;
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -901,6 +903,24 @@ impl Store for RedisStore {
         let (period, _) = Window::Month.calendar_period(now_ms);
         self.calendar_count(self.window_key(scope, Window::Tokens, Some(period)))
             .await
+    }
+
+    async fn restore_counter(
+        &self,
+        scope: &str,
+        window: Window,
+        period: u64,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        self.restore_count(scope, window, period, count).await
+    }
+
+    async fn export(&self, sink: &super::records::Sink) -> Result<(), StoreError> {
+        self.export_records(sink).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
     }
 
     fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {

@@ -1,0 +1,819 @@
+//! The embedded store (the default): one redb file in `ARES_DATA_DIR`, for a gateway that runs as
+//! one process. Nothing acknowledged is lost on restart or `kill -9`: every write commits (and
+//! syncs) before the call returns.
+//!
+//! The request path never waits on the disk: access-token revocations are mirrored in memory
+//! (loaded at start-up, written through), and the limiter counts in memory like the memory
+//! store's, its day/month/token counts written down every [`COUNTER_FLUSH`] (and at shutdown).
+//! A crash forgives at most that interval of calendar counts, plus the sliding second, minute
+//! and hour logs, which live in memory only (README, "What a restart forgives").
+
+pub mod file;
+pub mod secrets;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::de::DeserializeOwned;
+
+use self::file::{
+    unavailable, COUNTERS, EMAILS, FAMILIES, KEYS, REFRESH, TENANTS, TENANT_KEYS, TOKENS, USERS,
+};
+use super::records::{self, Record};
+use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, User};
+use crate::error::StoreError;
+use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
+use crate::util::{now_ms, unix_now, FastMap};
+
+/// How often changed day/month/token counts are written to the file: the most a crash forgives.
+pub const COUNTER_FLUSH: Duration = Duration::from_secs(1);
+/// The longest a write may take (a disk that hangs): past it the caller gets 503, though the
+/// write may still land. Reads and the limiter answer from memory or the page cache, so the
+/// store counts as in-process and calls carry no per-command timer.
+const WRITE_BUDGET: Duration = Duration::from_secs(10);
+/// How often expired revocations, refresh tokens and past counters are deleted from the file.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+pub use crate::config::EmbeddedOptions as Options;
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    dir: PathBuf,
+    path: PathBuf,
+    min_free_bytes: u64,
+    /// Access token id -> revoked until: the file's revocations, read on every JWT request.
+    revoked_tokens: FastMap<String, u64>,
+    limiter: LocalLimiter,
+    /// Counts taken from the limiter but not yet written (a failed write keeps them).
+    unwritten: Mutex<std::collections::HashMap<(String, Window), (u64, u64)>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &str, id: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what} {id}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Open the data file and load what the request path keeps in memory. Blocking: call at
+    /// start-up.
+    pub fn open(opts: &Options) -> Result<Arc<EmbeddedStore>, String> {
+        let (db, path) = file::open(&opts.dir, opts.cache_bytes)?;
+        let store = EmbeddedStore {
+            db: Arc::new(db),
+            dir: opts.dir.clone(),
+            path,
+            min_free_bytes: opts.min_free_bytes,
+            revoked_tokens: FastMap::default(),
+            limiter: LocalLimiter::new(),
+            unwritten: Mutex::new(Default::default()),
+        };
+        store
+            .load_memory()
+            .map_err(|e| format!("{}: {e}", store.path.display()))?;
+        Ok(Arc::new(store))
+    }
+
+    /// Open, and run the counter writer and the sweeper while the store lives.
+    pub fn start(opts: &Options) -> Result<Arc<EmbeddedStore>, String> {
+        let store = Self::open(opts)?;
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COUNTER_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut since_sweep = Duration::ZERO;
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                if let Err(e) = s.flush().await {
+                    tracing::warn!(error = %e, "day/month counts not written yet; retrying");
+                }
+                since_sweep += COUNTER_FLUSH;
+                if since_sweep >= SWEEP_EVERY {
+                    since_sweep = Duration::ZERO;
+                    if let Err(e) = s.sweep().await {
+                        tracing::warn!(error = %e, "embedded store sweep failed");
+                    }
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn load_memory(&self) -> Result<(), StoreError> {
+        let now = unix_now();
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        for entry in tx
+            .open_table(TOKENS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (_, until) = v.value();
+            if until > now {
+                self.revoked_tokens.insert(k.value().to_string(), until);
+            }
+        }
+        let now_ms = now_ms();
+        for entry in tx
+            .open_table(COUNTERS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (scope, window) = k.value();
+            let (period, count) = v.value();
+            if let Some(w) = records::calendar_window(window) {
+                if w.calendar_period(now_ms).0 == period {
+                    self.limiter.restore(scope, w, period, count);
+                }
+            }
+        }
+        // Restoring marked every count changed; they are in the file already.
+        self.limiter.take_changed();
+        Ok(())
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_read().map_err(unavailable)?;
+        f(&tx)
+    }
+
+    /// Run `f` in one write transaction on a blocking thread and commit (durably) when it
+    /// returns `Ok`; an `Err` aborts it.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        file::check_space(&self.dir, self.min_free_bytes)?;
+        let db = self.db.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        });
+        match tokio::time::timeout(WRITE_BUDGET, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "embedded store write: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                "embedded store write timed out (is the data disk hanging?)".into(),
+            )),
+        }
+    }
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+        what: &str,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(table).map_err(unavailable)?;
+            let v = t.get(id).map_err(unavailable)?;
+            v.map(|v| decode(what, id, v.value())).transpose()
+        })
+    }
+
+    /// Write down the calendar counts changed since the last call.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let changed = self.limiter.take_changed();
+        let batch: Vec<((String, Window), (u64, u64))> = {
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+            for (scope, w, period, count) in changed {
+                unwritten.insert((scope, w), (period, count));
+            }
+            unwritten.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = batch.clone();
+        self.write(move |tx| {
+            let mut t = tx.open_table(COUNTERS).map_err(unavailable)?;
+            for ((scope, w), v) in &written {
+                t.insert((scope.as_str(), w.name()), *v)
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in batch {
+            // A newer count taken meanwhile stays for the next flush.
+            if unwritten.get(&k) == Some(&v) {
+                unwritten.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete what has expired from the file and from memory.
+    pub async fn sweep(&self) -> Result<(), StoreError> {
+        let now = unix_now();
+        let now_ms = now_ms();
+        self.revoked_tokens.retain(|_, until| *until > now);
+        self.limiter.sweep(now_ms);
+        self.write(move |tx| {
+            tx.open_table(TOKENS)
+                .map_err(unavailable)?
+                .retain(|_, (_, until)| until > now)
+                .map_err(unavailable)?;
+            tx.open_table(FAMILIES)
+                .map_err(unavailable)?
+                .retain(|_, until| until > now)
+                .map_err(unavailable)?;
+            tx.open_table(REFRESH)
+                .map_err(unavailable)?
+                .retain(|_, json| {
+                    serde_json::from_slice::<RefreshRecord>(json)
+                        .map_or(true, |r| r.expires_at > now)
+                })
+                .map_err(unavailable)?;
+            tx.open_table(COUNTERS)
+                .map_err(unavailable)?
+                .retain(|(_, window), (period, _)| {
+                    records::calendar_window(window)
+                        .is_some_and(|w| w.calendar_period(now_ms).0 <= period)
+                })
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every record, from one snapshot of the file (writers go on meanwhile). Blocking.
+    fn export_blocking(db: &Database, sink: &records::Sink) -> Result<(), StoreError> {
+        let tx = db.begin_read().map_err(unavailable)?;
+        let send = |r: Record| sink.blocking_send(r).is_ok();
+        macro_rules! json_table {
+            ($table:expr, $what:expr, $variant:path) => {
+                for entry in tx
+                    .open_table($table)
+                    .map_err(unavailable)?
+                    .iter()
+                    .map_err(unavailable)?
+                {
+                    let (k, v) = entry.map_err(unavailable)?;
+                    if !send($variant(decode($what, k.value(), v.value())?)) {
+                        return Ok(());
+                    }
+                }
+            };
+        }
+        json_table!(TENANTS, "tenant", Record::Tenant);
+        json_table!(KEYS, "api key", Record::ApiKey);
+        json_table!(USERS, "user", Record::User);
+        json_table!(REFRESH, "refresh token", Record::RefreshToken);
+        let now = unix_now();
+        for entry in tx
+            .open_table(FAMILIES)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (family_id, until) = (k.value().to_string(), v.value());
+            if until > now && !send(Record::RevokedFamily { family_id, until }) {
+                return Ok(());
+            }
+        }
+        for entry in tx
+            .open_table(TOKENS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (subject, until) = v.value();
+            let r = Record::RevokedToken {
+                subject: subject.to_string(),
+                jti: k.value().to_string(),
+                until,
+            };
+            if until > now && !send(r) {
+                return Ok(());
+            }
+        }
+        for entry in tx
+            .open_table(COUNTERS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (scope, window) = k.value();
+            let (period, count) = v.value();
+            let r = Record::Counter {
+                scope: scope.to_string(),
+                window: window.to_string(),
+                period,
+                count,
+            };
+            if !send(r) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remove key `hash` from both key tables; returns its record.
+fn remove_key(tx: &WriteTransaction, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let old = tx
+        .open_table(KEYS)
+        .map_err(unavailable)?
+        .remove(hash)
+        .map_err(unavailable)?
+        .map(|v| decode::<ApiKeyRecord>("api key", hash, v.value()))
+        .transpose()?;
+    if let Some(k) = &old {
+        tx.open_table(TENANT_KEYS)
+            .map_err(unavailable)?
+            .remove((k.tenant_id.as_str(), k.id.as_str()))
+            .map_err(unavailable)?;
+    }
+    Ok(old)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|tx| tx.open_table(file::META).map(|_| ()).map_err(unavailable))
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn in_process(&self) -> bool {
+        true
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let (id, json) = (tenant.id.clone(), encode(tenant)?);
+        self.write(move |tx| {
+            tx.open_table(TENANTS)
+                .map_err(unavailable)?
+                .insert(id.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        self.get_json(TENANTS, "tenant", id)
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut all: Vec<Tenant> = self.read(|tx| {
+            let t = tx.open_table(TENANTS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in t.iter().map_err(unavailable)? {
+                let (k, v) = entry.map_err(unavailable)?;
+                out.push(decode("tenant", k.value(), v.value())?);
+            }
+            Ok(out)
+        })?;
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    async fn delete_tenant(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let existed = tx
+                .open_table(TENANTS)
+                .map_err(unavailable)?
+                .remove(id.as_str())
+                .map_err(unavailable)?
+                .is_some();
+            if !existed {
+                return Ok(None);
+            }
+            let hashes: Vec<String> = {
+                let t = tx.open_table(TENANT_KEYS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for entry in t.range((id.as_str(), "")..).map_err(unavailable)? {
+                    let (k, v) = entry.map_err(unavailable)?;
+                    if k.value().0 != id {
+                        break;
+                    }
+                    out.push(v.value().to_string());
+                }
+                out
+            };
+            for h in &hashes {
+                remove_key(tx, h)?;
+            }
+            Ok(Some(hashes))
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let (key, json) = (key.clone(), encode(key)?);
+        self.write(move |tx| {
+            let mut keys = tx.open_table(KEYS).map_err(unavailable)?;
+            if keys
+                .get(key.key_hash.as_str())
+                .map_err(unavailable)?
+                .is_some()
+            {
+                return Err(StoreError::Conflict);
+            }
+            keys.insert(key.key_hash.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            tx.open_table(TENANT_KEYS)
+                .map_err(unavailable)?
+                .insert(
+                    (key.tenant_id.as_str(), key.id.as_str()),
+                    key.key_hash.as_str(),
+                )
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get_json(KEYS, "api key", key_hash)
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut keys: Vec<ApiKeyRecord> = self.read(|tx| {
+            let index = tx.open_table(TENANT_KEYS).map_err(unavailable)?;
+            let keys = tx.open_table(KEYS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in index.range((tenant_id, "")..).map_err(unavailable)? {
+                let (k, hash) = entry.map_err(unavailable)?;
+                if k.value().0 != tenant_id {
+                    break;
+                }
+                if let Some(v) = keys.get(hash.value()).map_err(unavailable)? {
+                    out.push(decode("api key", hash.value(), v.value())?);
+                }
+            }
+            Ok(out)
+        })?;
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn delete_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let (tenant_id, key_id) = (tenant_id.to_string(), key_id.to_string());
+        self.write(move |tx| {
+            let hash = tx
+                .open_table(TENANT_KEYS)
+                .map_err(unavailable)?
+                .get((tenant_id.as_str(), key_id.as_str()))
+                .map_err(unavailable)?
+                .map(|h| h.value().to_string());
+            match hash {
+                Some(h) => remove_key(tx, &h),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
+        let used = used.to_vec();
+        self.write(move |tx| {
+            let mut keys = tx.open_table(KEYS).map_err(unavailable)?;
+            for (hash, at) in &used {
+                let found = keys.get(hash.as_str()).map_err(unavailable)?;
+                let Some(mut k) = found
+                    .map(|v| decode::<ApiKeyRecord>("api key", hash, v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                k.last_used_at = Some(k.last_used_at.map_or(*at, |p| p.max(*at)));
+                keys.insert(hash.as_str(), encode(&k)?.as_slice())
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let (user, json) = (user.clone(), encode(user)?);
+        self.write(move |tx| {
+            let mut emails = tx.open_table(EMAILS).map_err(unavailable)?;
+            if emails
+                .get(user.email.as_str())
+                .map_err(unavailable)?
+                .is_some()
+            {
+                return Err(StoreError::Conflict);
+            }
+            emails
+                .insert(user.email.as_str(), user.id.as_str())
+                .map_err(unavailable)?;
+            tx.open_table(USERS)
+                .map_err(unavailable)?
+                .insert(user.id.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.read(|tx| {
+            let id = tx
+                .open_table(EMAILS)
+                .map_err(unavailable)?
+                .get(email)
+                .map_err(unavailable)?
+                .map(|id| id.value().to_string());
+            let Some(id) = id else { return Ok(None) };
+            let users = tx.open_table(USERS).map_err(unavailable)?;
+            let v = users.get(id.as_str()).map_err(unavailable)?;
+            v.map(|v| decode("user", &id, v.value())).transpose()
+        })
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.get_json(USERS, "user", id)
+    }
+
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError> {
+        let (id, hash) = (user_id.to_string(), hash.to_string());
+        self.write(move |tx| {
+            let mut users = tx.open_table(USERS).map_err(unavailable)?;
+            let found = users.get(id.as_str()).map_err(unavailable)?;
+            let Some(mut u) = found
+                .map(|v| decode::<User>("user", &id, v.value()))
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            u.password_hash = hash;
+            users
+                .insert(id.as_str(), encode(&u)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let (hash, json) = (record.token_hash.clone(), encode(record)?);
+        self.write(move |tx| {
+            tx.open_table(REFRESH)
+                .map_err(unavailable)?
+                .insert(hash.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let now = unix_now();
+        self.read(|tx| {
+            let t = tx.open_table(REFRESH).map_err(unavailable)?;
+            let Some(r) = t
+                .get(token_hash)
+                .map_err(unavailable)?
+                .map(|v| decode::<RefreshRecord>("refresh token", "", v.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            let dead = tx
+                .open_table(FAMILIES)
+                .map_err(unavailable)?
+                .get(r.family_id.as_str())
+                .map_err(unavailable)?
+                .is_some_and(|until| until.value() > now);
+            Ok((r.expires_at > now && !dead).then_some(r))
+        })
+    }
+
+    async fn mark_refresh_rotated(
+        &self,
+        token_hash: &str,
+        at: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let hash = token_hash.to_string();
+        // One write transaction at a time: of two concurrent rotations, exactly one sees None.
+        self.write(move |tx| {
+            let mut t = tx.open_table(REFRESH).map_err(unavailable)?;
+            let found = t.get(hash.as_str()).map_err(unavailable)?;
+            let Some(mut r) = found
+                .map(|v| decode::<RefreshRecord>("refresh token", "", v.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            let prev = r.rotated_at;
+            if prev.is_none() {
+                r.rotated_at = Some(at);
+                t.insert(hash.as_str(), encode(&r)?.as_slice())
+                    .map_err(unavailable)?;
+            }
+            Ok(prev)
+        })
+        .await
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError> {
+        let id = family_id.to_string();
+        self.write(move |tx| {
+            let mut t = tx.open_table(FAMILIES).map_err(unavailable)?;
+            let before = t.get(id.as_str()).map_err(unavailable)?.map(|v| v.value());
+            t.insert(id.as_str(), until.max(before.unwrap_or(0)))
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
+        if until <= unix_now() {
+            return Ok(());
+        }
+        let (subject, id) = (subject.to_string(), jti.to_string());
+        self.write(move |tx| {
+            tx.open_table(TOKENS)
+                .map_err(unavailable)?
+                .insert(id.as_str(), (subject.as_str(), until))
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await?;
+        // In memory only once it is in the file: a revocation the caller saw succeed survives.
+        self.revoked_tokens.insert(jti.to_string(), until);
+        Ok(())
+    }
+
+    async fn is_jti_revoked(&self, _subject: &str, jti: &str) -> Result<bool, StoreError> {
+        let now = unix_now();
+        Ok(self.revoked_tokens.get(jti).is_some_and(|u| *u > now))
+    }
+
+    async fn admit_token(
+        &self,
+        subject: &str,
+        jti: Option<&str>,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        let now = now_ms / 1000;
+        if jti.is_some_and(|j| self.revoked_tokens.get(j).is_some_and(|u| *u > now)) {
+            return Ok(Admission::Revoked);
+        }
+        let scope = super::scope::user(subject);
+        Ok(Admission::Decided(
+            self.limiter.check(&scope, limits, now_ms),
+        ))
+    }
+
+    async fn rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.limiter.check(scope, limits, now_ms))
+    }
+
+    async fn peek_rate_limit(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.limiter.peek(scope, limits, now_ms))
+    }
+
+    async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
+        Ok(self.limiter.usage(scope, now_ms))
+    }
+
+    async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.limiter.add(scope, Window::Tokens, n, now_ms))
+    }
+
+    async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.limiter.count(scope, Window::Tokens, now_ms))
+    }
+
+    async fn restore_counter(
+        &self,
+        scope: &str,
+        window: Window,
+        period: u64,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        self.limiter.restore(scope, window, period, count);
+        self.flush().await
+    }
+
+    async fn export(&self, sink: &records::Sink) -> Result<(), StoreError> {
+        self.flush().await?;
+        let (db, sink) = (self.db.clone(), sink.clone());
+        tokio::task::spawn_blocking(move || Self::export_blocking(&db, &sink))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("embedded store export: {e}")))?
+    }
+
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> Options {
+        Options {
+            dir: dir.to_path_buf(),
+            cache_bytes: 4 << 20,
+            min_free_bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn embedded_store_passes_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&opts(dir.path())).unwrap();
+        crate::store::suite::run_all(&*s).await;
+    }
+
+    #[tokio::test]
+    async fn everything_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        {
+            let s = EmbeddedStore::open(&opts(dir.path())).unwrap();
+            crate::store::suite::fill(&*s).await;
+            s.rate_limit("t:ten_1", &[(Window::Day, 10)], now)
+                .await
+                .unwrap();
+            s.add_tokens("t:ten_1", 40, now).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = EmbeddedStore::open(&opts(dir.path())).unwrap();
+        crate::store::suite::check_filled(&*s).await;
+        assert_eq!(s.usage("t:ten_1", now).await.unwrap().day, 1);
+        assert_eq!(s.tokens_used("t:ten_1", now).await.unwrap(), 40);
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(&opts(dir.path())).unwrap();
+        let err = EmbeddedStore::open(&opts(dir.path())).unwrap_err();
+        assert!(err.contains("in use by another process"), "{err}");
+        assert!(err.contains(file::FILE_NAME), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file::FILE_NAME);
+        let junk = b"not a database, but someone's data all the same".repeat(200);
+        std::fs::write(&path, &junk).unwrap();
+        let err = EmbeddedStore::open(&opts(dir.path())).unwrap_err();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), junk);
+    }
+}
