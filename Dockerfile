@@ -23,12 +23,17 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ares
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ares \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/ares-gateway
 COPY --from=build /src/target/release/ares-gateway /usr/local/bin/ares-gateway
 COPY --from=build /src/gateway.yaml /etc/ares-gateway/gateway.yaml
+# The embedded store (the default) keeps its file here: mount a volume, or everything is lost
+# with the container. With ARES_STORE=redis nothing is written here.
 ENV ARES_CONFIG=/etc/ares-gateway/gateway.yaml \
     ARES_LISTEN=0.0.0.0:8080 \
-    ARES_METRICS_LISTEN=0.0.0.0:9090
+    ARES_METRICS_LISTEN=0.0.0.0:9090 \
+    ARES_DATA_DIR=/var/lib/ares-gateway
+VOLUME ["/var/lib/ares-gateway"]
 USER 10001:10001
 EXPOSE 8080 9090
 STOPSIGNAL SIGTERM

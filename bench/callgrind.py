@@ -4,8 +4,10 @@
     python3 bench/callgrind.py BINARY [BINARY ...]    # JWT and API-key routes, one worker
     MINT=1 python3 bench/callgrind.py BINARY          # with tokens minted for the upstream
     GATEWAY_YAML=old/gateway.yaml ...                 # a config every build reads
+    STORE=embedded python3 bench/callgrind.py BINARY  # another store (default memory)
 
-Runs each build under `valgrind --tool=callgrind` with one worker and the memory store, sets up a
+Runs each build under `valgrind --tool=callgrind` with one worker and the memory store (or
+`STORE`), sets up a
 user and a key with collection off, then counts the whole process (every thread) while
 `wrk -t1 -c8` sends small JSON POSTs for a few seconds, and prints instructions per request: the
 count moves with the code, not with the machine's load, so it settles changes that an
@@ -30,8 +32,8 @@ def count(binary, tmp, up, conf, route):
     out = os.path.join(tmp, f"cg-{route}-{os.path.basename(binary)}-{port}.out")
     env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
                ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=load.ADMIN,
-               ARES_JWT_SECRET=load.JWT_SECRET, ARES_STORE="memory", ARES_LOG="warn",
-               ARES_WORKERS="1")
+               ARES_JWT_SECRET=load.JWT_SECRET, ARES_STORE=os.environ.get("STORE", "memory"),
+               ARES_LOG="warn", ARES_WORKERS="1", ARES_DATA_DIR=os.path.join(tmp, f"data-{port}"))
     if os.environ.get("MINT") == "1":
         env["ARES_UPSTREAM_JWT_SECRET"] = "bench-upstream-secret-0123456789abcdef"
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",

@@ -217,7 +217,7 @@ def main():
         env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
                    ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=ADMIN,
                    ARES_JWT_SECRET=JWT_SECRET, ARES_STORE=store, REDIS_URL=redis_url, ARES_LOG="warn",
-                   ARES_WORKERS=str(workers))
+                   ARES_WORKERS=str(workers), ARES_DATA_DIR=os.path.join(tmp, f"data-{port}"))
         start = time.monotonic()
         p = spawn([binary, "serve", "--config", conf], env=env)
         ready = wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -237,6 +237,10 @@ def main():
          '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
     token1 = call("POST", f"http://127.0.0.1:{gw1_port}/api/auth/login",
                   '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+
+    # The embedded store (the default): a durable file on this machine's disk.
+    gwe, gwe_port, ready_e, _ = gateway("embedded")
+    ekey, etoken = credentials(f"http://127.0.0.1:{gwe_port}")
 
     redis_port = free_port()
     spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -325,6 +329,8 @@ http {{ access_log off; keepalive_requests 1000000;
     jwt1 = lua(tmp, "jwt1", {"Authorization": f"Bearer {token1}"})
     api = lua(tmp, "api", {"Authorization": f"Bearer {key}"})
     rapi = lua(tmp, "rapi", {"Authorization": f"Bearer {rkey}"})
+    eapi = lua(tmp, "eapi", {"Authorization": f"Bearer {ekey}"})
+    ejwt = lua(tmp, "ejwt", {"Authorization": f"Bearer {etoken}"})
     rjwt = lua(tmp, "rjwt", {"Authorization": f"Bearer {rtoken}"})
     rot = lua(tmp, "rot", {}, keys=keys)
     sse_direct = lua(tmp, "sse_direct", {}, method="GET")
@@ -339,12 +345,20 @@ http {{ access_log off; keepalive_requests 1000000;
         ("gateway jwt (memory)", f"{base}/api/chat", jwt, gw.pid),
         ("gateway jwt (memory, 1 worker)", f"http://127.0.0.1:{gw1_port}/api/chat", jwt1, gw1.pid),
         ("gateway api key (memory)", f"{base}/v1/chat", api, gw.pid),
+        ("gateway jwt (embedded)", f"http://127.0.0.1:{gwe_port}/api/chat", ejwt, gwe.pid),
+        ("gateway api key (embedded)", f"http://127.0.0.1:{gwe_port}/v1/chat", eapi, gwe.pid),
         ("gateway api key (redis)", f"http://127.0.0.1:{gwr_port}/v1/chat", rapi, gwr.pid),
         ("gateway jwt (redis)", f"http://127.0.0.1:{gwr_port}/api/chat", rjwt, gwr.pid),
         ("gateway 1,000 keys rotating", f"{base}/v1/chat", rot, gw.pid),
         ("direct upstream sse", f"http://127.0.0.1:{up}/api/v1/stream", sse_direct, None),
         ("gateway sse (api key)", f"{base}/v1/stream", sse, gw.pid),
     ]
+    # TARGETS=jwt,embedded runs only the rows whose name contains one of the words (plus the
+    # direct upstream and HAProxy's job, the references).
+    only = [w for w in os.environ.get("TARGETS", "").split(",") if w]
+    if only:
+        targets = [t for t in targets if t[0] in ("direct upstream", "haproxy jwt (same job)")
+                   or any(w in t[0] for w in only)]
     results = {name: [] for name, *_ in targets}
     for r in range(ROUNDS):
         for name, url, script, pid in targets:
@@ -365,7 +379,7 @@ http {{ access_log off; keepalive_requests 1000000;
     hap_job = med("haproxy jwt (same job)", 0)
     print(f"\nares-gateway load benchmark: {ROUNDS} interleaved rounds of {DURATION}s, wrk -t2 -c{CONNECTIONS}, "
           f"{os.cpu_count()} cores, everything on loopback (medians)")
-    print(f"gateway ready {ready_s * 1000:.0f} ms after start (memory store)\n")
+    print(f"gateway ready {ready_s * 1000:.0f} ms after start (memory store), {ready_e * 1000:.0f} ms (embedded store)\n")
     print(f"| target | req/s | p50 ms | p99 ms | proxy CPU us/req | peak RSS MiB | x direct | x haproxy job | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, *_ in targets:

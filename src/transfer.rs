@@ -64,6 +64,16 @@ impl std::fmt::Display for Report {
 /// Load every line of `input` into `store`. A line that is not a record is reported and the
 /// rest still load; a store failure stops the import (run it again: it is idempotent).
 pub async fn import(store: &dyn Store, input: &mut dyn BufRead) -> Result<Report, String> {
+    store.bulk_load(true).await.map_err(|e| e.to_string())?;
+    let loaded = import_lines(store, input).await;
+    // Durable before the command reports anything, success or not.
+    let synced = store.bulk_load(false).await.map_err(|e| e.to_string());
+    let report = loaded?;
+    synced?;
+    Ok(report)
+}
+
+async fn import_lines(store: &dyn Store, input: &mut dyn BufRead) -> Result<Report, String> {
     let mut report = Report::default();
     let mut line = String::new();
     let mut n = 0u64;

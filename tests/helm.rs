@@ -43,6 +43,8 @@ fn values_config_block_passes_the_gateway_validation() {
             "ARES_ADMIN_SECRET" => Some("chart-test-admin-secret-01".into()),
             "ARES_JWT_SECRET" => Some("chart-test-jwt-secret-0123456789abcdef".into()),
             "REDIS_URL" => Some(v["secrets"]["redisUrl"].as_str().unwrap().to_string()),
+            "ARES_STORE" => Some(v["store"].as_str().unwrap().to_string()),
+            "ARES_DATA_DIR" => Some("/var/lib/ares-gateway".into()),
             _ => None,
         }
     };
@@ -86,6 +88,54 @@ fn values_match_the_schema() {
     let mut typo = values.clone();
     typo["replicaCont"] = serde_json::json!(3);
     assert!(!validator.is_valid(&typo));
+    // Helm refuses an embedded store with more than one replica (it validates the values
+    // against this schema before rendering); one replica without autoscaling is fine.
+    let mut embedded = values.clone();
+    embedded["store"] = serde_json::json!("embedded");
+    assert!(
+        !validator.is_valid(&embedded),
+        "embedded with replicaCount 2"
+    );
+    embedded["replicaCount"] = serde_json::json!(1);
+    assert!(!validator.is_valid(&embedded), "embedded with autoscaling");
+    embedded["autoscaling"]["enabled"] = serde_json::json!(false);
+    let errors: Vec<String> = validator
+        .iter_errors(&embedded)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn the_chart_config_is_the_shipped_gateway_yaml() {
+    let shipped: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        values()["config"] == shipped,
+        "helm/ares-gateway/values.yaml `config` differs from gateway.yaml: copy it over"
+    );
+}
+
+#[test]
+fn the_embedded_store_gets_a_claim_one_replica_and_recreate() {
+    let all: String = templates().into_iter().map(|t| t.1).collect();
+    for needle in [
+        "kind: PersistentVolumeClaim",
+        "persistentVolumeClaim:",
+        "mountPath: /var/lib/ares-gateway",
+        "type: Recreate",
+        "{{- fail \"store: embedded",
+        "helm.sh/resource-policy: keep",
+        "name: ARES_STORE",
+    ] {
+        assert!(all.contains(needle), "chart lacks {needle}");
+    }
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("VOLUME [\"/var/lib/ares-gateway\"]"));
+    assert!(dockerfile.contains("ARES_DATA_DIR=/var/lib/ares-gateway"));
 }
 
 fn resolves(values: &serde_yaml::Value, path: &str) -> bool {
@@ -125,6 +175,9 @@ fn templates_reference_only_values_that_exist() {
         "autoscaling.enabled",
         "serviceMonitor.enabled",
         "podDisruptionBudget.enabled",
+        "store",
+        "persistence.existingClaim",
+        "persistence.size",
     ] {
         assert!(seen.contains(must), "no template uses .Values.{must}");
     }

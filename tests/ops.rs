@@ -94,6 +94,7 @@ fn file_yaml(up: &Upstream) -> String {
         .replace("${ARES_METRICS_LISTEN:-127.0.0.1:9090}", "off")
         .replace("${ARES_UPSTREAM:-http://127.0.0.1:3000}", &up.url())
         .replace("${ARES_ADMIN_SECRET:-}", ADMIN)
+        .replace("${ARES_STORE:-embedded}", "memory")
 }
 
 fn write(path: &std::path::Path, text: &str) {

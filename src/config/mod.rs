@@ -420,7 +420,15 @@ mod tests {
     fn shipped_config_is_valid_with_empty_environment() {
         let cfg = Config::from_yaml(SHIPPED, &env_of(&[])).unwrap();
         assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
-        assert_eq!(cfg.store.backend, StoreBackend::Memory);
+        // The default is the durable embedded store in ./data.
+        assert_eq!(
+            cfg.store.backend,
+            StoreBackend::Embedded(EmbeddedOptions {
+                dir: "./data".into(),
+                cache_bytes: 64 << 20,
+                min_free_bytes: 64 << 20,
+            })
+        );
         assert!(cfg.store.legacy_revocations);
         assert!(cfg.auth.admin_secret_generated);
         let t = &cfg.routes;

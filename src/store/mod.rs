@@ -236,6 +236,12 @@ pub trait Store: Send + Sync + 'static {
     /// Send every record to `sink` (`ares-gateway export`); stops early when the reader goes.
     async fn export(&self, sink: &records::Sink) -> Result<(), StoreError>;
 
+    /// Loading many records (`ares-gateway import`): while on, writes need not reach the disk
+    /// one by one; turning it off makes everything written so far durable at once.
+    async fn bulk_load(&self, _on: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Write down what is held back for batching (counters); called when the gateway stops.
     async fn shutdown(&self) -> Result<(), StoreError> {
         Ok(())

@@ -47,6 +47,8 @@ pub struct EmbeddedStore {
     /// Access token id -> revoked until: the file's revocations, read on every JWT request.
     revoked_tokens: FastMap<String, u64>,
     limiter: LocalLimiter,
+    /// `bulk_load`: commits skip the sync until it is turned off.
+    bulk: std::sync::atomic::AtomicBool,
     /// Counts taken from the limiter but not yet written (a failed write keeps them).
     unwritten: Mutex<std::collections::HashMap<(String, Window), (u64, u64)>>,
 }
@@ -79,6 +81,7 @@ impl EmbeddedStore {
             min_free_bytes: opts.min_free_bytes,
             revoked_tokens: FastMap::default(),
             limiter: LocalLimiter::new(),
+            bulk: std::sync::atomic::AtomicBool::new(false),
             unwritten: Mutex::new(Default::default()),
         };
         store
@@ -169,8 +172,14 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         file::check_space(&self.dir, self.min_free_bytes)?;
         let db = self.db.clone();
+        let bulk = self.bulk.load(std::sync::atomic::Ordering::Relaxed);
         let task = tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write().map_err(unavailable)?;
+            let mut tx = db.begin_write().map_err(unavailable)?;
+            if bulk {
+                // Made durable by the next durable commit (`bulk_load(false)`).
+                tx.set_durability(redb::Durability::None)
+                    .map_err(|e| StoreError::Unavailable(format!("embedded store: {e}")))?;
+            }
             let out = f(&tx)?;
             tx.commit().map_err(unavailable)?;
             Ok(out)
@@ -752,6 +761,15 @@ impl Store for EmbeddedStore {
         tokio::task::spawn_blocking(move || Self::export_blocking(&db, &sink))
             .await
             .map_err(|e| StoreError::Unavailable(format!("embedded store export: {e}")))?
+    }
+
+    async fn bulk_load(&self, on: bool) -> Result<(), StoreError> {
+        self.bulk.store(on, std::sync::atomic::Ordering::Relaxed);
+        if on {
+            return Ok(());
+        }
+        // A durable commit makes every earlier one durable too.
+        self.write(|_| Ok(())).await
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {
