@@ -29,6 +29,10 @@ import load  # noqa: E402
 KEYS = int(os.environ.get("KEYS", "1000000"))
 USERS = int(os.environ.get("USERS", "1000000"))
 SAMPLE = int(os.environ.get("SAMPLE", "20000"))
+# Reuse the data directory of an earlier run (same KEYS/USERS: the keys come from a fixed seed).
+DATA = os.environ.get("DATA")
+# store.embedded_cache_mb for the serve run (the shipped default is 64).
+CACHE_MB = os.environ.get("CACHE_MB")
 TENANTS = 1000
 HASH = "$argon2id$v=19$m=19456,t=2,p=1$c2NhbGUtYmVuY2gtc2FsdA$2dQ0cAo4c0ViYnR2cmVwRW5kSGFzaGhhc2g"
 
@@ -92,25 +96,31 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "ares-gateway"], cwd=load.ROOT, check=True)
     binary = os.path.join(load.ROOT, "target", "release", "ares-gateway")
     tmp = tempfile.mkdtemp(prefix="ares-scale-", dir=os.environ.get("BENCH_DIR"))
-    data = os.path.join(tmp, "data")
-    export = os.path.join(tmp, "all.jsonl")
+    data = DATA or os.path.join(tmp, "data")
+    export = os.path.join(tmp, "all.jsonl") if not DATA else os.devnull
     rng = random.Random(7)
     t = time.monotonic()
     sample = write_export(export, rng)
-    print(f"export file written in {time.monotonic() - t:.0f} s ({os.path.getsize(export) / 1e6:.0f} MB)",
-          file=sys.stderr)
+    print(f"export file written in {time.monotonic() - t:.0f} s", file=sys.stderr)
 
     up = load.nginx_upstream(tmp)
     conf = load.bench_config(tmp)
+    if CACHE_MB:
+        with open(conf) as f:
+            text = f.read().replace("embedded_cache_mb: 64", f"embedded_cache_mb: {CACHE_MB}")
+        with open(conf, "w") as f:
+            f.write(text)
     env = dict(os.environ, ARES_STORE="embedded", ARES_DATA_DIR=data, ARES_ADMIN_SECRET=load.ADMIN,
                ARES_JWT_SECRET=load.JWT_SECRET, ARES_LOG="warn", ARES_METRICS_LISTEN="off",
                ARES_UPSTREAM=f"http://127.0.0.1:{up}")
-    t = time.monotonic()
-    imp = subprocess.run([binary, "import", export, "--config", conf], env=env, capture_output=True, text=True)
-    import_s = time.monotonic() - t
-    if imp.returncode != 0:
-        raise SystemExit("import failed: " + imp.stdout[-2000:] + imp.stderr[-2000:])
-    os.remove(export)
+    import_s = float("nan")
+    if not DATA:
+        t = time.monotonic()
+        imp = subprocess.run([binary, "import", export, "--config", conf], env=env, capture_output=True, text=True)
+        import_s = time.monotonic() - t
+        if imp.returncode != 0:
+            raise SystemExit("import failed: " + imp.stdout[-2000:] + imp.stderr[-2000:])
+        os.remove(export)
     file_mb = os.path.getsize(os.path.join(data, "gateway.redb")) / 1e6
 
     port = load.free_port()
@@ -126,8 +136,8 @@ def main():
     rss_after = rss_mib(gw.pid)
     load.stop_all()
 
-    print(f"\nembedded store with {KEYS:,} API keys and {USERS:,} users "
-          f"({os.cpu_count()} cores, loopback, one keep-alive connection)\n")
+    print(f"\nembedded store with {KEYS:,} API keys and {USERS:,} users, embedded_cache_mb "
+          f"{CACHE_MB or 64} ({os.cpu_count()} cores, loopback, one keep-alive connection)\n")
     print("| measure | value |")
     print("|---|---:|")
     print(f"| import ({KEYS + USERS + TENANTS:,} records, `ares-gateway import`) | {import_s:.0f} s |")

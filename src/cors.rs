@@ -3,7 +3,8 @@
 //! Preflights are answered by the gateway itself, before any credential is asked for. Every
 //! response to an allowed origin (errors included, so a browser can read a 401 or a 429) carries
 //! `Access-Control-Allow-Origin` and `Vary: Origin`, and exposes the rate-limit and request-id
-//! headers. Credentials travel in headers, never cookies, so `Allow-Credentials` is not sent.
+//! headers (`cors.allow_headers` / `cors.expose_headers` add to the defaults in `config/defaults.rs`).
+//! Credentials travel in headers, never cookies, so `Allow-Credentials` is not sent.
 //! A preflight from an origin not on the list gets 204 without CORS headers: the browser stops.
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -12,9 +13,6 @@ use http::{Method, Response, StatusCode};
 use crate::body::{self, Body};
 
 const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
-const ALLOW_HEADERS: &str = "authorization, content-type, x-admin-secret, x-request-id";
-const EXPOSE_HEADERS: &str =
-    "ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after, x-request-id";
 const MAX_AGE: &str = "600";
 
 /// The request's `Origin` when it is on the allowed list.
@@ -34,8 +32,8 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
         && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-/// The answer to a preflight.
-pub fn preflight(origin: Option<&HeaderValue>) -> Response<Body> {
+/// The answer to a preflight; `allow_headers` is `CorsConfig::allow_headers`.
+pub fn preflight(origin: Option<&HeaderValue>, allow_headers: &HeaderValue) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
@@ -44,10 +42,7 @@ pub fn preflight(origin: Option<&HeaderValue>) -> Response<Body> {
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static(ALLOW_METHODS),
         );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(ALLOW_HEADERS),
-        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers.clone());
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static(MAX_AGE),
@@ -56,13 +51,10 @@ pub fn preflight(origin: Option<&HeaderValue>) -> Response<Body> {
     resp
 }
 
-/// Mark a response readable by an allowed origin.
-pub fn decorate(headers: &mut HeaderMap, origin: &HeaderValue) {
+/// Mark a response readable by an allowed origin; `expose` is `CorsConfig::expose_headers`.
+pub fn decorate(headers: &mut HeaderMap, origin: &HeaderValue, expose: &HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSE_HEADERS),
-    );
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
     let varies = headers.get_all(header::VARY).iter().any(|v| {
         v.to_str()
             .unwrap_or("")
@@ -106,7 +98,11 @@ mod tests {
             header::VARY,
             HeaderValue::from_static("Accept-Encoding, Origin"),
         );
-        decorate(&mut h, &HeaderValue::from_static("https://a.example"));
+        decorate(
+            &mut h,
+            &HeaderValue::from_static("https://a.example"),
+            &HeaderValue::from_static("x-request-id"),
+        );
         assert_eq!(h.get_all(header::VARY).iter().count(), 1);
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
     }

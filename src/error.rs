@@ -35,6 +35,9 @@ pub enum GatewayError {
     Forbidden,
     #[error("tenant suspended")]
     TenantSuspended,
+    /// A browser page on an origin not in `cors_origins` tried a WebSocket upgrade.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -117,6 +120,11 @@ impl GatewayError {
             Forbidden => (
                 StatusCode::FORBIDDEN,
                 "Insufficient permissions",
+                "AUTH_FORBIDDEN",
+            ),
+            OriginNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "Origin not allowed",
                 "AUTH_FORBIDDEN",
             ),
             TenantSuspended => (

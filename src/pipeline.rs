@@ -133,7 +133,7 @@ pub async fn handle(
         );
     }
     if let Some(origin) = &cors_origin {
-        cors::decorate(resp.headers_mut(), origin);
+        cors::decorate(resp.headers_mut(), origin, &snap.config.cors.expose_headers);
     }
     let elapsed = started.elapsed();
     crate::metrics::get().request(
@@ -184,6 +184,7 @@ async fn handle_inner<'r>(
     if !cors_origins.is_empty() && cors::is_preflight(req.method(), req.headers()) {
         return Ok(cors::preflight(
             cors::allowed_origin(req.headers(), cors_origins).as_ref(),
+            &snap.config.cors.allow_headers,
         ));
     }
 
@@ -230,6 +231,17 @@ async fn handle_inner<'r>(
     let Target::Upstream(upstream) = &route.target else {
         return Err(GatewayError::NotFound);
     };
+    // A page on another origin must not ride a user's WebSocket: browsers send `Origin` on
+    // every upgrade and CORS does not apply to them, so the gateway checks it here.
+    let origins = &snap.config.server.cors_origins;
+    if ctx.websocket_upgrade
+        && route.websocket
+        && !origins.is_empty()
+        && req.headers().contains_key(http::header::ORIGIN)
+        && cors::allowed_origin(req.headers(), origins).is_none()
+    {
+        return Err(GatewayError::OriginNotAllowed);
+    }
     // 4, 5. principal (an access token's revocation is checked with its limits, in step 6)
     let auth_started = Instant::now();
     let revocation = auth::Revocation::WithLimits;
@@ -258,6 +270,8 @@ async fn handle_inner<'r>(
     } else {
         None
     };
+    let protocol_bearer =
+        client_upgrade.is_some() && proxy::strip_protocol_token(&mut parts.headers);
     let minted = match route.credential {
         Credential::Mint => snap.minters.get(upstream.index).and_then(|m| {
             m.as_ref()
@@ -298,7 +312,18 @@ async fn handle_inner<'r>(
             upstream_upgrade,
             snap.config.server.websocket_idle_timeout,
         );
-        return Ok(proxy::switching_protocols(upstream_resp));
+        let mut resp = proxy::switching_protocols(upstream_resp);
+        if protocol_bearer
+            && !resp
+                .headers()
+                .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
+        {
+            resp.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static("bearer"),
+            );
+        }
+        return Ok(resp);
     }
 
     // 9. response
@@ -340,11 +365,12 @@ async fn check_limits(
             // Users have request limits only; a token budget is a tenant's.
             let mut plan = limits.user.clone();
             plan.tokens_per_month = None;
-            let jti = claims.jti.as_deref();
-            let limiter = &state.limiter;
-            limiter
-                .admit_user(&claims.sub, jti, &plan, on_failure)
-                .await?
+            let token = crate::store::TokenRef {
+                subject: &claims.sub,
+                jti: claims.jti.as_deref(),
+                issued_at: claims.iat,
+            };
+            state.limiter.admit_user(token, &plan, on_failure).await?
         }
         Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
     };

@@ -325,3 +325,10 @@ async fn rotation_returns_new_tokens_and_reuse_revokes_the_family() {
     .await;
     assert_eq!(r.error_code(), "AUTH_INVALID_REFRESH_TOKEN");
 }
+
+#[tokio::test]
+async fn logout_all_ends_every_session_of_the_user() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    logout_all_ends_every_session(&g, &g, "everywhere@example.com").await;
+}

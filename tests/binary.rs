@@ -204,3 +204,34 @@ async fn no_secret_reaches_a_log_line() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
 }
+
+#[tokio::test]
+async fn serve_on_the_memory_store_warns_that_nothing_persists() {
+    let up = Upstream::start().await;
+    let (mut child, _base) = serve_binary(&up.url(), &[("ARES_STORE", "memory")]).await;
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+            .await
+            .expect("no warning that the memory store keeps nothing")
+            .unwrap()
+            .expect("stderr closed without the warning");
+        if line.contains("WARN") && line.contains("nothing persists") {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_closed_log_pipe_does_not_stop_the_gateway() {
+    let up = Upstream::start().await;
+    let (mut child, base) = serve_binary(&up.url(), &[("ARES_LOG", "debug")]).await;
+    // The log reader goes away (a collector restarts, `| head` exits): writes now fail.
+    drop(child.stderr.take());
+    for _ in 0..20 {
+        let r = get(&format!("{base}/healthz"), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the gateway exited");
+}

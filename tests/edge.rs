@@ -523,10 +523,14 @@ async fn cors_preflights_and_errors_are_readable_by_allowed_origins() {
 #[tokio::test]
 async fn query_token_is_accepted_only_where_allowed_and_never_forwarded() {
     let up = Upstream::start().await;
-    let yaml = shipped_yaml().replace(
-        "  - prefix: /api/\n    auth: jwt\n",
-        "  - prefix: /api/events/\n    auth: jwt\n    upstream: default\n    query_token: true\n  - prefix: /api/\n    auth: jwt\n",
-    );
+    // An ops-written config: the token in the query only on /api/events/.
+    let yaml = shipped_yaml()
+        .replace("    query_token: true\n", "")
+        .replace(
+            "  - prefix: /api/\n    auth: jwt\n",
+            "  - prefix: /api/events/\n    auth: jwt\n    upstream: default\n    query_token: true\n  - prefix: /api/\n    auth: jwt\n",
+        );
+    assert_eq!(yaml.matches("query_token: true").count(), 1);
     let g = start(config_from(&yaml, &up.url(), &[])).await;
     let tokens = login(&g, "sse@example.com").await;
     let token = tokens["access_token"].as_str().unwrap();
@@ -766,4 +770,183 @@ async fn rsa_pkcs1_pkcs8_and_sec1_ec_keys_and_chains_are_served() {
         .err()
         .expect("mismatched key accepted");
     assert!(err.contains("rsa8.crt") && err.contains("ec1.key"), "{err}");
+}
+
+#[tokio::test]
+async fn browsers_stream_and_upgrade_with_the_shipped_config() {
+    // EventSource cannot set Authorization: the access token rides in the query, on the JWT
+    // route only, and never reaches the upstream.
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let tokens = login(&g, "es@example.com").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let r = get(
+        &g.url(&format!("/api/chat/stream?x=1&access_token={access}&y=2")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/chat/stream?x=1&y=2");
+    assert!(!format!("{:?}", seen.headers).contains(access));
+    assert!(seen.headers["x-user-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("usr_"));
+    // Never on an API-key route.
+    let (_, _, key) = provision(&g, "dev").await;
+    let r = get(&g.url(&format!("/v1/chat?access_token={key}")), &[]).await;
+    assert_eq!(r.status, 401);
+
+    // A WebSocket: `new WebSocket(url, ["bearer", token])`.
+    let (ws_addr, seen) = ws_upstream().await;
+    let g = gateway(&format!("http://{ws_addr}"), &[]).await;
+    let tokens = login(&g, "wsp@example.com").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let mut req = format!("ws://{}/api/ws", g.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {access}").parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    // The browser requires one of its offered protocols back; the token is never echoed.
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "bearer");
+    ws.send(Message::Text("hi".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("echo: hi".into())
+    );
+    let h = seen.lock().unwrap()[0].clone();
+    assert!(h.get("sec-websocket-protocol").is_none(), "{h:?}");
+    assert!(!format!("{h:?}").contains(access));
+    assert_eq!(h["x-auth-method"], "jwt");
+    // Other protocols the page asked for still reach the upstream.
+    let mut req = format!("ws://{}/api/ws", g.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {access}, chat.v1").parse().unwrap(),
+    );
+    let _ = tokio_tungstenite::connect_async(req).await;
+    let h = seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(h["sec-websocket-protocol"], "chat.v1");
+    // A bad token in the protocol is a 401, like any other.
+    let mut req = format!("ws://{}/api/ws", g.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "bearer, not-a-token".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_upgrades_from_an_origin_not_allowed_are_403() {
+    let (ws_addr, seen) = ws_upstream().await;
+    let g = gateway(
+        &format!("http://{ws_addr}"),
+        &[("ARES_CORS_ORIGINS", "https://app.example.com")],
+    )
+    .await;
+    let tokens = login(&g, "wso@example.com").await;
+    let access = bearer(tokens["access_token"].as_str().unwrap());
+    let upgrade = |origin: Option<&'static str>| {
+        let mut req = format!("ws://{}/api/ws", g.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", access.parse().unwrap());
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    match upgrade(Some("https://evil.example.com")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("AUTH_FORBIDDEN"), "{body}");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the upstream was reached");
+    assert_eq!(
+        upgrade(Some("https://app.example.com"))
+            .await
+            .unwrap()
+            .1
+            .status(),
+        101
+    );
+    // No Origin: not a browser; the token decides.
+    assert_eq!(upgrade(None).await.unwrap().1.status(), 101);
+}
+
+#[tokio::test]
+async fn cors_allows_trace_context_and_configured_headers() {
+    let up = Upstream::start().await;
+    let yaml = shipped_yaml()
+        .replace(
+            "  allow_headers: \"\"",
+            "  allow_headers: \"x-client-version\"",
+        )
+        .replace(
+            "  expose_headers: \"\"",
+            "  expose_headers: \"x-model-name\"",
+        );
+    assert!(yaml.contains("x-client-version") && yaml.contains("x-model-name"));
+    let g = start(config_from(
+        &yaml,
+        &up.url(),
+        &[("ARES_CORS_ORIGINS", "https://app.example.com")],
+    ))
+    .await;
+    let r = send(
+        "OPTIONS",
+        &g.url("/api/chat"),
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, traceparent, tracestate, x-client-version",
+            ),
+        ],
+        None,
+    )
+    .await;
+    let allow = r.header("access-control-allow-headers").unwrap();
+    for h in [
+        "traceparent",
+        "tracestate",
+        "x-client-version",
+        "authorization",
+    ] {
+        assert!(allow.contains(h), "{allow}");
+    }
+    let r = get(
+        &g.url("/api/chat"),
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
+    let expose = r.header("access-control-expose-headers").unwrap();
+    for h in ["www-authenticate", "x-model-name", "ratelimit-remaining"] {
+        assert!(expose.contains(h), "{expose}");
+    }
+    // A header name that is not a token is a config error naming the key.
+    let bad = shipped_yaml().replace("  allow_headers: \"\"", "  allow_headers: \"x bad\"");
+    let err = ares_gateway::config::Config::from_yaml(&bad, &|_| None).unwrap_err();
+    assert!(
+        err.iter()
+            .any(|p| p.to_string().contains("cors.allow_headers")),
+        "{err:?}"
+    );
 }

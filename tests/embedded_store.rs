@@ -535,6 +535,7 @@ async fn export_and_import_move_every_record_between_all_three_stores() {
         "refresh_token",
         "revoked_family",
         "revoked_token",
+        "revoked_user",
         "counter",
     ] {
         assert!(kinds.contains(kind), "{kind} lost on the way: {kinds:?}");

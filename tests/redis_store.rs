@@ -52,7 +52,8 @@ async fn redis_cluster_passes_the_store_suite() {
     use ares_gateway::store::{Admission, Store};
     let now_ms = ares_gateway::util::now_ms();
     let limits = [(ares_gateway::ratelimit::Window::Minute, 10)];
-    let admit = || store.admit_token("usr_c", Some("old-jti"), &limits, now_ms);
+    let token = ares_gateway::store::suite::token("usr_c", "old-jti", now_ms / 1000);
+    let admit = || store.admit_token(token, &limits, now_ms);
     assert!(matches!(admit().await.unwrap(), Admission::Decided(_)));
     let set = std::process::Command::new("redis-cli")
         .args(["-c", "-p", &cluster.nodes[0].port.to_string()])
@@ -61,7 +62,7 @@ async fn redis_cluster_passes_the_store_suite() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
     assert_eq!(admit().await.unwrap(), Admission::Revoked);
-    assert!(store.is_jti_revoked("usr_c", "old-jti").await.unwrap());
+    assert!(store.is_token_revoked(token).await.unwrap());
 }
 
 #[tokio::test]
@@ -591,9 +592,9 @@ async fn a_jwt_request_costs_one_redis_round_trip_revocation_included() {
     let spent = ["evalsha", "exists", "get", "zadd"].map(|c| calls(redis.port, c));
     let spent: Vec<u64> = spent.iter().zip(before).map(|(a, b)| a - b).collect();
     // One script call per request. Inside it: the token's revocation key and, while
-    // `store.legacy_revocations` is on, the older gateways' key (2 EXISTS), and the user's
-    // per-minute window (1 ZADD). No separate lookup.
-    assert_eq!(spent, [20, 40, 0, 20], "evalsha, exists, get, zadd");
+    // `store.legacy_revocations` is on, the older gateways' key (2 EXISTS), the user's "log out
+    // everywhere" line (1 GET), and the user's per-minute window (1 ZADD). No separate lookup.
+    assert_eq!(spent, [20, 40, 20, 20], "evalsha, exists, get, zadd");
 
     // Logout: the token is refused, and its refused requests count against nothing.
     let minute = format!("ares:rl:{{u:{sub}}}:minute");
@@ -702,4 +703,13 @@ async fn concurrent_decisions_share_one_multiplexed_connection() {
     let day = Window::Day.calendar_period(now_ms()).0;
     let count = cli(redis.port, &["GET", &format!("ares:rl:{{t:3}}:day:{day}")]);
     assert_eq!(count, "32");
+}
+
+#[tokio::test]
+async fn logout_all_on_one_replica_ends_sessions_on_the_other() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let a = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    let b = start(redis_config(&up.url(), &redis.url(), &[])).await;
+    logout_all_ends_every_session(&a, &b, "replicas@example.com").await;
 }

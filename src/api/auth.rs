@@ -85,8 +85,13 @@ pub async fn handle(
             let body: RefreshRequest = api::json::read_request_json(req, limit).await?;
             logout(s, body, principal).await
         }
+        (["logout-all"], &Method::POST) => {
+            let token = auth::bearer(req.headers())?.ok_or(GatewayError::MissingCredentials)?;
+            let principal = auth::authenticate_jwt(token, &state.credentials(snap)).await?;
+            logout_all(s, &principal).await
+        }
         (["me"], &Method::GET) => me(s, &req).await,
-        (["register" | "login" | "refresh" | "logout" | "me"], _) => {
+        (["register" | "login" | "refresh" | "logout" | "logout-all" | "me"], _) => {
             Err(GatewayError::MethodNotAllowed)
         }
         _ => Err(GatewayError::NotFound),
@@ -241,6 +246,7 @@ async fn issue_pair(
         token_hash: token_hash(&refresh),
         user_id: user_id.to_string(),
         family_id: family.to_string(),
+        issued_at: now,
         expires_at: now + snap.config.auth.refresh_token_ttl.as_secs(),
         rotated_at: None,
     };
@@ -350,6 +356,37 @@ async fn logout(
     Ok(body::json(
         StatusCode::OK,
         &json!({"message": "Logged out successfully"}),
+        false,
+    ))
+}
+
+/// `POST /api/auth/logout-all`: every session of the caller ends, on every replica: each
+/// refresh token stored and each access token issued up to now (the checks a JWT request
+/// already makes read the same line: no extra store round trip).
+async fn logout_all(
+    s: &RequestScope<'_>,
+    principal: &auth::Principal,
+) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
+    let Identity::User(claims) = principal.identity() else {
+        return Err(GatewayError::InvalidToken);
+    };
+    let now_ms = crate::util::now_ms();
+    let through = now_ms / 1000;
+    let cfg = &snap.config.auth;
+    let access_life = snap.jwt.ttl_secs() + cfg.jwt_leeway.as_secs();
+    let until = through + access_life.max(cfg.refresh_token_ttl.as_secs());
+    state
+        .store
+        .call(state.store.revoke_user_tokens(&claims.sub, through, until))
+        .await?;
+    // Token times are whole seconds: answer once this second is over, so that every token
+    // issued after the answer is later than the line, and none issued before it is.
+    tokio::time::sleep(std::time::Duration::from_millis(1000 - now_ms % 1000)).await;
+    tracing::info!(user = %claims.sub, "logged out everywhere");
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({"message": "Logged out everywhere"}),
         false,
     ))
 }

@@ -111,6 +111,19 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
         .map_err(|_| GatewayError::InvalidToken)
 }
 
+/// The token of `Sec-WebSocket-Protocol: bearer, <token>`: a browser's `new WebSocket(url,
+/// ["bearer", token])` cannot set `Authorization`. The entry after `bearer` is the token.
+pub fn protocol_token(headers: &HeaderMap) -> Option<&str> {
+    let mut entries = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    entries.find(|e| e.eq_ignore_ascii_case("bearer"))?;
+    entries.next().filter(|t| !t.is_empty())
+}
+
 /// The `access_token` query parameter, on routes that allow it (EventSource cannot set headers).
 fn query_token(query: Option<&str>) -> Option<&str> {
     query?
@@ -153,12 +166,16 @@ pub async fn authenticate(
         AuthKind::None => Ok(Principal(Identity::Anonymous)),
         AuthKind::Admin => authenticate_admin(headers, creds.admin),
         AuthKind::Jwt => {
+            // Authorization first; then the forms a browser can send, where the route allows
+            // them: a WebSocket subprotocol, the query (EventSource).
             let token = match bearer(headers)? {
                 Some(t) => t,
-                None if route.query_token => {
-                    query_token(query).ok_or(GatewayError::MissingCredentials)?
-                }
-                None => return Err(GatewayError::MissingCredentials),
+                None => route
+                    .websocket
+                    .then(|| protocol_token(headers))
+                    .flatten()
+                    .or_else(|| route.query_token.then(|| query_token(query)).flatten())
+                    .ok_or(GatewayError::MissingCredentials)?,
             };
             match revocation {
                 Revocation::Now => authenticate_jwt(token, creds).await,
@@ -213,10 +230,12 @@ async fn check_revoked(principal: &Principal, store: &StoreHandle) -> Result<(),
     let Identity::User(claims) = principal.identity() else {
         return Ok(());
     };
-    let Some(jti) = &claims.jti else {
-        return Ok(());
+    let token = crate::store::TokenRef {
+        subject: &claims.sub,
+        jti: claims.jti.as_deref(),
+        issued_at: claims.iat,
     };
-    match store.call(store.is_jti_revoked(&claims.sub, jti)).await {
+    match store.call(store.is_token_revoked(token)).await {
         Ok(false) => Ok(()),
         Ok(true) => Err(revoked()),
         // A logout cannot have been recorded while the store is down either; refusing every

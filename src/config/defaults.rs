@@ -89,6 +89,27 @@ pub const SERVER_HTTP2_MAX_CONCURRENT_STREAMS: Bound = Bound {
     min: 1,
     max: 10_000,
 };
+/// Request headers every allowed page may send: W3C trace context too, so fetch
+/// instrumentation (OpenTelemetry) does not get every request blocked.
+pub const CORS_ALLOW_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "x-admin-secret",
+    "x-request-id",
+    "x-requested-with",
+    "traceparent",
+    "tracestate",
+];
+/// Response headers every allowed page may read.
+pub const CORS_EXPOSE_HEADERS: &[&str] = &[
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
+    "x-request-id",
+    "www-authenticate",
+];
+
 pub const STORE_COMMAND_TIMEOUT_MS: Bound = Bound {
     key: "store.command_timeout_ms",
     default: 300,

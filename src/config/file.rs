@@ -57,6 +57,14 @@ pub struct StoreFile {
     pub legacy_revocations: Option<Flag>,
 }
 
+/// `cors:`: what browsers may send and read, beyond the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    pub allow_headers: Option<String>,
+    pub expose_headers: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
@@ -159,6 +167,7 @@ pub enum HandlerFile {
 
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
+    "cors",
     "store",
     "auth",
     "rate_limits",

@@ -117,6 +117,14 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
 }
 
+/// Request headers a page may send (answered to preflights) and response headers its scripts
+/// may read, each the defaults plus `cors.allow_headers` / `cors.expose_headers`.
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    pub allow_headers: http::HeaderValue,
+    pub expose_headers: http::HeaderValue,
+}
+
 /// Where and how the embedded store keeps its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedOptions {
@@ -203,6 +211,7 @@ pub struct Config {
     /// before reading so that a change made right after is never missed.
     pub source_stamp: Option<FileStamp>,
     pub server: ServerConfig,
+    pub cors: CorsConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub limits: RateLimitConfig,
@@ -277,6 +286,7 @@ impl Config {
         let server: ServerFile =
             section(take("server"), "server", &mut problems).unwrap_or_default();
         let store: StoreFile = section(take("store"), "store", &mut problems).unwrap_or_default();
+        let cors: CorsFile = section(take("cors"), "cors", &mut problems).unwrap_or_default();
         let auth: AuthFile = section(take("auth"), "auth", &mut problems).unwrap_or_default();
         let limits: RateLimitsFile =
             section(take("rate_limits"), "rate_limits", &mut problems).unwrap_or_default();
@@ -286,6 +296,7 @@ impl Config {
 
         let mut v = Validator { problems };
         let server = v.server(server);
+        let cors = v.cors(cors);
         let store = v.store(store);
         let auth = v.auth(auth, &store);
         let plans = v.plans(plans_v);
@@ -297,6 +308,7 @@ impl Config {
                 source: None,
                 source_stamp: None,
                 server,
+                cors,
                 store,
                 auth,
                 limits,

@@ -197,6 +197,47 @@ impl Validator {
         }
     }
 
+    /// The header lists a browser sees: the defaults, then the configured extras (each a
+    /// header name; lower-cased, duplicates dropped).
+    pub(super) fn cors(&mut self, f: CorsFile) -> CorsConfig {
+        CorsConfig {
+            allow_headers: self.header_list(
+                defaults::CORS_ALLOW_HEADERS,
+                f.allow_headers,
+                "cors.allow_headers",
+            ),
+            expose_headers: self.header_list(
+                defaults::CORS_EXPOSE_HEADERS,
+                f.expose_headers,
+                "cors.expose_headers",
+            ),
+        }
+    }
+
+    fn header_list(
+        &mut self,
+        defaults: &[&str],
+        extra: Option<String>,
+        path: &str,
+    ) -> http::HeaderValue {
+        let mut names: Vec<String> = defaults.iter().map(|d| d.to_string()).collect();
+        for name in extra.unwrap_or_default().split(',').map(str::trim) {
+            if name.is_empty() {
+                continue;
+            }
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => {
+                    if !names.iter().any(|n| n == h.as_str()) {
+                        names.push(h.as_str().to_string());
+                    }
+                }
+                Err(_) => self.problem(path, format!("{name:?} is not a header name")),
+            }
+        }
+        http::HeaderValue::from_str(&names.join(", "))
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+
     pub(super) fn store(&mut self, f: StoreFile) -> StoreConfig {
         let backend = match f.backend.as_deref().map(str::trim).unwrap_or("memory") {
             "" | "memory" => StoreBackend::Memory,

@@ -8,6 +8,39 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use ipnet::IpNet;
 
+/// Remove `bearer, <token>` from `Sec-WebSocket-Protocol` (the token must not reach the
+/// upstream); the header goes when nothing else is left. True when the form was there: the
+/// 101 then names `bearer`, the protocol a browser requires back.
+pub fn strip_protocol_token(headers: &mut HeaderMap) -> bool {
+    if crate::auth::protocol_token(headers).is_none() {
+        return false;
+    }
+    let all: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut kept = Vec::with_capacity(all.len());
+    let mut entries = all.into_iter();
+    while let Some(e) = entries.next() {
+        if e.eq_ignore_ascii_case("bearer") {
+            entries.next();
+        } else {
+            kept.push(e);
+        }
+    }
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    true
+}
+
 pub static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 pub static X_TENANT_TIER: HeaderName = HeaderName::from_static("x-tenant-tier");
 pub static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use super::{Decision, FailurePolicy, LocalLimiter, Plan, Window};
 use crate::error::GatewayError;
-use crate::store::{scope, Admission, StoreHandle};
+use crate::store::{scope, Admission, StoreHandle, TokenRef};
 use crate::util::now_ms;
 
 /// What a limit counts. Its store key and its metric label come from here and nowhere else.
@@ -99,19 +99,16 @@ impl Limiter {
     /// the same store round trip: a revoked token is `InvalidToken` and counts against nothing.
     pub async fn admit_user(
         &self,
-        sub: &str,
-        jti: Option<&str>,
+        token: TokenRef<'_>,
         plan: &Plan,
         on_failure: OnFailure,
     ) -> Result<Option<Decision>, GatewayError> {
         let limits = plan.windows();
-        if limits.is_empty() && jti.is_none() {
-            return Ok(None);
-        }
+        let sub = token.subject;
         let now = now_ms();
         let admitted = self
             .store
-            .call(self.store.admit_token(sub, jti, &limits, now))
+            .call(self.store.admit_token(token, &limits, now))
             .await;
         let decided = match admitted {
             Ok(Admission::Revoked) => {
@@ -348,13 +345,13 @@ mod tests {
             .await
             .unwrap();
         let err = l
-            .admit_user("usr_1", Some("j1"), &plan, OPEN)
+            .admit_user(crate::store::suite::token("usr_1", "j1", 1), &plan, OPEN)
             .await
             .unwrap_err();
         assert!(matches!(err, GatewayError::InvalidToken));
         // The one request of the minute is still there for a valid token.
         let d = l
-            .admit_user("usr_1", Some("j2"), &plan, OPEN)
+            .admit_user(crate::store::suite::token("usr_1", "j2", 1), &plan, OPEN)
             .await
             .unwrap();
         assert!(d.unwrap().allowed());

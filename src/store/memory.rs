@@ -9,7 +9,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::records::{self, Record, Sink};
-use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, User};
+use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, TokenRef, User};
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
 use crate::util::unix_now;
@@ -27,6 +27,8 @@ pub struct MemoryStore {
     revoked_families: DashMap<String, u64>,
     /// Access token id -> (user id, revoked until (unix seconds)).
     revoked_jtis: crate::util::FastMap<String, (String, u64)>,
+    /// "Log out everywhere": user id -> (tokens issued at or before this are refused, until).
+    user_cutoffs: super::UserCutoffs,
     limiter: LocalLimiter,
 }
 
@@ -35,8 +37,13 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn jti_revoked_at(&self, jti: &str, now: u64) -> bool {
-        self.revoked_jtis.get(jti).is_some_and(|r| r.1 > now)
+    fn revoked_at(&self, token: TokenRef<'_>, now: u64) -> bool {
+        token
+            .jti
+            .is_some_and(|jti| self.revoked_jtis.get(jti).is_some_and(|r| r.1 > now))
+            || self
+                .user_cutoffs
+                .revokes(token.subject, token.issued_at, now)
     }
 
     /// Drop what has expired; called periodically so memory stays bounded by live state.
@@ -45,6 +52,7 @@ impl MemoryStore {
         self.refresh.retain(|_, r| r.expires_at > now);
         self.revoked_families.retain(|_, until| *until > now);
         self.revoked_jtis.retain(|_, r| r.1 > now);
+        self.user_cutoffs.sweep(now);
         self.limiter.sweep(crate::util::now_ms());
     }
 }
@@ -185,7 +193,8 @@ impl Store for MemoryStore {
         let family_dead = self
             .revoked_families
             .get(&r.family_id)
-            .is_some_and(|until| *until > now);
+            .is_some_and(|until| *until > now)
+            || self.user_cutoffs.revokes(&r.user_id, r.issued_at, now);
         Ok((r.expires_at > now && !family_dead).then_some(r))
     }
 
@@ -220,22 +229,31 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn is_jti_revoked(&self, _subject: &str, jti: &str) -> Result<bool, StoreError> {
-        Ok(self.jti_revoked_at(jti, unix_now()))
+    async fn revoke_user_tokens(
+        &self,
+        subject: &str,
+        through: u64,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        self.user_cutoffs.set(subject, through, until);
+        Ok(())
+    }
+
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
+        Ok(self.revoked_at(token, unix_now()))
     }
 
     // As the trait's, without awaiting two more boxed futures on every request.
     async fn admit_token(
         &self,
-        subject: &str,
-        jti: Option<&str>,
+        token: TokenRef<'_>,
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        if jti.is_some_and(|jti| self.jti_revoked_at(jti, now_ms / 1000)) {
+        if self.revoked_at(token, now_ms / 1000) {
             return Ok(Admission::Revoked);
         }
-        let scope = super::scope::user(subject);
+        let scope = super::scope::user(token.subject);
         Ok(Admission::Decided(
             self.limiter.check(&scope, limits, now_ms),
         ))
@@ -307,6 +325,17 @@ impl Store for MemoryStore {
                     subject: e.value().0.clone(),
                     jti: e.key().clone(),
                     until: e.value().1,
+                }),
+        );
+        all.extend(
+            self.user_cutoffs
+                .entries()
+                .into_iter()
+                .filter(|e| e.2 > now)
+                .map(|(subject, through, until)| Record::RevokedUser {
+                    subject,
+                    through,
+                    until,
                 }),
         );
         all.extend(

@@ -125,9 +125,24 @@ pub struct RefreshRecord {
     pub user_id: String,
     /// Every token descended from one login; reuse of a rotated member revokes them all.
     pub family_id: String,
+    /// Unix seconds; a "log out everywhere" at or after it ends this token. Records written
+    /// before this field existed read 0 (issued before any such logout).
+    #[serde(default)]
+    pub issued_at: u64,
     pub expires_at: u64,
     /// Set when rotation replaced this token.
     pub rotated_at: Option<u64>,
+}
+
+/// An access token as the revocation checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRef<'a> {
+    /// The user (`sub`).
+    pub subject: &'a str,
+    /// Its id: what a logout revokes.
+    pub jti: Option<&'a str>,
+    /// `iat`: a "log out everywhere" revokes every token of the user issued at or before it.
+    pub issued_at: u64,
 }
 
 /// What the store keeps. Every method may fail with `StoreError::Unavailable`; none panics on
@@ -181,24 +196,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Refuse the access token id `jti` of user `subject` until `until` (unix seconds).
     async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError>;
-    async fn is_jti_revoked(&self, subject: &str, jti: &str) -> Result<bool, StoreError>;
-
-    /// One request with user `subject`'s access token: `Revoked` when its `jti` was revoked,
-    /// else `rate_limit` on `scope::user(subject)`. A revoked token counts against nothing.
-    /// A shared store answers both in one round trip.
-    async fn admit_token(
+    /// Log user `subject` out everywhere: refuse every access token issued (`iat`) and every
+    /// refresh token stored at or before `through` (unix seconds); remembered until `until`.
+    async fn revoke_user_tokens(
         &self,
         subject: &str,
-        jti: Option<&str>,
+        through: u64,
+        until: u64,
+    ) -> Result<(), StoreError>;
+    /// Whether `token` was revoked: by its `jti`, or by its user's "log out everywhere".
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError>;
+
+    /// One request with a user's access token: `Revoked` when it was revoked (its `jti`, or
+    /// its user logged out everywhere since it was issued), else `rate_limit` on
+    /// `scope::user(subject)`. A revoked token counts against nothing. A shared store answers
+    /// both in one round trip.
+    async fn admit_token(
+        &self,
+        token: TokenRef<'_>,
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        if let Some(jti) = jti {
-            if self.is_jti_revoked(subject, jti).await? {
-                return Ok(Admission::Revoked);
-            }
+        if self.is_token_revoked(token).await? {
+            return Ok(Admission::Revoked);
         }
-        self.rate_limit(&scope::user(subject), limits, now_ms)
+        self.rate_limit(&scope::user(token.subject), limits, now_ms)
             .await
             .map(Admission::Decided)
     }
@@ -259,6 +281,46 @@ pub trait Store: Send + Sync + 'static {
     /// Changes made by other replicas, for stores shared between replicas.
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
+    }
+}
+
+/// "Log out everywhere" in process memory (the memory store's, and the embedded store's mirror
+/// of its file): user id -> (tokens issued at or before this are refused, until when).
+#[derive(Debug, Default)]
+pub struct UserCutoffs {
+    map: crate::util::FastMap<String, (u64, u64)>,
+    /// Set once any user has logged out everywhere: until then the request path skips the map.
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl UserCutoffs {
+    /// Move user `subject`'s line to `through` (never back), kept until `until`.
+    pub fn set(&self, subject: &str, through: u64, until: u64) {
+        let mut e = self.map.entry(subject.to_string()).or_insert((0, 0));
+        e.0 = e.0.max(through);
+        e.1 = e.1.max(until);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a token of `subject` issued at `issued_at` falls before the user's line.
+    pub fn revokes(&self, subject: &str, issued_at: u64, now: u64) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .map
+                .get(subject)
+                .is_some_and(|c| issued_at <= c.0 && now < c.1)
+    }
+
+    pub fn sweep(&self, now: u64) {
+        self.map.retain(|_, c| c.1 > now);
+    }
+
+    /// Every live line, as (user id, through, until).
+    pub fn entries(&self) -> Vec<(String, u64, u64)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().clone(), e.value().0, e.value().1))
+            .collect()
     }
 }
 
@@ -351,8 +413,76 @@ pub mod suite {
         tenants_and_keys(s).await;
         users(s).await;
         refresh_and_revocation(s).await;
+        logout_everywhere(s).await;
         counters(s).await;
         restored_counters(s).await;
+    }
+
+    async fn logout_everywhere(s: &dyn Store) {
+        let now = crate::util::unix_now();
+        let refresh = |hash: &str, issued_at| RefreshRecord {
+            token_hash: hash.into(),
+            user_id: "usr_all".into(),
+            family_id: format!("fam_{hash}"),
+            issued_at,
+            expires_at: now + 3600,
+            rotated_at: None,
+        };
+        s.put_refresh_token(&refresh("old_rt", now - 10))
+            .await
+            .unwrap();
+        let ms = now * 1000;
+        let admitted = |iat| async move {
+            let t = token("usr_all", "any", iat);
+            matches!(
+                s.admit_token(t, &[(Window::Minute, 100)], ms)
+                    .await
+                    .unwrap(),
+                Admission::Decided(_)
+            )
+        };
+        assert!(admitted(now - 10).await);
+        s.revoke_user_tokens("usr_all", now - 5, now + 600)
+            .await
+            .unwrap();
+        // Issued at or before the logout: refused, with limits or without, and without a jti.
+        assert!(!admitted(now - 10).await);
+        assert!(!admitted(now - 5).await);
+        let no_jti = TokenRef {
+            subject: "usr_all",
+            jti: None,
+            issued_at: now - 6,
+        };
+        assert!(s.is_token_revoked(no_jti).await.unwrap());
+        assert!(s.get_refresh_token("old_rt").await.unwrap().is_none());
+        // Issued after it: live. Another user: untouched.
+        assert!(admitted(now - 4).await);
+        assert!(!s
+            .is_token_revoked(token("usr_other", "x", now - 10))
+            .await
+            .unwrap());
+        s.put_refresh_token(&refresh("new_rt", now - 4))
+            .await
+            .unwrap();
+        assert!(s.get_refresh_token("new_rt").await.unwrap().is_some());
+        // A later logout moves the line; an earlier one never moves it back.
+        s.revoke_user_tokens("usr_all", now - 2, now + 600)
+            .await
+            .unwrap();
+        s.revoke_user_tokens("usr_all", now - 8, now + 600)
+            .await
+            .unwrap();
+        assert!(!admitted(now - 3).await);
+        assert!(admitted(now - 1).await);
+    }
+
+    /// An access token of `subject` with id `jti`, issued at `iat`.
+    pub fn token<'a>(subject: &'a str, jti: &'a str, iat: u64) -> TokenRef<'a> {
+        TokenRef {
+            subject,
+            jti: Some(jti),
+            issued_at: iat,
+        }
     }
 
     /// One record of every kind, with ids of its own (`ten_f`, `usr_f`, ...).
@@ -374,6 +504,7 @@ pub mod suite {
             token_hash: "rt_f".into(),
             user_id: "usr_f".into(),
             family_id: "fam_f".into(),
+            issued_at: now,
             expires_at: now + 3600,
             rotated_at: None,
         };
@@ -383,6 +514,9 @@ pub mod suite {
             .await
             .unwrap();
         s.revoke_jti("usr_f", "jti_f", now + 600).await.unwrap();
+        s.revoke_user_tokens("usr_gone", now - 100, now + 600)
+            .await
+            .unwrap();
         let ms = crate::util::now_ms();
         s.rate_limit(&scope::tenant("ten_f"), &[(Window::Day, 100)], ms)
             .await
@@ -415,8 +549,16 @@ pub mod suite {
             "family revocation lost"
         );
         assert!(
-            s.is_jti_revoked("usr_f", "jti_f").await.unwrap(),
+            s.is_token_revoked(token("usr_f", "jti_f", crate::util::unix_now()))
+                .await
+                .unwrap(),
             "logout lost"
+        );
+        assert!(
+            s.is_token_revoked(token("usr_gone", "j", crate::util::unix_now() - 200))
+                .await
+                .unwrap(),
+            "a logout everywhere was lost"
         );
         let ms = crate::util::now_ms();
         let usage = s.usage(&scope::tenant("ten_f"), ms).await.unwrap();
@@ -569,6 +711,7 @@ pub mod suite {
             token_hash: "rh1".into(),
             user_id: "usr_1".into(),
             family_id: "fam1".into(),
+            issued_at: now,
             expires_at: now + 3600,
             rotated_at: None,
         };
@@ -593,17 +736,24 @@ pub mod suite {
         s.put_refresh_token(&expired).await.unwrap();
         assert!(s.get_refresh_token("rh3").await.unwrap().is_none());
 
-        assert!(!s.is_jti_revoked("usr_1", "j1").await.unwrap());
+        assert!(!s.is_token_revoked(token("usr_1", "j1", now)).await.unwrap());
         s.revoke_jti("usr_1", "j1", now + 60).await.unwrap();
-        assert!(s.is_jti_revoked("usr_1", "j1").await.unwrap());
+        assert!(s.is_token_revoked(token("usr_1", "j1", now)).await.unwrap());
         s.revoke_jti("usr_1", "j2", now - 1).await.unwrap();
-        assert!(!s.is_jti_revoked("usr_1", "j2").await.unwrap());
+        assert!(!s.is_token_revoked(token("usr_1", "j2", now)).await.unwrap());
 
         // The revocation check and the user's limit are one decision; a revoked token counts
         // against nothing.
         let now_ms = now * 1000;
         let limits = [(Window::Minute, 2)];
-        let admit = |jti| s.admit_token("usr_2", jti, &limits, now_ms);
+        let admit = |jti| {
+            let t = TokenRef {
+                subject: "usr_2",
+                jti,
+                issued_at: now,
+            };
+            s.admit_token(t, &limits, now_ms)
+        };
         let Admission::Decided(d) = admit(Some("j3")).await.unwrap() else {
             panic!("a live token was refused as revoked");
         };
@@ -626,13 +776,13 @@ pub mod suite {
         assert_eq!(d.refused_by, Some(Window::Minute));
         // No limits: the revocation check alone.
         assert_eq!(
-            s.admit_token("usr_2", Some("j3"), &[], now_ms)
+            s.admit_token(token("usr_2", "j3", now), &[], now_ms)
                 .await
                 .unwrap(),
             Admission::Revoked
         );
         assert!(matches!(
-            s.admit_token("usr_2", Some("j4"), &[], now_ms)
+            s.admit_token(token("usr_2", "j4", now), &[], now_ms)
                 .await
                 .unwrap(),
             Admission::Decided(_)

@@ -40,6 +40,13 @@ pub enum Record {
         jti: String,
         until: u64,
     },
+    /// User `subject` logged out everywhere: its tokens issued at or before `through` are
+    /// refused, until `until`.
+    RevokedUser {
+        subject: String,
+        through: u64,
+        until: u64,
+    },
     /// A calendar count: requests this day or month, tokens this month, of one limiter scope.
     Counter {
         scope: String,
@@ -59,6 +66,7 @@ impl Record {
             Record::RefreshToken(_) => "refresh_token",
             Record::RevokedFamily { .. } => "revoked_family",
             Record::RevokedToken { .. } => "revoked_token",
+            Record::RevokedUser { .. } => "revoked_user",
             Record::Counter { .. } => "counter",
         }
     }
@@ -133,6 +141,16 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
                 return Ok(Loaded::Skipped("expired".into()));
             }
             store.revoke_jti(subject, jti, *until).await?;
+        }
+        Record::RevokedUser {
+            subject,
+            through,
+            until,
+        } => {
+            if *until <= now {
+                return Ok(Loaded::Skipped("expired".into()));
+            }
+            store.revoke_user_tokens(subject, *through, *until).await?;
         }
         Record::Counter {
             scope,

@@ -479,3 +479,72 @@ pub fn sigterm(child: &tokio::process::Child) {
 pub fn sighup(child: &tokio::process::Child) {
     signal(child, "-HUP");
 }
+
+/// Log out everywhere, as a second browser tab sees it.
+pub async fn logout_all_ends_every_session(a: &TestGateway, b: &TestGateway, email: &str) {
+    let first = login(a, email).await;
+    let second = post(
+        &b.url("/api/auth/login"),
+        &[],
+        &format!(r#"{{"email":"{email}","password":"your-secure-password"}}"#),
+    )
+    .await
+    .json();
+    let tab = |v: &serde_json::Value| v["access_token"].as_str().unwrap().to_string();
+    let (tab1, tab2) = (tab(&first), tab(&second));
+    for (g, t) in [(a, &tab1), (b, &tab2), (a, &tab2)] {
+        let r = get(&g.url("/api/chat"), &[("authorization", &bearer(t))]).await;
+        assert_eq!(r.status, 200);
+    }
+    let r = post(
+        &a.url("/api/auth/logout-all"),
+        &[("authorization", &bearer(&tab1))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["message"], "Logged out everywhere");
+    for g in [a, b] {
+        for t in [&tab1, &tab2] {
+            let r = get(&g.url("/api/chat"), &[("authorization", &bearer(t))]).await;
+            assert_eq!(
+                (r.status.as_u16(), r.error_code().as_str()),
+                (401, "AUTH_INVALID_TOKEN")
+            );
+            let r = get(&g.url("/api/auth/me"), &[("authorization", &bearer(t))]).await;
+            assert_eq!(r.status, 401);
+        }
+    }
+    for v in [&first, &second] {
+        let body = format!(
+            r#"{{"refresh_token":"{}"}}"#,
+            v["refresh_token"].as_str().unwrap()
+        );
+        let r = post(&b.url("/api/auth/refresh"), &[], &body).await;
+        assert_eq!(r.status, 401, "a refresh token outlived logout-all");
+    }
+    // A new login right after works, on either replica.
+    let again = post(
+        &b.url("/api/auth/login"),
+        &[],
+        &format!(r#"{{"email":"{email}","password":"your-secure-password"}}"#),
+    )
+    .await
+    .json();
+    let r = get(
+        &a.url("/api/chat"),
+        &[("authorization", &bearer(&tab(&again)))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "a login after logout-all was refused");
+    // It needs a valid access token.
+    let r = post(&a.url("/api/auth/logout-all"), &[], "").await;
+    assert_eq!(r.status, 401);
+    let r = post(
+        &a.url("/api/auth/logout-all"),
+        &[("authorization", &bearer(&tab1))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}

@@ -27,6 +27,8 @@ pub const REFRESH: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_
 pub const FAMILIES: TableDefinition<&str, u64> = TableDefinition::new("revoked_families");
 /// Access token id -> (user id, revoked until).
 pub const TOKENS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("revoked_tokens");
+/// User id -> (tokens issued at or before this are refused, until): "log out everywhere".
+pub const USER_CUTOFFS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("user_cutoffs");
 /// (limiter scope, window name) -> (calendar period, count).
 pub const COUNTERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("counters");
 
@@ -37,7 +39,7 @@ pub type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// The schema this build writes. A file at an older version is migrated at start-up; a newer
 /// one is refused untouched.
-pub const MIGRATIONS: &[Migration] = &[create_tables_v1];
+pub const MIGRATIONS: &[Migration] = &[create_tables_v1, add_user_cutoffs_v2];
 
 pub fn schema_version() -> u64 {
     MIGRATIONS.len() as u64
@@ -53,6 +55,12 @@ fn create_tables_v1(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(FAMILIES)?;
     tx.open_table(TOKENS)?;
     tx.open_table(COUNTERS)?;
+    Ok(())
+}
+
+/// Version 2: "log out everywhere" (`POST /api/auth/logout-all`).
+fn add_user_cutoffs_v2(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(USER_CUTOFFS)?;
     Ok(())
 }
 
@@ -286,6 +294,43 @@ mod tests {
             err.contains("newer ares-gateway") && err.contains(FILE_NAME),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_forward_keeping_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let db = Database::create(&path).unwrap();
+            migrate(&db, &path, &MIGRATIONS[..1]).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(TENANTS)
+                .unwrap()
+                .insert("ten_1", b"{}".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let (db, _) = open(dir.path(), 1 << 20).unwrap();
+        use redb::ReadableDatabase;
+        let r = db.begin_read().unwrap();
+        let version = r
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(version, schema_version());
+        assert!(
+            r.open_table(USER_CUTOFFS).is_ok(),
+            "version 2's table is missing"
+        );
+        assert!(r
+            .open_table(TENANTS)
+            .unwrap()
+            .get("ten_1")
+            .unwrap()
+            .is_some());
     }
 
     #[test]

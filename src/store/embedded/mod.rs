@@ -21,9 +21,10 @@ use serde::de::DeserializeOwned;
 
 use self::file::{
     unavailable, COUNTERS, EMAILS, FAMILIES, KEYS, REFRESH, TENANTS, TENANT_KEYS, TOKENS, USERS,
+    USER_CUTOFFS,
 };
 use super::records::{self, Record};
-use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, User};
+use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, TokenRef, User, UserCutoffs};
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
 use crate::util::{now_ms, unix_now, FastMap};
@@ -46,6 +47,8 @@ pub struct EmbeddedStore {
     min_free_bytes: u64,
     /// Access token id -> revoked until: the file's revocations, read on every JWT request.
     revoked_tokens: FastMap<String, u64>,
+    /// The file's "log out everywhere" lines, read on every JWT request.
+    user_cutoffs: UserCutoffs,
     limiter: LocalLimiter,
     /// `bulk_load`: commits skip the sync until it is turned off.
     bulk: std::sync::atomic::AtomicBool,
@@ -80,6 +83,7 @@ impl EmbeddedStore {
             path,
             min_free_bytes: opts.min_free_bytes,
             revoked_tokens: FastMap::default(),
+            user_cutoffs: UserCutoffs::default(),
             limiter: LocalLimiter::new(),
             bulk: std::sync::atomic::AtomicBool::new(false),
             unwritten: Mutex::new(Default::default()),
@@ -135,6 +139,18 @@ impl EmbeddedStore {
                 self.revoked_tokens.insert(k.value().to_string(), until);
             }
         }
+        for entry in tx
+            .open_table(USER_CUTOFFS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (through, until) = v.value();
+            if until > now {
+                self.user_cutoffs.set(k.value(), through, until);
+            }
+        }
         let now_ms = now_ms();
         for entry in tx
             .open_table(COUNTERS)
@@ -154,6 +170,15 @@ impl EmbeddedStore {
         // Restoring marked every count changed; they are in the file already.
         self.limiter.take_changed();
         Ok(())
+    }
+
+    fn revoked_at(&self, token: TokenRef<'_>, now: u64) -> bool {
+        token
+            .jti
+            .is_some_and(|j| self.revoked_tokens.get(j).is_some_and(|u| *u > now))
+            || self
+                .user_cutoffs
+                .revokes(token.subject, token.issued_at, now)
     }
 
     fn read<T>(
@@ -246,6 +271,7 @@ impl EmbeddedStore {
         let now = unix_now();
         let now_ms = now_ms();
         self.revoked_tokens.retain(|_, until| *until > now);
+        self.user_cutoffs.sweep(now);
         self.limiter.sweep(now_ms);
         self.write(move |tx| {
             tx.open_table(TOKENS)
@@ -255,6 +281,10 @@ impl EmbeddedStore {
             tx.open_table(FAMILIES)
                 .map_err(unavailable)?
                 .retain(|_, until| until > now)
+                .map_err(unavailable)?;
+            tx.open_table(USER_CUTOFFS)
+                .map_err(unavailable)?
+                .retain(|_, (_, until)| until > now)
                 .map_err(unavailable)?;
             tx.open_table(REFRESH)
                 .map_err(unavailable)?
@@ -322,6 +352,23 @@ impl EmbeddedStore {
             let r = Record::RevokedToken {
                 subject: subject.to_string(),
                 jti: k.value().to_string(),
+                until,
+            };
+            if until > now && !send(r) {
+                return Ok(());
+            }
+        }
+        for entry in tx
+            .open_table(USER_CUTOFFS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            let (k, v) = entry.map_err(unavailable)?;
+            let (through, until) = v.value();
+            let r = Record::RevokedUser {
+                subject: k.value().to_string(),
+                through,
                 until,
             };
             if until > now && !send(r) {
@@ -630,7 +677,8 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?
                 .get(r.family_id.as_str())
                 .map_err(unavailable)?
-                .is_some_and(|until| until.value() > now);
+                .is_some_and(|until| until.value() > now)
+                || self.user_cutoffs.revokes(&r.user_id, r.issued_at, now);
             Ok((r.expires_at > now && !dead).then_some(r))
         })
     }
@@ -692,23 +740,41 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    async fn is_jti_revoked(&self, _subject: &str, jti: &str) -> Result<bool, StoreError> {
-        let now = unix_now();
-        Ok(self.revoked_tokens.get(jti).is_some_and(|u| *u > now))
+    async fn revoke_user_tokens(
+        &self,
+        subject: &str,
+        through: u64,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let id = subject.to_string();
+        self.write(move |tx| {
+            let mut t = tx.open_table(USER_CUTOFFS).map_err(unavailable)?;
+            let before = t.get(id.as_str()).map_err(unavailable)?.map(|v| v.value());
+            let (b_through, b_until) = before.unwrap_or((0, 0));
+            t.insert(id.as_str(), (through.max(b_through), until.max(b_until)))
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await?;
+        // In memory once it is in the file, as for a single token's revocation.
+        self.user_cutoffs.set(subject, through, until);
+        Ok(())
+    }
+
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
+        Ok(self.revoked_at(token, unix_now()))
     }
 
     async fn admit_token(
         &self,
-        subject: &str,
-        jti: Option<&str>,
+        token: TokenRef<'_>,
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        let now = now_ms / 1000;
-        if jti.is_some_and(|j| self.revoked_tokens.get(j).is_some_and(|u| *u > now)) {
+        if self.revoked_at(token, now_ms / 1000) {
             return Ok(Admission::Revoked);
         }
-        let scope = super::scope::user(subject);
+        let scope = super::scope::user(token.subject);
         Ok(Admission::Decided(
             self.limiter.check(&scope, limits, now_ms),
         ))

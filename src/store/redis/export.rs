@@ -23,6 +23,8 @@ enum Kind<'a> {
         subject: &'a str,
         jti: &'a str,
     },
+    /// `ub:{u:<subject>}`
+    UserCutoff(&'a str),
     /// `rl:{<scope>}:<day|month|tokens>:<period>`
     Counter {
         scope: &'a str,
@@ -51,6 +53,12 @@ fn classify(name: &str) -> Option<Kind<'_>> {
         let (user_scope, jti) = rest.split_once("}:")?;
         let subject = user_scope.strip_prefix(crate::store::scope::USER)?;
         return Some(Kind::Token { subject, jti });
+    }
+    if let Some(rest) = name.strip_prefix("ub:{") {
+        let user_scope = rest.strip_suffix('}')?;
+        return Some(Kind::UserCutoff(
+            user_scope.strip_prefix(crate::store::scope::USER)?,
+        ));
     }
     let rest = name.strip_prefix("rl:{")?;
     let (scope, tail) = rest.rsplit_once("}:")?;
@@ -135,6 +143,18 @@ impl RedisStore {
                 jti: jti.to_string(),
                 until,
             }),
+            Kind::UserCutoff(subject) => {
+                let mut c = self.handle().await?;
+                let through: Option<u64> = c.get(name).await.map_err(unavailable)?;
+                match (through, until().await?) {
+                    (Some(through), Some(until)) => Some(Record::RevokedUser {
+                        subject: subject.to_string(),
+                        through,
+                        until,
+                    }),
+                    _ => None,
+                }
+            }
             Kind::Counter {
                 scope,
                 window,
@@ -216,5 +236,6 @@ mod tests {
             })
         );
         assert_eq!(classify("rl:{t:ten_1}:minute"), None);
+        assert_eq!(classify("ub:{u:usr_1}"), Some(Kind::UserCutoff("usr_1")));
     }
 }

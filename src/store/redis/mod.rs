@@ -15,6 +15,8 @@
 //! {p}jti:{u:<subject>}:{jti}      revoked access token id, expiring with the token (in the
 //!                                user's limiter slot: one script checks it and the limits)
 //! {p}jti:{jti}                   the same, as older gateways keep it (`store.legacy_revocations`)
+//! {p}ub:{u:<subject>}            "log out everywhere": tokens of the user issued (iat) at or
+//!                                before this time are revoked; in the user's slot too
 //! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
 //! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
 //! {p}rl:{<scope>}:tokens:{n}     tokens debited in month n (the limiter checks it too)
@@ -40,7 +42,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, OnceCell};
 
-use super::{scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, User};
+use super::{
+    scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, TokenRef, User,
+};
 use crate::config::StoreConfig;
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, RateLimitHeaders, Usage, Window};
@@ -48,10 +52,12 @@ use crate::util::unix_now;
 
 /// Decide every window of one scope atomically; consume from all only when all allow.
 ///
-/// KEYS: the revocation keys of the request's access token (none for an API key), then one per
-/// window, in check order. ARGV: now_ms, consume (1/0), member, the number of revocation keys,
-/// then per window: kind (`s` sliding | `c` calendar | `k` check-only calendar: the token
-/// budget), limit, span (sliding: window ms; calendar: period end ms).
+/// KEYS: the revocation keys of the request's access token (none for an API key), then its
+/// user's "log out everywhere" key (holding a time: tokens issued at or before it are revoked),
+/// then one per window, in check order. ARGV: now_ms, consume (1/0), member, the number of
+/// revocation keys, the number of cut-off keys, the token's iat, then per window: kind (`s`
+/// sliding | `c` calendar | `k` check-only calendar: the token budget), limit, span (sliding:
+/// window ms; calendar: period end ms).
 /// Returns {-1, 0, 0, 0} when a revocation key exists (nothing consumed), else {refusing window
 /// index or 0, limit, remaining, reset_ms} of the refusing or tightest window.
 const LIMIT_SCRIPT: &str = r#"
@@ -59,15 +65,24 @@ local now = tonumber(ARGV[1])
 local consume = ARGV[2] == '1'
 local member = ARGV[3]
 local nrev = tonumber(ARGV[4])
+local ncut = tonumber(ARGV[5])
+local iat = tonumber(ARGV[6])
 for i = 1, nrev do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     return {-1, 0, 0, 0}
   end
 end
+for i = nrev + 1, nrev + ncut do
+  local cut = redis.call('GET', KEYS[i])
+  if cut and iat <= tonumber(cut) then
+    return {-1, 0, 0, 0}
+  end
+end
+local first = nrev + ncut
 local tl, tr, tz = 0, -1, 0
-for w = 1, #KEYS - nrev do
-  local key = KEYS[nrev + w]
-  local base = 4 + (w - 1) * 3
+for w = 1, #KEYS - first do
+  local key = KEYS[first + w]
+  local base = 6 + (w - 1) * 3
   local kind = ARGV[base + 1]
   local limit = tonumber(ARGV[base + 2])
   local span = tonumber(ARGV[base + 3])
@@ -98,9 +113,9 @@ for w = 1, #KEYS - nrev do
   end
 end
 if consume then
-  for w = 1, #KEYS - nrev do
-    local key = KEYS[nrev + w]
-    local base = 4 + (w - 1) * 3
+  for w = 1, #KEYS - first do
+    local key = KEYS[first + w]
+    local base = 6 + (w - 1) * 3
     local span = tonumber(ARGV[base + 3])
     if ARGV[base + 1] == 'k' then
       -- check-only: debited by token usage, not by requests
@@ -346,16 +361,23 @@ impl RedisStore {
         key!(self, "jti:{{{user_scope}}}:{jti}")
     }
 
-    /// One run of the limiter script: the revocation keys first, then the windows.
+    /// The "log out everywhere" key of a user, in its limiter slot (`scope::user`).
+    fn cutoff_key(&self, user_scope: &str) -> String {
+        key!(self, "ub:{{{user_scope}}}")
+    }
+
+    /// One run of the limiter script: the revocation keys first, then the token's cut-off key
+    /// (with its `iat`), then the windows.
     async fn decide(
         &self,
         revocations: &[String],
+        cutoff: Option<(&str, u64)>,
         scope: &str,
         limits: &[(Window, u64)],
         now_ms: u64,
         consume: bool,
     ) -> Result<Admission, StoreError> {
-        if limits.is_empty() && revocations.is_empty() {
+        if limits.is_empty() && revocations.is_empty() && cutoff.is_none() {
             return Ok(Admission::Decided(Decision {
                 refused_by: None,
                 headers: RateLimitHeaders::default(),
@@ -363,11 +385,15 @@ impl RedisStore {
         }
         // EVALSHA built as one command (one buffer) rather than through `ScriptInvocation`,
         // which allocates per argument and copies them all into a command again.
-        let nkeys = revocations.len() + limits.len();
-        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 4 + 3 * limits.len(), 512);
+        let ncut = usize::from(cutoff.is_some());
+        let nkeys = revocations.len() + ncut + limits.len();
+        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 6 + 3 * limits.len(), 512);
         cmd.arg("EVALSHA").arg(self.limiter.get_hash()).arg(nkeys);
         for k in revocations {
             cmd.arg(k);
+        }
+        if let Some((key, _)) = cutoff {
+            cmd.arg(key);
         }
         // Per window, in check order: its key, then (kind, limit, span) for the script.
         let mut key = String::with_capacity(64);
@@ -394,7 +420,9 @@ impl RedisStore {
         cmd.arg(now_ms)
             .arg(if consume { "1" } else { "0" })
             .arg(member)
-            .arg(revocations.len());
+            .arg(revocations.len())
+            .arg(ncut)
+            .arg(cutoff.map_or(0, |(_, iat)| iat));
         for &(kind, limit, span) in &windows {
             cmd.arg(kind).arg(limit).arg(span);
         }
@@ -445,7 +473,10 @@ impl RedisStore {
         now_ms: u64,
         consume: bool,
     ) -> Result<Decision, StoreError> {
-        match self.decide(&[], scope, limits, now_ms, consume).await? {
+        match self
+            .decide(&[], None, scope, limits, now_ms, consume)
+            .await?
+        {
             Admission::Decided(d) => Ok(d),
             Admission::Revoked => Err(StoreError::Corrupt(
                 "limiter script found a revocation it was not asked about".into(),
@@ -745,12 +776,18 @@ impl Store for RedisStore {
         else {
             return Ok(None);
         };
+        // Two commands: under Cluster the keys live in different slots.
         let mut c = self.handle().await?;
-        let revoked: bool = c
-            .exists(key!(self, "rtfam:{}", r.family_id))
-            .await
-            .map_err(unavailable)?;
-        Ok((r.expires_at > unix_now() && !revoked).then_some(r))
+        let mut c2 = c.clone();
+        let family_key = key!(self, "rtfam:{}", r.family_id);
+        let cutoff_key = self.cutoff_key(&scope::user(&r.user_id));
+        let (family, cutoff) = tokio::join!(
+            c.exists::<_, bool>(&family_key),
+            c2.get::<_, Option<u64>>(&cutoff_key)
+        );
+        let (family, cutoff) = (family.map_err(unavailable)?, cutoff.map_err(unavailable)?);
+        let logged_out = cutoff.is_some_and(|through| r.issued_at <= through);
+        Ok((r.expires_at > unix_now() && !family && !logged_out).then_some(r))
     }
 
     async fn mark_refresh_rotated(
@@ -807,21 +844,52 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn is_jti_revoked(&self, subject: &str, jti: &str) -> Result<bool, StoreError> {
-        let admission = self.admit_token(subject, Some(jti), &[], 0).await?;
+    async fn revoke_user_tokens(
+        &self,
+        subject: &str,
+        through: u64,
+        until: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.cutoff_key(&scope::user(subject));
+        let mut c = self.handle().await?;
+        // Never moves the line back, and keeps the longer life.
+        redis::Script::new(
+            "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+             local ttl = redis.call('TTL', KEYS[1])
+             local keep = tonumber(ARGV[2]) - tonumber(ARGV[3])
+             if ttl > keep then keep = ttl end
+             if keep < 1 then keep = 1 end
+             local through = tonumber(ARGV[1])
+             if cur > through then through = cur end
+             redis.call('SET', KEYS[1], through, 'EX', keep)
+             return 1",
+        )
+        .key(&key)
+        .arg(through)
+        .arg(until)
+        .arg(unix_now())
+        .invoke_async::<i64>(&mut c)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
+        let admission = self.admit_token(token, &[], 0).await?;
         Ok(admission == Admission::Revoked)
     }
 
     async fn admit_token(
         &self,
-        subject: &str,
-        jti: Option<&str>,
+        token: TokenRef<'_>,
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        let scope = scope::user(subject);
-        let Some(jti) = jti else {
-            return self.decide(&[], &scope, limits, now_ms, true).await;
+        let scope = scope::user(token.subject);
+        let cutoff_key = self.cutoff_key(&scope);
+        let cutoff = Some((cutoff_key.as_str(), token.issued_at));
+        let Some(jti) = token.jti else {
+            return self.decide(&[], cutoff, &scope, limits, now_ms, true).await;
         };
         let mut revocations = vec![self.revocation_key(&scope, jti)];
         let legacy = self.legacy_revocations.then(|| key!(self, "jti:{jti}"));
@@ -829,10 +897,10 @@ impl Store for RedisStore {
             // One Redis: the script may read a key of any name.
             revocations.extend(legacy);
             return self
-                .decide(&revocations, &scope, limits, now_ms, true)
+                .decide(&revocations, cutoff, &scope, limits, now_ms, true)
                 .await;
         }
-        let decided = self.decide(&revocations, &scope, limits, now_ms, true);
+        let decided = self.decide(&revocations, cutoff, &scope, limits, now_ms, true);
         let Some(legacy) = legacy else {
             return decided.await;
         };
