@@ -4,7 +4,8 @@
 //! response to an allowed origin (errors included, so a browser can read a 401 or a 429) carries
 //! `Access-Control-Allow-Origin` and `Vary: Origin`, and exposes the rate-limit and request-id
 //! headers (`cors.allow_headers` / `cors.expose_headers` add to the defaults in `config/defaults.rs`).
-//! Credentials travel in headers, never cookies, so `Allow-Credentials` is not sent.
+//! `Access-Control-Allow-Credentials: true` is sent to allowed origins only, and only with
+//! cookie sessions on (`auth.cookies`); otherwise credentials travel in headers.
 //! A preflight from an origin not on the list gets 204 without CORS headers: the browser stops.
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -33,7 +34,12 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// The answer to a preflight; `allow_headers` is `CorsConfig::allow_headers`.
-pub fn preflight(origin: Option<&HeaderValue>, allow_headers: &HeaderValue) -> Response<Body> {
+/// `credentials`: cookie sessions are on, so allowed origins may send cookies.
+pub fn preflight(
+    origin: Option<&HeaderValue>,
+    allow_headers: &HeaderValue,
+    credentials: bool,
+) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
@@ -43,6 +49,12 @@ pub fn preflight(origin: Option<&HeaderValue>, allow_headers: &HeaderValue) -> R
             HeaderValue::from_static(ALLOW_METHODS),
         );
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers.clone());
+        if credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static(MAX_AGE),
@@ -52,9 +64,20 @@ pub fn preflight(origin: Option<&HeaderValue>, allow_headers: &HeaderValue) -> R
 }
 
 /// Mark a response readable by an allowed origin; `expose` is `CorsConfig::expose_headers`.
-pub fn decorate(headers: &mut HeaderMap, origin: &HeaderValue, expose: &HeaderValue) {
+pub fn decorate(
+    headers: &mut HeaderMap,
+    origin: &HeaderValue,
+    expose: &HeaderValue,
+    credentials: bool,
+) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+    if credentials {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
     let varies = headers.get_all(header::VARY).iter().any(|v| {
         v.to_str()
             .unwrap_or("")
@@ -102,6 +125,7 @@ mod tests {
             &mut h,
             &HeaderValue::from_static("https://a.example"),
             &HeaderValue::from_static("x-request-id"),
+            false,
         );
         assert_eq!(h.get_all(header::VARY).iter().count(), 1);
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");

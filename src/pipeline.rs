@@ -133,7 +133,13 @@ pub async fn handle(
         );
     }
     if let Some(origin) = &cors_origin {
-        cors::decorate(resp.headers_mut(), origin, &snap.config.cors.expose_headers);
+        let cfg = &snap.config;
+        cors::decorate(
+            resp.headers_mut(),
+            origin,
+            &cfg.cors.expose_headers,
+            cfg.auth.cookies,
+        );
     }
     let elapsed = started.elapsed();
     crate::metrics::get().request(
@@ -185,6 +191,7 @@ async fn handle_inner<'r>(
         return Ok(cors::preflight(
             cors::allowed_origin(req.headers(), cors_origins).as_ref(),
             &snap.config.cors.allow_headers,
+            snap.config.auth.cookies,
         ));
     }
 

@@ -332,3 +332,78 @@ async fn logout_all_ends_every_session_of_the_user() {
     let g = gateway(&up.url(), &[]).await;
     logout_all_ends_every_session(&g, &g, "everywhere@example.com").await;
 }
+
+#[tokio::test]
+async fn cookie_sessions_keep_the_refresh_token_out_of_scripts_and_refuse_forgery() {
+    let up = Upstream::start().await;
+    let app = "https://app.example.com";
+    let g = gateway(
+        &up.url(),
+        &[("ARES_AUTH_COOKIES", "true"), ("ARES_CORS_ORIGINS", app)],
+    )
+    .await;
+    post(
+        &g.url("/api/auth/register"),
+        &[],
+        r#"{"email":"cookie@example.com","password":"your-secure-password","name":"C"}"#,
+    )
+    .await;
+    let r = post(
+        &g.url("/api/auth/login"),
+        &[("origin", app)],
+        r#"{"email":"cookie@example.com","password":"your-secure-password"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert!(v["access_token"].is_string());
+    assert!(
+        v.get("refresh_token").is_none(),
+        "the refresh token is readable: {v}"
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let set = r.header("set-cookie").unwrap().to_string();
+    for part in [
+        "ares_refresh=rt_",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/api/auth/",
+    ] {
+        assert!(set.contains(part), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    // The cookie alone, from the app, with the header a form cannot send: a new access token.
+    let from_app = [
+        ("cookie", cookie.as_str()),
+        ("origin", app),
+        ("x-requested-with", "fetch"),
+    ];
+    let r = send("POST", &g.url("/api/auth/refresh"), &from_app, None).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["access_token"].is_string());
+    // Forgery: another origin, no origin, or no X-Requested-With.
+    for headers in [
+        vec![
+            ("cookie", cookie.as_str()),
+            ("origin", "https://evil.example.com"),
+            ("x-requested-with", "x"),
+        ],
+        vec![("cookie", cookie.as_str()), ("x-requested-with", "x")],
+        vec![("cookie", cookie.as_str()), ("origin", app)],
+    ] {
+        let r = send("POST", &g.url("/api/auth/refresh"), &headers, None).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (403, "AUTH_FORBIDDEN"),
+            "{headers:?}"
+        );
+    }
+    // Logout reads the cookie and clears it; the refresh token is dead.
+    let r = send("POST", &g.url("/api/auth/logout"), &from_app, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = send("POST", &g.url("/api/auth/refresh"), &from_app, None).await;
+    assert_eq!(r.status, 401);
+}

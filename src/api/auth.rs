@@ -44,6 +44,81 @@ struct RefreshRequest {
     refresh_token: String,
 }
 
+/// A body that may leave the refresh token to the cookie (cookie sessions).
+#[derive(Deserialize)]
+struct MaybeRefreshRequest {
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// The refresh token a refresh or logout presents: in the JSON body, or (cookie sessions) in
+/// the cookie, which then needs an allowed Origin and `X-Requested-With`.
+async fn presented_refresh(
+    s: &RequestScope<'_>,
+    req: Request<RequestBody>,
+) -> Result<String, GatewayError> {
+    let snap = s.snap;
+    let limit = snap.config.server.json_body_limit;
+    if !snap.config.auth.cookies {
+        let body: RefreshRequest = api::json::read_request_json(req, limit).await?;
+        return Ok(body.refresh_token);
+    }
+    let cookie = api::cookie::read(req.headers()).map(str::to_string);
+    let forgery = api::cookie::check_forgery(req.headers(), &snap.config.server.cors_origins);
+    let has_body = req.headers().contains_key(http::header::CONTENT_TYPE)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v != "0");
+    let body = if has_body {
+        let b: MaybeRefreshRequest = api::json::read_request_json(req, limit).await?;
+        b.refresh_token
+    } else {
+        None
+    };
+    match (body, cookie) {
+        (Some(token), _) => Ok(token),
+        (None, Some(token)) => forgery.map(|()| token),
+        (None, None) => Err(GatewayError::InvalidRefreshToken),
+    }
+}
+
+/// Cookie sessions: move a new refresh token from the JSON body into the cookie, and clear
+/// the cookie when a session ends (a logout answer carries no token).
+async fn with_cookie(
+    s: &RequestScope<'_>,
+    resp: Result<Response<Body>, GatewayError>,
+) -> Result<Response<Body>, GatewayError> {
+    let auth = &s.snap.config.auth;
+    if !auth.cookies {
+        return resp;
+    }
+    let resp = resp?;
+    let (mut parts, body) = resp.into_parts();
+    // Our own JSON answer, in memory: collecting it does not wait.
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| GatewayError::Internal(format!("auth answer: {e}")))?;
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(Response::from_parts(parts, body::full(bytes)));
+    };
+    let cookie = match v.get("refresh_token").and_then(|t| t.as_str()) {
+        Some(token) => api::cookie::set(token, auth.refresh_token_ttl.as_secs()),
+        None if v.get("access_token").is_none() => Some(api::cookie::clear()),
+        None => None,
+    };
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("refresh_token");
+    }
+    if let Some(c) = cookie {
+        parts.headers.append(http::header::SET_COOKIE, c);
+    }
+    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, body::full(bytes)))
+}
+
 pub async fn handle(
     s: &RequestScope<'_>,
     req: Request<RequestBody>,
@@ -70,10 +145,12 @@ pub async fn handle(
             register(state, api::json::read_request_json(req, limit).await?).await
         }
         (["login"], &Method::POST) => {
-            login(s, api::json::read_request_json(req, limit).await?).await
+            let login = login(s, api::json::read_request_json(req, limit).await?).await;
+            with_cookie(s, login).await
         }
         (["refresh"], &Method::POST) => {
-            refresh(s, api::json::read_request_json(req, limit).await?).await
+            let presented = presented_refresh(s, req).await?;
+            with_cookie(s, refresh(s, presented).await).await
         }
         (["logout"], &Method::POST) => {
             let principal = match auth::bearer(req.headers()) {
@@ -82,13 +159,13 @@ pub async fn handle(
                     .ok(),
                 _ => None,
             };
-            let body: RefreshRequest = api::json::read_request_json(req, limit).await?;
-            logout(s, body, principal).await
+            let presented = presented_refresh(s, req).await;
+            with_cookie(s, logout(s, presented, principal).await).await
         }
         (["logout-all"], &Method::POST) => {
             let token = auth::bearer(req.headers())?.ok_or(GatewayError::MissingCredentials)?;
             let principal = auth::authenticate_jwt(token, &state.credentials(snap)).await?;
-            logout_all(s, &principal).await
+            with_cookie(s, logout_all(s, &principal).await).await
         }
         (["me"], &Method::GET) => me(s, &req).await,
         (["register" | "login" | "refresh" | "logout" | "logout-all" | "me"], _) => {
@@ -265,15 +342,12 @@ fn plausible_refresh_token(t: &str) -> bool {
     t.starts_with(REFRESH_PREFIX) && t.len() <= 128
 }
 
-async fn refresh(
-    s: &RequestScope<'_>,
-    req: RefreshRequest,
-) -> Result<Response<Body>, GatewayError> {
+async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Body>, GatewayError> {
     let RequestScope { state, snap, .. } = *s;
-    if !plausible_refresh_token(&req.refresh_token) {
+    if !plausible_refresh_token(&presented) {
         return Err(GatewayError::InvalidRefreshToken);
     }
-    let hash = token_hash(&req.refresh_token);
+    let hash = token_hash(&presented);
     let record = state
         .store
         .call(state.store.get_refresh_token(&hash))
@@ -325,13 +399,20 @@ async fn refresh(
 
 async fn logout(
     s: &RequestScope<'_>,
-    req: RefreshRequest,
+    presented: Result<String, GatewayError>,
     principal: Option<auth::Principal>,
 ) -> Result<Response<Body>, GatewayError> {
     let RequestScope { state, snap, .. } = *s;
     let now = unix_now();
-    if plausible_refresh_token(&req.refresh_token) {
-        let hash = token_hash(&req.refresh_token);
+    // Idempotent: a logout without a usable refresh token still ends the access token and
+    // clears the cookie; only a malformed body or a forged cookie request is refused.
+    let presented = match presented {
+        Ok(t) => Some(t),
+        Err(GatewayError::InvalidRefreshToken) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(token) = presented.filter(|t| plausible_refresh_token(t)) {
+        let hash = token_hash(&token);
         if let Some(record) = state
             .store
             .call(state.store.get_refresh_token(&hash))

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cookie;
 pub mod json;
 
 use http::{Method, Response, StatusCode};

@@ -291,6 +291,7 @@ pub(crate) mod tests {
             jwt_issuer: "ares-gateway".into(),
             jwt_accepted_issuers: vec![],
             accept_tokens_without_issuer: false,
+            cookies: false,
             jwt_audience: None,
             jwt_leeway: Duration::from_secs(30),
             access_token_ttl: Duration::from_secs(900),

@@ -75,6 +75,7 @@ pub struct AuthFile {
     /// Other issuers whose tokens verify (comma-separated), e.g. during a migration.
     pub jwt_accepted_issuers: Option<String>,
     pub accept_tokens_without_issuer: Option<Flag>,
+    pub cookies: Option<Flag>,
     pub jwt_audience: Option<String>,
     pub jwt_leeway_secs: Option<Num>,
     pub access_token_ttl_secs: Option<Num>,

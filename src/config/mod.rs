@@ -172,6 +172,8 @@ pub struct AuthConfig {
     pub jwt_accepted_issuers: Vec<String>,
     /// Verify tokens without `iss` (those ARES issued itself) with the same keys.
     pub accept_tokens_without_issuer: bool,
+    /// Cookie sessions for browser apps: the refresh token in an HttpOnly cookie.
+    pub cookies: bool,
     pub jwt_audience: Option<String>,
     pub jwt_leeway: Duration,
     pub access_token_ttl: Duration,

@@ -409,6 +409,7 @@ impl Validator {
                 "auth.accept_tokens_without_issuer",
                 false,
             ),
+            cookies: self.flag(&f.cookies, "auth.cookies", false),
             jwt_audience: f.jwt_audience.filter(|a| !a.trim().is_empty()),
             jwt_leeway: Duration::from_secs(
                 self.bounded(&f.jwt_leeway_secs, &defaults::AUTH_JWT_LEEWAY_SECS),
