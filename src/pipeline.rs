@@ -206,6 +206,17 @@ async fn handle_inner<'r>(
     }
     outcome.route = Some(route);
     outcome.bearer = route.auth.is_bearer();
+    // Admin routes only from the allowed networks, before the secret is even looked at.
+    let admin_nets = &snap.config.server.admin_allow_cidrs;
+    if route.auth == AuthKind::Admin
+        && !admin_nets.is_empty()
+        && !admin_nets
+            .iter()
+            .any(|n| n.contains(&ctx.client_ip.to_canonical()))
+    {
+        tracing::info!(client = %ctx.client_ip, reason = "admin_network", "admin request refused");
+        return Err(GatewayError::Forbidden);
+    }
 
     // 3. gateway-served routes. The admin API serves exactly the paths it implements; the
     // others go to the upstream's own admin routes, after the same admin check.

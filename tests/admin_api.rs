@@ -483,3 +483,74 @@ async fn provision_client_returns_the_contract_shape_and_refuses_unknown_tiers()
         "nothing half-made"
     );
 }
+
+#[tokio::test]
+async fn admin_routes_answer_only_the_allowed_networks() {
+    let up = Upstream::start().await;
+    // The test client is 127.0.0.1: outside 10.0.0.0/8.
+    let g = gateway(
+        &up.url(),
+        &[("ARES_ADMIN_ALLOW_CIDRS", "10.0.0.0/8, 192.0.2.7")],
+    )
+    .await;
+    for path in [
+        "/api/admin/tenants",
+        "/api/admin/agents",
+        "/api/admin/export",
+    ] {
+        let r = get(&g.url(path), &admin()).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (403, "AUTH_FORBIDDEN"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "an admin request from outside reached the upstream"
+    );
+    // Non-admin routes are not affected.
+    assert_eq!(get(&g.url("/healthz"), &[]).await.status, 200);
+
+    // Behind a trusted proxy the forwarded client address is the one judged.
+    let yaml = shipped_yaml().replace("  trusted_proxies: []", "  trusted_proxies: [127.0.0.1]");
+    let g = start(config_from(
+        &yaml,
+        &up.url(),
+        &[("ARES_ADMIN_ALLOW_CIDRS", "10.0.0.0/8")],
+    ))
+    .await;
+    let from = |ip: &'static str| {
+        let url = g.url("/api/admin/tenants");
+        async move { get(&url, &[("x-admin-secret", ADMIN), ("x-forwarded-for", ip)]).await }
+    };
+    assert_eq!(from("10.1.2.3").await.status, 200);
+    assert_eq!(from("198.51.100.4").await.status, 403);
+
+    // Loopback allowed: the secret decides again.
+    let g = gateway(&up.url(), &[("ARES_ADMIN_ALLOW_CIDRS", "127.0.0.0/8")]).await;
+    assert_eq!(
+        get(&g.url("/api/admin/tenants"), &admin()).await.status,
+        200
+    );
+    let r = get(
+        &g.url("/api/admin/tenants"),
+        &[("x-admin-secret", "wrong-secret-0123456789")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // A value that is not a network is a config error naming the key.
+    let err = ares_gateway::config::Config::from_yaml(&shipped_yaml(), &|k| match k {
+        "ARES_ADMIN_ALLOW_CIDRS" => Some("10.0.0.0/8, not-a-net".into()),
+        "ARES_STORE" => Some("memory".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(
+        err.iter()
+            .any(|p| p.to_string().contains("server.admin_allow_cidrs")),
+        "{err:?}"
+    );
+}

@@ -407,3 +407,65 @@ async fn cookie_sessions_keep_the_refresh_token_out_of_scripts_and_refuse_forger
     let r = send("POST", &g.url("/api/auth/refresh"), &from_app, None).await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn changing_the_password_ends_every_other_session() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let first = login(&g, "change@example.com").await;
+    let old_access = first["access_token"].as_str().unwrap().to_string();
+    let old_refresh = first["refresh_token"].as_str().unwrap().to_string();
+    let change = |current: &str, new: &str| {
+        let (url, auth) = (g.url("/api/auth/password"), bearer(&old_access));
+        let body = format!(r#"{{"current_password":"{current}","new_password":"{new}"}}"#);
+        async move { post(&url, &[("authorization", &auth)], &body).await }
+    };
+    let r = change("not-my-password", "a-brand-new-password-9").await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "AUTH_INVALID_CREDENTIALS")
+    );
+    let r = change("your-secure-password", "password").await;
+    assert_eq!(r.status, 400, "a weak new password was taken");
+    let r = change("your-secure-password", "a-brand-new-password-9").await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["message"], "Password changed");
+    let new_access = v["access_token"].as_str().unwrap().to_string();
+    // The old session is gone; the one returned works.
+    let r = get(
+        &g.url("/api/chat"),
+        &[("authorization", &bearer(&old_access))],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = post(
+        &g.url("/api/auth/refresh"),
+        &[],
+        &format!(r#"{{"refresh_token":"{old_refresh}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = get(
+        &g.url("/api/chat"),
+        &[("authorization", &bearer(&new_access))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Only the new password logs in.
+    let login_with = |pw: &str| {
+        let url = g.url("/api/auth/login");
+        let body = format!(r#"{{"email":"change@example.com","password":"{pw}"}}"#);
+        async move { post(&url, &[], &body).await.status }
+    };
+    assert_eq!(login_with("your-secure-password").await, 401);
+    assert_eq!(login_with("a-brand-new-password-9").await, 200);
+    // Without a token: 401.
+    let r = post(
+        &g.url("/api/auth/password"),
+        &[],
+        r#"{"current_password":"x","new_password":"y"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}

@@ -40,6 +40,12 @@ struct LoginRequest {
 }
 
 #[derive(Deserialize)]
+struct PasswordChange {
+    current_password: Password,
+    new_password: Password,
+}
+
+#[derive(Deserialize)]
 struct RefreshRequest {
     refresh_token: String,
 }
@@ -167,8 +173,14 @@ pub async fn handle(
             let principal = auth::authenticate_jwt(token, &state.credentials(snap)).await?;
             with_cookie(s, logout_all(s, &principal).await).await
         }
+        (["password"], &Method::POST) => {
+            let token = auth::bearer(req.headers())?.ok_or(GatewayError::MissingCredentials)?;
+            let principal = auth::authenticate_jwt(token, &state.credentials(snap)).await?;
+            let body: PasswordChange = api::json::read_request_json(req, limit).await?;
+            with_cookie(s, change_password(s, &principal, body).await).await
+        }
         (["me"], &Method::GET) => me(s, &req).await,
-        (["register" | "login" | "refresh" | "logout" | "logout-all" | "me"], _) => {
+        (["register" | "login" | "refresh" | "logout" | "logout-all" | "password" | "me"], _) => {
             Err(GatewayError::MethodNotAllowed)
         }
         _ => Err(GatewayError::NotFound),
@@ -441,17 +453,72 @@ async fn logout(
     ))
 }
 
-/// `POST /api/auth/logout-all`: every session of the caller ends, on every replica: each
-/// refresh token stored and each access token issued up to now (the checks a JWT request
-/// already makes read the same line: no extra store round trip).
-async fn logout_all(
+/// `POST /api/auth/password`: the current password and a new one (the registration policy).
+/// Every session of the user ends, this one included, and a new one is returned: whoever held
+/// a stolen token or refresh token is out. Wrong current passwords count as failed logins.
+async fn change_password(
     s: &RequestScope<'_>,
     principal: &auth::Principal,
+    req: PasswordChange,
 ) -> Result<Response<Body>, GatewayError> {
-    let RequestScope { state, snap, .. } = *s;
+    let RequestScope { state, snap, ctx } = *s;
     let Identity::User(claims) = principal.identity() else {
         return Err(GatewayError::InvalidToken);
     };
+    if req.current_password.expose().len() > MAX_PASSWORD_BYTES {
+        return Err(GatewayError::InvalidCredentials);
+    }
+    password::check_policy(req.new_password.expose())?;
+    let user = state
+        .store
+        .call(state.store.get_user(&claims.sub))
+        .await?
+        .ok_or(GatewayError::InvalidToken)?;
+    let limits = &snap.config.limits;
+    let ek = email_key(&user.email);
+    let failures = [
+        (
+            Scope::LoginAccountIp(&ek, ctx.client_ip),
+            &limits.login_failures_per_account_ip,
+        ),
+        (Scope::LoginAccount(&ek), &limits.login_failures_per_account),
+    ];
+    state.limiter.check_failures(&failures).await?;
+    let verified = state
+        .passwords
+        .verify(&req.current_password, Some(user.password_hash.as_str()))
+        .await?;
+    if !verified.ok {
+        state.limiter.record_failure(&failures).await;
+        tracing::info!(user = %user.id, reason = "bad_credentials", "password change refused");
+        return Err(GatewayError::InvalidCredentials);
+    }
+    let hash = state.passwords.hash(&req.new_password).await?;
+    state
+        .store
+        .call(state.store.set_password_hash(&user.id, &hash))
+        .await?;
+    end_every_session(s, &user.id).await?;
+    let family = random_token("fam_", 22);
+    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
+    tracing::info!(user = %user.id, "password changed; every other session ended");
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({
+            "message": "Password changed",
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": snap.jwt.ttl_secs(),
+            "token_type": "Bearer",
+        }),
+        true,
+    ))
+}
+
+/// Draw the user's "log out everywhere" line at now, and return once this second is over:
+/// token times are whole seconds, so every token issued after the return is past the line.
+async fn end_every_session(s: &RequestScope<'_>, user_id: &str) -> Result<(), GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     let now_ms = crate::util::now_ms();
     let through = now_ms / 1000;
     let cfg = &snap.config.auth;
@@ -459,11 +526,23 @@ async fn logout_all(
     let until = through + access_life.max(cfg.refresh_token_ttl.as_secs());
     state
         .store
-        .call(state.store.revoke_user_tokens(&claims.sub, through, until))
+        .call(state.store.revoke_user_tokens(user_id, through, until))
         .await?;
-    // Token times are whole seconds: answer once this second is over, so that every token
-    // issued after the answer is later than the line, and none issued before it is.
     tokio::time::sleep(std::time::Duration::from_millis(1000 - now_ms % 1000)).await;
+    Ok(())
+}
+
+/// `POST /api/auth/logout-all`: every session of the caller ends, on every replica: each
+/// refresh token stored and each access token issued up to now (the checks a JWT request
+/// already makes read the same line: no extra store round trip).
+async fn logout_all(
+    s: &RequestScope<'_>,
+    principal: &auth::Principal,
+) -> Result<Response<Body>, GatewayError> {
+    let Identity::User(claims) = principal.identity() else {
+        return Err(GatewayError::InvalidToken);
+    };
+    end_every_session(s, &claims.sub).await?;
     tracing::info!(user = %claims.sub, "logged out everywhere");
     Ok(body::json(
         StatusCode::OK,

@@ -33,6 +33,8 @@ pub struct ServerFile {
     pub json_body_limit_bytes: Option<Num>,
     pub shutdown_grace_secs: Option<Num>,
     pub trusted_proxies: Option<Vec<String>>,
+    /// Comma-separated IPs or CIDRs allowed to reach admin routes; empty: any.
+    pub admin_allow_cidrs: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_handshake_timeout_secs: Option<Num>,

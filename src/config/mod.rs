@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-*` values are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Networks allowed to reach admin routes (by the client address the gateway trusts);
+    /// empty: any.
+    pub admin_allow_cidrs: Vec<IpNet>,
     pub tls: Option<TlsFiles>,
     pub tls_handshake_timeout: Duration,
     /// How often the certificate files are checked for changes (SIGHUP reloads at once).

@@ -112,6 +112,27 @@ impl Validator {
                 ),
             }
         }
+        let mut admin_allow_cidrs = Vec::new();
+        for cidr in f
+            .admin_allow_cidrs
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+        {
+            if cidr.is_empty() {
+                continue;
+            }
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => admin_allow_cidrs.push(net),
+                Err(_) => self.problem(
+                    "server.admin_allow_cidrs",
+                    format!("ARES_ADMIN_ALLOW_CIDRS: expected IPs or CIDRs, got {cidr:?}"),
+                ),
+            }
+        }
         let cert = f.tls_cert.unwrap_or_default();
         let key = f.tls_key.unwrap_or_default();
         let tls = match (cert.trim().is_empty(), key.trim().is_empty()) {
@@ -172,6 +193,7 @@ impl Validator {
                 &defaults::SERVER_SHUTDOWN_GRACE_SECS,
             )),
             trusted_proxies,
+            admin_allow_cidrs,
             tls,
             tls_handshake_timeout: Duration::from_secs(self.bounded(
                 &f.tls_handshake_timeout_secs,
