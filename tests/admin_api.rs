@@ -554,3 +554,93 @@ async fn admin_routes_answer_only_the_allowed_networks() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn keys_are_disabled_edited_and_rotated_with_an_overlap() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, key_id, raw) = provision(&g, "dev").await;
+    let key_url = g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}"));
+    let chat = |raw: String| {
+        let url = g.url("/v1/chat");
+        async move { post(&url, &[("authorization", &bearer(&raw))], "{}").await }
+    };
+    assert_eq!(chat(raw.clone()).await.status, 200);
+
+    // Disable: refused at once (the cached copy is dropped); enable: works again.
+    let r = send("PATCH", &key_url, &admin(), Some(r#"{"is_active":false}"#)).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["is_active"], false);
+    assert_eq!(chat(raw.clone()).await.status, 401);
+    let r = send("PATCH", &key_url, &admin(), Some(r#"{"is_active":true}"#)).await;
+    assert_eq!(r.json()["is_active"], true);
+    assert_eq!(chat(raw.clone()).await.status, 200);
+
+    // Edit name and scopes: an ingest-only key cannot chat.
+    let r = send(
+        "PATCH",
+        &key_url,
+        &admin(),
+        Some(r#"{"name":"ingest only","scopes":["ingest"]}"#),
+    )
+    .await;
+    assert_eq!(r.json()["name"], "ingest only");
+    assert_eq!(chat(raw.clone()).await.status, 403);
+    send("PATCH", &key_url, &admin(), Some(r#"{"scopes":["full"]}"#)).await;
+    // Bad edits: a past expiry, an unknown field, an unknown key.
+    for body in [r#"{"expires_at":1}"#, r#"{"colour":"red"}"#] {
+        let r = send("PATCH", &key_url, &admin(), Some(body)).await;
+        assert_eq!(r.status, 400, "{body}");
+    }
+    let r = send(
+        "PATCH",
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys/key_nope")),
+        &admin(),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // The raw key and its hash never appear in an answer.
+    assert!(!String::from_utf8_lossy(&r.body).contains(&raw));
+
+    // Rotate with a 2 s overlap: both keys work, then only the new one.
+    let r = post(
+        &format!("{key_url}/rotate"),
+        &admin(),
+        r#"{"grace_secs":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let new_raw = v["raw_key"].as_str().unwrap().to_string();
+    assert_ne!(new_raw, raw);
+    assert_eq!(v["api_key"]["name"], "ingest only");
+    assert!(v["previous"]["expires_at"].as_u64().is_some());
+    assert_eq!(chat(new_raw.clone()).await.status, 200);
+    assert_eq!(
+        chat(raw.clone()).await.status,
+        200,
+        "the overlap was not kept"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(
+        chat(raw.clone()).await.status,
+        401,
+        "the old key outlived its grace"
+    );
+    assert_eq!(chat(new_raw.clone()).await.status, 200);
+
+    // Rotate with no grace: the old key is refused at once; a disabled key is not rotated.
+    let new_id = v["api_key"]["id"].as_str().unwrap().to_string();
+    let url = g.url(&format!(
+        "/api/admin/tenants/{tenant}/api-keys/{new_id}/rotate"
+    ));
+    let r = post(&url, &admin(), "{}").await;
+    assert_eq!(r.status, 201);
+    let newest = r.json()["raw_key"].as_str().unwrap().to_string();
+    assert_eq!(chat(new_raw.clone()).await.status, 401);
+    assert_eq!(chat(newest).await.status, 200);
+    assert_eq!(post(&url, &admin(), "{}").await.status, 400);
+    let r = post(&url, &admin(), r#"{"grace_secs":99999999}"#).await;
+    assert_eq!(r.status, 400);
+}

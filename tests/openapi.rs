@@ -68,7 +68,7 @@ async fn every_documented_operation_is_implemented_as_documented() {
             }
         }
     }
-    assert_eq!(ops.len(), 23, "documented operations");
+    assert_eq!(ops.len(), 25, "documented operations");
     ops.sort_by_key(|(p, m, _)| rank(p, m));
 
     let (mut access, mut refresh) = (String::new(), String::new());

@@ -140,6 +140,16 @@ impl Store for MemoryStore {
         Ok(hash.and_then(|h| self.keys.remove(&h).map(|(_, k)| k)))
     }
 
+    async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError> {
+        Ok(match self.keys.get_mut(&key.key_hash) {
+            Some(mut k) => {
+                *k = key.clone();
+                true
+            }
+            None => false,
+        })
+    }
+
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
         for (hash, at) in used {
             if let Some(mut k) = self.keys.get_mut(hash) {

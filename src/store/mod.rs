@@ -170,6 +170,9 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         key_id: &str,
     ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Replace a key's record (same hash, same tenant and id): its name, scopes, expiry or
+    /// state changed. `false` when the key no longer exists (nothing is created).
+    async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError>;
     /// Record `last_used_at` for a batch of `(key hash, time)`; unknown hashes are skipped.
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError>;
 
@@ -634,6 +637,19 @@ pub mod suite {
         assert_eq!(s.get_api_key("h1").await.unwrap().unwrap().id, "k1");
         assert_eq!(s.list_api_keys("t1").await.unwrap().len(), 2);
 
+        let mut disabled = key("k1", "t1", "h1");
+        disabled.is_active = false;
+        disabled.name = "renamed".into();
+        assert!(s.update_api_key(&disabled).await.unwrap());
+        assert_eq!(s.get_api_key("h1").await.unwrap(), Some(disabled.clone()));
+        assert_eq!(s.list_api_keys("t1").await.unwrap().len(), 2);
+        disabled.is_active = true;
+        assert!(s.update_api_key(&disabled).await.unwrap());
+        assert!(!s.update_api_key(&key("k8", "t1", "gone")).await.unwrap());
+        assert!(
+            s.get_api_key("gone").await.unwrap().is_none(),
+            "an update created a key"
+        );
         s.touch_api_keys(&[("h1".into(), 1_800_000_000), ("zz".into(), 1)])
             .await
             .unwrap();

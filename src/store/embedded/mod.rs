@@ -562,6 +562,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError> {
+        let (hash, json) = (key.key_hash.clone(), encode(key)?);
+        self.write(move |tx| {
+            let mut keys = tx.open_table(KEYS).map_err(unavailable)?;
+            if keys.get(hash.as_str()).map_err(unavailable)?.is_none() {
+                return Ok(false);
+            }
+            keys.insert(hash.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
         let used = used.to_vec();
         self.write(move |tx| {

@@ -690,6 +690,24 @@ impl Store for RedisStore {
         Ok(Some(record))
     }
 
+    async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.handle().await?;
+        // XX: never resurrect a key deleted meanwhile.
+        let updated = redis::cmd("SET")
+            .arg(key!(self, "key:{}", key.key_hash))
+            .arg(json)
+            .arg("XX")
+            .query_async::<Option<String>>(&mut c)
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        if updated {
+            self.publish(format!("key:{}", key.key_hash)).await;
+        }
+        Ok(updated)
+    }
+
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
         for (hash, at) in used {
             let key = key!(self, "key:{hash}");

@@ -4,6 +4,8 @@
 //! tenant, key id, which admin secret by index, outcome) and never a secret or a raw key.
 //! Changes invalidate this replica's caches at once.
 
+mod keys;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -123,6 +125,7 @@ pub fn serves(path: &str) -> bool {
                 "quota" | "limits" | "status" | "usage" | "api-keys"
             ]
             | ["tenants", _, "api-keys", _]
+            | ["tenants", _, "api-keys", _, "rotate"]
     )
 }
 
@@ -179,6 +182,14 @@ pub async fn handle(
         // Key ids are `key_...`: `import` is never one.
         (["tenants", _, "api-keys", "import"], _) => Err(GatewayError::MethodNotAllowed),
         (["tenants", id, "api-keys", key_id], &Method::DELETE) => a.delete_key(id, key_id).await,
+        (["tenants", id, "api-keys", key_id], &Method::PATCH) => {
+            a.edit_key(id, key_id, api::json::read_request_json(req, limit).await?)
+                .await
+        }
+        (["tenants", id, "api-keys", key_id, "rotate"], &Method::POST) => {
+            a.rotate_key(id, key_id, api::json::read_request_json(req, limit).await?)
+                .await
+        }
         _ if serves(path) => Err(GatewayError::MethodNotAllowed),
         _ => Err(GatewayError::NotFound),
     };
