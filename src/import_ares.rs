@@ -332,6 +332,7 @@ async fn import_user(
         name,
         password_hash: hash,
         created_at: seconds(int(row, "created_at")?).unwrap_or(0),
+        disabled: false,
     };
     if !dry_run {
         match store.call_keep_error(store.create_user(&user)).await {

@@ -644,3 +644,101 @@ async fn keys_are_disabled_edited_and_rotated_with_an_overlap() {
     let r = post(&url, &admin(), r#"{"grace_secs":99999999}"#).await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test]
+async fn users_are_listed_disabled_logged_out_and_deleted() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let t = login(&g, "ann@users.example").await;
+    login(&g, "bob@users.example").await;
+    login(&g, "cat@other.example").await;
+    let access = t["access_token"].as_str().unwrap().to_string();
+    let refresh = t["refresh_token"].as_str().unwrap().to_string();
+
+    // List by email, a page at a time; search by prefix.
+    let r = get(&g.url("/api/admin/users?limit=2"), &admin()).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let emails: Vec<&str> = v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["ann@users.example", "bob@users.example"]);
+    let next = v["next"].as_str().unwrap().to_string();
+    let r = get(
+        &g.url(&format!("/api/admin/users?limit=2&after={next}")),
+        &admin(),
+    )
+    .await;
+    assert_eq!(r.json()["users"][0]["email"], "cat@other.example");
+    assert!(r.json()["next"].is_null());
+    let r = get(&g.url("/api/admin/users?email=ANN%40users"), &admin()).await;
+    let users = r.json()["users"].as_array().unwrap().clone();
+    assert_eq!(users.len(), 1);
+    let ann = users[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("argon2"),
+        "a hash in the answer"
+    );
+    assert_eq!(
+        get(&g.url("/api/admin/users?limit=0"), &admin())
+            .await
+            .status,
+        400
+    );
+    assert_eq!(get(&g.url("/api/admin/users"), &[]).await.status, 401);
+    let r = get(&g.url(&format!("/api/admin/users/{ann}")), &admin()).await;
+    assert_eq!(r.json()["email"], "ann@users.example");
+    assert_eq!(r.json()["disabled"], false);
+
+    // Disabled: its token is refused at once, login and refresh too.
+    let user_url = g.url(&format!("/api/admin/users/{ann}"));
+    let r = send("PATCH", &user_url, &admin(), Some(r#"{"disabled":true}"#)).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["disabled"], true);
+    let chat = |token: String| {
+        let url = g.url("/api/chat");
+        async move {
+            get(&url, &[("authorization", &bearer(&token))])
+                .await
+                .status
+        }
+    };
+    assert_eq!(chat(access.clone()).await, 401);
+    let login_ann = || {
+        let url = g.url("/api/auth/login");
+        async move {
+            post(
+                &url,
+                &[],
+                r#"{"email":"ann@users.example","password":"your-secure-password"}"#,
+            )
+            .await
+        }
+    };
+    assert_eq!(login_ann().await.status, 403);
+    let r = post(
+        &g.url("/api/auth/refresh"),
+        &[],
+        &format!(r#"{{"refresh_token":"{refresh}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // Enabled again: a new login works; the admin can end its sessions.
+    send("PATCH", &user_url, &admin(), Some(r#"{"disabled":false}"#)).await;
+    let r = login_ann().await;
+    assert_eq!(r.status, 200);
+    let fresh = r.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(chat(fresh.clone()).await, 200);
+    let r = post(&format!("{user_url}/logout"), &admin(), "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(chat(fresh).await, 401);
+    // Deleted: gone, its email free.
+    assert_eq!(send("DELETE", &user_url, &admin(), None).await.status, 204);
+    assert_eq!(get(&user_url, &admin()).await.status, 404);
+    assert_eq!(login_ann().await.status, 401);
+    assert_eq!(send("DELETE", &user_url, &admin(), None).await.status, 404);
+    login(&g, "ann@users.example").await;
+}

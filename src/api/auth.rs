@@ -240,6 +240,7 @@ async fn register(state: &AppState, req: RegisterRequest) -> Result<Response<Bod
         name,
         password_hash: state.passwords.hash(&req.password).await?,
         created_at: unix_now(),
+        disabled: false,
     };
     match state
         .store
@@ -297,6 +298,10 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
         tracing::info!(reason = "bad_credentials", "login refused");
         return Err(GatewayError::InvalidCredentials);
     };
+    if user.disabled {
+        tracing::info!(user = %user.id, reason = "user_disabled", "login refused");
+        return Err(GatewayError::Forbidden);
+    }
     if let Some(new_hash) = verified.rehash {
         if let Err(e) = state
             .store
@@ -370,6 +375,9 @@ async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Bod
         .call(state.store.get_user(&record.user_id))
         .await?
         .ok_or(GatewayError::InvalidRefreshToken)?;
+    if user.disabled {
+        return Err(GatewayError::InvalidRefreshToken);
+    }
     let cfg = &snap.config.auth;
     let now = unix_now();
     if !cfg.refresh_rotation {
@@ -518,7 +526,15 @@ async fn change_password(
 /// Draw the user's "log out everywhere" line at now, and return once this second is over:
 /// token times are whole seconds, so every token issued after the return is past the line.
 async fn end_every_session(s: &RequestScope<'_>, user_id: &str) -> Result<(), GatewayError> {
-    let RequestScope { state, snap, .. } = *s;
+    end_sessions(s.state, s.snap, user_id).await
+}
+
+/// [`end_every_session`] for callers outside a user's own request (the admin API).
+pub(crate) async fn end_sessions(
+    state: &AppState,
+    snap: &crate::state::Snapshot,
+    user_id: &str,
+) -> Result<(), GatewayError> {
     let now_ms = crate::util::now_ms();
     let through = now_ms / 1000;
     let cfg = &snap.config.auth;

@@ -186,6 +186,41 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
+        Ok(match self.users.get_mut(&user.id) {
+            Some(mut u) if u.email == user.email => {
+                *u = user.clone();
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let Some((_, user)) = self.users.remove(id) else {
+            return Ok(None);
+        };
+        self.emails.remove(&user.email);
+        Ok(Some(user))
+    }
+
+    async fn list_users(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        let mut found: Vec<User> = self
+            .users
+            .iter()
+            .filter(|u| u.email.starts_with(prefix) && after.is_none_or(|a| u.email.as_str() > a))
+            .map(|u| u.clone())
+            .collect();
+        found.sort_by(|a, b| a.email.cmp(&b.email));
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError> {
         self.refresh
             .insert(record.token_hash.clone(), record.clone());

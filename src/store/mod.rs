@@ -107,6 +107,9 @@ pub struct User {
     /// Argon2id PHC string.
     pub password_hash: String,
     pub created_at: u64,
+    /// Set by an admin: logins and refreshes are refused (records before it read false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl std::fmt::Debug for User {
@@ -181,6 +184,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     async fn get_user(&self, id: &str) -> Result<Option<User>, StoreError>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError>;
+    /// Replace a user's record (same id and email): `false` when the user is gone.
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError>;
+    /// Delete a user and its email; returns the record, or `None` when there was none.
+    async fn delete_user(&self, id: &str) -> Result<Option<User>, StoreError>;
+    /// Users by email, from the first after `after` (an email), at most `limit`, only those
+    /// whose email starts with `prefix`.
+    async fn list_users(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError>;
 
     async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError>;
     /// The record, unless it expired or its family was revoked.
@@ -417,8 +432,66 @@ pub mod suite {
         users(s).await;
         refresh_and_revocation(s).await;
         logout_everywhere(s).await;
+        managed_users(s).await;
         counters(s).await;
         restored_counters(s).await;
+    }
+
+    async fn managed_users(s: &dyn Store) {
+        let user = |id: &str, email: &str| User {
+            id: id.into(),
+            email: email.into(),
+            name: "M".into(),
+            password_hash: "$argon2id$m".into(),
+            created_at: 3,
+            disabled: false,
+        };
+        for (id, email) in [
+            ("usr_m2", "m2@list.example"),
+            ("usr_m1", "m1@list.example"),
+            ("usr_x", "x@other.example"),
+        ] {
+            s.create_user(&user(id, email)).await.unwrap();
+        }
+        let emails = |v: Vec<User>| v.into_iter().map(|u| u.email).collect::<Vec<_>>();
+        let page = s.list_users("m", None, 1).await.unwrap();
+        assert_eq!(emails(page), ["m1@list.example"]);
+        let page = s
+            .list_users("m", Some("m1@list.example"), 10)
+            .await
+            .unwrap();
+        assert_eq!(emails(page), ["m2@list.example"]);
+        let page = s.list_users("x@", None, 10).await.unwrap();
+        assert_eq!(emails(page), ["x@other.example"]);
+
+        let mut off = user("usr_m1", "m1@list.example");
+        off.disabled = true;
+        assert!(s.update_user(&off).await.unwrap());
+        assert!(s.get_user("usr_m1").await.unwrap().unwrap().disabled);
+        // An update never moves a user to another email (the index would lie).
+        assert!(!s
+            .update_user(&user("usr_m1", "new@list.example"))
+            .await
+            .unwrap());
+        assert!(!s
+            .update_user(&user("usr_none", "none@list.example"))
+            .await
+            .unwrap());
+
+        assert_eq!(
+            s.delete_user("usr_m2").await.unwrap().unwrap().email,
+            "m2@list.example"
+        );
+        assert!(s.delete_user("usr_m2").await.unwrap().is_none());
+        assert!(s
+            .get_user_by_email("m2@list.example")
+            .await
+            .unwrap()
+            .is_none());
+        // Its email is free again.
+        s.create_user(&user("usr_m3", "m2@list.example"))
+            .await
+            .unwrap();
     }
 
     async fn logout_everywhere(s: &dyn Store) {
@@ -501,6 +574,7 @@ pub mod suite {
             name: "F".into(),
             password_hash: "$argon2id$f".into(),
             created_at: 2,
+            disabled: false,
         };
         s.create_user(&user).await.unwrap();
         let r = RefreshRecord {
@@ -685,6 +759,7 @@ pub mod suite {
             name: "A".into(),
             password_hash: "$argon2id$x".into(),
             created_at: 1,
+            disabled: false,
         };
         s.create_user(&u).await.unwrap();
         let mut dup = u.clone();

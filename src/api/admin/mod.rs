@@ -5,6 +5,7 @@
 //! Changes invalidate this replica's caches at once.
 
 mod keys;
+mod users;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -126,6 +127,9 @@ pub fn serves(path: &str) -> bool {
             ]
             | ["tenants", _, "api-keys", _]
             | ["tenants", _, "api-keys", _, "rotate"]
+            | ["users"]
+            | ["users", _]
+            | ["users", _, "logout"]
     )
 }
 
@@ -150,6 +154,14 @@ pub async fn handle(
                 .await
         }
         (["export"], &Method::GET) => a.export(),
+        (["users"], &Method::GET) => a.list_users(req.uri().query()).await,
+        (["users", id], &Method::GET) => a.get_user(id).await,
+        (["users", id], &Method::PATCH) => {
+            a.edit_user(id, api::json::read_request_json(req, limit).await?)
+                .await
+        }
+        (["users", id], &Method::DELETE) => a.delete_user(id).await,
+        (["users", id, "logout"], &Method::POST) => a.logout_user(id).await,
         (["tenants"], &Method::GET) => a.list_tenants().await,
         (["tenants"], &Method::POST) => {
             a.create_tenant(api::json::read_request_json(req, limit).await?)

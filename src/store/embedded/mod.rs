@@ -659,6 +659,74 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
+        let (user, json) = (user.clone(), encode(user)?);
+        self.write(move |tx| {
+            let mut users = tx.open_table(USERS).map_err(unavailable)?;
+            let found = users.get(user.id.as_str()).map_err(unavailable)?;
+            let same = found
+                .map(|v| decode::<User>("user", &user.id, v.value()))
+                .transpose()?
+                .is_some_and(|u| u.email == user.email);
+            if !same {
+                return Ok(false);
+            }
+            users
+                .insert(user.id.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let removed = tx
+                .open_table(USERS)
+                .map_err(unavailable)?
+                .remove(id.as_str())
+                .map_err(unavailable)?
+                .map(|v| decode::<User>("user", &id, v.value()))
+                .transpose()?;
+            if let Some(u) = &removed {
+                tx.open_table(EMAILS)
+                    .map_err(unavailable)?
+                    .remove(u.email.as_str())
+                    .map_err(unavailable)?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        self.read(|tx| {
+            let emails = tx.open_table(EMAILS).map_err(unavailable)?;
+            let users = tx.open_table(USERS).map_err(unavailable)?;
+            let start = after.map_or(prefix, |a| a.max(prefix));
+            let mut out = Vec::new();
+            for entry in emails.range(start..).map_err(unavailable)? {
+                let (email, id) = entry.map_err(unavailable)?;
+                if !email.value().starts_with(prefix) || out.len() >= limit {
+                    break;
+                }
+                if after == Some(email.value()) {
+                    continue;
+                }
+                if let Some(v) = users.get(id.value()).map_err(unavailable)? {
+                    out.push(decode("user", id.value(), v.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError> {
         let (hash, json) = (record.token_hash.clone(), encode(record)?);
         self.write(move |tx| {

@@ -71,6 +71,46 @@ fn classify(name: &str) -> Option<Kind<'_>> {
 }
 
 impl RedisStore {
+    /// Every user record, by `SCAN` (one Redis; a cluster is refused like an export).
+    pub(super) async fn scan_users(&self) -> Result<Vec<User>, StoreError> {
+        let Conn::Single(conn) = &self.conn else {
+            // A cluster is not walked node by node: its users come from the index set that
+            // registrations maintain (users of gateways older than it are not in it).
+            let mut c = self.handle().await?;
+            let ids: Vec<String> = c.smembers(key!(self, "users")).await.map_err(unavailable)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(u) = self.get_json::<User>(&key!(self, "user:{id}")).await? {
+                    out.push(u);
+                }
+            }
+            return Ok(out);
+        };
+        let mut c = conn.clone();
+        let (mut cursor, mut out) = (0u64, Vec::new());
+        let pattern = format!("{}user:*", self.prefix);
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            for name in &names {
+                if let Some(u) = self.get_json::<User>(name).await? {
+                    out.push(u);
+                }
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     pub(super) async fn export_records(&self, sink: &Sink) -> Result<(), StoreError> {
         let Conn::Single(conn) = &self.conn else {
             return Err(StoreError::Unavailable(

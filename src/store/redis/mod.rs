@@ -9,6 +9,7 @@
 //! {p}key:{sha256 of key}         JSON key record (hash, prefix, scopes; never the key)
 //! {p}user:{id}                   JSON user (argon2id PHC string; never the password)
 //! {p}email:{sha256 of email}     user id: the unique index (SET NX)
+//! {p}users                       SET of user ids (the admin listing under Cluster)
 //! {p}rt:{sha256 of token}        JSON refresh record, expiring with the token
 //! {p}rtrot:{sha256 of token}     rotation time (SET NX GET: the first rotation wins)
 //! {p}rtfam:{family}              revoked refresh family, expiring with the last token
@@ -743,7 +744,11 @@ impl Store for RedisStore {
         if !claimed {
             return Err(StoreError::Conflict);
         }
-        self.set_json(&key!(self, "user:{}", user.id), user).await
+        self.set_json(&key!(self, "user:{}", user.id), user).await?;
+        let mut c = self.handle().await?;
+        c.sadd::<_, _, ()>(key!(self, "users"), &user.id)
+            .await
+            .map_err(unavailable)
     }
 
     async fn get_user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
@@ -769,6 +774,58 @@ impl Store for RedisStore {
             self.set_json(&key, &u).await?;
         }
         Ok(())
+    }
+
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
+        let key = key!(self, "user:{}", user.id);
+        match self.get_json::<User>(&key).await? {
+            Some(u) if u.email == user.email => {}
+            _ => return Ok(false),
+        }
+        let json = serde_json::to_string(user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.handle().await?;
+        let updated = redis::cmd("SET")
+            .arg(&key)
+            .arg(json)
+            .arg("XX")
+            .query_async::<Option<String>>(&mut c)
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        Ok(updated)
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let key = key!(self, "user:{id}");
+        let Some(user) = self.get_json::<User>(&key).await? else {
+            return Ok(None);
+        };
+        let mut c = self.handle().await?;
+        // The record first: a crash in between leaves an email index to a missing user,
+        // which reads as no user (and a new registration of the email conflicts until swept).
+        c.del::<_, ()>(&key).await.map_err(unavailable)?;
+        c.del::<_, ()>(key!(self, "email:{}", sha_hex(&user.email)))
+            .await
+            .map_err(unavailable)?;
+        c.srem::<_, _, ()>(key!(self, "users"), id)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(user))
+    }
+
+    async fn list_users(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        // No index by email in Redis (emails are stored hashed): walk the users. Fine for an
+        // admin listing; the embedded store answers from its index.
+        let mut users = self.scan_users().await?;
+        users.retain(|u| u.email.starts_with(prefix) && after.is_none_or(|a| u.email.as_str() > a));
+        users.sort_by(|a, b| a.email.cmp(&b.email));
+        users.truncate(limit);
+        Ok(users)
     }
 
     async fn put_refresh_token(&self, record: &RefreshRecord) -> Result<(), StoreError> {
