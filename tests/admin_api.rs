@@ -742,3 +742,95 @@ async fn users_are_listed_disabled_logged_out_and_deleted() {
     assert_eq!(send("DELETE", &user_url, &admin(), None).await.status, 404);
     login(&g, "ann@users.example").await;
 }
+
+#[tokio::test]
+async fn the_audit_trail_is_stored_and_paged() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, key_id, _) = provision(&g, "dev").await;
+    let r = post(
+        &g.url(&format!(
+            "/api/admin/tenants/{tenant}/api-keys/{key_id}/rotate"
+        )),
+        &admin(),
+        r#"{"grace_secs":60}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    login(&g, "audited@example.com").await;
+    // Failed logins past the per-account-and-IP limit (10 an hour): a security event.
+    for _ in 0..11 {
+        post(
+            &g.url("/api/auth/login"),
+            &[],
+            r#"{"email":"audited@example.com","password":"wrong-password-123"}"#,
+        )
+        .await;
+    }
+    let r = get(&g.url("/api/admin/audit"), &admin()).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let entries = v["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for want in [
+        "tenant.create",
+        "api_key.create",
+        "api_key.rotate",
+        "login.locked",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    let rotate = entries
+        .iter()
+        .find(|e| e["action"] == "api_key.rotate")
+        .unwrap();
+    assert_eq!(rotate["actor"], "admin:0");
+    assert_eq!(rotate["target"], format!("api_key:{tenant}/{key_id}"));
+    assert_eq!(rotate["outcome"], "ok");
+    assert!(rotate["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    // In order; paged; filtered by target.
+    let ids: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    let r = get(&g.url("/api/admin/audit?limit=1"), &admin()).await;
+    let first = r.json();
+    assert_eq!(first["entries"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_str().unwrap().to_string();
+    let r = get(
+        &g.url(&format!("/api/admin/audit?limit=1&after={next}")),
+        &admin(),
+    )
+    .await;
+    assert_eq!(r.json()["entries"][0]["id"], ids[1]);
+    let r = get(
+        &g.url(&format!("/api/admin/audit?target=tenant:{tenant}")),
+        &admin(),
+    )
+    .await;
+    for e in r.json()["entries"].as_array().unwrap() {
+        assert!(e["target"].as_str().unwrap().starts_with("tenant:"));
+    }
+    assert_eq!(
+        get(&g.url("/api/admin/audit?colour=red"), &admin())
+            .await
+            .status,
+        400
+    );
+    assert_eq!(get(&g.url("/api/admin/audit"), &[]).await.status, 401);
+    // Nothing secret in it.
+    let text = String::from_utf8_lossy(
+        &get(&g.url("/api/admin/audit?limit=1000"), &admin())
+            .await
+            .body,
+    )
+    .to_string();
+    assert!(
+        !text.contains(ADMIN)
+            && !text.contains("audited@example.com")
+            && !text.contains("wrong-password")
+    );
+}

@@ -277,7 +277,10 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
     ];
     if let Err(e) = state.limiter.check_failures(&failures).await {
         if matches!(e, GatewayError::RateLimited { .. }) {
-            tracing::info!(reason = "login_failures", "login refused");
+            let keep = snap.config.store.audit_retention;
+            let target = format!("account:{ek}");
+            crate::api::audit::record(state, keep, "gateway", "login.locked", &target, "refused")
+                .await;
         }
         return Err(e);
     }
@@ -498,7 +501,9 @@ async fn change_password(
         .await?;
     if !verified.ok {
         state.limiter.record_failure(&failures).await;
-        tracing::info!(user = %user.id, reason = "bad_credentials", "password change refused");
+        let keep = snap.config.store.audit_retention;
+        let actor = format!("user:{}", user.id);
+        crate::api::audit::record(state, keep, &actor, "password.change", &actor, "refused").await;
         return Err(GatewayError::InvalidCredentials);
     }
     let hash = state.passwords.hash(&req.new_password).await?;
@@ -509,7 +514,9 @@ async fn change_password(
     end_every_session(s, &user.id).await?;
     let family = random_token("fam_", 22);
     let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
-    tracing::info!(user = %user.id, "password changed; every other session ended");
+    let keep = snap.config.store.audit_retention;
+    let actor = format!("user:{}", user.id);
+    crate::api::audit::record(state, keep, &actor, "password.change", &actor, "ok").await;
     Ok(body::json(
         StatusCode::OK,
         &json!({

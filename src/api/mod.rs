@@ -1,6 +1,7 @@
 //! Endpoints the gateway serves itself: health, `/api/auth/*`, and the admin API.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cookie;
 pub mod json;

@@ -134,6 +134,12 @@ pub const STORE_MIN_FREE_DISK_MB: Bound = Bound {
     min: 0,
     max: 1_048_576,
 };
+pub const STORE_AUDIT_RETENTION_DAYS: Bound = Bound {
+    key: "store.audit_retention_days",
+    default: 90,
+    min: 1,
+    max: 3650,
+};
 pub const AUTH_JWT_LEEWAY_SECS: Bound = Bound {
     key: "auth.jwt_leeway_secs",
     default: 30,
@@ -226,6 +232,7 @@ pub const ALL: &[Bound] = &[
     STORE_API_KEY_CACHE_TTL_SECS,
     STORE_EMBEDDED_CACHE_MB,
     STORE_MIN_FREE_DISK_MB,
+    STORE_AUDIT_RETENTION_DAYS,
     AUTH_JWT_LEEWAY_SECS,
     AUTH_ACCESS_TOKEN_TTL_SECS,
     AUTH_REFRESH_TOKEN_TTL_SECS,

@@ -52,6 +52,7 @@ pub struct StoreFile {
     pub data_dir: Option<String>,
     pub embedded_cache_mb: Option<Num>,
     pub min_free_disk_mb: Option<Num>,
+    pub audit_retention_days: Option<Num>,
     pub redis_url: Option<String>,
     pub key_prefix: Option<String>,
     pub command_timeout_ms: Option<Num>,

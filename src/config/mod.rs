@@ -157,6 +157,8 @@ pub struct StoreConfig {
     /// Also write and read access-token revocations under the Redis key older gateways use
     /// (`{p}jti:{jti}`), for replicas of an older version during an upgrade.
     pub legacy_revocations: bool,
+    /// How long the audit trail keeps an entry.
+    pub audit_retention: Duration,
 }
 
 #[derive(Debug, Clone)]

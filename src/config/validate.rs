@@ -323,6 +323,12 @@ impl Validator {
                 &defaults::STORE_API_KEY_CACHE_TTL_SECS,
             )),
             legacy_revocations: self.flag(&f.legacy_revocations, "store.legacy_revocations", true),
+            audit_retention: Duration::from_secs(
+                self.bounded(
+                    &f.audit_retention_days,
+                    &defaults::STORE_AUDIT_RETENTION_DAYS,
+                ) * 86_400,
+            ),
         }
     }
 

@@ -29,8 +29,13 @@ pub struct MemoryStore {
     revoked_jtis: crate::util::FastMap<String, (String, u64)>,
     /// "Log out everywhere": user id -> (tokens issued at or before this are refused, until).
     user_cutoffs: super::UserCutoffs,
+    /// The audit trail, oldest first, bounded by retention and by `AUDIT_CAP`.
+    audit: std::sync::Mutex<std::collections::VecDeque<super::AuditEntry>>,
     limiter: LocalLimiter,
 }
+
+/// The memory store's audit trail keeps at most this many entries.
+const AUDIT_CAP: usize = 100_000;
 
 impl MemoryStore {
     pub fn new() -> Self {
@@ -332,6 +337,38 @@ impl Store for MemoryStore {
 
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
         Ok(self.limiter.count(scope, Window::Tokens, now_ms))
+    }
+
+    async fn append_audit(
+        &self,
+        entry: &super::AuditEntry,
+        keep_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let horizon = entry.at_ms.saturating_sub(keep_ms);
+        while log
+            .front()
+            .is_some_and(|e| e.at_ms < horizon || log.len() >= AUDIT_CAP)
+        {
+            log.pop_front();
+        }
+        log.push_back(entry.clone());
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        after: Option<&str>,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<super::AuditEntry>, StoreError> {
+        let log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(log
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.id.as_str() > a) && e.target.starts_with(target))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn restore_counter(

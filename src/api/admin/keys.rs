@@ -96,7 +96,7 @@ impl Admin<'_> {
             key.is_active = active;
         }
         self.save_key(&key).await?;
-        self.audit(action, tenant_id, Some(key_id));
+        self.audit(action, tenant_id, Some(key_id)).await;
         Ok(body::json(StatusCode::OK, &ApiKeyView::from(&key), false))
     }
 
@@ -134,7 +134,7 @@ impl Admin<'_> {
             old.expires_at = Some(old.expires_at.map_or(end, |at| at.min(end)));
         }
         self.save_key(&old).await?;
-        self.audit("api_key.rotate", tenant_id, Some(key_id));
+        self.audit("api_key.rotate", tenant_id, Some(key_id)).await;
         Ok(body::json(
             StatusCode::CREATED,
             &json!({

@@ -127,6 +127,7 @@ pub fn serves(path: &str) -> bool {
             ]
             | ["tenants", _, "api-keys", _]
             | ["tenants", _, "api-keys", _, "rotate"]
+            | ["audit"]
             | ["users"]
             | ["users", _]
             | ["users", _, "logout"]
@@ -153,7 +154,8 @@ pub async fn handle(
             a.provision(api::json::read_request_json(req, limit).await?)
                 .await
         }
-        (["export"], &Method::GET) => a.export(),
+        (["export"], &Method::GET) => a.export().await,
+        (["audit"], &Method::GET) => a.list_audit(req.uri().query()).await,
         (["users"], &Method::GET) => a.list_users(req.uri().query()).await,
         (["users", id], &Method::GET) => a.get_user(id).await,
         (["users", id], &Method::PATCH) => {
@@ -246,16 +248,59 @@ struct Admin<'a> {
 }
 
 impl Admin<'_> {
-    fn audit(&self, action: &str, tenant: &str, key: Option<&str>) {
-        tracing::info!(
-            target: "audit",
-            action,
-            tenant,
-            key_id = key.unwrap_or("-"),
-            admin_secret = self.admin,
-            outcome = "ok",
-            "admin action"
-        );
+    async fn audit(&self, action: &str, tenant: &str, key: Option<&str>) {
+        let target = match key {
+            Some(k) => format!("api_key:{tenant}/{k}"),
+            None => format!("tenant:{tenant}"),
+        };
+        self.record(action, &target).await;
+    }
+
+    /// One admin action into the audit trail, the actor named by the admin secret's index.
+    async fn record(&self, action: &str, target: &str) {
+        let actor = format!("admin:{}", self.admin);
+        let keep = self.snap.config.store.audit_retention;
+        crate::api::audit::record(self.state, keep, &actor, action, target, "ok").await;
+    }
+
+    /// `GET /api/admin/audit?after=<id>&target=<prefix>&limit=<n>`: oldest first.
+    async fn list_audit(&self, query: Option<&str>) -> Result<Response<Body>, GatewayError> {
+        let (mut after, mut target, mut limit) = (None, String::new(), 100usize);
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "after" => after = Some(v.into_owned()),
+                "target" => target = v.into_owned(),
+                "limit" => {
+                    limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| GatewayError::invalid("limit must be 1 to 1000"))?
+                }
+                _ => {
+                    return Err(GatewayError::invalid(
+                        "known parameters: after, target, limit",
+                    ))
+                }
+            }
+        }
+        let mut entries = self
+            .state
+            .store
+            .call(
+                self.state
+                    .store
+                    .list_audit(after.as_deref(), &target, limit + 1),
+            )
+            .await?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let next = more.then(|| entries.last().map(|e| e.id.clone())).flatten();
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({"entries": entries, "next": next}),
+            false,
+        ))
     }
 
     fn tier(&self, tier: Option<String>) -> Result<String, GatewayError> {
@@ -305,7 +350,7 @@ impl Admin<'_> {
             limits: LimitOverrides::default(),
         };
         self.save(&t).await?;
-        self.audit("tenant.create", &t.id, None);
+        self.audit("tenant.create", &t.id, None).await;
         Ok(t)
     }
 
@@ -315,11 +360,11 @@ impl Admin<'_> {
     }
 
     /// Every record as JSON lines, streamed: the online backup, on any store.
-    fn export(&self) -> Result<Response<Body>, GatewayError> {
+    async fn export(&self) -> Result<Response<Body>, GatewayError> {
+        self.record("store.export", "store").await;
         let store = self.state.store.shared();
         let kind = store.kind();
         let (rx, task) = crate::store::records::stream(store, kind);
-        tracing::info!(target: "audit", action = "export", admin_secret = self.admin, outcome = "ok", "admin action");
         Ok(Response::builder()
             .header(http::header::CONTENT_TYPE, "application/x-ndjson")
             .header(http::header::CACHE_CONTROL, "no-store")
@@ -351,7 +396,7 @@ impl Admin<'_> {
         for h in &hashes {
             self.state.keys.invalidate_key(h);
         }
-        self.audit("tenant.delete", id, None);
+        self.audit("tenant.delete", id, None).await;
         Ok(no_content())
     }
 
@@ -359,7 +404,7 @@ impl Admin<'_> {
         let mut t = self.tenant(id).await?;
         t.tier = self.tier(Some(req.tier))?;
         self.save(&t).await?;
-        self.audit("tenant.quota", id, None);
+        self.audit("tenant.quota", id, None).await;
         Ok(body::json(StatusCode::OK, &t, false))
     }
 
@@ -382,7 +427,7 @@ impl Admin<'_> {
             }
         }
         self.save(&t).await?;
-        self.audit("tenant.limits", id, None);
+        self.audit("tenant.limits", id, None).await;
         Ok(body::json(StatusCode::OK, &t, false))
     }
 
@@ -395,7 +440,7 @@ impl Admin<'_> {
         let mut t = self.tenant(id).await?;
         t.status = status;
         self.save(&t).await?;
-        self.audit("tenant.status", id, None);
+        self.audit("tenant.status", id, None).await;
         Ok(body::json(StatusCode::OK, &t, false))
     }
 
@@ -523,7 +568,8 @@ impl Admin<'_> {
             imported: false,
         };
         let record = self.store_key(record).await?;
-        self.audit("api_key.create", &tenant.id, Some(&record.id));
+        self.audit("api_key.create", &tenant.id, Some(&record.id))
+            .await;
         Ok((record, generated.raw))
     }
 
@@ -567,7 +613,8 @@ impl Admin<'_> {
             imported: true,
         };
         let record = self.store_key(record).await?;
-        self.audit("api_key.import", &tenant.id, Some(&record.id));
+        self.audit("api_key.import", &tenant.id, Some(&record.id))
+            .await;
         Ok(body::json(
             StatusCode::CREATED,
             &json!({"api_key": ApiKeyView::from(&record)}),
@@ -583,7 +630,7 @@ impl Admin<'_> {
             .await?
             .ok_or(GatewayError::NotFound)?;
         self.state.keys.invalidate_key(&record.key_hash);
-        self.audit("api_key.revoke", id, Some(key_id));
+        self.audit("api_key.revoke", id, Some(key_id)).await;
         Ok(no_content())
     }
 

@@ -52,15 +52,8 @@ impl Admin<'_> {
             .ok_or(GatewayError::NotFound)
     }
 
-    fn audit_user(&self, action: &str, user: &str) {
-        tracing::info!(
-            target: "audit",
-            action,
-            user,
-            admin_secret = self.admin,
-            outcome = "ok",
-            "admin action"
-        );
+    async fn audit_user(&self, action: &str, user: &str) {
+        self.record(action, &format!("user:{user}")).await;
     }
 
     /// `GET /api/admin/users?email=<prefix>&after=<email>&limit=<n>`: by email, a page at a
@@ -132,9 +125,9 @@ impl Admin<'_> {
         if req.disabled && !was {
             // Its tokens stop now, everywhere; logins and refreshes are refused from here on.
             end_sessions(self.state, self.snap, id).await?;
-            self.audit_user("user.disable", id);
+            self.audit_user("user.disable", id).await;
         } else if was && !req.disabled {
-            self.audit_user("user.enable", id);
+            self.audit_user("user.enable", id).await;
         }
         Ok(body::json(StatusCode::OK, &UserView::from(&user), false))
     }
@@ -146,14 +139,14 @@ impl Admin<'_> {
             .await?
             .ok_or(GatewayError::NotFound)?;
         end_sessions(self.state, self.snap, id).await?;
-        self.audit_user("user.delete", id);
+        self.audit_user("user.delete", id).await;
         Ok(no_content())
     }
 
     pub(super) async fn logout_user(&self, id: &str) -> Result<Response<Body>, GatewayError> {
         self.user(id).await?;
         end_sessions(self.state, self.snap, id).await?;
-        self.audit_user("user.logout", id);
+        self.audit_user("user.logout", id).await;
         Ok(body::json(
             StatusCode::OK,
             &json!({"message": "Every session of the user ended"}),

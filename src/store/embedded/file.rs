@@ -29,6 +29,8 @@ pub const FAMILIES: TableDefinition<&str, u64> = TableDefinition::new("revoked_f
 pub const TOKENS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("revoked_tokens");
 /// User id -> (tokens issued at or before this are refused, until): "log out everywhere".
 pub const USER_CUTOFFS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("user_cutoffs");
+/// Audit entry id (`<unix ms>-<seq>`, zero-padded: time order) -> JSON.
+pub const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 /// (limiter scope, window name) -> (calendar period, count).
 pub const COUNTERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("counters");
 
@@ -39,7 +41,7 @@ pub type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// The schema this build writes. A file at an older version is migrated at start-up; a newer
 /// one is refused untouched.
-pub const MIGRATIONS: &[Migration] = &[create_tables_v1, add_user_cutoffs_v2];
+pub const MIGRATIONS: &[Migration] = &[create_tables_v1, add_user_cutoffs_v2, add_audit_v3];
 
 pub fn schema_version() -> u64 {
     MIGRATIONS.len() as u64
@@ -61,6 +63,12 @@ fn create_tables_v1(tx: &WriteTransaction) -> Result<(), redb::Error> {
 /// Version 2: "log out everywhere" (`POST /api/auth/logout-all`).
 fn add_user_cutoffs_v2(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(USER_CUTOFFS)?;
+    Ok(())
+}
+
+/// Version 3: the audit trail (`GET /api/admin/audit`).
+fn add_audit_v3(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(AUDIT)?;
     Ok(())
 }
 

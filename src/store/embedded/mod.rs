@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::de::DeserializeOwned;
 
+use self::file::AUDIT;
 use self::file::{
     unavailable, COUNTERS, EMAILS, FAMILIES, KEYS, REFRESH, TENANTS, TENANT_KEYS, TOKENS, USERS,
     USER_CUTOFFS,
@@ -890,6 +891,54 @@ impl Store for EmbeddedStore {
 
     async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
         Ok(self.limiter.count(scope, Window::Tokens, now_ms))
+    }
+
+    async fn append_audit(
+        &self,
+        entry: &super::AuditEntry,
+        keep_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (id, json) = (entry.id.clone(), encode(entry)?);
+        let horizon = format!("{:013}", entry.at_ms.saturating_sub(keep_ms));
+        self.write(move |tx| {
+            let mut t = tx.open_table(AUDIT).map_err(unavailable)?;
+            t.retain_in(..horizon.as_str(), |_, _| false)
+                .map_err(unavailable)?;
+            t.insert(id.as_str(), json.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        after: Option<&str>,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<super::AuditEntry>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(AUDIT).map_err(unavailable)?;
+            let mut out = Vec::new();
+            let range = match after {
+                Some(a) => {
+                    t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                }
+                None => t.range::<&str>(..),
+            }
+            .map_err(unavailable)?;
+            for entry in range {
+                let (k, v) = entry.map_err(unavailable)?;
+                let e: super::AuditEntry = decode("audit entry", k.value(), v.value())?;
+                if e.target.starts_with(target) {
+                    out.push(e);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     async fn restore_counter(

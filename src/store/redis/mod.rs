@@ -10,6 +10,7 @@
 //! {p}user:{id}                   JSON user (argon2id PHC string; never the password)
 //! {p}email:{sha256 of email}     user id: the unique index (SET NX)
 //! {p}users                       SET of user ids (the admin listing under Cluster)
+//! {p}audit                       ZSET of audit entries (JSON) by time, trimmed to the retention
 //! {p}rt:{sha256 of token}        JSON refresh record, expiring with the token
 //! {p}rtrot:{sha256 of token}     rotation time (SET NX GET: the first rotation wins)
 //! {p}rtfam:{family}              revoked refresh family, expiring with the last token
@@ -1046,6 +1047,57 @@ impl Store for RedisStore {
         let (period, _) = Window::Month.calendar_period(now_ms);
         self.calendar_count(self.window_key(scope, Window::Tokens, Some(period)))
             .await
+    }
+
+    async fn append_audit(
+        &self,
+        entry: &super::AuditEntry,
+        keep_ms: u64,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = key!(self, "audit");
+        let mut c = self.handle().await?;
+        redis::pipe()
+            .atomic()
+            .zadd(&key, json, entry.at_ms)
+            .ignore()
+            .zrembyscore(
+                &key,
+                "-inf",
+                format!("({}", entry.at_ms.saturating_sub(keep_ms)),
+            )
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_audit(
+        &self,
+        after: Option<&str>,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<super::AuditEntry>, StoreError> {
+        let from: u64 = after
+            .and_then(|a| a.split('-').next())
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        let mut c = self.handle().await?;
+        let raw: Vec<String> = c
+            .zrangebyscore(key!(self, "audit"), from, "+inf")
+            .await
+            .map_err(unavailable)?;
+        let mut out: Vec<super::AuditEntry> = Vec::new();
+        for json in raw {
+            let e: super::AuditEntry = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+            if after.is_none_or(|a| e.id.as_str() > a) && e.target.starts_with(target) {
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn restore_counter(
