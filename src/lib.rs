@@ -12,6 +12,7 @@
 //! demo.rs           the `demo` command's echo upstream and walkthrough
 //! import_ares.rs    `import-ares`: ARES's PostgreSQL tables -> the store
 //! transfer.rs       `export` / `import FILE`: any store <-> JSON lines (store/records.rs)
+//! admin_cli.rs      `admin ...`: the admin API of a running gateway from a terminal
 //! pipeline.rs       handle(request): the request pipeline, step by step. Read this first
 //! api/              what the gateway serves itself: auth.rs (/api/auth/*), admin.rs (the admin
 //!                   API), json.rs (bounded JSON bodies), mod.rs (/healthz, /readyz)
@@ -60,6 +61,7 @@
 //!   9           proxy::rewrite_response + RateLimit-* headers
 //! ```
 
+pub mod admin_cli;
 pub mod api;
 pub mod auth;
 pub mod body;

@@ -1,4 +1,5 @@
-//! The `ares-gateway` command: `serve`, `check`, `demo`, `export`, `import`, `import-ares`.
+//! The `ares-gateway` command: `serve`, `check`, `demo`, `export`, `import`, `import-ares`,
+//! `admin`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, env = "ARES_CONFIG", default_value = "gateway.yaml")]
         config: PathBuf,
     },
+    /// The admin API of a running gateway: tenants, keys, users, audit. The secret comes from
+    /// ARES_ADMIN_SECRET. Exit 0: done; 1: refused (4xx); 2: usage; 3: unreachable or 5xx.
+    Admin(ares_gateway::admin_cli::AdminArgs),
     /// Copy ARES's users, tenants and API keys from its PostgreSQL database (read-only) into the
     /// store the config names. Exit 0: all present; 2: done, some rows skipped; 1: failed.
     ImportAres {
@@ -81,6 +85,13 @@ fn main() -> ExitCode {
         },
         Command::Demo => demo_cmd(),
         Command::Export { config } => export(&config),
+        Command::Admin(args) => match runtime() {
+            Ok(rt) => ExitCode::from(rt.block_on(ares_gateway::admin_cli::run(args))),
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                ExitCode::from(3)
+            }
+        },
         Command::Import { file, config } => import(&file, &config),
         Command::ImportAres {
             database_url,

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("demo", 8),
     ("import_ares", 8),
     ("transfer", 8),
+    ("admin_cli", 8),
     ("edge::accept", 8),
     ("pipeline", 7),
     ("api", 6),

@@ -128,46 +128,27 @@ impl EmbeddedStore {
     fn load_memory(&self) -> Result<(), StoreError> {
         let now = unix_now();
         let tx = self.db.begin_read().map_err(unavailable)?;
-        for entry in tx
-            .open_table(TOKENS)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (_, until) = v.value();
+        each(&tx, TOKENS, |jti, (_, until)| {
             if until > now {
-                self.revoked_tokens.insert(k.value().to_string(), until);
+                self.revoked_tokens.insert(jti.to_string(), until);
             }
-        }
-        for entry in tx
-            .open_table(USER_CUTOFFS)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (through, until) = v.value();
+            Ok(true)
+        })?;
+        each(&tx, USER_CUTOFFS, |user, (through, until)| {
             if until > now {
-                self.user_cutoffs.set(k.value(), through, until);
+                self.user_cutoffs.set(user, through, until);
             }
-        }
+            Ok(true)
+        })?;
         let now_ms = now_ms();
-        for entry in tx
-            .open_table(COUNTERS)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (scope, window) = k.value();
-            let (period, count) = v.value();
+        each(&tx, COUNTERS, |(scope, window), (period, count)| {
             if let Some(w) = records::calendar_window(window) {
                 if w.calendar_period(now_ms).0 == period {
                     self.limiter.restore(scope, w, period, count);
                 }
             }
-        }
+            Ok(true)
+        })?;
         // Restoring marked every count changed; they are in the file already.
         self.limiter.take_changed();
         Ok(())
@@ -309,94 +290,76 @@ impl EmbeddedStore {
     /// Every record, from one snapshot of the file (writers go on meanwhile). Blocking.
     fn export_blocking(db: &Database, sink: &records::Sink) -> Result<(), StoreError> {
         let tx = db.begin_read().map_err(unavailable)?;
-        let send = |r: Record| sink.blocking_send(r).is_ok();
-        macro_rules! json_table {
-            ($table:expr, $what:expr, $variant:path) => {
-                for entry in tx
-                    .open_table($table)
-                    .map_err(unavailable)?
-                    .iter()
-                    .map_err(unavailable)?
-                {
-                    let (k, v) = entry.map_err(unavailable)?;
-                    if !send($variant(decode($what, k.value(), v.value())?)) {
-                        return Ok(());
-                    }
-                }
-            };
-        }
-        json_table!(TENANTS, "tenant", Record::Tenant);
-        json_table!(KEYS, "api key", Record::ApiKey);
-        json_table!(USERS, "user", Record::User);
-        json_table!(REFRESH, "refresh token", Record::RefreshToken);
+        // Each walk stops (false) when the reader went away.
+        let send = |r: Record| Ok(sink.blocking_send(r).is_ok());
         let now = unix_now();
-        for entry in tx
-            .open_table(FAMILIES)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (family_id, until) = (k.value().to_string(), v.value());
-            if until > now && !send(Record::RevokedFamily { family_id, until }) {
-                return Ok(());
+        // Complete, or cut short by a reader that went away: either way nothing is left to do.
+        let _complete = each(&tx, TENANTS, |id, json| {
+            send(Record::Tenant(decode("tenant", id, json)?))
+        })? && each(&tx, KEYS, |h, json| {
+            send(Record::ApiKey(decode("api key", h, json)?))
+        })? && each(&tx, USERS, |id, json| {
+            send(Record::User(decode("user", id, json)?))
+        })? && each(&tx, REFRESH, |h, json| {
+            send(Record::RefreshToken(decode("refresh token", h, json)?))
+        })? && each(&tx, FAMILIES, |family_id, until| {
+            if until <= now {
+                return Ok(true);
             }
-        }
-        for entry in tx
-            .open_table(TOKENS)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (subject, until) = v.value();
-            let r = Record::RevokedToken {
-                subject: subject.to_string(),
-                jti: k.value().to_string(),
+            let family_id = family_id.to_string();
+            send(Record::RevokedFamily { family_id, until })
+        })? && each(&tx, TOKENS, |jti, (subject, until)| {
+            if until <= now {
+                return Ok(true);
+            }
+            let (subject, jti) = (subject.to_string(), jti.to_string());
+            send(Record::RevokedToken {
+                subject,
+                jti,
                 until,
-            };
-            if until > now && !send(r) {
-                return Ok(());
+            })
+        })? && each(&tx, USER_CUTOFFS, |subject, (through, until)| {
+            if until <= now {
+                return Ok(true);
             }
-        }
-        for entry in tx
-            .open_table(USER_CUTOFFS)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (through, until) = v.value();
-            let r = Record::RevokedUser {
-                subject: k.value().to_string(),
+            let subject = subject.to_string();
+            send(Record::RevokedUser {
+                subject,
                 through,
                 until,
-            };
-            if until > now && !send(r) {
-                return Ok(());
-            }
-        }
-        for entry in tx
-            .open_table(COUNTERS)
-            .map_err(unavailable)?
-            .iter()
-            .map_err(unavailable)?
-        {
-            let (k, v) = entry.map_err(unavailable)?;
-            let (scope, window) = k.value();
-            let (period, count) = v.value();
-            let r = Record::Counter {
-                scope: scope.to_string(),
-                window: window.to_string(),
+            })
+        })? && each(&tx, COUNTERS, |(scope, window), (period, count)| {
+            let (scope, window) = (scope.to_string(), window.to_string());
+            send(Record::Counter {
+                scope,
+                window,
                 period,
                 count,
-            };
-            if !send(r) {
-                return Ok(());
-            }
-        }
+            })
+        })?;
         Ok(())
     }
+}
+
+/// Call `f` on every entry of `table` in key order, until it returns `false`; returns whether
+/// the walk reached the end.
+fn each<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+    mut f: impl for<'a> FnMut(K::SelfType<'a>, V::SelfType<'a>) -> Result<bool, StoreError>,
+) -> Result<bool, StoreError> {
+    for entry in tx
+        .open_table(table)
+        .map_err(unavailable)?
+        .iter()
+        .map_err(unavailable)?
+    {
+        let (k, v) = entry.map_err(unavailable)?;
+        if !f(k.value(), v.value())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Remove key `hash` from both key tables; returns its record.

@@ -70,6 +70,23 @@ fn classify(name: &str) -> Option<Kind<'_>> {
     })
 }
 
+/// One `SCAN` step over the names matching `pattern`: the next cursor (0 at the end) and a page.
+async fn scan_page(
+    c: &mut redis::aio::ConnectionManager,
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<String>), StoreError> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(c)
+        .await
+        .map_err(unavailable)
+}
+
 impl RedisStore {
     /// Every user record, by `SCAN` (one Redis; a cluster is refused like an export).
     pub(super) async fn scan_users(&self) -> Result<Vec<User>, StoreError> {
@@ -90,15 +107,7 @@ impl RedisStore {
         let (mut cursor, mut out) = (0u64, Vec::new());
         let pattern = format!("{}user:*", self.prefix);
         loop {
-            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+            let (next, names) = scan_page(&mut c, cursor, &pattern).await?;
             for name in &names {
                 if let Some(u) = self.get_json::<User>(name).await? {
                     out.push(u);
@@ -122,15 +131,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let pattern = format!("{}*", self.prefix);
         loop {
-            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+            let (next, names) = scan_page(&mut c, cursor, &pattern).await?;
             for name in &names {
                 let Some(kind) = name.strip_prefix(self.prefix.as_str()).and_then(classify) else {
                     continue;
