@@ -154,6 +154,7 @@ fn bench(c: &mut Criterion) {
         expires_at: None,
         last_used_at: None,
         imported: false,
+        limits: Default::default(),
     }));
     c.bench_function("api_key/shape_hash_cache_hit", |b| {
         b.iter(|| {

@@ -416,6 +416,7 @@ async fn import_key(
         expires_at: seconds(int(row, "expires_at")?),
         last_used_at: None,
         imported: true,
+        limits: Default::default(),
     };
     if !dry_run {
         match store.call_keep_error(store.create_api_key(&record)).await {

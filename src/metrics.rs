@@ -109,7 +109,14 @@ pub struct Metrics {
 }
 
 /// Every `ratelimit::limiter::Scope::kind`, each with its premade series.
-pub const SCOPE_KINDS: [&str; 5] = ["tenant", "user", "ip", "login_account_ip", "login_account"];
+pub const SCOPE_KINDS: [&str; 6] = [
+    "tenant",
+    "user",
+    "api_key",
+    "ip",
+    "login_account_ip",
+    "login_account",
+];
 
 /// The caches `Metrics::cache` counts.
 const CACHES: [&str; 2] = ["api_key", "tenant"];

@@ -365,6 +365,23 @@ async fn handle_inner<'r>(
 /// Request limits for the principal's scope and, for tenants, the token budget: one decision
 /// (one store round trip), so nothing is consumed when any of them refuses. For a user's access
 /// token the same round trip checks its revocation.
+/// Of two decisions, the refusing one, else the one with less room left.
+fn tighter(
+    a: Option<crate::ratelimit::Decision>,
+    b: Option<crate::ratelimit::Decision>,
+) -> Option<crate::ratelimit::Decision> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            if !b.allowed() || b.headers.remaining < a.headers.remaining {
+                Some(b)
+            } else {
+                Some(a)
+            }
+        }
+        (a, b) => a.or(b),
+    }
+}
+
 async fn check_limits(
     state: &AppState,
     snap: &Snapshot,
@@ -373,11 +390,23 @@ async fn check_limits(
 ) -> Result<Option<RateLimitHeaders>, GatewayError> {
     let limits = &snap.config.limits;
     let decision = match principal.identity() {
-        Identity::ApiKey { tenant, .. } => {
+        Identity::ApiKey { tenant, key } => {
             let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
             let plan = tenant.limits.apply(&tier);
             let scope = Scope::Tenant(&tenant.id);
-            state.limiter.admit(scope, &plan, on_failure).await?
+            let decision = state.limiter.admit(scope, &plan, on_failure).await?;
+            if key.limits.is_empty() || decision.as_ref().and_then(limiter::refusal).is_some() {
+                decision
+            } else {
+                // The key's own limits, after its tenant's admitted the request (a key without
+                // limits costs nothing more).
+                let plan = key.limits.apply(&crate::ratelimit::Plan::default());
+                let own = state
+                    .limiter
+                    .admit(Scope::ApiKey(&key.id), &plan, on_failure)
+                    .await?;
+                tighter(decision, own)
+            }
         }
         Identity::User(claims) => {
             // Users have request limits only; a token budget is a tenant's.

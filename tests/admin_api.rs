@@ -834,3 +834,60 @@ async fn the_audit_trail_is_stored_and_paged() {
             && !text.contains("wrong-password")
     );
 }
+
+#[tokio::test]
+async fn a_key_can_have_limits_of_its_own_on_top_of_its_tenants() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, key_id, raw) = provision(&g, "dev").await;
+    let r = post(
+        &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
+        &admin(),
+        r#"{"name":"other"}"#,
+    )
+    .await;
+    let other = r.json()["raw_key"].as_str().unwrap().to_string();
+    let key_url = g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}"));
+    let r = send(
+        "PATCH",
+        &key_url,
+        &admin(),
+        Some(r#"{"requests_per_minute":2}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["limits"]["requests_per_minute"], 2);
+    let chat = |raw: String| {
+        let url = g.url("/v1/chat");
+        async move { post(&url, &[("authorization", &bearer(&raw))], "{}").await }
+    };
+    let first = chat(raw.clone()).await;
+    assert_eq!(first.status, 200);
+    // The tighter of the key's and the tenant's windows is reported.
+    assert_eq!(first.header("ratelimit-limit"), Some("2"));
+    assert_eq!(chat(raw.clone()).await.status, 200);
+    let r = chat(raw.clone()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (429, "RATE_LIMIT_EXCEEDED")
+    );
+    // The tenant's other key is not held back by it.
+    assert_eq!(chat(other).await.status, 200);
+    // Cleared: only the tenant's limits again.
+    send(
+        "PATCH",
+        &key_url,
+        &admin(),
+        Some(r#"{"requests_per_minute":null}"#),
+    )
+    .await;
+    assert_eq!(chat(raw).await.status, 200);
+    let r = send(
+        "PATCH",
+        &key_url,
+        &admin(),
+        Some(r#"{"requests_per_minute":0}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}

@@ -252,6 +252,7 @@ mod tests {
             expires_at: None,
             last_used_at: None,
             imported: false,
+            limits: Default::default(),
         };
         let identity = Identity::ApiKey {
             tenant: Arc::new(tenant),

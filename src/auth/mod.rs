@@ -469,6 +469,7 @@ mod tests {
                 expires_at: None,
                 last_used_at: None,
                 imported: false,
+                limits: Default::default(),
             };
             f.store.create_api_key(&record).await.unwrap();
             let r = route(AuthKind::ApiKey);

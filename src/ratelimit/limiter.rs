@@ -20,6 +20,8 @@ pub enum Scope<'a> {
     Tenant(&'a str),
     /// A user's plan (JWT routes).
     User(&'a str),
+    /// An API key's own limits (by key id), on top of its tenant's.
+    ApiKey(&'a str),
     /// Requests to `/api/auth/*` from one client address.
     AuthIp(IpAddr),
     /// Failed logins to one account (by email hash) from one address.
@@ -34,6 +36,7 @@ impl Scope<'_> {
         match *self {
             Scope::Tenant(id) => scope::tenant(id),
             Scope::User(id) => scope::user(id),
+            Scope::ApiKey(id) => scope::api_key(id),
             Scope::AuthIp(ip) => scope::auth_ip(&ip),
             Scope::LoginAccountIp(account, ip) => scope::login_account_ip(account, &ip),
             Scope::LoginAccount(account) => scope::login_account(account),
@@ -45,6 +48,7 @@ impl Scope<'_> {
         match self {
             Scope::Tenant(_) => "tenant",
             Scope::User(_) => "user",
+            Scope::ApiKey(_) => "api_key",
             Scope::AuthIp(_) => "ip",
             Scope::LoginAccountIp(..) => "login_account_ip",
             Scope::LoginAccount(_) => "login_account",

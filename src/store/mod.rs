@@ -96,6 +96,9 @@ pub struct ApiKeyRecord {
     /// Imported from ARES: no checksum to test.
     #[serde(default)]
     pub imported: bool,
+    /// The key's own request limits, on top of its tenant's (none: the tenant's alone).
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +421,10 @@ pub mod scope {
     pub fn user(id: &str) -> String {
         join(&[USER, id])
     }
+    /// An API key's own limits, by key id.
+    pub fn api_key(id: &str) -> String {
+        join(&["k:", id])
+    }
     pub fn auth_ip(ip: &std::net::IpAddr) -> String {
         format!("ip:{ip}")
     }
@@ -471,6 +478,7 @@ pub mod suite {
             expires_at: None,
             last_used_at: None,
             imported: false,
+            limits: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{present, Admin, ApiKeyView, KEY_WARNING};
 use crate::api::check_name;
 use crate::body::{self, Body};
+use crate::config::MAX_SLIDING_LIMIT;
 use crate::error::GatewayError;
 use crate::store::ApiKeyRecord;
 use crate::util::unix_now;
@@ -26,6 +27,13 @@ pub(super) struct EditKey {
     /// Unix seconds; `null` removes the expiry.
     #[serde(default, deserialize_with = "present")]
     expires_at: Option<Option<u64>>,
+    /// The key's own limits on top of its tenant's; `null` removes one.
+    #[serde(default, deserialize_with = "present")]
+    requests_per_minute: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    requests_per_day: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    requests_per_month: Option<Option<u64>>,
 }
 
 /// `POST .../api-keys/{key_id}/rotate`.
@@ -87,6 +95,32 @@ impl Admin<'_> {
             }
             key.expires_at = expires_at;
         }
+        for (slot, value, max) in [
+            (
+                &mut key.limits.requests_per_minute,
+                req.requests_per_minute,
+                MAX_SLIDING_LIMIT,
+            ),
+            (
+                &mut key.limits.requests_per_day,
+                req.requests_per_day,
+                u64::MAX,
+            ),
+            (
+                &mut key.limits.requests_per_month,
+                req.requests_per_month,
+                u64::MAX,
+            ),
+        ] {
+            if let Some(v) = value {
+                if v.is_some_and(|n| n == 0 || n > max) {
+                    return Err(GatewayError::invalid(
+                        "a key limit must be at least 1 (requests_per_minute at most 100000)",
+                    ));
+                }
+                *slot = v;
+            }
+        }
         let action = match req.is_active {
             Some(false) if key.is_active => "api_key.disable",
             Some(true) if !key.is_active => "api_key.enable",
@@ -121,9 +155,10 @@ impl Admin<'_> {
         let (mut new, raw) = self
             .new_key(&tenant, &old.name, None, Some(old.scopes.clone()))
             .await?;
-        // The new key expires when the old one would have.
-        if old.expires_at.is_some() {
+        // The new key expires when the old one would have, with the same limits.
+        if old.expires_at.is_some() || !old.limits.is_empty() {
             new.expires_at = old.expires_at;
+            new.limits = old.limits.clone();
             self.save_key(&new).await?;
         }
         let now = unix_now();

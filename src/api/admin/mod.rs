@@ -40,6 +40,9 @@ pub struct ApiKeyView<'a> {
     created_at: u64,
     expires_at: Option<u64>,
     last_used_at: Option<u64>,
+    /// The key's own limits, when it has any.
+    #[serde(skip_serializing_if = "LimitOverrides::is_empty")]
+    limits: &'a LimitOverrides,
 }
 
 impl<'a> From<&'a ApiKeyRecord> for ApiKeyView<'a> {
@@ -54,6 +57,7 @@ impl<'a> From<&'a ApiKeyRecord> for ApiKeyView<'a> {
             created_at: k.created_at,
             expires_at: k.expires_at,
             last_used_at: k.last_used_at,
+            limits: &k.limits,
         }
     }
 }
@@ -566,6 +570,7 @@ impl Admin<'_> {
             expires_at,
             last_used_at: None,
             imported: false,
+            limits: Default::default(),
         };
         let record = self.store_key(record).await?;
         self.audit("api_key.create", &tenant.id, Some(&record.id))
@@ -611,6 +616,7 @@ impl Admin<'_> {
             expires_at: None,
             last_used_at: None,
             imported: true,
+            limits: Default::default(),
         };
         let record = self.store_key(record).await?;
         self.audit("api_key.import", &tenant.id, Some(&record.id))
