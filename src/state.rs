@@ -171,10 +171,20 @@ impl AppState {
 
     /// Periodic housekeeping: batched `last_used_at` writes and the fallback limiter sweep.
     pub async fn housekeeping(&self) {
-        let touches = self.keys.drain_touches();
-        if !touches.is_empty() {
+        let drained = self.keys.drain_touches();
+        if !drained.is_empty() {
+            let touches: Vec<(String, u64)> =
+                drained.iter().map(|(h, at, _)| (h.clone(), *at)).collect();
             if let Err(e) = self.store.call(self.store.touch_api_keys(&touches)).await {
                 tracing::debug!(error = %e, "last_used_at batch not written");
+            }
+            // Requests per key and day, counted on the day of the batch's last use.
+            let uses: Vec<(String, u64, u64)> = drained
+                .into_iter()
+                .map(|(h, at, n)| (h, at / 86_400, n))
+                .collect();
+            if let Err(e) = self.store.call(self.store.record_key_usage(&uses)).await {
+                tracing::debug!(error = %e, "key usage batch not written");
             }
         }
         self.limiter.sweep();

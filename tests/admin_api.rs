@@ -891,3 +891,45 @@ async fn a_key_can_have_limits_of_its_own_on_top_of_its_tenants() {
     .await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test]
+async fn a_keys_usage_is_counted_per_day() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (tenant, key_id, raw) = provision(&g, "dev").await;
+    for _ in 0..3 {
+        let r = post(
+            &g.url("/v1/chat"),
+            &[("authorization", &bearer(&raw))],
+            "{}",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    // The batch the gateway writes every few seconds.
+    g.state.housekeeping().await;
+    let r = get(
+        &g.url(&format!(
+            "/api/admin/tenants/{tenant}/api-keys/{key_id}/usage"
+        )),
+        &admin(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let days = v["days"].as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    assert_eq!(days[29]["requests"], 3, "{v}");
+    assert!(days[..29].iter().all(|d| d["requests"] == 0));
+    let today = ares_gateway::ratelimit::date(ares_gateway::util::unix_now() / 86_400);
+    assert_eq!(days[29]["date"], today.as_str());
+    assert!(v["last_used_at"].as_u64().is_some());
+    let r = get(
+        &g.url(&format!(
+            "/api/admin/tenants/{tenant}/api-keys/key_nope/usage"
+        )),
+        &admin(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}

@@ -128,7 +128,8 @@ pub struct KeyCache {
     missing: FastMap<String, Instant>,
     tenants: FastMap<String, (Arc<Tenant>, Instant)>,
     /// `last_used_at` updates waiting for the next batch write.
-    pending_touch: FastMap<String, u64>,
+    /// Key hash -> (last use, requests since the last batch).
+    pending_touch: FastMap<String, (u64, u64)>,
 }
 
 impl KeyCache {
@@ -222,18 +223,20 @@ impl KeyCache {
     pub fn touch(&self, hash: &str, at: u64) {
         // A key in use is usually pending already: update it without a new String.
         match self.pending_touch.get_mut(hash) {
-            Some(mut pending) => *pending = at,
+            Some(mut pending) => *pending = (at, pending.1 + 1),
             None => {
-                self.pending_touch.insert(hash.to_string(), at);
+                self.pending_touch.insert(hash.to_string(), (at, 1));
             }
         }
     }
 
     /// Take the pending `last_used_at` updates.
-    pub fn drain_touches(&self) -> Vec<(String, u64)> {
+    /// The uses since the last call, as (key hash, last use, requests).
+    pub fn drain_touches(&self) -> Vec<(String, u64, u64)> {
         let keys: Vec<String> = self.pending_touch.iter().map(|e| e.key().clone()).collect();
         keys.into_iter()
             .filter_map(|k| self.pending_touch.remove(&k))
+            .map(|(k, (at, n))| (k, at, n))
             .collect()
     }
 }
@@ -355,7 +358,11 @@ mod tests {
         c.touch("h2", 7);
         let mut t = c.drain_touches();
         t.sort();
-        assert_eq!(t, vec![("h1".to_string(), 6), ("h2".to_string(), 7)]);
+        assert_eq!(
+            t,
+            vec![("h1".to_string(), 6, 2), ("h2".to_string(), 7, 1)],
+            "(hash, last use, requests)"
+        );
         assert!(c.drain_touches().is_empty());
     }
 }

@@ -105,16 +105,29 @@ impl Window {
 
 /// Civil (proleptic Gregorian) year and month of a day count since 1970-01-01.
 fn year_month(days: i64) -> (i64, u32) {
-    // Howard Hinnant's civil_from_days.
+    let (y, m, _) = civil_from_days(days);
+    (y, m)
+}
+
+/// Civil (proleptic Gregorian) year, month and day of a day count since 1970-01-01 (Howard
+/// Hinnant's civil_from_days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m)
+    (y, m, d)
+}
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (UTC).
+pub fn date(days: u64) -> String {
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Days since 1970-01-01 of a civil date.
@@ -566,6 +579,13 @@ fn lock(m: &Mutex<ScopeState>) -> std::sync::MutexGuard<'_, ScopeState> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dates_of_day_counts() {
+        assert_eq!(super::date(0), "1970-01-01");
+        assert_eq!(super::date(11_016), "2000-02-29");
+        assert_eq!(super::date(20_789), "2026-12-02");
+    }
+
     use super::*;
 
     #[test]

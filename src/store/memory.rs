@@ -29,6 +29,8 @@ pub struct MemoryStore {
     revoked_jtis: crate::util::FastMap<String, (String, u64)>,
     /// "Log out everywhere": user id -> (tokens issued at or before this are refused, until).
     user_cutoffs: super::UserCutoffs,
+    /// (key hash, unix day) -> requests.
+    key_usage: DashMap<(String, u64), u64>,
     /// The audit trail, oldest first, bounded by retention and by `AUDIT_CAP`.
     audit: std::sync::Mutex<std::collections::VecDeque<super::AuditEntry>>,
     limiter: LocalLimiter,
@@ -58,6 +60,8 @@ impl MemoryStore {
         self.revoked_families.retain(|_, until| *until > now);
         self.revoked_jtis.retain(|_, r| r.1 > now);
         self.user_cutoffs.sweep(now);
+        let oldest = (now / 86_400).saturating_sub(super::KEY_USAGE_DAYS);
+        self.key_usage.retain(|(_, day), _| *day >= oldest);
         self.limiter.sweep(crate::util::now_ms());
     }
 }
@@ -153,6 +157,28 @@ impl Store for MemoryStore {
             }
             None => false,
         })
+    }
+
+    async fn record_key_usage(&self, uses: &[(String, u64, u64)]) -> Result<(), StoreError> {
+        for (hash, day, n) in uses {
+            *self.key_usage.entry((hash.clone(), *day)).or_insert(0) += n;
+        }
+        Ok(())
+    }
+
+    async fn key_usage(
+        &self,
+        key_hash: &str,
+        from_day: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut days: Vec<(u64, u64)> = self
+            .key_usage
+            .iter()
+            .filter(|e| e.key().0 == key_hash && e.key().1 >= from_day)
+            .map(|e| (e.key().1, *e.value()))
+            .collect();
+        days.sort();
+        Ok(days)
     }
 
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {

@@ -140,6 +140,9 @@ pub struct RefreshRecord {
     pub rotated_at: Option<u64>,
 }
 
+/// Days of per-key request counts a store keeps.
+pub const KEY_USAGE_DAYS: u64 = 31;
+
 /// One line of the audit trail: an admin action or a security event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -215,6 +218,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replace a key's record (same hash, same tenant and id): its name, scopes, expiry or
     /// state changed. `false` when the key no longer exists (nothing is created).
     async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError>;
+    /// Add `(key hash, day (unix days), requests)` to each key's daily counts (kept 31 days).
+    async fn record_key_usage(&self, uses: &[(String, u64, u64)]) -> Result<(), StoreError>;
+    /// A key's requests per day from `from_day` on, as (day, requests), days without any left out.
+    async fn key_usage(&self, key_hash: &str, from_day: u64)
+        -> Result<Vec<(u64, u64)>, StoreError>;
     /// Record `last_used_at` for a batch of `(key hash, time)`; unknown hashes are skipped.
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError>;
 
@@ -809,6 +817,21 @@ pub mod suite {
             s.get_api_key("gone").await.unwrap().is_none(),
             "an update created a key"
         );
+        let today = crate::util::unix_now() / 86_400;
+        let uses = [
+            ("h1".to_string(), today - 1, 3),
+            ("h1".to_string(), today, 2),
+        ];
+        s.record_key_usage(&uses).await.unwrap();
+        s.record_key_usage(&[("h1".into(), today, 5), ("h2".into(), today, 1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.key_usage("h1", today - 30).await.unwrap(),
+            vec![(today - 1, 3), (today, 7)]
+        );
+        assert_eq!(s.key_usage("h1", today).await.unwrap(), vec![(today, 7)]);
+        assert!(s.key_usage("nope", today - 30).await.unwrap().is_empty());
         s.touch_api_keys(&[("h1".into(), 1_800_000_000), ("zz".into(), 1)])
             .await
             .unwrap();

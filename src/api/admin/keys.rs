@@ -45,7 +45,42 @@ pub(super) struct RotateKey {
     grace_secs: u64,
 }
 
+/// Days a key's usage answer covers, today included.
+const USAGE_DAYS: u64 = 30;
+
 impl Admin<'_> {
+    /// `GET .../api-keys/{key_id}/usage`: requests per day for the last 30 days (UTC; the last
+    /// few seconds' requests are written with the next batch).
+    pub(super) async fn key_usage(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        let key = self.key_of(tenant_id, key_id).await?;
+        let today = unix_now() / 86_400;
+        let from = today + 1 - USAGE_DAYS;
+        let counts: std::collections::HashMap<u64, u64> = self
+            .state
+            .store
+            .call(self.state.store.key_usage(&key.key_hash, from))
+            .await?
+            .into_iter()
+            .collect();
+        let days: Vec<serde_json::Value> = (from..=today)
+            .map(|d| {
+                json!({
+                    "date": crate::ratelimit::date(d),
+                    "requests": counts.get(&d).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok(body::json(
+            StatusCode::OK,
+            &json!({"key_id": key.id, "last_used_at": key.last_used_at, "days": days}),
+            false,
+        ))
+    }
+
     async fn key_of(&self, tenant_id: &str, key_id: &str) -> Result<ApiKeyRecord, GatewayError> {
         self.tenant(tenant_id).await?;
         let keys = self

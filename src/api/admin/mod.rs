@@ -130,7 +130,7 @@ pub fn serves(path: &str) -> bool {
                 "quota" | "limits" | "status" | "usage" | "api-keys"
             ]
             | ["tenants", _, "api-keys", _]
-            | ["tenants", _, "api-keys", _, "rotate"]
+            | ["tenants", _, "api-keys", _, "rotate" | "usage"]
             | ["audit"]
             | ["users"]
             | ["users", _]
@@ -203,6 +203,9 @@ pub async fn handle(
         (["tenants", id, "api-keys", key_id], &Method::PATCH) => {
             a.edit_key(id, key_id, api::json::read_request_json(req, limit).await?)
                 .await
+        }
+        (["tenants", id, "api-keys", key_id, "usage"], &Method::GET) => {
+            a.key_usage(id, key_id).await
         }
         (["tenants", id, "api-keys", key_id, "rotate"], &Method::POST) => {
             a.rotate_key(id, key_id, api::json::read_request_json(req, limit).await?)

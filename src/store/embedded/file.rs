@@ -31,6 +31,8 @@ pub const TOKENS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("rev
 pub const USER_CUTOFFS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("user_cutoffs");
 /// Audit entry id (`<unix ms>-<seq>`, zero-padded: time order) -> JSON.
 pub const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
+/// (key hash, unix day) -> requests that day.
+pub const KEY_USAGE: TableDefinition<(&str, u64), u64> = TableDefinition::new("key_usage");
 /// (limiter scope, window name) -> (calendar period, count).
 pub const COUNTERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("counters");
 
@@ -41,7 +43,12 @@ pub type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
 
 /// The schema this build writes. A file at an older version is migrated at start-up; a newer
 /// one is refused untouched.
-pub const MIGRATIONS: &[Migration] = &[create_tables_v1, add_user_cutoffs_v2, add_audit_v3];
+pub const MIGRATIONS: &[Migration] = &[
+    create_tables_v1,
+    add_user_cutoffs_v2,
+    add_audit_v3,
+    add_key_usage_v4,
+];
 
 pub fn schema_version() -> u64 {
     MIGRATIONS.len() as u64
@@ -69,6 +76,12 @@ fn add_user_cutoffs_v2(tx: &WriteTransaction) -> Result<(), redb::Error> {
 /// Version 3: the audit trail (`GET /api/admin/audit`).
 fn add_audit_v3(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(AUDIT)?;
+    Ok(())
+}
+
+/// Version 4: requests per API key and day.
+fn add_key_usage_v4(tx: &WriteTransaction) -> Result<(), redb::Error> {
+    tx.open_table(KEY_USAGE)?;
     Ok(())
 }
 

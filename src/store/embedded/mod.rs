@@ -19,11 +19,11 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::de::DeserializeOwned;
 
-use self::file::AUDIT;
 use self::file::{
     unavailable, COUNTERS, EMAILS, FAMILIES, KEYS, REFRESH, TENANTS, TENANT_KEYS, TOKENS, USERS,
     USER_CUTOFFS,
 };
+use self::file::{AUDIT, KEY_USAGE};
 use super::records::{self, Record};
 use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, TokenRef, User, UserCutoffs};
 use crate::error::StoreError;
@@ -267,6 +267,11 @@ impl EmbeddedStore {
             tx.open_table(USER_CUTOFFS)
                 .map_err(unavailable)?
                 .retain(|_, (_, until)| until > now)
+                .map_err(unavailable)?;
+            let oldest = (now / 86_400).saturating_sub(super::KEY_USAGE_DAYS);
+            tx.open_table(KEY_USAGE)
+                .map_err(unavailable)?
+                .retain(|(_, day), _| day >= oldest)
                 .map_err(unavailable)?;
             tx.open_table(REFRESH)
                 .map_err(unavailable)?
@@ -538,6 +543,42 @@ impl Store for EmbeddedStore {
             Ok(true)
         })
         .await
+    }
+
+    async fn record_key_usage(&self, uses: &[(String, u64, u64)]) -> Result<(), StoreError> {
+        let uses = uses.to_vec();
+        self.write(move |tx| {
+            let mut t = tx.open_table(KEY_USAGE).map_err(unavailable)?;
+            for (hash, day, n) in &uses {
+                let before = t
+                    .get((hash.as_str(), *day))
+                    .map_err(unavailable)?
+                    .map_or(0, |v| v.value());
+                t.insert((hash.as_str(), *day), before + n)
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_usage(
+        &self,
+        key_hash: &str,
+        from_day: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(KEY_USAGE).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in t
+                .range((key_hash, from_day)..=(key_hash, u64::MAX))
+                .map_err(unavailable)?
+            {
+                let (k, v) = entry.map_err(unavailable)?;
+                out.push((k.value().1, v.value()));
+            }
+            Ok(out)
+        })
     }
 
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! {p}email:{sha256 of email}     user id: the unique index (SET NX)
 //! {p}users                       SET of user ids (the admin listing under Cluster)
 //! {p}audit                       ZSET of audit entries (JSON) by time, trimmed to the retention
+//! {p}kusage:{sha256 of key}      HASH unix day -> requests, expiring 31 days after the last use
 //! {p}rt:{sha256 of token}        JSON refresh record, expiring with the token
 //! {p}rtrot:{sha256 of token}     rotation time (SET NX GET: the first rotation wins)
 //! {p}rtfam:{family}              revoked refresh family, expiring with the last token
@@ -708,6 +709,37 @@ impl Store for RedisStore {
             self.publish(format!("key:{}", key.key_hash)).await;
         }
         Ok(updated)
+    }
+
+    async fn record_key_usage(&self, uses: &[(String, u64, u64)]) -> Result<(), StoreError> {
+        let mut c = self.handle().await?;
+        for (hash, day, n) in uses {
+            let key = key!(self, "kusage:{hash}");
+            redis::pipe()
+                .hincr(&key, day, *n)
+                .ignore()
+                .expire(&key, (super::KEY_USAGE_DAYS * 86_400) as i64)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn key_usage(
+        &self,
+        key_hash: &str,
+        from_day: u64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut c = self.handle().await?;
+        let all: std::collections::HashMap<u64, u64> = c
+            .hgetall(key!(self, "kusage:{key_hash}"))
+            .await
+            .map_err(unavailable)?;
+        let mut days: Vec<(u64, u64)> = all.into_iter().filter(|(d, _)| *d >= from_day).collect();
+        days.sort();
+        Ok(days)
     }
 
     async fn touch_api_keys(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
