@@ -70,8 +70,13 @@ pub fn keep_generated(cfg: &mut Config, dir: &Path) -> Result<bool, String> {
 
 /// Write `kept` to `path` atomically, readable by this user only.
 fn write_private(dir: &Path, path: &Path, kept: &Kept) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    // The first thing written to a new data directory: it is created private, as the store
+    // would create it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -96,16 +101,21 @@ mod tests {
 
     #[test]
     fn generated_secrets_are_kept_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let dir = dir.as_path();
         let mut first = dev_config();
         assert!(first.auth.admin_secret_generated && first.auth.jwt_secret_generated);
-        assert!(keep_generated(&mut first, dir.path()).unwrap());
+        assert!(keep_generated(&mut first, dir).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let dir_mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700, "a new data directory is private");
         let mut second = dev_config();
         assert_ne!(
             second.auth.jwt_secret.expose(),
             first.auth.jwt_secret.expose()
         );
-        assert!(!keep_generated(&mut second, dir.path()).unwrap());
+        assert!(!keep_generated(&mut second, dir).unwrap());
         assert_eq!(
             second.auth.jwt_secret.expose(),
             first.auth.jwt_secret.expose()
@@ -114,8 +124,7 @@ mod tests {
             second.auth.admin_secrets[0].expose(),
             first.auth.admin_secrets[0].expose()
         );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
+        let mode = std::fs::metadata(dir.join(FILE_NAME))
             .unwrap()
             .permissions()
             .mode();
