@@ -93,15 +93,7 @@ impl RedisStore {
         let Conn::Single(conn) = &self.conn else {
             // A cluster is not walked node by node: its users come from the index set that
             // registrations maintain (users of gateways older than it are not in it).
-            let mut c = self.handle().await?;
-            let ids: Vec<String> = c.smembers(key!(self, "users")).await.map_err(unavailable)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                if let Some(u) = self.get_json::<User>(&key!(self, "user:{id}")).await? {
-                    out.push(u);
-                }
-            }
-            return Ok(out);
+            return self.set_records("users", "user:").await;
         };
         let mut c = conn.clone();
         let (mut cursor, mut out) = (0u64, Vec::new());

@@ -305,6 +305,24 @@ impl RedisStore {
         }
     }
 
+    /// The records named by the members of the index set `{p}<set>`, each stored at
+    /// `{p}<record><member>`; members whose record went away meanwhile are skipped.
+    async fn set_records<T: DeserializeOwned>(
+        &self,
+        set: &str,
+        record: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut c = self.handle().await?;
+        let members: Vec<String> = c.smembers(key!(self, "{set}")).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            if let Some(r) = self.get_json(&key!(self, "{record}{m}")).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let mut c = self.handle().await?;
         let raw: Option<String> = c.get(key).await.map_err(unavailable)?;
@@ -587,17 +605,7 @@ impl Store for RedisStore {
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let mut c = self.handle().await?;
-        let ids: Vec<String> = c
-            .smembers(key!(self, "tenants"))
-            .await
-            .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(t) = self.get_tenant(&id).await? {
-                out.push(t);
-            }
-        }
+        let mut out: Vec<Tenant> = self.set_records("tenants", "tenant:").await?;
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
@@ -654,17 +662,8 @@ impl Store for RedisStore {
     }
 
     async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let mut c = self.handle().await?;
-        let hashes: Vec<String> = c
-            .smembers(key!(self, "tenant_keys:{tenant_id}"))
-            .await
-            .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(hashes.len());
-        for h in hashes {
-            if let Some(k) = self.get_api_key(&h).await? {
-                out.push(k);
-            }
-        }
+        let set = format!("tenant_keys:{tenant_id}");
+        let mut out: Vec<ApiKeyRecord> = self.set_records(&set, "key:").await?;
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
