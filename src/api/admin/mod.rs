@@ -247,6 +247,49 @@ pub(crate) fn fuzz(data: &[u8]) {
     }
 }
 
+/// The query of a paged admin listing.
+struct Page {
+    /// The `next` of the previous page.
+    after: Option<String>,
+    /// The listing's one text filter (empty: none).
+    filter: String,
+    limit: usize,
+}
+
+/// Read `after`, `limit` (1 to `max`; `default` when absent) and the filter parameter named
+/// `filter`; any other parameter is refused.
+fn page_query(
+    query: Option<&str>,
+    filter: &str,
+    default: usize,
+    max: usize,
+) -> Result<Page, GatewayError> {
+    let mut page = Page {
+        after: None,
+        filter: String::new(),
+        limit: default,
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "after" => page.after = Some(v.into_owned()),
+            "limit" => {
+                page.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| GatewayError::invalid(format!("limit must be 1 to {max}")))?
+            }
+            name if name == filter => page.filter = v.into_owned(),
+            _ => {
+                return Err(GatewayError::invalid(format!(
+                    "known parameters: {filter}, after, limit"
+                )))
+            }
+        }
+    }
+    Ok(page)
+}
+
 struct Admin<'a> {
     state: &'a AppState,
     snap: &'a Snapshot,
@@ -272,25 +315,8 @@ impl Admin<'_> {
 
     /// `GET /api/admin/audit?after=<id>&target=<prefix>&limit=<n>`: oldest first.
     async fn list_audit(&self, query: Option<&str>) -> Result<Response<Body>, GatewayError> {
-        let (mut after, mut target, mut limit) = (None, String::new(), 100usize);
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match k.as_ref() {
-                "after" => after = Some(v.into_owned()),
-                "target" => target = v.into_owned(),
-                "limit" => {
-                    limit = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=1000).contains(n))
-                        .ok_or_else(|| GatewayError::invalid("limit must be 1 to 1000"))?
-                }
-                _ => {
-                    return Err(GatewayError::invalid(
-                        "known parameters: after, target, limit",
-                    ))
-                }
-            }
-        }
+        let page = page_query(query, "target", 100, 1000)?;
+        let (after, target, limit) = (page.after, page.filter, page.limit);
         let mut entries = self
             .state
             .store

@@ -62,25 +62,8 @@ impl Admin<'_> {
         &self,
         query: Option<&str>,
     ) -> Result<Response<Body>, GatewayError> {
-        let (mut prefix, mut after, mut limit) = (String::new(), None, DEFAULT_PAGE);
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            match k.as_ref() {
-                "email" => prefix = v.trim().to_lowercase(),
-                "after" => after = Some(v.into_owned()),
-                "limit" => {
-                    limit = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_PAGE).contains(n))
-                        .ok_or_else(|| GatewayError::invalid("limit must be 1 to 500"))?
-                }
-                _ => {
-                    return Err(GatewayError::invalid(
-                        "known parameters: email, after, limit",
-                    ))
-                }
-            }
-        }
+        let page = super::page_query(query, "email", DEFAULT_PAGE, MAX_PAGE)?;
+        let (prefix, after, limit) = (page.filter.trim().to_lowercase(), page.after, page.limit);
         let users = self
             .state
             .store
