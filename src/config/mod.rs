@@ -36,8 +36,9 @@ use crate::util::{FileStamp, Secret};
 pub const MIN_ADMIN_SECRET_BYTES: usize = 16;
 /// Shortest HS256 key accepted (CONTRACT.md section 3).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
-/// Largest limit a sliding window (second, minute, hour) may have: each admitted request is
-/// remembered for the window's length, so this bounds memory per scope.
+/// Largest limit a second, minute or hour window may have. The limiter's state does not grow with
+/// it (one GCRA time per window); the bound keeps a per-second limit's interval at 10 us or more,
+/// well above the clock's resolution, and catches a limit typed with too many zeros.
 pub const MAX_SLIDING_LIMIT: u64 = 100_000;
 
 /// One problem in the file, with where it is.

@@ -290,6 +290,8 @@ impl Validator {
                     "rediss://",
                     "redis+cluster://",
                     "rediss+cluster://",
+                    "redis+sentinel://",
+                    "rediss+sentinel://",
                 ]
                 .iter()
                 .any(|s| url.starts_with(s));
@@ -297,7 +299,7 @@ impl Validator {
                     // The URL may hold a password: name the scheme rule, never the value.
                     self.problem(
                         "store.redis_url",
-                        "REDIS_URL must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
+                        "REDIS_URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://",
                     );
                 }
                 StoreBackend::Redis {

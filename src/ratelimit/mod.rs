@@ -11,7 +11,7 @@
 pub mod limiter;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Mutex;
@@ -329,10 +329,82 @@ fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
-/// State of one scope: a sliding log or a calendar counter per window.
+/// One window of the generic cell rate algorithm (GCRA, a token bucket kept as one time): a limit
+/// of `limit` per `span_ms` lets a burst of `limit` through, then one request per `span_ms / limit`
+/// as capacity returns. Its whole state is the theoretical arrival time (TAT, in microseconds),
+/// whatever the limit. The Redis limiter script does the same arithmetic (`store::redis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    /// Microseconds one request occupies: `span / limit`, rounded up (so never more than the
+    /// limit passes).
+    interval_us: u64,
+    /// Microseconds of backlog that fill the bucket: `limit * interval_us`.
+    capacity_us: u64,
+}
+
+/// What a GCRA window says of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraAnswer {
+    pub allowed: bool,
+    /// Requests that could still pass at once (after this one, when it is admitted and counted).
+    pub remaining: u64,
+    /// Milliseconds until one more request can pass (on refusal: the `Retry-After`).
+    pub reset_ms: u64,
+    /// The TAT to keep when this request is counted.
+    pub tat_us: u64,
+}
+
+impl Gcra {
+    /// `limit` at least 1.
+    pub fn new(limit: u64, span_ms: u64) -> Gcra {
+        let limit = limit.max(1);
+        let interval_us = (span_ms.saturating_mul(1000)).div_ceil(limit).max(1);
+        Gcra {
+            interval_us,
+            capacity_us: interval_us.saturating_mul(limit),
+        }
+    }
+
+    /// Decide one request at `now_us` against the kept `tat_us` (0: nothing kept).
+    pub fn decide(&self, tat_us: u64, now_us: u64, consume: bool) -> GcraAnswer {
+        let tat = tat_us.max(now_us);
+        // The backlog if this request is admitted.
+        let backlog = tat - now_us + self.interval_us;
+        if backlog > self.capacity_us {
+            return GcraAnswer {
+                allowed: false,
+                remaining: 0,
+                reset_ms: (backlog - self.capacity_us).div_ceil(1000),
+                tat_us,
+            };
+        }
+        let held = if consume { backlog } else { tat - now_us };
+        let used = held.div_ceil(self.interval_us);
+        let limit = self.capacity_us / self.interval_us;
+        // One request's room returns when the backlog drops below (used - 1) intervals.
+        let reset_us = held.saturating_sub(used.saturating_sub(1) * self.interval_us);
+        GcraAnswer {
+            allowed: true,
+            remaining: limit.saturating_sub(used),
+            reset_ms: if used == 0 {
+                0
+            } else {
+                reset_us.div_ceil(1000)
+            },
+            tat_us: if consume {
+                tat + self.interval_us
+            } else {
+                tat_us
+            },
+        }
+    }
+}
+
+/// State of one scope: a GCRA time per second/minute/hour window, a counter per calendar window.
 #[derive(Debug, Default)]
 struct ScopeState {
-    logs: [VecDeque<u64>; 6],
+    /// TAT in microseconds per sliding window (0: nothing kept).
+    tats: [u64; 6],
     /// `(period id, count)` per calendar window.
     periods: [(u64, u64); 6],
     /// A calendar count changed since [`LocalLimiter::take_changed`] last looked.
@@ -340,89 +412,78 @@ struct ScopeState {
 }
 
 impl ScopeState {
-    fn prune(&mut self, now_ms: u64) {
-        for w in [Window::Hour, Window::Minute, Window::Second] {
-            let log = &mut self.logs[w.index()];
-            let horizon = now_ms.saturating_sub(w.sliding_ms());
-            while log.front().is_some_and(|&t| t <= horizon) {
-                log.pop_front();
-            }
-        }
-    }
-
     fn count(&self, w: Window, now_ms: u64) -> u64 {
-        if w.is_calendar() {
-            let (period, _) = w.calendar_period(now_ms);
-            let (p, c) = self.periods[w.index()];
-            if p == period {
-                c
-            } else {
-                0
-            }
+        let (period, _) = w.calendar_period(now_ms);
+        let (p, c) = self.periods[w.index()];
+        if p == period {
+            c
         } else {
-            self.logs[w.index()].len() as u64
-        }
-    }
-
-    /// Milliseconds until window `w` frees one slot (or resets).
-    fn reset_ms(&self, w: Window, now_ms: u64) -> u64 {
-        if w.is_calendar() {
-            w.calendar_period(now_ms).1.saturating_sub(now_ms)
-        } else {
-            match self.logs[w.index()].front() {
-                Some(&oldest) => (oldest + w.sliding_ms()).saturating_sub(now_ms),
-                None => w.sliding_ms(),
-            }
+            0
         }
     }
 
     fn consume(&mut self, w: Window, n: u64, now_ms: u64) {
-        if w.is_calendar() {
-            let (period, _) = w.calendar_period(now_ms);
-            let slot = &mut self.periods[w.index()];
-            if slot.0 != period {
-                *slot = (period, 0);
-            }
-            slot.1 += n;
-            self.changed = true;
-        } else {
-            for _ in 0..n {
-                self.logs[w.index()].push_back(now_ms);
-            }
+        let (period, _) = w.calendar_period(now_ms);
+        let slot = &mut self.periods[w.index()];
+        if slot.0 != period {
+            *slot = (period, 0);
         }
+        slot.1 += n;
+        self.changed = true;
     }
 
     fn is_idle(&self, now_ms: u64) -> bool {
-        self.logs.iter().all(VecDeque::is_empty)
+        self.tats.iter().all(|&t| t <= now_ms * 1000)
             && CALENDAR_WINDOWS.iter().all(|w| self.count(*w, now_ms) == 0)
     }
 
     /// Check every window, then consume from all or none.
     fn decide(&mut self, limits: &[(Window, u64)], now_ms: u64, consume: bool) -> Decision {
-        self.prune(now_ms);
+        let now_us = now_ms * 1000;
         let mut tightest: Option<RateLimitHeaders> = None;
+        let mut tats = self.tats;
         for &(w, limit) in limits {
-            let used = self.count(w, now_ms);
-            let reset = ceil_secs(self.reset_ms(w, now_ms));
-            if used >= limit {
+            let (refused, h) = if w.is_calendar() {
+                let used = self.count(w, now_ms);
+                let reset = ceil_secs(w.calendar_period(now_ms).1.saturating_sub(now_ms));
+                let after = if consume && !w.is_check_only() {
+                    used + 1
+                } else {
+                    used
+                };
+                let h = RateLimitHeaders {
+                    limit,
+                    remaining: limit.saturating_sub(after),
+                    reset,
+                };
+                (used >= limit, h)
+            } else {
+                let a = if limit == 0 {
+                    None
+                } else {
+                    Some(Gcra::new(limit, w.sliding_ms()).decide(tats[w.index()], now_us, consume))
+                };
+                tats[w.index()] = a.map_or(0, |a| a.tat_us);
+                let h = RateLimitHeaders {
+                    limit,
+                    remaining: a.map_or(0, |a| a.remaining),
+                    reset: ceil_secs(a.map_or(w.sliding_ms(), |a| a.reset_ms)),
+                };
+                (!a.is_some_and(|a| a.allowed), h)
+            };
+            if refused {
                 return Decision {
                     refused_by: Some(w),
                     headers: RateLimitHeaders {
-                        limit,
                         remaining: 0,
-                        reset: reset.max(1),
+                        reset: h.reset.max(1),
+                        ..h
                     },
                 };
             }
             if w.is_check_only() {
                 continue;
             }
-            let after = if consume { used + 1 } else { used };
-            let h = RateLimitHeaders {
-                limit,
-                remaining: limit - after.min(limit),
-                reset,
-            };
             let tighter = match tightest {
                 None => true,
                 Some(t) => {
@@ -434,7 +495,11 @@ impl ScopeState {
             }
         }
         if consume {
-            for &(w, _) in limits.iter().filter(|(w, _)| !w.is_check_only()) {
+            self.tats = tats;
+            for &(w, _) in limits
+                .iter()
+                .filter(|(w, _)| w.is_calendar() && !w.is_check_only())
+            {
                 self.consume(w, 1, now_ms);
             }
         }
@@ -500,11 +565,7 @@ impl LocalLimiter {
 
     /// Forget scopes with nothing left in any window (client IPs come and go).
     pub fn sweep(&self, now_ms: u64) {
-        self.scopes.retain(|_, s| {
-            let mut s = lock(s);
-            s.prune(now_ms);
-            !s.is_idle(now_ms)
-        });
+        self.scopes.retain(|_, s| !lock(s).is_idle(now_ms));
     }
 
     pub fn len(&self) -> usize {
@@ -620,22 +681,89 @@ mod tests {
     }
 
     #[test]
-    fn sliding_window_has_no_double_burst_at_the_edge() {
+    fn gcra_lets_a_burst_of_the_limit_through_then_one_per_interval() {
         let l = LocalLimiter::new();
         let limits = [(Window::Minute, 10)];
         let t0 = 1_000_000_000_000;
-        // Ten at the very end of one minute-aligned period...
         for i in 0..10 {
-            assert!(l.check("s", &limits, t0 + 59_000 + i).allowed());
+            let d = l.check("s", &limits, t0 + i);
+            assert!(d.allowed(), "request {i} of the burst");
+            assert_eq!(d.headers.remaining, 9 - i);
         }
-        // ...and none just after the edge, where a fixed window would reset.
-        for dt in [61_000, 90_000, 118_999] {
-            let d = l.check("s", &limits, t0 + dt);
-            assert_eq!(d.refused_by, Some(Window::Minute), "at +{dt}");
+        // The bucket is full: one request's room (6 s) comes back 6 s after the burst began.
+        let d = l.check("s", &limits, t0 + 10);
+        assert_eq!(d.refused_by, Some(Window::Minute));
+        assert_eq!(d.headers.reset, 6);
+        assert!(!l.check("s", &limits, t0 + 5_999).allowed());
+        assert!(l.check("s", &limits, t0 + 6_000).allowed());
+        assert!(!l.check("s", &limits, t0 + 6_001).allowed());
+        assert!(l.check("s", &limits, t0 + 12_000).allowed());
+        // Idle for a whole minute: the full burst again, and no more.
+        let later = t0 + 72_000;
+        assert_eq!(
+            (0..20)
+                .filter(|_| l.check("s", &limits, later).allowed())
+                .count(),
+            10
+        );
+    }
+
+    /// The guarantee the README states: over any interval of length t at most
+    /// `limit + floor(t / interval)` requests pass, with `interval = span / limit` rounded up.
+    #[test]
+    fn gcra_never_admits_more_than_its_bound_in_any_interval() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (limit, span) in [(5u64, 1_000u64), (7, 60_000), (3, 1_000), (600, 60_000)] {
+            let l = LocalLimiter::new();
+            let limits = [(Window::Second, limit)];
+            let limits_min = [(Window::Minute, limit)];
+            let limits = if span == 1_000 {
+                &limits[..]
+            } else {
+                &limits_min[..]
+            };
+            let interval = Gcra::new(limit, span).interval_us;
+            let mut t = 1_000_000_000u64;
+            let mut admitted = Vec::new();
+            for _ in 0..3_000 {
+                t += next() % (span / limit + 1);
+                if l.check("s", limits, t).allowed() {
+                    admitted.push(t * 1000);
+                }
+            }
+            assert!(
+                admitted.len() > limit as usize,
+                "the test reaches the limit"
+            );
+            for (i, &start) in admitted.iter().enumerate() {
+                for (j, &end) in admitted.iter().enumerate().skip(i) {
+                    let passed = (j - i + 1) as u64;
+                    assert!(
+                        passed <= limit + (end - start) / interval,
+                        "{passed} in {} us with limit {limit} per {span} ms",
+                        end - start
+                    );
+                }
+            }
         }
-        // Exactly one minute after the first admitted request, capacity returns one by one.
-        assert!(l.check("s", &limits, t0 + 119_000).allowed());
-        assert!(!l.check("s", &limits, t0 + 119_000).allowed());
+    }
+
+    #[test]
+    fn gcra_state_is_one_time_whatever_the_limit() {
+        assert_eq!(std::mem::size_of::<ScopeState>(), 6 * 8 + 6 * 16 + 8);
+        let g = Gcra::new(3, 1_000);
+        assert_eq!(
+            g.interval_us, 333_334,
+            "rounded up: never more than the limit"
+        );
+        let a = g.decide(0, 5_000_000, false);
+        assert_eq!((a.allowed, a.remaining, a.reset_ms), (true, 3, 0));
     }
 
     #[test]
@@ -649,6 +777,9 @@ mod tests {
             assert_eq!(l.check("s", &limits, t).refused_by, Some(Window::Minute));
         }
         assert_eq!(l.usage("s", t).day, 2);
+        // The refusals took no room: one request's room (30 s) returns on time.
+        assert!(!l.check("s", &limits, t + 29_999).allowed());
+        assert!(l.check("s", &limits, t + 30_000).allowed());
     }
 
     #[test]
@@ -723,15 +854,17 @@ mod tests {
             RateLimitHeaders {
                 limit: 3,
                 remaining: 2,
-                reset: 60
+                reset: 20
             }
         );
-        l.check("s", &limits, t + 1000);
+        // One request's room returns 20 s (a minute / 3) after it was taken.
+        let d = l.check("s", &limits, t);
+        assert_eq!((d.headers.remaining, d.headers.reset), (1, 20));
         let d = l.check("s", &limits, t + 2000);
-        assert_eq!(d.headers.remaining, 0);
+        assert_eq!((d.headers.remaining, d.headers.reset), (0, 18));
         let refused = l.check("s", &limits, t + 3000);
-        assert_eq!(refused.headers.reset, 57);
-        assert_eq!(refused.headers.retry_after_secs(), 57);
+        assert_eq!(refused.headers.reset, 17);
+        assert_eq!(refused.headers.retry_after_secs(), 17);
     }
 
     #[test]
@@ -780,9 +913,9 @@ mod tests {
             Window::Tokens.exceeded_message(),
             "Monthly token quota exceeded"
         );
+        let peek = l.peek("t", &[(Window::Minute, 10)], t);
         assert_eq!(
-            l.count("t", Window::Minute, t),
-            1,
+            peek.headers.remaining, 9,
             "the refused request consumed nothing"
         );
         // A new month, a new budget.

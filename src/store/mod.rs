@@ -1005,28 +1005,20 @@ pub mod suite {
         );
         assert_eq!(s.usage("other", now).await.unwrap(), Usage::default());
 
-        let sliding = [(Window::Second, 2)];
-        assert!(s.rate_limit("sl", &sliding, now).await.unwrap().allowed());
-        assert!(s
-            .rate_limit("sl", &sliding, now + 500)
-            .await
-            .unwrap()
-            .allowed());
-        assert!(!s
-            .rate_limit("sl", &sliding, now + 999)
-            .await
-            .unwrap()
-            .allowed());
-        assert!(s
-            .rate_limit("sl", &sliding, now + 1001)
-            .await
-            .unwrap()
-            .allowed());
-        assert!(!s
-            .rate_limit("sl", &sliding, now + 1400)
-            .await
-            .unwrap()
-            .allowed());
+        // GCRA, 2 per second: a burst of two, then one each 500 ms; refusals take no room.
+        let gcra = [(Window::Second, 2)];
+        let allowed = |t: u64| async move { s.rate_limit("sl", &gcra, t).await.unwrap().allowed() };
+        assert!(allowed(now).await);
+        assert!(allowed(now).await);
+        assert!(!allowed(now).await);
+        assert!(!allowed(now + 499).await);
+        assert!(allowed(now + 500).await);
+        assert!(!allowed(now + 501).await);
+        assert!(allowed(now + 1_000).await);
+        let d = s.rate_limit("sl", &gcra, now + 1_000).await.unwrap();
+        assert_eq!((d.refused_by, d.headers.reset), (Some(Window::Second), 1));
+        let peek = s.peek_rate_limit("sl", &gcra, now + 3_000).await.unwrap();
+        assert_eq!((peek.headers.remaining, peek.headers.reset), (2, 0));
 
         // The token budget is checked by the same decision, and never consumed by requests.
         let budget = [(Window::Tokens, 160), (Window::Minute, 100)];

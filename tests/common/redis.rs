@@ -11,6 +11,10 @@ pub struct RedisServer {
 }
 
 fn spawn(port: u16, dir: &std::path::Path, cluster: bool) -> Child {
+    spawn_with(port, dir, cluster, &[])
+}
+
+fn spawn_with(port: u16, dir: &std::path::Path, cluster: bool, extra: &[String]) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args([
         "--port",
@@ -26,6 +30,7 @@ fn spawn(port: u16, dir: &std::path::Path, cluster: bool) -> Child {
     .arg(dir)
     .stdout(Stdio::null())
     .stderr(Stdio::null());
+    cmd.args(extra);
     if cluster {
         cmd.args([
             "--cluster-enabled",
@@ -64,6 +69,25 @@ impl RedisServer {
         let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = spawn(port, dir.path(), false);
+        wait_ping(port);
+        RedisServer {
+            port,
+            child: Some(child),
+            dir,
+            cluster: false,
+        }
+    }
+
+    /// A replica of the Redis on `primary`.
+    pub fn start_replica_of(primary: u16) -> RedisServer {
+        let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.to_string(),
+        ];
+        let child = spawn_with(port, dir.path(), false, &args);
         wait_ping(port);
         RedisServer {
             port,
@@ -154,5 +178,124 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+/// A primary, a replica of it, and three `redis-sentinel` processes monitoring it as `mymaster`
+/// (down after 1 s, quorum 2).
+pub struct SentinelGroup {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<Sentinel>,
+}
+
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SentinelGroup {
+    pub fn start() -> SentinelGroup {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(primary.port);
+        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+        let group = SentinelGroup {
+            primary,
+            replica,
+            sentinels,
+        };
+        // A failover needs the replica in sync, and sentinels that know the replica and each
+        // other (an election needs a majority of them).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced =
+                cli(group.replica.port, &["INFO", "replication"]).contains("master_link_status:up");
+            let known = group.sentinels.iter().all(|s| {
+                let replicas = cli(s.port, &["SENTINEL", "REPLICAS", "mymaster"]);
+                let peers = cli(s.port, &["SENTINEL", "SENTINELS", "mymaster"]);
+                replicas.contains(&group.replica.port.to_string())
+                    && group
+                        .sentinels
+                        .iter()
+                        .filter(|o| o.port != s.port)
+                        .all(|o| peers.contains(&o.port.to_string()))
+            });
+            if synced && known {
+                return group;
+            }
+            assert!(Instant::now() < deadline, "the sentinel group did not form");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/mymaster", hosts.join(","))
+    }
+
+    /// The port of the primary the sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let out = cli(
+            self.sentinels[0].port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+        );
+        out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Sentinel {
+    fn start(primary: u16) -> Sentinel {
+        let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        // Debian's redis-sentinel package; the same program is `redis-server --sentinel`.
+        let mut cmd = if Command::new("redis-sentinel")
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            let mut c = Command::new("redis-sentinel");
+            c.arg(&conf);
+            c
+        } else {
+            let mut c = Command::new("redis-server");
+            c.arg(&conf).arg("--sentinel");
+            c
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-sentinel is required for this test (.ci/run installs it)");
+        wait_ping(port);
+        Sentinel {
+            port,
+            child,
+            _dir: dir,
+        }
     }
 }

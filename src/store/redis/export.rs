@@ -3,7 +3,7 @@
 
 use redis::AsyncCommands;
 
-use super::{unavailable, Conn, RedisStore};
+use super::{unavailable, RedisStore};
 use crate::error::StoreError;
 use crate::ratelimit::Window;
 use crate::store::records::{self, Record, Sink};
@@ -90,12 +90,12 @@ async fn scan_page(
 impl RedisStore {
     /// Every user record, by `SCAN` (one Redis; a cluster is refused like an export).
     pub(super) async fn scan_users(&self) -> Result<Vec<User>, StoreError> {
-        let Conn::Single(conn) = &self.conn else {
+        let Some(conn) = self.single().await? else {
             // A cluster is not walked node by node: its users come from the index set that
             // registrations maintain (users of gateways older than it are not in it).
             return self.set_records("users", "user:").await;
         };
-        let mut c = conn.clone();
+        let mut c = conn;
         let (mut cursor, mut out) = (0u64, Vec::new());
         let pattern = format!("{}user:*", self.prefix);
         loop {
@@ -113,13 +113,13 @@ impl RedisStore {
     }
 
     pub(super) async fn export_records(&self, sink: &Sink) -> Result<(), StoreError> {
-        let Conn::Single(conn) = &self.conn else {
+        let Some(conn) = self.single().await? else {
             return Err(StoreError::Unavailable(
                 "export from a Redis Cluster is not supported; export before moving to a cluster"
                     .into(),
             ));
         };
-        let mut c = conn.clone();
+        let mut c = conn;
         let mut cursor: u64 = 0;
         let pattern = format!("{}*", self.prefix);
         loop {

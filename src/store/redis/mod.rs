@@ -20,7 +20,7 @@
 //! {p}jti:{jti}                   the same, as older gateways keep it (`store.legacy_revocations`)
 //! {p}ub:{u:<subject>}            "log out everywhere": tokens of the user issued (iat) at or
 //!                                before this time are revoked; in the user's slot too
-//! {p}rl:{<scope>}:{window}       sliding log (ZSET of admission times) for second|minute|hour
+//! {p}rl:{<scope>}:{window}:gcra  GCRA time (microseconds) for second|minute|hour
 //! {p}rl:{<scope>}:{window}:{n}   calendar counter for day|month period n, expiring after it
 //! {p}rl:{<scope>}:tokens:{n}     tokens debited in month n (the limiter checks it too)
 //! channel {p}invalidate          "<origin> <sent ms> key:<hash>" | ... tenant:<id>: invalidations
@@ -57,19 +57,21 @@ use crate::util::unix_now;
 ///
 /// KEYS: the revocation keys of the request's access token (none for an API key), then its
 /// user's "log out everywhere" key (holding a time: tokens issued at or before it are revoked),
-/// then one per window, in check order. ARGV: now_ms, consume (1/0), member, the number of
-/// revocation keys, the number of cut-off keys, the token's iat, then per window: kind (`s`
-/// sliding | `c` calendar | `k` check-only calendar: the token budget), limit, span (sliding:
+/// then one per window, in check order. ARGV: now_ms, consume (1/0), the number of revocation
+/// keys, the number of cut-off keys, the token's iat, then per window: kind (`g` second, minute
+/// or hour: GCRA | `c` calendar | `k` check-only calendar: the token budget), limit, span (GCRA:
 /// window ms; calendar: period end ms).
+/// A GCRA key holds one number, the theoretical arrival time in microseconds (the arithmetic of
+/// `ratelimit::Gcra`, which the memory store runs); it expires when it is in the past.
 /// Returns {-1, 0, 0, 0} when a revocation key exists (nothing consumed), else {refusing window
 /// index or 0, limit, remaining, reset_ms} of the refusing or tightest window.
 const LIMIT_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
+local now_us = now * 1000
 local consume = ARGV[2] == '1'
-local member = ARGV[3]
-local nrev = tonumber(ARGV[4])
-local ncut = tonumber(ARGV[5])
-local iat = tonumber(ARGV[6])
+local nrev = tonumber(ARGV[3])
+local ncut = tonumber(ARGV[4])
+local iat = tonumber(ARGV[5])
 for i = 1, nrev do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     return {-1, 0, 0, 0}
@@ -83,51 +85,56 @@ for i = nrev + 1, nrev + ncut do
 end
 local first = nrev + ncut
 local tl, tr, tz = 0, -1, 0
+local tats = {}
 for w = 1, #KEYS - first do
   local key = KEYS[first + w]
-  local base = 6 + (w - 1) * 3
+  local base = 5 + (w - 1) * 3
   local kind = ARGV[base + 1]
   local limit = tonumber(ARGV[base + 2])
   local span = tonumber(ARGV[base + 3])
-  local used, reset
-  if kind == 'k' then
-    used = tonumber(redis.call('GET', key) or '0')
+  local rem, reset
+  if kind == 'g' then
+    if limit < 1 then
+      return {w, limit, 0, span}
+    end
+    local interval = math.ceil(span * 1000 / limit)
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now_us then tat = now_us end
+    local backlog = tat - now_us + interval
+    if backlog > interval * limit then
+      return {w, limit, 0, math.ceil((backlog - interval * limit) / 1000)}
+    end
+    local held = tat - now_us
+    if consume then held = backlog end
+    local used = math.ceil(held / interval)
+    rem = limit - used
+    if used == 0 then reset = 0 else reset = math.ceil((held - (used - 1) * interval) / 1000) end
+    tats[w] = tat + interval
+  else
+    local used = tonumber(redis.call('GET', key) or '0')
     if used >= limit then
       return {w, limit, 0, span - now}
     end
-  elseif kind == 's' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span)
-    used = redis.call('ZCARD', key)
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if oldest[2] then reset = tonumber(oldest[2]) + span - now else reset = span end
-  else
-    used = tonumber(redis.call('GET', key) or '0')
+    rem = limit - used
+    if consume then rem = rem - 1 end
     reset = span - now
   end
-  if kind ~= 'k' then
-    if used >= limit then
-      return {w, limit, 0, reset}
-    end
-    local rem = limit - used
-    if consume then rem = rem - 1 end
-    if tr < 0 or rem < tr or (rem == tr and reset < tz) then
-      tl, tr, tz = limit, rem, reset
-    end
+  if kind ~= 'k' and (tr < 0 or rem < tr or (rem == tr and reset < tz)) then
+    tl, tr, tz = limit, rem, reset
   end
 end
 if consume then
   for w = 1, #KEYS - first do
     local key = KEYS[first + w]
-    local base = 6 + (w - 1) * 3
-    local span = tonumber(ARGV[base + 3])
-    if ARGV[base + 1] == 'k' then
+    local kind = ARGV[5 + (w - 1) * 3 + 1]
+    if kind == 'g' then
+      local ttl = math.ceil((tats[w] - now_us) / 1000) + 1
+      redis.call('SET', key, string.format('%.0f', tats[w]), 'PX', ttl)
+    elseif kind == 'k' then
       -- check-only: debited by token usage, not by requests
-    elseif ARGV[base + 1] == 's' then
-      redis.call('ZADD', key, now, member)
-      redis.call('PEXPIRE', key, span)
     elseif redis.call('INCR', key) == 1 then
       -- A calendar key is created here, once per window: its expiry is set once.
-      redis.call('PEXPIREAT', key, span + 86400000)
+      redis.call('PEXPIREAT', key, tonumber(ARGV[5 + (w - 1) * 3 + 3]) + 86400000)
     end
   end
 end
@@ -172,6 +179,8 @@ impl ConnectionLike for Handle {
 
 enum Conn {
     Single(ConnectionManager),
+    /// One Redis at a time, the primary the sentinels name (followed across failovers).
+    Sentinel(Arc<sentinel::SentinelConn>),
     /// Connected on first use, so the gateway starts (unready) while the cluster is down.
     Cluster(Box<LazyCluster>),
 }
@@ -225,6 +234,7 @@ macro_rules! key {
 }
 
 mod export;
+mod sentinel;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -234,33 +244,43 @@ impl RedisStore {
     /// Set up connections without requiring Redis to be up: commands fail (503) until it is.
     pub async fn connect(cfg: &StoreConfig, url: &str) -> Result<Arc<RedisStore>, String> {
         let timeout = cfg.command_timeout;
-        let (conn, pubsub_url) = match cluster_nodes(url) {
-            Some(nodes) if nodes.is_empty() => return Err("REDIS_URL names no cluster node".into()),
-            Some(nodes) => {
-                let client = ClusterClient::builder(nodes.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(|e| format!("REDIS_URL: {e}"))?;
-                (
-                    Conn::Cluster(Box::new(LazyCluster {
-                        client,
-                        conn: OnceCell::new(),
-                    })),
-                    nodes[0].clone(),
-                )
-            }
-            None => {
-                let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(2));
-                let manager = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| format!("REDIS_URL: {e}"))?;
-                (Conn::Single(manager), url.to_string())
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let (conn, pubsub) = if let Some(parsed) = sentinel::SentinelUrl::parse(url) {
+            let s = sentinel::SentinelConn::new(&parsed?, manager_config, timeout)?;
+            (Conn::Sentinel(s.clone()), PubSubSource::Sentinel(s))
+        } else {
+            match cluster_nodes(url) {
+                Some(nodes) if nodes.is_empty() => {
+                    return Err("REDIS_URL names no cluster node".into())
+                }
+                Some(nodes) => {
+                    let client = ClusterClient::builder(nodes.clone())
+                        .connection_timeout(timeout)
+                        .response_timeout(timeout)
+                        .retries(1)
+                        .build()
+                        .map_err(|e| format!("REDIS_URL: {e}"))?;
+                    let pubsub = redis::Client::open(nodes[0].as_str())
+                        .map_err(|e| format!("REDIS_URL: {e}"))?;
+                    (
+                        Conn::Cluster(Box::new(LazyCluster {
+                            client,
+                            conn: OnceCell::new(),
+                        })),
+                        PubSubSource::Fixed(Box::new(pubsub)),
+                    )
+                }
+                None => {
+                    let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+                    let manager =
+                        ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                            .map_err(|e| format!("REDIS_URL: {e}"))?;
+                    (Conn::Single(manager), PubSubSource::Fixed(Box::new(client)))
+                }
             }
         };
         let (tx, _) = broadcast::channel(1024);
@@ -275,8 +295,6 @@ impl RedisStore {
             origin: origin.clone(),
         });
         let channel = format!("{}invalidate", cfg.key_prefix);
-        let pubsub =
-            redis::Client::open(pubsub_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
         tokio::spawn(subscribe_loop(
             pubsub,
             channel,
@@ -287,9 +305,24 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// One Redis (directly or through Sentinel), not a cluster: any key is in reach of a script.
+    fn is_one_redis(&self) -> bool {
+        !matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// The connection to the one Redis, or `None` under Cluster.
+    async fn single(&self) -> Result<Option<ConnectionManager>, StoreError> {
+        match &self.conn {
+            Conn::Single(m) => Ok(Some(m.clone())),
+            Conn::Sentinel(s) => Ok(Some(s.primary().await?.conn.clone())),
+            Conn::Cluster(_) => Ok(None),
+        }
+    }
+
     async fn handle(&self) -> Result<Handle, StoreError> {
         match &self.conn {
             Conn::Single(m) => Ok(Handle::Single(m.clone())),
+            Conn::Sentinel(s) => Ok(Handle::Single(s.primary().await?.conn.clone())),
             Conn::Cluster(lazy) => {
                 let LazyCluster { client, conn } = lazy.as_ref();
                 let c = conn
@@ -356,8 +389,10 @@ impl RedisStore {
         }
     }
 
-    /// `{p}rl:{<scope>}:<window>`, and `:<period>` for a calendar window: the one place the
-    /// limiter's key names are made.
+    /// `{p}rl:{<scope>}:<window>:gcra` for a second, minute or hour window, and
+    /// `{p}rl:{<scope>}:<window>:<period>` for a calendar window: the one place the limiter's key
+    /// names are made. (Before GCRA, `{p}rl:{<scope>}:<window>` held a sliding log; such keys are
+    /// never read now and expire within their window's length.)
     fn window_key(&self, scope: &str, w: Window, period: Option<u64>) -> String {
         let mut key = String::with_capacity(64);
         self.write_window_key(&mut key, scope, w, period);
@@ -371,9 +406,12 @@ impl RedisStore {
         for part in [self.prefix.as_str(), "rl:{", scope, "}:", w.name()] {
             key.push_str(part);
         }
-        if let Some(period) = period {
-            key.push(':');
-            key.push_str(itoa::Buffer::new().format(period));
+        match period {
+            Some(period) => {
+                key.push(':');
+                key.push_str(itoa::Buffer::new().format(period));
+            }
+            None => key.push_str(":gcra"),
         }
     }
 
@@ -408,7 +446,7 @@ impl RedisStore {
         // which allocates per argument and copies them all into a command again.
         let ncut = usize::from(cutoff.is_some());
         let nkeys = revocations.len() + ncut + limits.len();
-        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 6 + 3 * limits.len(), 512);
+        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 5 + 3 * limits.len(), 512);
         cmd.arg("EVALSHA").arg(self.limiter.get_hash()).arg(nkeys);
         for k in revocations {
             cmd.arg(k);
@@ -427,20 +465,12 @@ impl RedisStore {
                 windows.push((kind, limit, end));
             } else {
                 self.write_window_key(&mut key, scope, w, None);
-                windows.push(("s", limit, w.sliding_ms()));
+                windows.push(("g", limit, w.sliding_ms()));
             }
             cmd.arg(key.as_str());
         }
-        // A sliding window's log entry; calendar windows need none.
-        let mut member = String::new();
-        if limits.iter().any(|(w, _)| !w.is_calendar()) {
-            member.push_str(itoa::Buffer::new().format(now_ms));
-            member.push(':');
-            member.push_str(&crate::util::random_token("", 10));
-        }
         cmd.arg(now_ms)
             .arg(if consume { "1" } else { "0" })
-            .arg(member)
             .arg(revocations.len())
             .arg(ncut)
             .arg(cutoff.map_or(0, |(_, iat)| iat));
@@ -512,10 +542,17 @@ impl RedisStore {
     }
 }
 
+/// Where the invalidation subscription connects: a fixed node, or the primary the sentinels name
+/// at each (re)subscription.
+enum PubSubSource {
+    Fixed(Box<redis::Client>),
+    Sentinel(Arc<sentinel::SentinelConn>),
+}
+
 /// Listen for invalidations; after every (re)subscription tell the caches to drop everything,
 /// since messages may have been missed while disconnected.
 async fn subscribe_loop(
-    client: redis::Client,
+    source: PubSubSource,
     channel: String,
     origin: String,
     tx: broadcast::Sender<Invalidation>,
@@ -527,6 +564,17 @@ async fn subscribe_loop(
             return;
         }
         let connected = tokio::time::timeout(Duration::from_secs(2), async {
+            let client = match &source {
+                PubSubSource::Fixed(c) => c.as_ref().clone(),
+                PubSubSource::Sentinel(s) => match s.primary().await {
+                    Ok(p) => p.client.clone(),
+                    Err(e) => {
+                        return Err(redis::RedisError::from(std::io::Error::other(
+                            e.to_string(),
+                        )))
+                    }
+                },
+            };
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(ps)
@@ -1000,7 +1048,7 @@ impl Store for RedisStore {
         };
         let mut revocations = vec![self.revocation_key(&scope, jti)];
         let legacy = self.legacy_revocations.then(|| key!(self, "jti:{jti}"));
-        if matches!(self.conn, Conn::Single(_)) {
+        if self.is_one_redis() {
             // One Redis: the script may read a key of any name.
             revocations.extend(legacy);
             return self
