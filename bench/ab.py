@@ -3,8 +3,12 @@
 
     python3 bench/ab.py A_BINARY B_BINARY            # two builds, same settings
     MINT_B=1 python3 bench/ab.py BINARY BINARY       # one build, B mints tokens for the upstream
+    ENV_B=ARES_WORKERS=2 python3 bench/ab.py BIN BIN # one build, B with settings of its own
     ROUNDS=6 DURATION=6 WORKERS=1 ...                # the defaults
     GATEWAY_YAML=old/gateway.yaml ...                # a config both builds read (else ./gateway.yaml)
+    STORE=redis ...                                  # each side on a redis-server of its own
+                                                     # (its CPU counted with the gateway's), with
+                                                     # the shipped per-minute limits in force
 
 For a change to the request path: the build before against the build after. For minting
 (issue 18): the same build with and without `ARES_UPSTREAM_JWT_SECRET`. Each round runs A then B
@@ -18,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (the helpers: spawn, wrk, lua, cpu_ticks, ...)
@@ -35,37 +40,58 @@ def main():
     mint = {"A": os.environ.get("MINT_A") == "1", "B": os.environ.get("MINT_B") == "1"}
     tmp = tempfile.mkdtemp(prefix="ares-ab-")
     up = load.nginx_upstream(tmp)
-    conf = load.bench_config(tmp, os.environ.get("GATEWAY_YAML"))
+    store = os.environ.get("STORE", "memory")
+    # On Redis: the shipped config as it is (per-minute GCRA windows in force), limits raised
+    # high enough never to refuse. In memory: calendar limits only (`load.bench_config`).
+    if store == "redis":
+        conf = os.environ.get("GATEWAY_YAML") or os.path.join(load.ROOT, "gateway.yaml")
+    else:
+        conf = load.bench_config(tmp, os.environ.get("GATEWAY_YAML"))
 
     gateways = {}
     for side in ("A", "B"):
         port = load.free_port()
         env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
                    ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=load.ADMIN,
-                   ARES_JWT_SECRET=load.JWT_SECRET, ARES_STORE="memory", ARES_LOG="warn",
-                   ARES_WORKERS=WORKERS)
+                   ARES_JWT_SECRET=load.JWT_SECRET, ARES_STORE=store, ARES_LOG="warn",
+                   ARES_WORKERS=WORKERS, ARES_USER_REQUESTS_PER_MINUTE="100000000",
+                   ARES_DATA_DIR=os.path.join(tmp, f"data-{side}"))
+        pids = []
+        if store == "redis":
+            redis_port = load.free_port()
+            pids.append(load.spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no", "--dir", tmp]).pid)
+            time.sleep(0.3)
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
+        # ENV_B="NAME=value,NAME2=value" gives one side settings of its own.
+        for pair in filter(None, os.environ.get(f"ENV_{side}", "").split(",")):
+            name, _, value = pair.partition("=")
+            env[name] = value
         if mint[side]:
             env["ARES_UPSTREAM_JWT_SECRET"] = MINT_SECRET
         p = load.spawn([binaries[side], "serve", "--config", conf], env=env)
         base = f"http://127.0.0.1:{port}"
         load.wait_http(f"{base}/healthz")
-        key, token = load.credentials(base)
+        key, token, tenant = load.credentials(base, with_tenant=True)
+        if store == "redis":
+            load.call("PUT", f"{base}/api/admin/tenants/{tenant}/limits", '{"requests_per_minute":100000000}',
+                      {"X-Admin-Secret": load.ADMIN})
         scripts = {
             "jwt": load.lua(tmp, f"jwt-{side}", {"Authorization": f"Bearer {token}"}),
             "api_key": load.lua(tmp, f"key-{side}", {"Authorization": f"Bearer {key}"}),
         }
-        gateways[side] = (p, base, scripts)
+        gateways[side] = (p, base, scripts, [p.pid] + pids)
 
     results = {(side, route): [] for side in "AB" for route in ("jwt", "api_key")}
     for r in range(ROUNDS):
         order = ("A", "B") if r % 2 == 0 else ("B", "A")
         for route in ("jwt", "api_key"):
             for side in order:
-                p, base, scripts = gateways[side]
+                p, base, scripts, pids = gateways[side]
                 path = "/api/chat" if route == "jwt" else "/v1/chat"
-                before = load.cpu_ticks([p.pid])
+                before = load.cpu_ticks(pids)
                 rps, total, non2xx, p50, p99 = load.wrk(base + path, scripts[route])
-                ticks = load.cpu_ticks([p.pid]) - before
+                ticks = load.cpu_ticks(pids) - before
                 if non2xx:
                     raise SystemExit(f"{side} {route}: {non2xx} non-2xx responses")
                 us = ticks / load.CLK_TCK * 1e6 / max(total, 1)
@@ -73,7 +99,8 @@ def main():
                 print(f"round {r + 1} {route:8} {side}: {rps:9.0f} req/s {us:6.2f} us/req p99 {p99:.2f} ms",
                       file=sys.stderr)
 
-    print(f"\ninterleaved A/B, {ROUNDS} rounds of {load.DURATION}s, wrk -t2 -c64, {WORKERS} worker(s), medians")
+    print(f"\ninterleaved A/B, {ROUNDS} rounds of {load.DURATION}s, wrk -t2 -c64, {WORKERS} worker(s), "
+          f"{store} store, medians")
     print(f"A = {binaries['A']}{' (minting)' if mint['A'] else ''}")
     print(f"B = {binaries['B']}{' (minting)' if mint['B'] else ''}")
     print("| route | A req/s | B req/s | B/A | A us/req | B us/req | B/A | A p99 ms | B p99 ms |")

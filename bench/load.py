@@ -183,15 +183,16 @@ def bench_config(tmp, source=None):
     return conf
 
 
-def credentials(base):
-    """A tenant's API key and a user's access token on the gateway at `base`."""
-    key = call("POST", f"{base}/api/admin/provision-client",
-               '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})["raw_api_key"]
+def credentials(base, with_tenant=False):
+    """A tenant's API key and a user's access token on the gateway at `base` (and the tenant)."""
+    tenant = call("POST", f"{base}/api/admin/provision-client",
+                  '{"name":"bench","tier":"enterprise","api_key_name":"k"}', {"X-Admin-Secret": ADMIN})
+    key = tenant["raw_api_key"]
     call("POST", f"{base}/api/auth/register",
          '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
     token = call("POST", f"{base}/api/auth/login",
                  '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
-    return key, token
+    return (key, token, tenant["tenant_id"]) if with_tenant else (key, token)
 
 
 def main():
@@ -212,12 +213,12 @@ def main():
     # The access log at warn (HAProxy and nginx log nothing here either).
     conf = bench_config(tmp)
 
-    def gateway(store, redis_url="", workers=0):
+    def gateway(store, redis_url="", workers=0, conf=conf, extra=None):
         port = free_port()
         env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
                    ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=ADMIN,
                    ARES_JWT_SECRET=JWT_SECRET, ARES_STORE=store, REDIS_URL=redis_url, ARES_LOG="warn",
-                   ARES_WORKERS=str(workers), ARES_DATA_DIR=os.path.join(tmp, f"data-{port}"))
+                   ARES_WORKERS=str(workers), ARES_DATA_DIR=os.path.join(tmp, f"data-{port}"), **(extra or {}))
         start = time.monotonic()
         p = spawn([binary, "serve", "--config", conf], env=env)
         ready = wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -242,12 +243,27 @@ def main():
     gwe, gwe_port, ready_e, _ = gateway("embedded")
     ekey, etoken = credentials(f"http://127.0.0.1:{gwe_port}")
 
-    redis_port = free_port()
-    spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-           "--dir", tmp])
-    time.sleep(0.3)
+    def redis_server():
+        port = free_port()
+        p = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", tmp])
+        time.sleep(0.3)
+        return p, port
+
+    redis1, redis_port = redis_server()
     gwr, gwr_port, _, _ = gateway("redis", f"redis://127.0.0.1:{redis_port}")
     rkey, rtoken = credentials(f"http://127.0.0.1:{gwr_port}")
+
+    # Redis with the shipped per-minute limits in force (GCRA): the shipped gateway.yaml, the user
+    # limit and the tenant's minute limit raised high enough never to refuse.
+    redis2, redis2_port = redis_server()
+    gwm, gwm_port, _, _ = gateway("redis", f"redis://127.0.0.1:{redis2_port}",
+                                  conf=os.path.join(ROOT, "gateway.yaml"),
+                                  extra={"ARES_USER_REQUESTS_PER_MINUTE": "100000000"})
+    mbase = f"http://127.0.0.1:{gwm_port}"
+    mkey, mtoken, tenant_id = credentials(mbase, with_tenant=True)
+    call("PUT", f"{mbase}/api/admin/tenants/{tenant_id}/limits", '{"requests_per_minute":100000000}',
+         {"X-Admin-Secret": ADMIN})
 
     # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
     hj, hp, np_ = free_port(), free_port(), free_port()
@@ -332,6 +348,8 @@ http {{ access_log off; keepalive_requests 1000000;
     eapi = lua(tmp, "eapi", {"Authorization": f"Bearer {ekey}"})
     ejwt = lua(tmp, "ejwt", {"Authorization": f"Bearer {etoken}"})
     rjwt = lua(tmp, "rjwt", {"Authorization": f"Bearer {rtoken}"})
+    mapi = lua(tmp, "mapi", {"Authorization": f"Bearer {mkey}"})
+    mjwt = lua(tmp, "mjwt", {"Authorization": f"Bearer {mtoken}"})
     rot = lua(tmp, "rot", {}, keys=keys)
     sse_direct = lua(tmp, "sse_direct", {}, method="GET")
     sse = lua(tmp, "sse", {"Authorization": f"Bearer {key}"}, method="GET")
@@ -349,6 +367,8 @@ http {{ access_log off; keepalive_requests 1000000;
         ("gateway api key (embedded)", f"http://127.0.0.1:{gwe_port}/v1/chat", eapi, gwe.pid),
         ("gateway api key (redis)", f"http://127.0.0.1:{gwr_port}/v1/chat", rapi, gwr.pid),
         ("gateway jwt (redis)", f"http://127.0.0.1:{gwr_port}/api/chat", rjwt, gwr.pid),
+        ("gateway api key (redis, per-minute)", f"{mbase}/v1/chat", mapi, gwm.pid),
+        ("gateway jwt (redis, per-minute)", f"{mbase}/api/chat", mjwt, gwm.pid),
         ("gateway 1,000 keys rotating", f"{base}/v1/chat", rot, gw.pid),
         ("direct upstream sse", f"http://127.0.0.1:{up}/api/v1/stream", sse_direct, None),
         ("gateway sse (api key)", f"{base}/v1/stream", sse, gw.pid),
@@ -363,8 +383,8 @@ http {{ access_log off; keepalive_requests 1000000;
     for r in range(ROUNDS):
         for name, url, script, pid in targets:
             pids = pids_of(pid) if pid else []
-            if name.endswith("(redis)"):
-                pids = pids + [p.pid for p in procs if p.args[0] == "redis-server"]
+            if "(redis" in name:
+                pids = pids + [(redis2 if "per-minute" in name else redis1).pid]
             before = cpu_ticks(pids)
             rps, total, non2xx, p50, p99 = wrk(url, script)
             used = cpu_ticks(pids) - before

@@ -259,7 +259,7 @@ fn main() {
         let points = std::env::var("SCALE").unwrap_or_else(|_| {
             if full { "1000x60,10000x60,100000x60,1000x600,1000x6000".into() } else { "50x5".into() }
         });
-        println!("cost curve: scopes held at a per-hour limit, then decisions on them (all refused):");
+        println!("cost curve: scopes filled to a per-hour limit, then decisions on them:");
         for point in points.split(',') {
             let Some((scopes, limit)) = point.split_once('x') else { continue };
             let (Ok(scopes), Ok(limit)) = (scopes.trim().parse::<u64>(), limit.trim().parse::<u64>()) else {
@@ -286,7 +286,9 @@ fn main() {
                 let store = shared.clone();
                 async move {
                     let d = store.rate_limit(&format!("t:s{}", i % scopes), &limits, now_ms()).await;
-                    assert!(!d.expect("decision").allowed(), "every scope is at its limit");
+                    // At or near its limit: room returns one request per hour/limit, so a fill
+                    // slower than that leaves some room in the scopes filled first.
+                    std::hint::black_box(d.expect("decision"));
                 }
             })
             .await;

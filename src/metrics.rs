@@ -109,13 +109,14 @@ pub struct Metrics {
 }
 
 /// Every `ratelimit::limiter::Scope::kind`, each with its premade series.
-pub const SCOPE_KINDS: [&str; 6] = [
+pub const SCOPE_KINDS: [&str; 7] = [
     "tenant",
     "user",
     "api_key",
     "ip",
     "login_account_ip",
     "login_account",
+    "api_key_failures_ip",
 ];
 
 /// The caches `Metrics::cache` counts.

@@ -264,9 +264,21 @@ async fn handle_inner<'r>(
     let auth_started = Instant::now();
     let revocation = auth::Revocation::WithLimits;
     let creds = state.credentials(snap);
+    let key_route = route.auth == crate::route::AuthKind::ApiKey;
+    if key_route {
+        // An address that keeps sending refused keys: refused before any lookup (no store call).
+        state.limiter.check_key_failures(ctx.client_ip)?;
+    }
     let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, &creds).await;
     crate::metrics::get().auth(auth_started.elapsed());
-    let principal = principal?;
+    let principal = match principal {
+        Err(GatewayError::InvalidApiKey) if key_route => {
+            let plan = &snap.config.limits.api_key_failures_per_ip;
+            let over = state.limiter.record_key_failure(ctx.client_ip, plan).await;
+            return Err(over.unwrap_or(GatewayError::InvalidApiKey));
+        }
+        p => p?,
+    };
     outcome.auth_method = principal.auth_method();
     outcome.principal = Some(principal.clone());
     // Scopes are an API key's: a user's token is never refused here, so a revoked one is

@@ -197,3 +197,61 @@ async fn token_counts_in_stream_trailers_are_debited_after_the_stream() {
     .await;
     assert!(debited, "{}", get(&usage_url, &admin()).await.json());
 }
+
+/// Issue 24: 60 bad keys from one address were 60 x 401. Now they are counted per client address
+/// (never against a tenant); past the limit the address gets 429 before any key is looked at,
+/// until room returns.
+#[tokio::test]
+async fn repeated_failed_api_keys_from_one_address_are_limited_without_touching_any_quota() {
+    let up = Upstream::start().await;
+    let yaml = shipped_yaml().replace(
+        "  api_key_failures_per_ip:\n    requests_per_minute: 30\n    requests_per_hour: 300\n",
+        "  api_key_failures_per_ip:\n    requests_per_second: 5\n",
+    );
+    assert!(
+        yaml.contains("requests_per_second: 5"),
+        "the shipped config names the limit"
+    );
+    let g = start(config_from(&yaml, &up.url(), &[])).await;
+    let (tenant, _, key) = provision(&g, "pro").await;
+    let chat = |auth: String| {
+        let url = g.url("/v1/chat");
+        async move { post(&url, &[("authorization", &auth)], "{}").await }
+    };
+    let bad = [
+        "Bearer ares_not_a_key",
+        "Bearer ares_0123456789abcdef0123456789abcdef",
+    ];
+    for i in 0..5 {
+        let r = chat(bad[i % 2].to_string()).await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (401, "AUTH_INVALID_API_KEY")
+        );
+    }
+    let r = chat(bad[0].to_string()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (429, "RATE_LIMIT_EXCEEDED")
+    );
+    assert!(r.header("retry-after").is_some());
+    // The address is refused before any lookup, a valid key included, until room returns.
+    let r = chat(bearer(&key)).await;
+    assert_eq!(r.status, 429);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(chat(bearer(&key)).await.status, 200);
+    assert_eq!(
+        chat(bad[1].to_string()).await.status,
+        401,
+        "one failure's room returned"
+    );
+    // No tenant paid for any of it: one request was admitted.
+    let usage = get(
+        &g.url(&format!("/api/admin/tenants/{tenant}/usage")),
+        &admin(),
+    )
+    .await
+    .json();
+    assert_eq!(usage["daily_requests"], 1);
+    assert_eq!(up.count(), 1);
+}

@@ -108,6 +108,7 @@ pub struct RateLimitsFile {
     pub auth_ip: Option<PlanFile>,
     pub login_failures_per_account_ip: Option<PlanFile>,
     pub login_failures_per_account: Option<PlanFile>,
+    pub api_key_failures_per_ip: Option<PlanFile>,
     pub default_plan: Option<String>,
 }
 

@@ -37,9 +37,9 @@ pub const MIN_ADMIN_SECRET_BYTES: usize = 16;
 /// Shortest HS256 key accepted (CONTRACT.md section 3).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// Largest limit a second, minute or hour window may have. The limiter's state does not grow with
-/// it (one GCRA time per window); the bound keeps a per-second limit's interval at 10 us or more,
-/// well above the clock's resolution, and catches a limit typed with too many zeros.
-pub const MAX_SLIDING_LIMIT: u64 = 100_000;
+/// it (one GCRA time per window). GCRA counts whole microseconds per request (rounded up), so a
+/// limit above one per microsecond of its window acts as one per microsecond (1,000,000/s).
+pub const MAX_SLIDING_LIMIT: u64 = 100_000_000;
 
 /// One problem in the file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +204,8 @@ pub struct RateLimitConfig {
     pub login_failures_per_account_ip: Plan,
     /// Failed logins per account from anywhere: a ceiling against distributed guessing.
     pub login_failures_per_account: Plan,
+    /// Refused API keys per client IP (the tenant's quota is never touched by them).
+    pub api_key_failures_per_ip: Plan,
     /// Tiers, by name.
     pub plans: BTreeMap<String, Plan>,
     /// Tier of tenants created without one.

@@ -556,6 +556,17 @@ impl Validator {
             requests_per_hour: Some(Num::Int(100)),
             ..Default::default()
         };
+        let default_key_failures = PlanFile {
+            requests_per_minute: Some(Num::Int(30)),
+            requests_per_hour: Some(Num::Int(300)),
+            ..Default::default()
+        };
+        let api_key_failures_per_ip = self.plan(
+            f.api_key_failures_per_ip
+                .as_ref()
+                .unwrap_or(&default_key_failures),
+            "rate_limits.api_key_failures_per_ip",
+        );
         let user = self.plan(f.user.as_ref().unwrap_or(&default_user), "rate_limits.user");
         let auth_ip = self.plan(
             f.auth_ip.as_ref().unwrap_or(&default_auth_ip),
@@ -592,6 +603,7 @@ impl Validator {
             auth_ip,
             login_failures_per_account_ip,
             login_failures_per_account,
+            api_key_failures_per_ip,
             plans,
             default_plan,
         }

@@ -28,6 +28,8 @@ pub enum Scope<'a> {
     LoginAccountIp(&'a str, IpAddr),
     /// Failed logins to one account from anywhere.
     LoginAccount(&'a str),
+    /// Refused API keys from one client address.
+    KeyFailuresIp(IpAddr),
 }
 
 impl Scope<'_> {
@@ -40,6 +42,7 @@ impl Scope<'_> {
             Scope::AuthIp(ip) => scope::auth_ip(&ip),
             Scope::LoginAccountIp(account, ip) => scope::login_account_ip(account, &ip),
             Scope::LoginAccount(account) => scope::login_account(account),
+            Scope::KeyFailuresIp(ip) => scope::key_failures_ip(&ip),
         }
     }
 
@@ -52,6 +55,7 @@ impl Scope<'_> {
             Scope::AuthIp(_) => "ip",
             Scope::LoginAccountIp(..) => "login_account_ip",
             Scope::LoginAccount(_) => "login_account",
+            Scope::KeyFailuresIp(_) => "api_key_failures_ip",
         }
     }
 }
@@ -69,6 +73,12 @@ pub struct Limiter {
     store: StoreHandle,
     /// Limits in force while the shared store is unreachable (`local` policy).
     fallback: LocalLimiter,
+    /// Client addresses over their refused-API-key limit, until when (ms) and with which
+    /// headers: learned from the shared count when it refuses, so that a key is not even
+    /// looked at from them, without a store round trip on any request that passes.
+    key_failures: dashmap::DashMap<IpAddr, (u64, Decision)>,
+    /// Whether `key_failures` may hold anything: one atomic load on the request path.
+    any_key_failures: std::sync::atomic::AtomicBool,
 }
 
 impl Limiter {
@@ -76,6 +86,8 @@ impl Limiter {
         Limiter {
             store,
             fallback: LocalLimiter::new(),
+            key_failures: dashmap::DashMap::new(),
+            any_key_failures: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -180,6 +192,60 @@ impl Limiter {
         }
     }
 
+    /// Refuse an API-key request from an address over its refused-key limit (429), before the
+    /// key is looked at. No store call: the map is filled by [`Limiter::record_key_failure`].
+    pub fn check_key_failures(&self, ip: IpAddr) -> Result<(), GatewayError> {
+        if !self
+            .any_key_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let now = now_ms();
+        let Some(blocked) = self.key_failures.get(&ip).map(|e| *e.value()) else {
+            return Ok(());
+        };
+        let (until, mut decision) = blocked;
+        if now >= until {
+            self.key_failures.remove_if(&ip, |_, v| v.0 <= now);
+            return Ok(());
+        }
+        decision.headers.reset = (until - now).div_ceil(1000).max(1);
+        crate::metrics::get().ratelimit(Scope::KeyFailuresIp(ip).kind(), "-", "refused");
+        Err(refusal(&decision).unwrap_or(GatewayError::InvalidApiKey))
+    }
+
+    /// Count one refused API key from `ip`. When the address is already at its limit the
+    /// answer becomes that 429 (and the address is refused before any lookup until the window
+    /// frees room); otherwise the caller's 401 stands. A store that cannot count is logged.
+    pub async fn record_key_failure(&self, ip: IpAddr, plan: &Plan) -> Option<GatewayError> {
+        let scope = Scope::KeyFailuresIp(ip);
+        let windows = plan.windows();
+        if windows.is_empty() {
+            return None;
+        }
+        let now = now_ms();
+        let counted = self
+            .store
+            .call(self.store.rate_limit(&scope.key(), &windows, now))
+            .await;
+        let decision = match counted {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, scope = scope.kind(), "failure not counted");
+                return None;
+            }
+        };
+        decision.refused_by?;
+        let until = now + decision.headers.reset.max(1) * 1000;
+        self.key_failures.insert(ip, (until, decision));
+        self.any_key_failures
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().ratelimit(scope.kind(), "-", "refused");
+        tracing::info!(client = %ip, reason = "api_key_failures", "address refused for failed API keys");
+        refusal(&decision)
+    }
+
     /// Count `n` tokens the upstream reported against the scope's monthly budget.
     pub async fn debit_tokens(&self, scope: Scope<'_>, n: u64) -> Result<u64, GatewayError> {
         let key = scope.key();
@@ -190,7 +256,19 @@ impl Limiter {
 
     /// Forget idle scopes of the local fallback.
     pub fn sweep(&self) {
-        self.fallback.sweep(now_ms());
+        let now = now_ms();
+        self.fallback.sweep(now);
+        self.key_failures.retain(|_, v| v.0 > now);
+        if self.key_failures.is_empty() {
+            // An insert racing with this sets the flag after inserting: looking at the map
+            // again after clearing the flag means no block is ever hidden.
+            self.any_key_failures
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            if !self.key_failures.is_empty() {
+                self.any_key_failures
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// A store's answer, counted in the metrics; a failed store by the policy. The scope's key
@@ -281,6 +359,11 @@ mod tests {
                 "login_account_ip",
             ),
             (Scope::LoginAccount("ab12"), "lf:ab12", "login_account"),
+            (
+                Scope::KeyFailuresIp(ip),
+                "kf:10.0.0.1",
+                "api_key_failures_ip",
+            ),
         ];
         for (scope, key, kind) in cases {
             assert_eq!(scope.key(), key);

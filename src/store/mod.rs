@@ -439,6 +439,10 @@ pub mod scope {
     pub fn login_account_ip(email_hash: &str, ip: &std::net::IpAddr) -> String {
         format!("la:{email_hash}:{ip}")
     }
+    /// Refused API keys from one client address.
+    pub fn key_failures_ip(ip: &std::net::IpAddr) -> String {
+        format!("kf:{ip}")
+    }
     pub fn login_account(email_hash: &str) -> String {
         join(&["lf:", email_hash])
     }

@@ -149,9 +149,9 @@ impl Admin<'_> {
         ] {
             if let Some(v) = value {
                 if v.is_some_and(|n| n == 0 || n > max) {
-                    return Err(GatewayError::invalid(
-                        "a key limit must be at least 1 (requests_per_minute at most 100000)",
-                    ));
+                    return Err(GatewayError::invalid(format!(
+                        "a key limit must be at least 1 (requests_per_minute at most {MAX_SLIDING_LIMIT})"
+                    )));
                 }
                 *slot = v;
             }
