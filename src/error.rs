@@ -41,7 +41,8 @@ pub enum GatewayError {
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
-    MethodNotAllowed,
+    /// With the methods the resource takes (the response's `Allow`).
+    MethodNotAllowed(&'static str),
     #[error("email taken")]
     EmailTaken,
     #[error("payload too large")]
@@ -133,7 +134,7 @@ impl GatewayError {
                 "AUTH_TENANT_SUSPENDED",
             ),
             NotFound => (StatusCode::NOT_FOUND, "Not found", "NOT_FOUND"),
-            MethodNotAllowed => (
+            MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed",
                 "METHOD_NOT_ALLOWED",
@@ -224,6 +225,9 @@ impl GatewayError {
             }
             GatewayError::TokenQuotaExceeded { retry_after } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            GatewayError::MethodNotAllowed(allow) => {
+                headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
             }
             _ => {}
         }

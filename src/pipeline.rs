@@ -37,6 +37,19 @@ use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
 use crate::state::{AppState, RequestScope, Snapshot};
 use crate::util::unix_now;
 
+/// The methods any route takes (a gateway handler then takes its own subset).
+const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+/// [`FORWARDED_METHODS`] as an `Allow` header.
+const FORWARDED_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// The route label of requests that matched none.
 static NO_ROUTE: std::sync::LazyLock<crate::metrics::Label> =
     std::sync::LazyLock::new(|| crate::metrics::get().route_label("-"));
@@ -46,9 +59,10 @@ static NO_ROUTE: std::sync::LazyLock<crate::metrics::Label> =
 pub struct ConnInfo {
     pub peer: proxy::Peer,
     pub tls: bool,
-    /// The raw head of this request carried both Content-Length and Transfer-Encoding (seen by
-    /// `framing::Scanner`; hyper drops the length before the handler could tell).
-    pub both_lengths: bool,
+    /// Why the raw head of this request is refused (both Content-Length and Transfer-Encoding,
+    /// or a repeated Content-Length), as `framing::Scanner` saw it: hyper drops or merges the
+    /// lengths before the handler could tell.
+    pub framing: Option<crate::edge::framing::FramingError>,
     /// The connection's own upstream connections (HTTP/1 client connections; see `edge::conn_upstreams`).
     pub upstreams: Option<ConnUpstreams>,
 }
@@ -74,10 +88,9 @@ pub async fn handle(
     let started = Instant::now();
     let snap = state.snapshot();
     // Before anything reads the request: refuse what another parser could frame differently.
-    let framing = if conn.both_lengths {
-        Err(crate::edge::framing::FramingError::LengthAndChunked)
-    } else {
-        crate::edge::framing::check(&req)
+    let framing = match conn.framing {
+        Some(refused) => Err(refused),
+        None => crate::edge::framing::check(&req),
     };
     let uri = req.uri().clone();
     let ctx = proxy::strip_spoofable(
@@ -182,8 +195,10 @@ async fn handle_inner<'r>(
     if state.is_draining() {
         return Err(GatewayError::ShuttingDown);
     }
-    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-        return Err(GatewayError::MethodNotAllowed);
+    // RFC 9110's methods and PATCH, less CONNECT and TRACE: nothing else reaches a handler or
+    // the upstream (an extension method, or a method token in another case, is 405).
+    if !FORWARDED_METHODS.contains(req.method()) {
+        return Err(GatewayError::MethodNotAllowed(FORWARDED_ALLOW));
     }
     // Preflights are answered before any credential is asked for.
     let cors_origins = &snap.config.server.cors_origins;
@@ -514,7 +529,7 @@ mod tests {
         ConnInfo {
             peer: proxy::Peer::new(std::net::SocketAddr::from(([192, 0, 2, 7], 40000))),
             tls: false,
-            both_lengths: false,
+            framing: None,
             upstreams: None,
         }
     }

@@ -46,6 +46,7 @@ async fn smuggling_shapes_are_refused_and_never_forwarded() {
     let a = format!("Authorization: Bearer {key}\r\n");
     let cases: Vec<(&str, String)> = vec![
         ("CL and TE together", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
+        ("identical CL twice", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello")),
         ("conflicting CL", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")),
         ("CL list", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: 5, 6\r\n\r\nhello!")),
         ("malformed CL", format!("POST /v1/chat HTTP/1.1\r\nHost: x\r\n{a}Content-Length: +5\r\n\r\nhello")),
@@ -500,4 +501,64 @@ async fn tls_handshakes_that_stall_are_cut_off() {
         .expect("handshake not bounded");
     assert_eq!(n.unwrap_or(0), 0);
     assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// Issue 24: any method token was forwarded (`FOO`, `TRACK`, `PROPFIND`, lowercase `get`). Only
+/// RFC 9110's methods and PATCH (less CONNECT and TRACE) reach the upstream; every 405 names what
+/// the resource takes in `Allow`.
+#[tokio::test]
+async fn unknown_method_tokens_are_405_with_allow_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let auth = bearer(&key);
+    let forwarded = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+    for method in ["FOO", "TRACK", "PROPFIND", "get", "Post", "TRACE"] {
+        for path in ["/v1/chat", "/api/chat", "/api/admin/tenants", "/nowhere"] {
+            let r = send(method, &g.url(path), &[("authorization", &auth)], None).await;
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.header("allow"), Some(forwarded), "{method} {path}");
+            assert_eq!(r.error_code(), "METHOD_NOT_ALLOWED");
+        }
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    // Gateway-served resources name their own methods.
+    let cases = [
+        ("GET", "/api/auth/login", false, "POST"),
+        ("POST", "/api/auth/me", false, "GET"),
+        ("POST", "/healthz", false, "GET, HEAD"),
+        ("GET", "/api/admin/provision-client", true, "POST"),
+        ("PUT", "/api/admin/tenants", true, "GET, POST"),
+        ("GET", "/api/admin/tenants/ten_1/limits", true, "PUT"),
+        (
+            "GET",
+            "/api/admin/tenants/ten_1/api-keys/import",
+            true,
+            "POST",
+        ),
+        (
+            "POST",
+            "/api/admin/tenants/ten_1/api-keys/key_1",
+            true,
+            "PATCH, DELETE",
+        ),
+        ("PUT", "/api/admin/users/usr_1", true, "GET, PATCH, DELETE"),
+    ];
+    for (method, path, as_admin, allow) in cases {
+        let headers: &[(&str, &str)] = if as_admin { &admin() } else { &[] };
+        let r = send(method, &g.url(path), headers, None).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    // The methods it forwards still pass.
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        let r = send(
+            method,
+            &g.url("/v1/chat"),
+            &[("authorization", &auth)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{method}");
+    }
 }

@@ -180,8 +180,9 @@ pub async fn handle(
             with_cookie(s, change_password(s, &principal, body).await).await
         }
         (["me"], &Method::GET) => me(s, &req).await,
-        (["register" | "login" | "refresh" | "logout" | "logout-all" | "password" | "me"], _) => {
-            Err(GatewayError::MethodNotAllowed)
+        (["me"], _) => Err(GatewayError::MethodNotAllowed("GET")),
+        (["register" | "login" | "refresh" | "logout" | "logout-all" | "password"], _) => {
+            Err(GatewayError::MethodNotAllowed("POST"))
         }
         _ => Err(GatewayError::NotFound),
     }

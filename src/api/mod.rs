@@ -20,7 +20,7 @@ pub async fn health(
     path: &str,
 ) -> Result<Response<Body>, GatewayError> {
     if method != Method::GET && method != Method::HEAD {
-        return Err(GatewayError::MethodNotAllowed);
+        return Err(GatewayError::MethodNotAllowed("GET, HEAD"));
     }
     match path {
         "/healthz" => Ok(body::json(StatusCode::OK, &json!({"status": "ok"}), false)),

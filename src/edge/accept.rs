@@ -219,7 +219,7 @@ pub async fn run(
             let info = ConnInfo {
                 peer: client.clone(),
                 tls: tls_conn,
-                both_lengths: conn_flags.next_request_has_both_lengths(),
+                framing: conn_flags.next_request_refusal(),
                 upstreams: Some(upstreams.clone()),
             };
             let state = state.clone();

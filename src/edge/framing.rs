@@ -159,19 +159,32 @@ mod tests {
 /// Per-connection record of what the byte scanner saw, read by the request handler.
 #[derive(Debug, Default)]
 pub struct ConnFlags {
-    /// 1-based index of the first request head that carried both `Content-Length` and
-    /// `Transfer-Encoding` (0: none). hyper drops the length before the handler sees it.
-    both_lengths_at: std::sync::atomic::AtomicU64,
+    /// The first request head hyper accepts but the gateway refuses, as its 1-based index times
+    /// 2, plus 1 when the refusal is a repeated `Content-Length` rather than both lengths (0:
+    /// none). hyper merges identical lengths and drops a length next to `Transfer-Encoding`
+    /// before the handler sees the head.
+    refused_at: std::sync::atomic::AtomicU64,
     /// Requests handed to the handler so far.
     requests: std::sync::atomic::AtomicU64,
 }
 
 impl ConnFlags {
-    /// Called once per request, in order: whether this request's head had both lengths.
-    pub fn next_request_has_both_lengths(&self) -> bool {
+    /// Called once per request, in order: why this request's raw head is refused, if it is.
+    pub fn next_request_refusal(&self) -> Option<FramingError> {
         use std::sync::atomic::Ordering::SeqCst;
         let n = self.requests.fetch_add(1, SeqCst) + 1;
-        self.both_lengths_at.load(SeqCst) == n
+        let at = self.refused_at.load(SeqCst);
+        (at >> 1 == n).then_some(if at & 1 == 1 {
+            FramingError::ContentLength
+        } else {
+            FramingError::LengthAndChunked
+        })
+    }
+
+    fn refuse(&self, head: u64, repeated_length: bool) {
+        let code = head * 2 + u64::from(repeated_length);
+        let order = std::sync::atomic::Ordering::SeqCst;
+        self.refused_at.compare_exchange(0, code, order, order).ok();
     }
 }
 
@@ -355,16 +368,8 @@ impl Scanner {
                 upgrade = true;
             }
         }
-        if cls > 0 && tes > 0 {
-            flags
-                .both_lengths_at
-                .compare_exchange(
-                    0,
-                    self.heads,
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                )
-                .ok();
+        if (cls > 0 && tes > 0) || cls > 1 {
+            flags.refuse(self.heads, tes == 0);
             // The gateway answers 400 and closes: nothing after this head is a request.
             return Phase::Off;
         }
@@ -471,8 +476,9 @@ mod scanner_tests {
         (s, flags)
     }
 
+    /// The head the scanner refused (1-based; 0: none).
     fn flagged_at(f: &ConnFlags) -> u64 {
-        f.both_lengths_at.load(std::sync::atomic::Ordering::SeqCst)
+        f.refused_at.load(std::sync::atomic::Ordering::SeqCst) >> 1
     }
 
     #[test]
@@ -492,10 +498,27 @@ mod scanner_tests {
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         let (_, f) = scan(&bytes);
         assert_eq!(flagged_at(&f), 4);
-        assert!(!f.next_request_has_both_lengths());
-        assert!(!f.next_request_has_both_lengths());
-        assert!(!f.next_request_has_both_lengths());
-        assert!(f.next_request_has_both_lengths());
+        assert_eq!(f.next_request_refusal(), None);
+        assert_eq!(f.next_request_refusal(), None);
+        assert_eq!(f.next_request_refusal(), None);
+        assert_eq!(
+            f.next_request_refusal(),
+            Some(FramingError::LengthAndChunked)
+        );
+    }
+
+    #[test]
+    fn a_repeated_content_length_is_refused_even_when_the_values_agree() {
+        // hyper merges identical lengths, so only the raw head shows the repetition.
+        let (_, f) = scan(&[
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok",
+        ]);
+        assert_eq!(flagged_at(&f), 2);
+        assert_eq!(f.next_request_refusal(), None);
+        assert_eq!(f.next_request_refusal(), Some(FramingError::ContentLength));
+        let (_, f) = scan(&[b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok"]);
+        assert_eq!(flagged_at(&f), 0);
     }
 
     #[test]

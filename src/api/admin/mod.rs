@@ -118,24 +118,29 @@ struct Provision {
 /// Whether the admin API implements `path` (with some method; a method it does not take is its
 /// 405). Every other path under `/api/admin/` is the upstream's.
 pub fn serves(path: &str) -> bool {
-    matches!(
-        segments(path, "/api/admin").as_slice(),
-        ["provision-client"]
-            | ["export"]
-            | ["tenants"]
-            | ["tenants", _]
-            | [
-                "tenants",
-                _,
-                "quota" | "limits" | "status" | "usage" | "api-keys"
-            ]
-            | ["tenants", _, "api-keys", _]
-            | ["tenants", _, "api-keys", _, "rotate" | "usage"]
-            | ["audit"]
-            | ["users"]
-            | ["users", _]
-            | ["users", _, "logout"]
-    )
+    allowed(path).is_some()
+}
+
+/// The methods the admin API takes on `path` (its 405's `Allow`), or `None` when it does not
+/// serve it. `handle` below is the same table with the handlers.
+fn allowed(path: &str) -> Option<&'static str> {
+    Some(match segments(path, "/api/admin").as_slice() {
+        ["provision-client"] => "POST",
+        ["export"] | ["audit"] | ["users"] => "GET",
+        ["tenants"] => "GET, POST",
+        ["tenants", _] => "GET, DELETE",
+        ["tenants", _, "quota" | "limits" | "status"] => "PUT",
+        ["tenants", _, "usage"] => "GET",
+        ["tenants", _, "api-keys"] => "GET, POST",
+        // Key ids are `key_...`: `import` is never one.
+        ["tenants", _, "api-keys", "import"] => "POST",
+        ["tenants", _, "api-keys", _] => "PATCH, DELETE",
+        ["tenants", _, "api-keys", _, "rotate"] => "POST",
+        ["tenants", _, "api-keys", _, "usage"] => "GET",
+        ["users", _] => "GET, PATCH, DELETE",
+        ["users", _, "logout"] => "POST",
+        _ => return None,
+    })
 }
 
 pub async fn handle(
@@ -197,8 +202,7 @@ pub async fn handle(
             a.import_key(id, api::json::read_request_json(req, limit).await?)
                 .await
         }
-        // Key ids are `key_...`: `import` is never one.
-        (["tenants", _, "api-keys", "import"], _) => Err(GatewayError::MethodNotAllowed),
+        (["tenants", _, "api-keys", "import"], _) => Err(GatewayError::MethodNotAllowed("POST")),
         (["tenants", id, "api-keys", key_id], &Method::DELETE) => a.delete_key(id, key_id).await,
         (["tenants", id, "api-keys", key_id], &Method::PATCH) => {
             a.edit_key(id, key_id, api::json::read_request_json(req, limit).await?)
@@ -211,8 +215,10 @@ pub async fn handle(
             a.rotate_key(id, key_id, api::json::read_request_json(req, limit).await?)
                 .await
         }
-        _ if serves(path) => Err(GatewayError::MethodNotAllowed),
-        _ => Err(GatewayError::NotFound),
+        _ => match allowed(path) {
+            Some(allow) => Err(GatewayError::MethodNotAllowed(allow)),
+            None => Err(GatewayError::NotFound),
+        },
     };
     if let Err(e) = &result {
         tracing::info!(target: "audit", method = %method, path = %path, admin_secret = admin, outcome = e.code(), "admin action refused");
