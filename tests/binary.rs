@@ -235,3 +235,28 @@ async fn a_closed_log_pipe_does_not_stop_the_gateway() {
     }
     assert!(child.try_wait().unwrap().is_none(), "the gateway exited");
 }
+
+/// Found with a paused Redis: every request logged a warning, the log reader did not keep up,
+/// and once the pipe was full the gateway froze (every request timed out). A log reader that
+/// stops reading must cost log lines, never requests.
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_never_stalls_requests() {
+    let up = Upstream::start().await;
+    // Debug: several lines per request. The pipe (64 KiB) is never read.
+    let (mut child, base) = serve_binary(&up.url(), &[("ARES_LOG", "debug")]).await;
+    let _unread = child.stderr.take();
+    let started = std::time::Instant::now();
+    for i in 0..3_000 {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            get(
+                &format!("{base}/v1/chat?n={i}"),
+                &[("authorization", "Bearer ares_nope")],
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} stalled ({:?} in)", started.elapsed()));
+        assert!([401, 429].contains(&r.status.as_u16()), "{}", r.status);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the gateway exited");
+}

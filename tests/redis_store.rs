@@ -896,3 +896,43 @@ async fn sentinel_failover_moves_the_gateway_to_the_promoted_replica_without_a_r
     assert_eq!(logout(&g, &session).await, 200);
     assert_eq!(chat(&g, &access).await.status, 401);
 }
+
+/// Issue 24: with Redis paused, bursts of 50 concurrent requests on a cached key took seconds,
+/// doubling burst after burst, although each request alone stayed within the command budget.
+/// The budget must hold per request under concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_keeps_the_budget_for_every_request_of_a_burst() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (g, auth) = gateway_with_a_cached_key(&up, &redis).await;
+    assert_eq!(cli(redis.port, &["CLIENT", "PAUSE", "6000", "ALL"]), "OK");
+    let mut worst = Vec::new();
+    for _ in 0..5 {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let url = g.url("/v1/chat");
+                let auth = auth.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let r = post(&url, &[("authorization", &auth)], "{}").await;
+                    (r.status.as_u16(), started.elapsed())
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for t in tasks {
+            let (status, took) = t.await.unwrap();
+            // A cached key passes on the local limits, or is refused by them: either way the
+            // gateway answered.
+            assert!([200, 429].contains(&status), "{status}");
+            slowest = slowest.max(took);
+        }
+        worst.push(slowest);
+    }
+    eprintln!("slowest request per burst: {worst:?}");
+    // One limiter call per request, bounded by the 300 ms budget; a margin for a loaded machine.
+    assert!(
+        worst.iter().all(|w| *w < Duration::from_millis(1500)),
+        "{worst:?}"
+    );
+}
