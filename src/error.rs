@@ -47,6 +47,9 @@ pub enum GatewayError {
     EmailTaken,
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A gateway-served endpoint's body did not arrive whole within its deadline.
+    #[error("request body timed out")]
+    BodyTimeout,
     /// A gateway-served endpoint's body declared a type other than JSON.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -148,6 +151,11 @@ impl GatewayError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Payload too large",
                 "PAYLOAD_TOO_LARGE",
+            ),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body not received in time",
+                "REQUEST_TIMEOUT",
             ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -138,8 +138,9 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
-    if framing.is_err() {
-        // The rest of the connection cannot be trusted to be framed as we think.
+    if framing.is_err() || resp.status() == StatusCode::REQUEST_TIMEOUT {
+        // The rest of the connection cannot be trusted to be framed as we think (or holds the
+        // rest of a body that did not come in time).
         resp.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

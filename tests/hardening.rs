@@ -562,3 +562,39 @@ async fn unknown_method_tokens_are_405_with_allow_and_never_forwarded() {
         assert_eq!(r.status, 200, "{method}");
     }
 }
+
+/// Issue 24: a body trickled to `/api/auth/*` was held 45 s (only the 300 s idle bound applied).
+/// Gateway-served endpoints wait at most 10 s for the whole body: 408 and the connection closed.
+#[tokio::test]
+async fn a_trickled_body_to_a_gateway_endpoint_meets_a_total_deadline() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let addr = g.addr;
+    let (status, took, closed) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let started = Instant::now();
+        s.write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"email\"",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // One byte a second, forever: never a whole body.
+        while started.elapsed() < Duration::from_secs(30) {
+            let _ = s.write_all(b" ");
+            match s.read(&mut buf) {
+                Ok(0) => return (status_of(&String::from_utf8_lossy(&out)), started.elapsed(), true),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        (status_of(&String::from_utf8_lossy(&out)), started.elapsed(), false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 408);
+    assert!(closed, "the connection is closed after the 408");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

@@ -59,13 +59,20 @@ where
     read_json(req.into_body(), limit).await
 }
 
-/// Collect a body of at most `limit` bytes.
+/// How long a gateway-served endpoint waits for its whole (small, JSON) body: a client that
+/// trickles one byte at a time cannot hold a connection and a handler for minutes.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Collect a body of at most `limit` bytes, within [`BODY_DEADLINE`].
 pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, GatewayError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::BodyTimeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
         Err(e) => Err(GatewayError::invalid(format!(
