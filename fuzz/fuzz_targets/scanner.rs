@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
         s.feed(chunk, &pieces);
     }
     for _ in 0..8 {
-        assert_eq!(whole.next_request_has_both_lengths(), pieces.next_request_has_both_lengths());
+        assert_eq!(whole.next_request_refusal(), pieces.next_request_refusal());
     }
 });

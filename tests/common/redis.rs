@@ -66,28 +66,22 @@ fn wait_ping(port: u16) {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = super::free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = spawn(port, dir.path(), false);
-        wait_ping(port);
-        RedisServer {
-            port,
-            child: Some(child),
-            dir,
-            cluster: false,
-        }
+        Self::start_with(&[])
     }
 
     /// A replica of the Redis on `primary`.
     pub fn start_replica_of(primary: u16) -> RedisServer {
-        let port = super::free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let args = [
+        Self::start_with(&[
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.to_string(),
-        ];
-        let child = spawn_with(port, dir.path(), false, &args);
+        ])
+    }
+
+    fn start_with(extra: &[String]) -> RedisServer {
+        let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = spawn_with(port, dir.path(), false, extra);
         wait_ping(port);
         RedisServer {
             port,
@@ -172,13 +166,17 @@ impl RedisCluster {
     }
 
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let hosts = loopback_hosts(self.nodes.iter().map(|n| n.port));
+        format!("redis+cluster://{hosts}")
     }
+}
+
+/// `127.0.0.1:<port>,...` for a multi-host Redis URL.
+fn loopback_hosts(ports: impl Iterator<Item = u16>) -> String {
+    ports
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A primary, a replica of it, and three `redis-sentinel` processes monitoring it as `mymaster`
@@ -237,12 +235,8 @@ impl SentinelGroup {
     }
 
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        format!("redis+sentinel://{}/mymaster", hosts.join(","))
+        let hosts = loopback_hosts(self.sentinels.iter().map(|s| s.port));
+        format!("redis+sentinel://{hosts}/mymaster")
     }
 
     /// The port of the primary the sentinels name now.
