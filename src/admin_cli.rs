@@ -167,6 +167,17 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// `limit=N` and each parameter that is set, encoded: the query of a paged admin listing.
+fn page_query(limit: u32, params: &[(&str, &Option<String>)]) -> String {
+    let mut q = format!("limit={limit}");
+    for (name, value) in params {
+        if let Some(v) = value {
+            q.push_str(&format!("&{name}={}", enc(v)));
+        }
+    }
+    q
+}
+
 fn limit_value(v: &Option<String>) -> Result<Option<Value>, String> {
     match v.as_deref() {
         None => Ok(None),
@@ -296,13 +307,7 @@ fn plan(cmd: &AdminCommand) -> Result<Call, String> {
                     after,
                     limit,
                 } => {
-                    let mut q = format!("limit={limit}");
-                    if let Some(e) = email {
-                        q.push_str(&format!("&email={}", enc(e)));
-                    }
-                    if let Some(a) = after {
-                        q.push_str(&format!("&after={}", enc(a)));
-                    }
+                    let q = page_query(*limit, &[("email", email), ("after", after)]);
                     call(
                         Method::GET,
                         format!("/api/admin/users?{q}"),
@@ -331,13 +336,7 @@ fn plan(cmd: &AdminCommand) -> Result<Call, String> {
             after,
             limit,
         } => {
-            let mut q = format!("limit={limit}");
-            if let Some(t) = target {
-                q.push_str(&format!("&target={}", enc(t)));
-            }
-            if let Some(a) = after {
-                q.push_str(&format!("&after={}", enc(a)));
-            }
+            let q = page_query(*limit, &[("target", target), ("after", after)]);
             call(
                 Method::GET,
                 format!("/api/admin/audit?{q}"),
@@ -558,6 +557,14 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_queries_encode_what_is_set_and_skip_the_rest() {
+        let email = Some("a+b@x.io".to_string());
+        let q = page_query(20, &[("email", &email), ("after", &None)]);
+        assert_eq!(q, "limit=20&email=a%2Bb%40x.io");
+        assert_eq!(page_query(5, &[]), "limit=5");
+    }
 
     #[test]
     fn tables_pad_columns_and_never_print_hashes() {
