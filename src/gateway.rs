@@ -134,9 +134,12 @@ impl Gateway {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             };
-            accept::run(first, first_place, run_state, tls, permits, stop).await;
+            accept::run(first, first_place, run_state.clone(), tls, permits, stop).await;
             for worker in done {
                 let _ = worker.await;
+            }
+            if let Some(tracing) = &run_state.tracing {
+                tracing.shutdown(Duration::from_secs(5)).await;
             }
         });
         Ok(Gateway {

@@ -79,6 +79,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod transfer;
 pub mod util;
 

@@ -102,6 +102,8 @@ pub struct Metrics {
     invalidation_lag_seconds: Histogram,
     open_connections: Gauge,
     config_reloads: Family<ResultLabel, Counter>,
+    /// Trace spans by what became of them (`ended`: handed to the export queue).
+    trace_spans: Family<ResultLabel, Counter>,
     /// The series every request touches, made once: admitted decisions by scope kind (in the
     /// order of `SCOPE_KINDS`), and cache lookups by cache (`CACHES`), miss then hit.
     allowed: [Counter; SCOPE_KINDS.len()],
@@ -159,6 +161,7 @@ impl Metrics {
             invalidation_lag_seconds: latency_histogram(),
             open_connections: Gauge::default(),
             config_reloads: Family::default(),
+            trace_spans: Family::default(),
             registry: Registry::default(),
             allowed: Default::default(),
             lookups: Default::default(),
@@ -224,6 +227,12 @@ impl Metrics {
             m.config_reloads.clone(),
         );
         registry.register(
+            "trace_spans",
+            "Trace spans: ended (queued for export), exported, failed (export refused or timed \
+             out); ended - exported - failed is dropped (queue full) or still queued",
+            m.trace_spans.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
@@ -231,6 +240,9 @@ impl Metrics {
         // Series that should read 0 rather than be absent before the first event.
         for result in ["ok", "error"] {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for result in ["ended", "exported", "failed"] {
+            let _ = m.trace_spans.get_or_create(&ResultLabel { result });
         }
         let allowed = SCOPE_KINDS.map(|scope| {
             let labels = DecisionLabels {
@@ -301,6 +313,13 @@ impl Metrics {
 
     pub fn auth(&self, elapsed: Duration) {
         self.auth_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// `n` trace spans `ended`, `exported` or `failed`.
+    pub fn trace_spans(&self, result: &'static str, n: u64) {
+        self.trace_spans
+            .get_or_create(&ResultLabel { result })
+            .inc_by(n);
     }
 
     pub fn auth_failure(&self, code: &'static str) {

@@ -35,7 +35,10 @@ use crate::ratelimit::limiter::{self, OnFailure, Scope};
 use crate::ratelimit::RateLimitHeaders;
 use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
 use crate::state::{AppState, RequestScope, Snapshot};
+use crate::telemetry::{self, RequestTrace};
 use crate::util::unix_now;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 /// The methods any route takes (a gateway handler then takes its own subset).
 const FORWARDED_METHODS: [Method; 7] = [
@@ -93,13 +96,22 @@ pub async fn handle(
         None => crate::edge::framing::check(&req),
     };
     let uri = req.uri().clone();
-    let ctx = proxy::strip_spoofable(
+    let mut ctx = proxy::strip_spoofable(
         req.headers_mut(),
         &conn.peer,
         conn.tls,
         &uri,
         &snap.config.server.trusted_proxies,
     );
+    // With tracing on, the gateway's span joins the trace: the upstream's parent is then the
+    // gateway (its exchange span when sampled, else its server span with the flag cleared).
+    let trace = state
+        .tracing
+        .as_ref()
+        .map(|t| t.request(&ctx.traceparent, ctx.trace_from_client));
+    if let Some(t) = &trace {
+        ctx.traceparent = t.traceparent();
+    }
     let method = req.method().clone();
     let cors_origin = cors::allowed_origin(req.headers(), &snap.config.server.cors_origins);
     let req_bytes = content_length(req.headers());
@@ -115,14 +127,20 @@ pub async fn handle(
                 snap: &snap,
                 ctx: &ctx,
             };
-            handle_inner(&scope, &uri, own, req, &mut outcome).await
+            let inner = handle_inner(&scope, &uri, own, req, &mut outcome, trace.as_ref());
+            match &trace {
+                Some(t) => t.scope(inner).await,
+                None => inner.await,
+            }
         }
         Err(e) => Err(GatewayError::invalid(e.to_string())),
     };
+    let mut error_code = None;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
             let (status, _, code) = err.parts();
+            error_code = Some(code);
             if code.starts_with("AUTH_") {
                 crate::metrics::get().auth_failure(code);
             }
@@ -156,6 +174,9 @@ pub async fn handle(
         );
     }
     let elapsed = started.elapsed();
+    if let Some(t) = trace.filter(RequestTrace::sampled) {
+        finish_trace(&t, &method, path, &ctx, &outcome, resp.status(), error_code);
+    }
     crate::metrics::get().request(
         outcome.route.map_or(&*NO_ROUTE, |r| &r.label),
         &method,
@@ -182,6 +203,55 @@ pub async fn handle(
     resp
 }
 
+/// Close a sampled request's server span with what the access log says of it (never a secret).
+fn finish_trace(
+    t: &RequestTrace,
+    method: &Method,
+    path: &str,
+    ctx: &proxy::RequestContext,
+    outcome: &Outcome<'_>,
+    status: StatusCode,
+    error_code: Option<&'static str>,
+) {
+    let route = outcome.route.map_or("-", |r| r.label.as_str());
+    let mut attrs = vec![
+        telemetry::attr("http.request.method", method.to_string()),
+        telemetry::attr("http.route", route.to_string()),
+        telemetry::attr("url.path", path.to_string()),
+        KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        telemetry::attr("client.address", ctx.client_ip.to_string()),
+        telemetry::attr(
+            "ares.request_id",
+            ctx.request_id.to_str().unwrap_or("-").to_string(),
+        ),
+    ];
+    if let Some(method) = outcome.auth_method {
+        attrs.push(KeyValue::new("ares.auth.method", method));
+    }
+    identity_attributes(outcome.principal.as_ref(), &mut attrs);
+    if let Some(code) = error_code {
+        attrs.push(KeyValue::new("ares.error.code", code));
+    }
+    // A client's error is not the server span's failure (HTTP semantic conventions).
+    let failed = error_code.filter(|_| status.is_server_error());
+    t.finish(format!("{method} {route}"), attrs, failed);
+}
+
+/// Who the request ran as: tenant, key and user ids (ids only: no email, no secret).
+fn identity_attributes(principal: Option<&Principal>, attrs: &mut Vec<KeyValue>) {
+    match principal.map(Principal::identity) {
+        Some(Identity::ApiKey { tenant, key }) => {
+            attrs.push(telemetry::attr("ares.tenant.id", tenant.id.clone()));
+            attrs.push(telemetry::attr("ares.tenant.tier", tenant.tier.clone()));
+            attrs.push(telemetry::attr("ares.api_key.id", key.id.clone()));
+        }
+        Some(Identity::User(claims)) => {
+            attrs.push(telemetry::attr("enduser.id", claims.sub.clone()));
+        }
+        _ => {}
+    }
+}
+
 async fn handle_inner<'r>(
     scope: &RequestScope<'r>,
     // The request's URI, cloned once by `handle` (the request itself is consumed below).
@@ -190,6 +260,7 @@ async fn handle_inner<'r>(
     own: Option<&ConnUpstreams>,
     req: Request<RequestBody>,
     outcome: &mut Outcome<'r>,
+    trace: Option<&RequestTrace>,
 ) -> Result<Response<Body>, GatewayError> {
     let RequestScope { state, snap, ctx } = *scope;
     // 1. ctx was built by `handle`; during a drain new requests are refused.
@@ -277,24 +348,20 @@ async fn handle_inner<'r>(
         return Err(GatewayError::OriginNotAllowed);
     }
     // 4, 5. principal (an access token's revocation is checked with its limits, in step 6)
-    let auth_started = Instant::now();
-    let revocation = auth::Revocation::WithLimits;
-    let creds = state.credentials(snap);
-    let key_route = route.auth == crate::route::AuthKind::ApiKey;
-    if key_route {
-        // An address that keeps sending refused keys: refused before any lookup (no store call).
-        state.limiter.check_key_failures(ctx.client_ip)?;
-    }
-    let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, &creds).await;
-    crate::metrics::get().auth(auth_started.elapsed());
-    let principal = match principal {
-        Err(GatewayError::InvalidApiKey) if key_route => {
-            let plan = &snap.config.limits.api_key_failures_per_ip;
-            let over = state.limiter.record_key_failure(ctx.client_ip, plan).await;
-            return Err(over.unwrap_or(GatewayError::InvalidApiKey));
+    let span = trace.and_then(|t| t.phase("authenticate", SpanKind::Internal, true));
+    let principal = principal(scope, route, &req, uri).await;
+    if let Some(span) = span {
+        let mut attrs = Vec::new();
+        if let Ok(p) = &principal {
+            attrs.extend(
+                p.auth_method()
+                    .map(|m| KeyValue::new("ares.auth.method", m)),
+            );
+            identity_attributes(Some(p), &mut attrs);
         }
-        p => p?,
-    };
+        span.end(attrs, principal.as_ref().err().map(|e| e.parts().2));
+    }
+    let principal = principal?;
     outcome.auth_method = principal.auth_method();
     outcome.principal = Some(principal.clone());
     // Scopes are an API key's: a user's token is never refused here, so a revoked one is
@@ -303,7 +370,21 @@ async fn handle_inner<'r>(
 
     // 6. limits (and a user's token revocation, in the same store round trip)
     let on_failure = snap.on_failure(route.failure_policy);
-    let limit_headers = check_limits(state, snap, &principal, on_failure).await?;
+    let span = trace.and_then(|t| t.phase("rate_limit", SpanKind::Internal, true));
+    let limit_headers = check_limits(state, snap, &principal, on_failure).await;
+    if let Some(span) = span {
+        let remaining = limit_headers
+            .as_ref()
+            .ok()
+            .and_then(|h| h.as_ref())
+            .map(|h| h.remaining);
+        let attrs = remaining.map(|r| KeyValue::new("ares.ratelimit.remaining", r as i64));
+        span.end(
+            attrs.into_iter().collect(),
+            limit_headers.as_ref().err().map(|e| e.parts().2),
+        );
+    }
+    let limit_headers = limit_headers?;
 
     // 7. rewrite
     let forward_path = route.forward_path(&path);
@@ -344,8 +425,32 @@ async fn handle_inner<'r>(
     let forward_started = Instant::now();
     // An upgrade takes its upstream connection over: that one comes from the pool.
     let own = own.filter(|_| client_upgrade.is_none());
+    let span = trace.and_then(|t| t.phase("upstream", SpanKind::Client, false));
+    let mut upstream_req = upstream_req;
+    if let Some(span) = &span {
+        upstream_req
+            .headers_mut()
+            .insert(&proxy::TRACEPARENT, span.traceparent());
+    }
     let upstream_resp = proxy::forward(client, own, upstream_req).await;
     crate::metrics::get().upstream(&upstream.label, forward_started.elapsed());
+    if let Some(span) = span {
+        let mut attrs = vec![
+            telemetry::attr("ares.upstream", upstream.label.as_str().to_string()),
+            telemetry::attr("url.path", forward_path.to_string()),
+        ];
+        let failed = match &upstream_resp {
+            Ok(r) => {
+                attrs.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(r.status().as_u16()),
+                ));
+                r.status().is_server_error().then_some("UPSTREAM_ERROR")
+            }
+            Err(e) => Some(e.parts().2),
+        };
+        span.end(attrs, failed);
+    }
     let mut upstream_resp = upstream_resp?;
     outcome.upstream_status = Some(upstream_resp.status().as_u16());
     if upstream_resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -388,6 +493,34 @@ async fn handle_inner<'r>(
         h.apply(resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// Step 4: who sends the request. An address that keeps sending refused API keys is refused
+/// before any lookup, and each refused key counts against it (never against a tenant).
+async fn principal(
+    scope: &RequestScope<'_>,
+    route: &Route,
+    req: &Request<RequestBody>,
+    uri: &http::Uri,
+) -> Result<Principal, GatewayError> {
+    let RequestScope { state, snap, ctx } = *scope;
+    let auth_started = Instant::now();
+    let revocation = auth::Revocation::WithLimits;
+    let creds = state.credentials(snap);
+    let key_route = route.auth == AuthKind::ApiKey;
+    if key_route {
+        state.limiter.check_key_failures(ctx.client_ip)?;
+    }
+    let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, &creds).await;
+    crate::metrics::get().auth(auth_started.elapsed());
+    match principal {
+        Err(GatewayError::InvalidApiKey) if key_route => {
+            let plan = &snap.config.limits.api_key_failures_per_ip;
+            let over = state.limiter.record_key_failure(ctx.client_ip, plan).await;
+            Err(over.unwrap_or(GatewayError::InvalidApiKey))
+        }
+        p => p,
+    }
 }
 
 /// Request limits for the principal's scope and, for tenants, the token budget: one decision

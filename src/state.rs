@@ -85,6 +85,8 @@ pub struct AppState {
     pub keys: KeyCache,
     pub passwords: PasswordHasher,
     pub limiter: Limiter,
+    /// OTLP trace export, when configured.
+    pub tracing: Option<crate::telemetry::Tracing>,
     /// Set on SIGTERM: new requests get 503 `SHUTTING_DOWN`.
     draining: AtomicBool,
 }
@@ -95,7 +97,12 @@ impl AppState {
         let passwords = PasswordHasher::new(config.auth.password_hash_concurrency);
         let store = StoreHandle::new(store, config.store.command_timeout);
         let invalidations = store.invalidations();
+        let tracing = match &config.tracing {
+            Some(t) => Some(crate::telemetry::Tracing::start(t)?),
+            None => None,
+        };
         let state = Arc::new(AppState {
+            tracing,
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)?),
             limiter: Limiter::new(store.clone()),
             store,

@@ -213,6 +213,19 @@ pub const UPSTREAM_MINT_TTL_SECS: Bound = Bound {
     max: 3600,
 };
 
+pub const TRACING_MAX_QUEUE_SIZE: Bound = Bound {
+    key: "tracing.max_queue_size",
+    default: 2048,
+    min: 64,
+    max: 1_000_000,
+};
+pub const TRACING_EXPORT_TIMEOUT_MS: Bound = Bound {
+    key: "tracing.export_timeout_ms",
+    default: 10_000,
+    min: 100,
+    max: 120_000,
+};
+
 /// The whole table, in file order.
 pub const ALL: &[Bound] = &[
     SERVER_WORKERS,
@@ -228,6 +241,8 @@ pub const ALL: &[Bound] = &[
     SERVER_WEBSOCKET_IDLE_TIMEOUT_SECS,
     SERVER_CONFIG_RELOAD_POLL_SECS,
     SERVER_HTTP2_MAX_CONCURRENT_STREAMS,
+    TRACING_MAX_QUEUE_SIZE,
+    TRACING_EXPORT_TIMEOUT_MS,
     STORE_COMMAND_TIMEOUT_MS,
     STORE_API_KEY_CACHE_TTL_SECS,
     STORE_EMBEDDED_CACHE_MB,

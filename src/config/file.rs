@@ -68,6 +68,19 @@ pub struct CorsFile {
     pub expose_headers: Option<String>,
 }
 
+/// `tracing:`: OTLP trace export (each key falls back to its standard `OTEL_*` variable).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub service_name: Option<String>,
+    pub sampler: Option<String>,
+    pub sampler_arg: Option<String>,
+    pub max_queue_size: Option<Num>,
+    pub export_timeout_ms: Option<Num>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
@@ -173,6 +186,7 @@ pub enum HandlerFile {
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "cors",
+    "tracing",
     "store",
     "auth",
     "rate_limits",

@@ -222,6 +222,8 @@ pub struct Config {
     pub source_stamp: Option<FileStamp>,
     pub server: ServerConfig,
     pub cors: CorsConfig,
+    /// OTLP trace export; `None`: off. Read at start (a reload does not change it).
+    pub tracing: Option<crate::telemetry::TracingConfig>,
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub limits: RateLimitConfig,
@@ -297,6 +299,8 @@ impl Config {
             section(take("server"), "server", &mut problems).unwrap_or_default();
         let store: StoreFile = section(take("store"), "store", &mut problems).unwrap_or_default();
         let cors: CorsFile = section(take("cors"), "cors", &mut problems).unwrap_or_default();
+        let tracing: TracingFile =
+            section(take("tracing"), "tracing", &mut problems).unwrap_or_default();
         let auth: AuthFile = section(take("auth"), "auth", &mut problems).unwrap_or_default();
         let limits: RateLimitsFile =
             section(take("rate_limits"), "rate_limits", &mut problems).unwrap_or_default();
@@ -307,6 +311,7 @@ impl Config {
         let mut v = Validator { problems };
         let server = v.server(server);
         let cors = v.cors(cors);
+        let tracing = v.tracing(tracing, env);
         let store = v.store(store);
         let auth = v.auth(auth, &store);
         let plans = v.plans(plans_v);
@@ -319,6 +324,7 @@ impl Config {
                 source_stamp: None,
                 server,
                 cors,
+                tracing,
                 store,
                 auth,
                 limits,
@@ -653,6 +659,106 @@ routes:
             "\0",
         ] {
             let _ = Config::from_yaml(text, &env_of(&[]));
+        }
+    }
+    #[test]
+    fn tracing_is_off_without_an_endpoint_and_reads_the_standard_variables() {
+        use crate::telemetry::{Protocol, SamplerSpec};
+        assert!(Config::from_yaml(SHIPPED, &env_of(&[]))
+            .unwrap()
+            .tracing
+            .is_none());
+        const BASE: &[(&str, &str)] = &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")];
+        let t = Config::from_yaml(SHIPPED, &env_of(BASE))
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(t.protocol, Protocol::HttpProtobuf);
+        assert_eq!(t.service_name, "ares-gateway");
+        assert_eq!(t.sampler, SamplerSpec::ParentBasedAlwaysOn);
+        assert_eq!(t.max_queue_size, 2048);
+        assert_eq!(t.export_timeout, Duration::from_secs(10));
+        // A file without a tracing section honours them too.
+        let (head, rest) = SHIPPED.split_once("\ntracing:\n").unwrap();
+        let without = format!("{head}\n{}", &rest[rest.find("\nstore:").unwrap()..]);
+        let t = Config::from_yaml(&without, &env_of(BASE))
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+        let t = Config::from_yaml(
+            SHIPPED,
+            &env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_SERVICE_NAME", "edge"),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "512"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ]),
+        )
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(
+            t.endpoint, "http://collector:4317",
+            "gRPC takes the base as it is"
+        );
+        assert_eq!(t.protocol, Protocol::Grpc);
+        assert_eq!(t.service_name, "edge");
+        assert_eq!(t.sampler, SamplerSpec::ParentBasedRatio(0.01));
+        assert_eq!(t.max_queue_size, 512);
+        assert_eq!(t.export_timeout, Duration::from_millis(2500));
+        // The signal's own variables win, taken as they are.
+        let t = Config::from_yaml(
+            SHIPPED,
+            &env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "https://traces.example/otlp",
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+            ]),
+        )
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.endpoint, "https://traces.example/otlp");
+        assert_eq!(t.export_timeout, Duration::from_millis(700));
+        const OFF: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ];
+        assert!(Config::from_yaml(SHIPPED, &env_of(OFF))
+            .unwrap()
+            .tracing
+            .is_none());
+    }
+
+    #[test]
+    fn bad_tracing_settings_are_named() {
+        let err = Config::from_yaml(
+            SHIPPED,
+            &env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "many"),
+            ]),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.iter().map(|p| p.path.as_str()).collect();
+        for key in [
+            "tracing.endpoint",
+            "tracing.protocol",
+            "tracing.sampler",
+            "tracing.max_queue_size",
+        ] {
+            assert!(paths.contains(&key), "{key} not in {err:?}");
         }
     }
 }

@@ -236,6 +236,91 @@ impl Validator {
         }
     }
 
+    /// `tracing:`, each key falling back to its standard variable; `None` (off) when no
+    /// endpoint is set or `OTEL_SDK_DISABLED=true`. The signal-specific
+    /// `OTEL_EXPORTER_OTLP_TRACES_*` variables win over the keys, as the OTel spec has them win
+    /// over the generic ones.
+    pub(super) fn tracing(
+        &mut self,
+        f: TracingFile,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<crate::telemetry::TracingConfig> {
+        use crate::telemetry::{Protocol, SamplerSpec, TracingConfig};
+        let var = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let key = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return None;
+        }
+        let protocol_text = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| key(f.protocol))
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| "http/protobuf".into());
+        let protocol = Protocol::parse(&protocol_text).unwrap_or_else(|| {
+            self.problem(
+                "tracing.protocol",
+                format!("expected grpc or http/protobuf, got {protocol_text:?}"),
+            );
+            Protocol::HttpProtobuf
+        });
+        // The traces URL: the signal's own variable as it is; else the base with the OTLP/HTTP
+        // path (gRPC takes the base as it is).
+        let endpoint = match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(url) => url,
+            None => {
+                let base = key(f.endpoint).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+                match protocol {
+                    Protocol::Grpc => base,
+                    Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+                }
+            }
+        };
+        match endpoint.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => self.problem(
+                "tracing.endpoint",
+                format!("expected an http:// or https:// URL, got {endpoint:?}"),
+            ),
+        }
+        let service_name = key(f.service_name)
+            .or_else(|| var("OTEL_SERVICE_NAME"))
+            .unwrap_or_else(|| "ares-gateway".into());
+        let sampler_name = key(f.sampler)
+            .or_else(|| var("OTEL_TRACES_SAMPLER"))
+            .unwrap_or_else(|| "parentbased_always_on".into());
+        let sampler_arg = key(f.sampler_arg).or_else(|| var("OTEL_TRACES_SAMPLER_ARG"));
+        let sampler =
+            SamplerSpec::parse(&sampler_name, sampler_arg.as_deref()).unwrap_or_else(|e| {
+                self.problem("tracing.sampler", e);
+                SamplerSpec::AlwaysOff
+            });
+        let num_or_var = |v: Option<Num>, name: &str| match v {
+            Some(Num::Text(t)) if t.trim().is_empty() => var(name).map(Num::Text),
+            None => var(name).map(Num::Text),
+            some => some,
+        };
+        let max_queue_size = self.bounded(
+            &num_or_var(f.max_queue_size, "OTEL_BSP_MAX_QUEUE_SIZE"),
+            &defaults::TRACING_MAX_QUEUE_SIZE,
+        ) as usize;
+        let timeout = var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .map(Num::Text)
+            .or_else(|| num_or_var(f.export_timeout_ms, "OTEL_EXPORTER_OTLP_TIMEOUT"));
+        let export_timeout =
+            Duration::from_millis(self.bounded(&timeout, &defaults::TRACING_EXPORT_TIMEOUT_MS));
+        Some(TracingConfig {
+            endpoint,
+            protocol,
+            service_name,
+            sampler,
+            max_queue_size,
+            export_timeout,
+        })
+    }
+
     fn header_list(
         &mut self,
         defaults: &[&str],

@@ -79,8 +79,11 @@ pub struct RequestContext {
     pub forwarded_host: Option<HeaderValue>,
     /// The client asked for a WebSocket upgrade (honoured only where the route allows).
     pub websocket_upgrade: bool,
-    /// W3C trace context sent upstream: the client's when well-formed, else a new one.
+    /// W3C trace context sent upstream: the client's when well-formed, else a new one (with
+    /// tracing on, the gateway's own span in the same trace).
     pub traceparent: HeaderValue,
+    /// `traceparent` is the client's (its span is then the gateway span's parent).
+    pub trace_from_client: bool,
 }
 
 impl RequestContext {
@@ -278,6 +281,7 @@ pub fn strip_spoofable(
         .flatten()
         .filter(|v| sane_request_id(v))
         .cloned();
+    let trace_from_client = client_trace.is_some();
     let (traceparent, request_id) = match (client_trace, client_id) {
         (Some(t), Some(id)) => (t, id),
         (Some(t), None) => (t, new_request_id()),
@@ -385,6 +389,7 @@ pub fn strip_spoofable(
         forwarded_host,
         websocket_upgrade,
         traceparent,
+        trace_from_client,
     }
 }
 

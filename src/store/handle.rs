@@ -54,6 +54,7 @@ impl StoreHandle {
         };
         let ok = !matches!(r, Err(StoreError::Unavailable(_)));
         crate::metrics::get().store(started.elapsed(), ok);
+        crate::telemetry::store_call(started, self.store.kind(), ok);
         r
     }
 }

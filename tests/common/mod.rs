@@ -1,6 +1,7 @@
 //! Test harness: a recording upstream, an in-process gateway on 127.0.0.1:0, and an HTTP client.
 #![allow(dead_code)]
 
+pub mod otlp;
 pub mod postgres;
 pub mod redis;
 
