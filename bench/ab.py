@@ -4,6 +4,7 @@
     python3 bench/ab.py A_BINARY B_BINARY            # two builds, same settings
     MINT_B=1 python3 bench/ab.py BINARY BINARY       # one build, B mints tokens for the upstream
     ENV_B=ARES_WORKERS=2 python3 bench/ab.py BIN BIN # one build, B with settings of its own
+    ENV_B=OTEL_EXPORTER_OTLP_ENDPOINT={sink} ...     # {sink}: an OTLP receiver that discards
     ROUNDS=6 DURATION=6 WORKERS=1 ...                # the defaults
     GATEWAY_YAML=old/gateway.yaml ...                # a config both builds read (else ./gateway.yaml)
     STORE=redis ...                                  # each side on a redis-server of its own
@@ -48,6 +49,7 @@ def main():
     else:
         conf = load.bench_config(tmp, os.environ.get("GATEWAY_YAML"))
 
+    sink = None
     gateways = {}
     for side in ("A", "B"):
         port = load.free_port()
@@ -66,6 +68,9 @@ def main():
         # ENV_B="NAME=value,NAME2=value" gives one side settings of its own.
         for pair in filter(None, os.environ.get(f"ENV_{side}", "").split(",")):
             name, _, value = pair.partition("=")
+            if "{sink}" in value:
+                sink = sink or load.otlp_sink()
+                value = value.replace("{sink}", sink)
             env[name] = value
         if mint[side]:
             env["ARES_UPSTREAM_JWT_SECRET"] = MINT_SECRET

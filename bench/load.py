@@ -410,6 +410,36 @@ http {{ access_log off; keepalive_requests 1000000;
               f"{rps / hap_job:.2f} | {non2xx} |")
 
 
+OTLP_SINK = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+"""
+
+
+def otlp_sink():
+    """An OTLP/HTTP receiver that accepts and discards every export; returns its base URL."""
+    port = free_port()
+    spawn([sys.executable, "-c", OTLP_SINK, str(port)])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return f"http://127.0.0.1:{port}"
+
+
 def stop_all(timeout=5):
     """Stop every process this run started (SIGTERM, then SIGKILL after `timeout`)."""
     for p in procs:

@@ -62,6 +62,7 @@ impl Gateway {
                 let reloader = tls::CertReloader::new(files)?;
                 let acceptor = tokio_rustls::TlsAcceptor::from(reloader.server_config()?);
                 reloader.watch(config.server.tls_reload_poll);
+                export_certificate_expiry(&reloader);
                 let on_hup = reloader.clone();
                 accept::on_sighup(move || {
                     let _ = on_hup.reload();
@@ -245,6 +246,24 @@ fn watch_config(
             if now != last {
                 last = now;
                 reload_config(&state, &path);
+            }
+        }
+    });
+}
+
+/// `tls_certificate_expiry_timestamp_seconds`, now and every minute (a reloaded certificate
+/// shows within a minute).
+fn export_certificate_expiry(reloader: &Arc<tls::CertReloader>) {
+    let weak = Arc::downgrade(reloader);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(reloader) = weak.upgrade() else {
+                return;
+            };
+            if let Some(not_after) = reloader.not_after() {
+                metrics::get().tls_expiry(not_after);
             }
         }
     });

@@ -79,6 +79,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: &'static str,
 }
@@ -102,6 +107,8 @@ pub struct Metrics {
     invalidation_lag_seconds: Histogram,
     open_connections: Gauge,
     config_reloads: Family<ResultLabel, Counter>,
+    /// When the served TLS certificate expires (absent without TLS).
+    tls_expiry: Family<ListenerLabel, Gauge>,
     /// Trace spans by what became of them (`ended`: handed to the export queue).
     trace_spans: Family<ResultLabel, Counter>,
     /// The series every request touches, made once: admitted decisions by scope kind (in the
@@ -162,6 +169,7 @@ impl Metrics {
             open_connections: Gauge::default(),
             config_reloads: Family::default(),
             trace_spans: Family::default(),
+            tls_expiry: Family::default(),
             registry: Registry::default(),
             allowed: Default::default(),
             lookups: Default::default(),
@@ -225,6 +233,11 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result",
             m.config_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate stops being valid (Unix time)",
+            m.tls_expiry.clone(),
         );
         registry.register(
             "trace_spans",
@@ -313,6 +326,13 @@ impl Metrics {
 
     pub fn auth(&self, elapsed: Duration) {
         self.auth_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The public listener's certificate expires at `not_after` (Unix seconds).
+    pub fn tls_expiry(&self, not_after: i64) {
+        self.tls_expiry
+            .get_or_create(&ListenerLabel { listener: "public" })
+            .set(not_after);
     }
 
     /// `n` trace spans `ended`, `exported` or `failed`.

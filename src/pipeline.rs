@@ -127,10 +127,15 @@ pub async fn handle(
                 snap: &snap,
                 ctx: &ctx,
             };
-            let inner = handle_inner(&scope, &uri, own, req, &mut outcome, trace.as_ref());
-            match &trace {
-                Some(t) => t.scope(inner).await,
-                None => inner.await,
+            // Each future is made where it is awaited: a future first bound to a local would
+            // take the request's state machine twice its size (measured: +18% instructions
+            // per request, in memcpy). A sampled request's future lives on the heap.
+            match trace.as_ref().filter(|t| t.sampled()) {
+                Some(t) => {
+                    let traced = handle_inner(&scope, &uri, own, req, &mut outcome, Some(t));
+                    Box::pin(t.scope(traced)).await
+                }
+                None => handle_inner(&scope, &uri, own, req, &mut outcome, trace.as_ref()).await,
             }
         }
         Err(e) => Err(GatewayError::invalid(e.to_string())),

@@ -174,6 +174,8 @@ fn templates_reference_only_values_that_exist() {
         "config",
         "autoscaling.enabled",
         "serviceMonitor.enabled",
+        "prometheusRule.enabled",
+        "grafanaDashboard.enabled",
         "podDisruptionBudget.enabled",
         "store",
         "persistence.existingClaim",
@@ -217,6 +219,7 @@ fn template_blocks_are_balanced_and_the_deployment_is_hardened() {
         "kind: HorizontalPodAutoscaler",
         "kind: PodDisruptionBudget",
         "kind: ServiceMonitor",
+        "kind: PrometheusRule",
         "kind: ConfigMap",
         "kind: Secret",
         "secretKeyRef",
@@ -249,4 +252,38 @@ fn yamllint_passes_on_values_and_chart() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn monitoring_objects_need_the_operator_crds_and_ship_files_that_exist() {
+    let mut files = 0;
+    for (name, text) in templates() {
+        // Operator objects only where the cluster has the CRDs (else the install would fail).
+        for kind in ["ServiceMonitor", "PrometheusRule"] {
+            if text.contains(&format!("kind: {kind}")) {
+                assert!(
+                    text.contains(&format!(
+                        ".Capabilities.APIVersions.Has \"monitoring.coreos.com/v1/{kind}\""
+                    )),
+                    "{name}: a {kind} without the CRD check"
+                );
+            }
+        }
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(".Files.Get \"") {
+            rest = &rest[i + ".Files.Get \"".len()..];
+            let file = &rest[..rest.find('"').unwrap()];
+            assert!(
+                Path::new(CHART).join(file).is_file(),
+                "{name}: {file} is not in the chart"
+            );
+            files += 1;
+        }
+    }
+    assert_eq!(files, 2, "the rules and the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("monitoring/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dash["uid"], "ares-gateway");
 }

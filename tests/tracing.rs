@@ -340,10 +340,22 @@ async fn requests_go_on(collector: &str, wait_for_failed_export: bool) {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-honeycomb-team=sekrit-otel-header-value",
+            ),
             ("ARES_METRICS_LISTEN", &metrics),
+            ("ARES_LOG", "debug"),
         ],
     )
     .await;
+    // Read the log as it comes (a full pipe would only drop lines, which could hide a leak).
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
     let body = r#"{"email":"dead@example.com","password":"your-secure-password","name":"D"}"#;
     assert_eq!(
         post(&format!("{base}/api/auth/register"), &[], body)
@@ -387,6 +399,16 @@ async fn requests_go_on(collector: &str, wait_for_failed_export: bool) {
         .expect("the gateway did not stop")
         .unwrap();
     assert!(status.success(), "{status:?}");
+    let log = log.await.unwrap();
+    assert!(log.contains("request"), "no access log read");
+    assert!(
+        !log.contains("sekrit-otel-header-value"),
+        "an OTLP header value was logged"
+    );
+    assert!(
+        !log.contains(auth.trim_start_matches("Bearer ")),
+        "a token was logged"
+    );
 }
 
 #[tokio::test]

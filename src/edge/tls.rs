@@ -101,6 +101,15 @@ impl CertReloader {
         Ok(Arc::new(cfg))
     }
 
+    /// When the served certificate (the chain's first) stops being valid, in seconds since the
+    /// epoch; `None` if its DER does not parse.
+    pub fn not_after(&self) -> Option<i64> {
+        let key = self.current.load();
+        let der = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// Load the files again; on failure keep serving the old certificate.
     pub fn reload(&self) -> Result<(), String> {
         let stamps = (

@@ -282,12 +282,11 @@ impl RequestTrace {
     }
 
     /// Run `fut` with this trace as the task's current one (store calls find it).
-    pub async fn scope<F: std::future::Future>(&self, fut: F) -> F::Output {
-        if self.0.sampled {
-            CURRENT.scope(self.clone(), fut).await
-        } else {
-            fut.await
-        }
+    pub fn scope<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        CURRENT.scope(self.clone(), fut)
     }
 
     /// Close the server span: its name is the method and route (`GET /api/`), as HTTP
