@@ -33,6 +33,8 @@
 //! route.rs          path normalisation, RouteTable::classify, Upstream, Credential
 //! error.rs          GatewayError and its one into_response()
 //! metrics.rs        Prometheus registry and the metrics listener
+//! telemetry/        OpenTelemetry traces: the request's spans (mod.rs), the OTLP exporter,
+//!                   sampler and bounded batch queue (export.rs); off unless configured
 //! body.rs           Body, RequestBody, JSON responses, the idle-timeout body
 //! edge/             the connection machinery's leaves (no tenants, tokens or routes):
 //!                   conn_upstreams.rs (a connection's own upstream connections), framing.rs (HTTP/1

@@ -220,7 +220,7 @@ fn finish_trace(
 ) {
     let route = outcome.route.map_or("-", |r| r.label.as_str());
     let mut attrs = vec![
-        telemetry::attr("http.request.method", method.to_string()),
+        KeyValue::new("http.request.method", method_name(method)),
         telemetry::attr("http.route", route.to_string()),
         telemetry::attr("url.path", path.to_string()),
         KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
@@ -239,7 +239,16 @@ fn finish_trace(
     }
     // A client's error is not the server span's failure (HTTP semantic conventions).
     let failed = error_code.filter(|_| status.is_server_error());
-    t.finish(format!("{method} {route}"), attrs, failed);
+    t.finish(format!("{} {route}", method_name(method)), attrs, failed);
+}
+
+/// A method as HTTP semantic conventions name it (`_OTHER` for a method the gateway refuses).
+fn method_name(m: &Method) -> &'static str {
+    FORWARDED_METHODS
+        .iter()
+        .zip(FORWARDED_ALLOW.split(", "))
+        .find(|(known, _)| *known == m)
+        .map_or("_OTHER", |(_, name)| name)
 }
 
 /// Who the request ran as: tenant, key and user ids (ids only: no email, no secret).

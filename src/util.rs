@@ -23,6 +23,46 @@ pub fn random_token(prefix: &str, len: usize) -> String {
 }
 
 /// Milliseconds since the Unix epoch.
+/// `traceparent` (W3C Trace Context, version 00) for these ids, written without `fmt`.
+pub fn traceparent(trace: u128, span: u64, sampled: bool) -> http::HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut buf[3..35], trace);
+    put_hex(&mut buf[36..52], u128::from(span));
+    if sampled {
+        buf[54] = b'1';
+    }
+    http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+}
+
+/// `(trace id, span id, flags)` of a version-00 `traceparent` (lower-case hex).
+pub fn parse_traceparent(v: &[u8]) -> Option<(u128, u64, u8)> {
+    fn hex(s: &[u8]) -> Option<u128> {
+        s.iter().try_fold(0u128, |n, c| {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            Some(n << 4 | u128::from(d))
+        })
+    }
+    if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let span = u64::try_from(hex(&v[36..52])?).ok()?;
+    let flags = u8::try_from(hex(&v[53..55])?).ok()?;
+    Some((hex(&v[3..35])?, span, flags))
+}
+
+/// `n` in lower-case hex, right-aligned in `out` (its high digits dropped if it does not fit).
+pub fn put_hex(out: &mut [u8], mut n: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("route", 3),
     ("error", 2),
     ("metrics", 2),
+    ("telemetry", 2),
     ("edge::conn_upstreams", 2),
     ("body", 1),
     ("ratelimit", 1),

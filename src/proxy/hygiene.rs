@@ -123,14 +123,6 @@ thread_local! {
         std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
 }
 
-fn put_hex(out: &mut [u8], mut n: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
-
 /// A new W3C `traceparent`, and its trace id (32 hex digits) as a request id: one buffer.
 fn new_traceparent() -> (HeaderValue, HeaderValue) {
     let (trace, span) = IDS.with(|r| {
@@ -141,8 +133,8 @@ fn new_traceparent() -> (HeaderValue, HeaderValue) {
         )
     });
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    put_hex(&mut buf[3..35], trace);
-    put_hex(&mut buf[36..52], u128::from(span));
+    crate::util::put_hex(&mut buf[3..35], trace);
+    crate::util::put_hex(&mut buf[36..52], u128::from(span));
     let bytes = bytes::Bytes::copy_from_slice(&buf);
     let fallback =
         || HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01");
@@ -165,7 +157,7 @@ fn sane_request_id(v: &HeaderValue) -> bool {
 fn new_request_id() -> HeaderValue {
     let n: u128 = IDS.with(|r| rand::Rng::random(&mut *r.borrow_mut()));
     let mut buf = [0u8; 32];
-    put_hex(&mut buf, n);
+    crate::util::put_hex(&mut buf, n);
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 

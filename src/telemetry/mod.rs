@@ -157,16 +157,16 @@ impl Tracing {
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &cx);
         export::next_trace_id_unused();
-        let sc = span.span_context().clone();
-        let sampled = span.is_recording();
-        let server = Context::new().with_span(span);
-        RequestTrace(Arc::new(Inner {
-            tracer: self.tracer.clone(),
-            sampled,
-            server_context: sc,
-            server,
-            phase: Mutex::new(None),
-        }))
+        let context = span.span_context().clone();
+        // An unsampled request keeps its span context only (no span to hold, nothing to end).
+        let sampled = span.is_recording().then(|| {
+            Arc::new(Inner {
+                tracer: self.tracer.clone(),
+                server: Context::new().with_span(span),
+                phase: Mutex::new(None),
+            })
+        });
+        RequestTrace { context, sampled }
     }
 }
 
@@ -186,21 +186,44 @@ impl Drop for Tracing {
 
 struct Inner {
     tracer: SdkTracer,
-    sampled: bool,
-    server_context: SpanContext,
     server: Context,
     /// The phase span open now (authentication, limiter): store calls become its children.
     phase: Mutex<Option<Context>>,
 }
 
-/// One request's trace: cheap to clone.
+impl Inner {
+    fn store_call(&self, started: Instant, done: Instant, backend: &'static str, ok: bool) {
+        let now = SystemTime::now();
+        let start = now - done.saturating_duration_since(started);
+        let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let parent = phase.as_ref().unwrap_or(&self.server);
+        let mut span = self
+            .tracer
+            .span_builder("store")
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .with_attributes([KeyValue::new("db.system.name", backend)])
+            .start_with_context(&self.tracer, parent);
+        if !ok {
+            span.set_attribute(KeyValue::new("error.type", "STORE_UNAVAILABLE"));
+            span.set_status(Status::error("STORE_UNAVAILABLE"));
+        }
+        span.end_with_timestamp(now);
+        ended();
+    }
+}
+
+/// One request's trace: its server span's context, and the span itself when sampled.
 #[derive(Clone)]
-pub struct RequestTrace(Arc<Inner>);
+pub struct RequestTrace {
+    context: SpanContext,
+    sampled: Option<Arc<Inner>>,
+}
 
 impl std::fmt::Debug for RequestTrace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestTrace")
-            .field("sampled", &self.0.sampled)
+            .field("sampled", &self.sampled.is_some())
             .finish()
     }
 }
@@ -208,7 +231,7 @@ impl std::fmt::Debug for RequestTrace {
 /// An open child span; [`Phase::end`] closes it with attributes.
 pub struct Phase {
     cx: Context,
-    trace: RequestTrace,
+    trace: Arc<Inner>,
 }
 
 impl Phase {
@@ -219,7 +242,7 @@ impl Phase {
 
     /// Close the span: `error` (an error code) marks it failed.
     pub fn end(self, attributes: Vec<KeyValue>, error: Option<&'static str>) {
-        let mut phase = self.trace.0.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let mut phase = self.trace.phase.lock().unwrap_or_else(|p| p.into_inner());
         if phase
             .as_ref()
             .is_some_and(|p| p.span().span_context() == self.cx.span().span_context())
@@ -245,13 +268,13 @@ fn ended() {
 
 impl RequestTrace {
     pub fn sampled(&self) -> bool {
-        self.0.sampled
+        self.sampled.is_some()
     }
 
     /// The `traceparent` the upstream receives when no exchange span names itself: the server
     /// span's, with the sampler's decision in its flags.
     pub fn traceparent(&self) -> HeaderValue {
-        traceparent(&self.0.server_context)
+        traceparent(&self.context)
     }
 
     /// Open a child of the server span. Store calls made until it ends become its children
@@ -262,22 +285,19 @@ impl RequestTrace {
         kind: SpanKind,
         holds_store_calls: bool,
     ) -> Option<Phase> {
-        if !self.0.sampled {
-            return None;
-        }
-        let span = self
-            .0
+        let inner = self.sampled.as_ref()?;
+        let span = inner
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .start_with_context(&self.0.tracer, &self.0.server);
+            .start_with_context(&inner.tracer, &inner.server);
         let cx = Context::new().with_span(span);
         if holds_store_calls {
-            *self.0.phase.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.clone());
+            *inner.phase.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.clone());
         }
         Some(Phase {
             cx,
-            trace: self.clone(),
+            trace: inner.clone(),
         })
     }
 
@@ -292,10 +312,10 @@ impl RequestTrace {
     /// Close the server span: its name is the method and route (`GET /api/`), as HTTP
     /// semantic conventions name server spans.
     pub fn finish(&self, name: String, attributes: Vec<KeyValue>, error: Option<&'static str>) {
-        if !self.0.sampled {
+        let Some(inner) = &self.sampled else {
             return;
-        }
-        let span = self.0.server.span();
+        };
+        let span = inner.server.span();
         span.update_name(name);
         span.set_attributes(attributes);
         if let Some(code) = error {
@@ -303,32 +323,6 @@ impl RequestTrace {
             span.set_status(Status::error(code));
         }
         span.end();
-        ended();
-    }
-
-    fn store_call(&self, started: Instant, done: Instant, backend: &'static str, ok: bool) {
-        let now = SystemTime::now();
-        let start = now - done.saturating_duration_since(started);
-        let phase = self
-            .0
-            .phase
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let parent = phase.as_ref().unwrap_or(&self.0.server);
-        let mut span = self
-            .0
-            .tracer
-            .span_builder("store")
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes([KeyValue::new("db.system.name", backend)])
-            .start_with_context(&self.0.tracer, parent);
-        if !ok {
-            span.set_attribute(KeyValue::new("error.type", "STORE_UNAVAILABLE"));
-            span.set_status(Status::error("STORE_UNAVAILABLE"));
-        }
-        span.end_with_timestamp(now);
         ended();
     }
 }
@@ -339,7 +333,11 @@ pub fn store_call(started: Instant, backend: &'static str, ok: bool) {
         return;
     }
     let ended = Instant::now();
-    let _ = CURRENT.try_with(|t| t.store_call(started, ended, backend, ok));
+    let _ = CURRENT.try_with(|t| {
+        if let Some(inner) = &t.sampled {
+            inner.store_call(started, ended, backend, ok)
+        }
+    });
 }
 
 /// An attribute whose value is owned text.
@@ -349,20 +347,19 @@ pub fn attr(key: &'static str, value: impl Into<Cow<'static, str>>) -> KeyValue 
 
 /// `traceparent` as W3C spells it (version 00).
 fn traceparent(sc: &SpanContext) -> HeaderValue {
-    let flags = if sc.is_sampled() { "01" } else { "00" };
-    let text = format!("00-{}-{}-{flags}", sc.trace_id(), sc.span_id());
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    crate::util::traceparent(
+        u128::from_be_bytes(sc.trace_id().to_bytes()),
+        u64::from_be_bytes(sc.span_id().to_bytes()),
+        sc.is_sampled(),
+    )
 }
 
 /// A valid version-00 `traceparent` (the pipeline has checked it) as a remote span context.
 fn parse_traceparent(v: &HeaderValue) -> Option<SpanContext> {
-    let s = v.to_str().ok()?;
-    let trace = TraceId::from_hex(s.get(3..35)?).ok()?;
-    let span = SpanId::from_hex(s.get(36..52)?).ok()?;
-    let flags = u8::from_str_radix(s.get(53..55)?, 16).ok()?;
+    let (trace, span, flags) = crate::util::parse_traceparent(v.as_bytes())?;
     Some(SpanContext::new(
-        trace,
-        span,
+        TraceId::from_bytes(trace.to_be_bytes()),
+        SpanId::from_bytes(span.to_be_bytes()),
         TraceFlags::new(flags),
         true,
         TraceState::NONE,
