@@ -191,6 +191,102 @@ where
     }
 }
 
+/// Marks a request body that fell behind its minimum rate.
+#[derive(Debug, thiserror::Error)]
+#[error("request body slower than {min_rate} bytes/s after the first {grace:?}")]
+pub struct TooSlowError {
+    pub grace: Duration,
+    pub min_rate: u64,
+}
+
+/// Ends a body with an error when it falls behind a minimum rate: it must be complete by
+/// `grace + received / min_rate` after it started (Apache's `mod_reqtimeout` `body=20,MinRate=500`
+/// rule): a slow upload that keeps moving goes on, one trickled byte by byte is cut.
+pub struct MinRate<B> {
+    inner: B,
+    /// None: no minimum (rate 0, or no body to come).
+    limit: Option<RateLimit>,
+}
+
+struct RateLimit {
+    started: Instant,
+    received: u64,
+    grace: Duration,
+    min_rate: u64,
+    sleep: LazySleep,
+}
+
+impl<B: http_body::Body> MinRate<B> {
+    /// `min_rate` in bytes per second; 0 sets no minimum.
+    pub fn new(inner: B, grace: Duration, min_rate: u64) -> Self {
+        let limit = (min_rate > 0 && !inner.is_end_stream()).then(|| {
+            let started = Instant::now();
+            RateLimit {
+                started,
+                received: 0,
+                grace,
+                min_rate,
+                sleep: LazySleep::new(started + grace),
+            }
+        });
+        MinRate { inner, limit }
+    }
+}
+
+impl RateLimit {
+    fn deadline(&self) -> Instant {
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        self.started + self.grace + earned
+    }
+}
+
+impl<B> http_body::Body for MinRate<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(limit) = &mut this.limit else {
+            return polled.map_err(Into::into);
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    limit.received += data.len() as u64;
+                    let deadline = limit.deadline();
+                    limit.sleep.set(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match limit.sleep.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlowError {
+                    grace: limit.grace,
+                    min_rate: limit.min_rate,
+                })))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A callback run once, with the trailers of a body.
 type TrailersHook = Box<dyn FnOnce(&http::HeaderMap) + Send>;
 

@@ -405,6 +405,13 @@ async fn handle_inner<'r>(
     // HTTP/2 clients multiplex: their requests share the pool, not one bound connection.
     let own = own.filter(|_| req.version() <= http::Version::HTTP_11);
     let (mut parts, body) = req.into_parts();
+    // A body still to come must keep a minimum rate (408 REQUEST_TIMEOUT otherwise).
+    let server = &snap.config.server;
+    let body = body::MinRate::new(
+        body,
+        server.request_body_grace,
+        server.request_body_min_rate,
+    );
     // A WebSocket upgrade the route allows: keep the client's side of the upgrade.
     let client_upgrade = if route.websocket && ctx.websocket_upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()

@@ -598,3 +598,75 @@ async fn a_trickled_body_to_a_gateway_endpoint_meets_a_total_deadline() {
     assert!(closed, "the connection is closed after the 408");
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
+
+/// Issue 24: a proxied body had only the 300 s idle bound, so one byte every few seconds held a
+/// connection and an upstream request for ever. It must now keep a minimum rate (here 1 s grace
+/// and 50 bytes/s): trickled, it is cut with 408; sent at a steady pace, it goes through.
+#[tokio::test]
+async fn a_trickled_proxied_body_falls_behind_the_minimum_rate() {
+    let up = Upstream::start().await;
+    let yaml = shipped_yaml()
+        .replace("request_body_grace_secs: 20", "request_body_grace_secs: 1")
+        .replace(
+            "request_body_min_rate_bytes: 500",
+            "request_body_min_rate_bytes: 50",
+        );
+    let g = start(config_from(&yaml, &up.url(), &[])).await;
+    let token = login(&g, "slow@example.com").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let send = |chunk: &'static [u8], every: Duration, count: usize| {
+        let (addr, token) = (g.addr, token.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let len = chunk.len() * count;
+            let head = format!(
+                "POST /api/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut sent = 0;
+            while started.elapsed() < Duration::from_secs(30) {
+                if sent < count {
+                    let _ = s.write_all(chunk);
+                    sent += 1;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        if String::from_utf8_lossy(&out).contains("\r\n\r\n") {
+                            std::thread::sleep(Duration::from_millis(100));
+                            if let Ok(n) = s.read(&mut buf) {
+                                out.extend_from_slice(&buf[..n]);
+                            }
+                            break;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                std::thread::sleep(every);
+            }
+            (
+                String::from_utf8_lossy(&out).into_owned(),
+                started.elapsed(),
+            )
+        })
+    };
+    // 1 byte every 200 ms (5 bytes/s) of 200: far behind 50 bytes/s after the first second.
+    let (reply, took) = send(b"x", Duration::from_millis(200), 200).await.unwrap();
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    assert!(reply.contains("REQUEST_TIMEOUT"), "{reply}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // 100 bytes every 200 ms (500 bytes/s) for 2 s: ahead of the rate all along.
+    let (reply, _) = send(&[b'y'; 100], Duration::from_millis(200), 10)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert_eq!(up.last().body.len(), 1000);
+}

@@ -213,6 +213,18 @@ pub const UPSTREAM_MINT_TTL_SECS: Bound = Bound {
     max: 3600,
 };
 
+pub const SERVER_REQUEST_BODY_GRACE_SECS: Bound = Bound {
+    key: "server.request_body_grace_secs",
+    default: 20,
+    min: 1,
+    max: 3600,
+};
+pub const SERVER_REQUEST_BODY_MIN_RATE_BYTES: Bound = Bound {
+    key: "server.request_body_min_rate_bytes",
+    default: 500,
+    min: 0,
+    max: 1 << 30,
+};
 pub const TRACING_MAX_QUEUE_SIZE: Bound = Bound {
     key: "tracing.max_queue_size",
     default: 2048,
@@ -241,6 +253,8 @@ pub const ALL: &[Bound] = &[
     SERVER_WEBSOCKET_IDLE_TIMEOUT_SECS,
     SERVER_CONFIG_RELOAD_POLL_SECS,
     SERVER_HTTP2_MAX_CONCURRENT_STREAMS,
+    SERVER_REQUEST_BODY_GRACE_SECS,
+    SERVER_REQUEST_BODY_MIN_RATE_BYTES,
     TRACING_MAX_QUEUE_SIZE,
     TRACING_EXPORT_TIMEOUT_MS,
     STORE_COMMAND_TIMEOUT_MS,

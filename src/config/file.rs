@@ -27,6 +27,8 @@ pub struct ServerFile {
     pub workers: Option<Num>,
     pub max_connections: Option<Num>,
     pub header_read_timeout_secs: Option<Num>,
+    pub request_body_grace_secs: Option<Num>,
+    pub request_body_min_rate_bytes: Option<Num>,
     pub max_header_bytes: Option<Num>,
     pub max_headers: Option<Num>,
     pub request_body_limit_bytes: Option<Num>,

@@ -94,6 +94,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Time a client has to send a request head (slowloris bound).
     pub header_read_timeout: Duration,
+    /// A proxied request body must be complete by `request_body_grace + received /
+    /// request_body_min_rate` (bytes/s; 0: no minimum).
+    pub request_body_grace: Duration,
+    pub request_body_min_rate: u64,
     /// Read buffer for a request head; larger heads are 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,

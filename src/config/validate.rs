@@ -177,6 +177,14 @@ impl Validator {
                 &f.header_read_timeout_secs,
                 &defaults::SERVER_HEADER_READ_TIMEOUT_SECS,
             )),
+            request_body_grace: Duration::from_secs(self.bounded(
+                &f.request_body_grace_secs,
+                &defaults::SERVER_REQUEST_BODY_GRACE_SECS,
+            )),
+            request_body_min_rate: self.bounded(
+                &f.request_body_min_rate_bytes,
+                &defaults::SERVER_REQUEST_BODY_MIN_RATE_BYTES,
+            ),
             max_header_bytes: self.bounded(&f.max_header_bytes, &defaults::SERVER_MAX_HEADER_BYTES)
                 as usize,
             max_headers: self.bounded(&f.max_headers, &defaults::SERVER_MAX_HEADERS) as usize,

@@ -96,6 +96,9 @@ pub async fn forward(
             if caused_by::<http_body_util::LengthLimitError>(&*e) {
                 return Err(GatewayError::PayloadTooLarge);
             }
+            if caused_by::<crate::body::TooSlowError>(&*e) {
+                return Err(GatewayError::BodyTimeout);
+            }
             if client_body_failed(&*e) {
                 return Err(GatewayError::invalid(
                     "the request body could not be read (malformed chunked encoding or cut off)",
