@@ -327,6 +327,19 @@ async fn rotation_returns_new_tokens_and_reuse_revokes_the_family() {
 }
 
 #[tokio::test]
+async fn concurrent_refreshes_of_one_token_make_one_rotation() {
+    let up = Upstream::start().await;
+    let g = start(config_from(&rotating_yaml(), &up.url(), &[])).await;
+    concurrent_refreshes_make_one_rotation(&[&g], "tabs@example.com").await;
+    // The embedded store too (its rotation is one write transaction).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let env = [("ARES_STORE", "embedded"), ("ARES_DATA_DIR", data)];
+    let g = start(config_from(&rotating_yaml(), &up.url(), &env)).await;
+    concurrent_refreshes_make_one_rotation(&[&g], "tabs@example.com").await;
+}
+
+#[tokio::test]
 async fn logout_all_ends_every_session_of_the_user() {
     let up = Upstream::start().await;
     let g = gateway(&up.url(), &[]).await;

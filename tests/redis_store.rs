@@ -158,6 +158,18 @@ async fn two_replicas_share_keys_revocations_logouts_and_limits() {
     );
 }
 
+/// Issue 24: concurrent refreshes of one token on two replicas still make one rotation.
+#[tokio::test]
+async fn concurrent_refreshes_on_two_replicas_make_one_rotation() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let url = redis.url();
+    let env = [("ARES_STORE", "redis"), ("REDIS_URL", url.as_str())];
+    let a = start(config_from(&rotating_yaml(), &up.url(), &env)).await;
+    let b = start(config_from(&rotating_yaml(), &up.url(), &env)).await;
+    concurrent_refreshes_make_one_rotation(&[&a, &b], "two-tabs@example.com").await;
+}
+
 #[tokio::test]
 async fn exactly_the_limit_passes_across_two_replicas() {
     let redis = RedisServer::start();

@@ -337,26 +337,38 @@ async fn issue_pair(
     email: &str,
     family: &str,
 ) -> Result<(String, String), GatewayError> {
-    let RequestScope { state, snap, .. } = *s;
     let refresh = random_token(REFRESH_PREFIX, REFRESH_RANDOM_LEN);
     let now = unix_now();
-    let record = RefreshRecord {
-        token_hash: token_hash(&refresh),
-        user_id: user_id.to_string(),
-        family_id: family.to_string(),
-        issued_at: now,
-        expires_at: now + snap.config.auth.refresh_token_ttl.as_secs(),
-        rotated_at: None,
-    };
-    state
-        .store
-        .call(state.store.put_refresh_token(&record))
-        .await?;
-    let (access, _) = snap
+    store_refresh(s, user_id, family, &refresh, now).await?;
+    let (access, _) = s
+        .snap
         .jwt
         .issue(user_id, email, now)
         .map_err(GatewayError::Internal)?;
     Ok((access, refresh))
+}
+
+/// Store a new member of a refresh-token family (by its hash).
+async fn store_refresh(
+    s: &RequestScope<'_>,
+    user_id: &str,
+    family: &str,
+    token: &str,
+    now: u64,
+) -> Result<(), GatewayError> {
+    let record = RefreshRecord {
+        token_hash: token_hash(token),
+        user_id: user_id.to_string(),
+        family_id: family.to_string(),
+        issued_at: now,
+        expires_at: now + s.snap.config.auth.refresh_token_ttl.as_secs(),
+        rotated_at: None,
+        successor: None,
+    };
+    s.state
+        .store
+        .call(s.state.store.put_refresh_token(&record))
+        .await
 }
 
 fn plausible_refresh_token(t: &str) -> bool {
@@ -395,25 +407,47 @@ async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Bod
             true,
         ));
     }
-    if let Some(rotated_at) = state
+    // Rotation. The successor is stored first, so whoever is handed it can use it at once; the
+    // atomic mark then decides which of concurrent refreshes created the family's next token.
+    let successor = random_token(REFRESH_PREFIX, REFRESH_RANDOM_LEN);
+    let sealed = auth::successor::seal(&presented, &hash, &successor);
+    store_refresh(s, &user.id, &record.family_id, &successor, now).await?;
+    let marked = state
         .store
-        .call(state.store.mark_refresh_rotated(&hash, now))
-        .await?
-    {
-        if now.saturating_sub(rotated_at) > cfg.refresh_reuse_grace.as_secs() {
-            // A rotated token came back: it leaked. Kill the whole family (RFC 9700).
+        .call(
             state
                 .store
-                .call(state.store.revoke_refresh_family(
-                    &record.family_id,
-                    now + cfg.refresh_token_ttl.as_secs(),
-                ))
-                .await?;
-            tracing::warn!(user = %user.id, reason = "refresh_reuse", "refresh token family revoked");
-            return Err(GatewayError::InvalidRefreshToken);
+                .mark_refresh_rotated(&hash, now, sealed.as_deref()),
+        )
+        .await?;
+    let refresh = match marked {
+        None => successor,
+        Some(rotation) => {
+            if now.saturating_sub(rotation.at) > cfg.refresh_reuse_grace.as_secs() {
+                // A rotated token came back: it leaked. Kill the whole family (RFC 9700).
+                state
+                    .store
+                    .call(state.store.revoke_refresh_family(
+                        &record.family_id,
+                        now + cfg.refresh_token_ttl.as_secs(),
+                    ))
+                    .await?;
+                tracing::warn!(user = %user.id, reason = "refresh_reuse", "refresh token family revoked");
+                return Err(GatewayError::InvalidRefreshToken);
+            }
+            // Rotated moments ago by a concurrent refresh: the successor it created (ours was
+            // never handed out). A rotation recorded without one keeps ours.
+            rotation
+                .successor
+                .as_deref()
+                .and_then(|sealed| auth::successor::open(&presented, &hash, sealed))
+                .unwrap_or(successor)
         }
-    }
-    let (access, refresh) = issue_pair(s, &user.id, &user.email, &record.family_id).await?;
+    };
+    let (access, _) = snap
+        .jwt
+        .issue(&user.id, &user.email, now)
+        .map_err(GatewayError::Internal)?;
     Ok(body::json(
         StatusCode::OK,
         &json!({"access_token": access, "refresh_token": refresh, "expires_in": snap.jwt.ttl_secs()}),

@@ -9,6 +9,7 @@ pub mod api_key;
 pub mod jwt;
 pub mod mint;
 pub mod password;
+pub mod successor;
 
 use std::sync::Arc;
 use std::time::Duration;

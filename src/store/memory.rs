@@ -9,7 +9,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::records::{self, Record, Sink};
-use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, TokenRef, User};
+use super::{Admission, ApiKeyRecord, RefreshRecord, Rotation, Store, Tenant, TokenRef, User};
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
 use crate::util::unix_now;
@@ -278,15 +278,10 @@ impl Store for MemoryStore {
         &self,
         token_hash: &str,
         at: u64,
-    ) -> Result<Option<u64>, StoreError> {
+        successor: Option<&str>,
+    ) -> Result<Option<Rotation>, StoreError> {
         match self.refresh.get_mut(token_hash) {
-            Some(mut r) => {
-                let prev = r.rotated_at;
-                if prev.is_none() {
-                    r.rotated_at = Some(at);
-                }
-                Ok(prev)
-            }
+            Some(mut r) => Ok(super::rotate(&mut r, at, successor)),
             None => Ok(None),
         }
     }

@@ -138,6 +138,34 @@ pub struct RefreshRecord {
     pub expires_at: u64,
     /// Set when rotation replaced this token.
     pub rotated_at: Option<u64>,
+    /// The token that replaced it, sealed with a key only a holder of this token can derive
+    /// (`auth::successor`): concurrent refreshes of one token all receive that one successor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+}
+
+/// A refresh token's rotation, as the first rotation recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub at: u64,
+    /// The sealed successor (absent for rotations recorded before successors were kept).
+    pub successor: Option<String>,
+}
+
+/// The first rotation of a record wins: record it (with its successor) unless one is there;
+/// returns the one that was (the stores that keep records whole use this).
+pub(crate) fn rotate(r: &mut RefreshRecord, at: u64, successor: Option<&str>) -> Option<Rotation> {
+    match r.rotated_at {
+        Some(prev) => Some(Rotation {
+            at: prev,
+            successor: r.successor.clone(),
+        }),
+        None => {
+            r.rotated_at = Some(at);
+            r.successor = successor.map(str::to_string);
+            None
+        }
+    }
 }
 
 /// Days of per-key request counts a store keeps.
@@ -250,12 +278,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         token_hash: &str,
     ) -> Result<Option<RefreshRecord>, StoreError>;
-    /// Mark a token rotated at `at` unless it already was; returns the earlier rotation time.
+    /// Mark a token rotated at `at` with its sealed `successor` unless it already was (atomic:
+    /// of concurrent calls exactly one sees `None`); returns the earlier rotation.
     async fn mark_refresh_rotated(
         &self,
         token_hash: &str,
         at: u64,
-    ) -> Result<Option<u64>, StoreError>;
+        successor: Option<&str>,
+    ) -> Result<Option<Rotation>, StoreError>;
     /// Kill every token of a family (logout, reuse detection).
     async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError>;
 
@@ -600,6 +630,7 @@ pub mod suite {
             issued_at,
             expires_at: now + 3600,
             rotated_at: None,
+            successor: None,
         };
         s.put_refresh_token(&refresh("old_rt", now - 10))
             .await
@@ -681,9 +712,12 @@ pub mod suite {
             issued_at: now,
             expires_at: now + 3600,
             rotated_at: None,
+            successor: None,
         };
         s.put_refresh_token(&r).await.unwrap();
-        s.mark_refresh_rotated("rt_f", now).await.unwrap();
+        s.mark_refresh_rotated("rt_f", now, Some("sealed"))
+            .await
+            .unwrap();
         s.revoke_refresh_family("fam_dead", now + 600)
             .await
             .unwrap();
@@ -713,7 +747,11 @@ pub mod suite {
         );
         let r = s.get_refresh_token("rt_f").await.unwrap().unwrap();
         assert!(r.rotated_at.is_some(), "rotation lost");
-        assert!(s.mark_refresh_rotated("rt_f", 1).await.unwrap().is_some());
+        assert!(s
+            .mark_refresh_rotated("rt_f", 1, None)
+            .await
+            .unwrap()
+            .is_some());
         let mut dead = r.clone();
         dead.token_hash = "rt_dead".into();
         dead.family_id = "fam_dead".into();
@@ -917,16 +955,41 @@ pub mod suite {
             issued_at: now,
             expires_at: now + 3600,
             rotated_at: None,
+            successor: None,
         };
         s.put_refresh_token(&r).await.unwrap();
         let mut r2 = r.clone();
         r2.token_hash = "rh2".into();
         s.put_refresh_token(&r2).await.unwrap();
         assert_eq!(s.get_refresh_token("rh1").await.unwrap(), Some(r.clone()));
-        assert_eq!(s.mark_refresh_rotated("rh1", now).await.unwrap(), None);
         assert_eq!(
-            s.mark_refresh_rotated("rh1", now + 5).await.unwrap(),
-            Some(now)
+            s.mark_refresh_rotated("rh1", now, Some("sealed-1"))
+                .await
+                .unwrap(),
+            None
+        );
+        // The first rotation stays, with its successor: a second one learns it.
+        assert_eq!(
+            s.mark_refresh_rotated("rh1", now + 5, Some("sealed-2"))
+                .await
+                .unwrap(),
+            Some(Rotation {
+                at: now,
+                successor: Some("sealed-1".into())
+            })
+        );
+        assert_eq!(
+            s.mark_refresh_rotated("rh2", now, None).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.mark_refresh_rotated("rh2", now + 1, Some("late"))
+                .await
+                .unwrap(),
+            Some(Rotation {
+                at: now,
+                successor: None
+            })
         );
         s.revoke_refresh_family("fam1", now + 3600).await.unwrap();
         assert!(s.get_refresh_token("rh1").await.unwrap().is_none());

@@ -123,7 +123,9 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
             }
             store.put_refresh_token(t).await?;
             if let Some(at) = t.rotated_at {
-                store.mark_refresh_rotated(&t.token_hash, at).await?;
+                store
+                    .mark_refresh_rotated(&t.token_hash, at, t.successor.as_deref())
+                    .await?;
             }
         }
         Record::RevokedFamily { family_id, until } => {

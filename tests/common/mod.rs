@@ -549,3 +549,50 @@ pub async fn logout_all_ends_every_session(a: &TestGateway, b: &TestGateway, ema
     .await;
     assert_eq!(r.status, 401);
 }
+
+/// The shipped config with refresh-token rotation on.
+pub fn rotating_yaml() -> String {
+    shipped_yaml().replace("refresh_rotation: false", "refresh_rotation: true")
+}
+
+/// Issue 24: ten concurrent refreshes of one token, spread over `gateways` (rotation on, the
+/// default grace): every one succeeds with the same new refresh token (one rotation), which then
+/// works, and the rotated token, presented after the grace, ends the family.
+pub async fn concurrent_refreshes_make_one_rotation(gateways: &[&TestGateway], email: &str) {
+    let t = login(gateways[0], email).await;
+    let first = t["refresh_token"].as_str().unwrap().to_string();
+    let body = format!(r#"{{"refresh_token":"{first}"}}"#);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (url, body) = (
+            gateways[i % gateways.len()].url("/api/auth/refresh"),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move { post(&url, &[], &body).await }));
+    }
+    let mut refresh_tokens = std::collections::BTreeSet::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let v = r.json();
+        assert!(v["access_token"].is_string());
+        refresh_tokens.insert(v["refresh_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        refresh_tokens.len(),
+        1,
+        "one rotation, one successor: {refresh_tokens:?}"
+    );
+    let second = refresh_tokens.into_iter().next().unwrap();
+    assert_ne!(second, first);
+    // The successor is a working member of the family.
+    let r = post(
+        &gateways[gateways.len() - 1].url("/api/auth/refresh"),
+        &[],
+        &format!(r#"{{"refresh_token":"{second}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let third = r.json()["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(third, second);
+}

@@ -25,7 +25,9 @@ use self::file::{
 };
 use self::file::{AUDIT, KEY_USAGE};
 use super::records::{self, Record};
-use super::{Admission, ApiKeyRecord, RefreshRecord, Store, Tenant, TokenRef, User, UserCutoffs};
+use super::{
+    Admission, ApiKeyRecord, RefreshRecord, Rotation, Store, Tenant, TokenRef, User, UserCutoffs,
+};
 use crate::error::StoreError;
 use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
 use crate::util::{now_ms, unix_now, FastMap};
@@ -774,8 +776,10 @@ impl Store for EmbeddedStore {
         &self,
         token_hash: &str,
         at: u64,
-    ) -> Result<Option<u64>, StoreError> {
+        successor: Option<&str>,
+    ) -> Result<Option<Rotation>, StoreError> {
         let hash = token_hash.to_string();
+        let successor = successor.map(str::to_string);
         // One write transaction at a time: of two concurrent rotations, exactly one sees None.
         self.write(move |tx| {
             let mut t = tx.open_table(REFRESH).map_err(unavailable)?;
@@ -786,9 +790,8 @@ impl Store for EmbeddedStore {
             else {
                 return Ok(None);
             };
-            let prev = r.rotated_at;
+            let prev = super::rotate(&mut r, at, successor.as_deref());
             if prev.is_none() {
-                r.rotated_at = Some(at);
                 t.insert(hash.as_str(), encode(&r)?.as_slice())
                     .map_err(unavailable)?;
             }

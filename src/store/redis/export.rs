@@ -160,11 +160,14 @@ impl RedisStore {
                     return Ok(None);
                 };
                 let mut c = self.handle().await?;
-                let rotated: Option<u64> = c
+                let rotated: Option<String> = c
                     .get(key!(self, "rtrot:{hash}"))
                     .await
                     .map_err(unavailable)?;
-                r.rotated_at = r.rotated_at.or(rotated);
+                if let Some(rot) = rotated.as_deref().and_then(super::parse_rotation) {
+                    r.rotated_at = r.rotated_at.or(Some(rot.at));
+                    r.successor = r.successor.or(rot.successor);
+                }
                 Some(Record::RefreshToken(r))
             }
             Kind::Family(family_id) => until().await?.map(|until| Record::RevokedFamily {

@@ -13,7 +13,8 @@
 //! {p}audit                       ZSET of audit entries (JSON) by time, trimmed to the retention
 //! {p}kusage:{sha256 of key}      HASH unix day -> requests, expiring 31 days after the last use
 //! {p}rt:{sha256 of token}        JSON refresh record, expiring with the token
-//! {p}rtrot:{sha256 of token}     rotation time (SET NX GET: the first rotation wins)
+//! {p}rtrot:{sha256 of token}     "<rotation time> <sealed successor>" (SET NX GET: the first
+//!                                rotation wins; older values hold the time alone)
 //! {p}rtfam:{family}              revoked refresh family, expiring with the last token
 //! {p}jti:{u:<subject>}:{jti}      revoked access token id, expiring with the token (in the
 //!                                user's limiter slot: one script checks it and the limits)
@@ -46,7 +47,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, OnceCell};
 
 use super::{
-    scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Store, Tenant, TokenRef, User,
+    scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Rotation, Store, Tenant, TokenRef,
+    User,
 };
 use crate::config::StoreConfig;
 use crate::error::StoreError;
@@ -949,11 +951,16 @@ impl Store for RedisStore {
         &self,
         token_hash: &str,
         at: u64,
-    ) -> Result<Option<u64>, StoreError> {
+        successor: Option<&str>,
+    ) -> Result<Option<Rotation>, StoreError> {
         let mut c = self.handle().await?;
+        let value = match successor {
+            Some(s) => format!("{at} {s}"),
+            None => at.to_string(),
+        };
         let prev: Option<String> = redis::cmd("SET")
             .arg(key!(self, "rtrot:{token_hash}"))
-            .arg(at)
+            .arg(value)
             .arg("NX")
             .arg("GET")
             .arg("EX")
@@ -961,7 +968,7 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        Ok(prev.and_then(|p| p.parse().ok()))
+        Ok(prev.as_deref().and_then(parse_rotation))
     }
 
     async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError> {
@@ -1200,6 +1207,18 @@ impl Store for RedisStore {
     fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
         Some(self.invalidations.subscribe())
     }
+}
+
+/// A `rtrot:` value: `"<time> <sealed successor>"`, or the time alone (older gateways).
+pub(crate) fn parse_rotation(v: &str) -> Option<Rotation> {
+    let (at, successor) = match v.split_once(' ') {
+        Some((at, s)) => (at, Some(s.to_string())),
+        None => (v, None),
+    };
+    Some(Rotation {
+        at: at.parse().ok()?,
+        successor,
+    })
 }
 
 #[cfg(test)]
