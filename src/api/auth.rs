@@ -12,7 +12,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::api::{self, check_name, segments};
-use crate::auth::password::{self, Password, MAX_PASSWORD_BYTES};
+use crate::auth::password::{self, Password};
 use crate::auth::{self, Identity};
 use crate::body::{self, Body, RequestBody};
 use crate::error::{GatewayError, StoreError};
@@ -265,7 +265,7 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
     let limits = &snap.config.limits;
     // Same answer for a malformed email as for a wrong password: no account probing.
     let email = normalize_email(&req.email).map_err(|_| GatewayError::InvalidCredentials)?;
-    if req.password.expose().len() > MAX_PASSWORD_BYTES {
+    if password::too_long(req.password.expose()) {
         return Err(GatewayError::InvalidCredentials);
     }
     let ek = email_key(&email);
@@ -511,7 +511,7 @@ async fn change_password(
     let Identity::User(claims) = principal.identity() else {
         return Err(GatewayError::InvalidToken);
     };
-    if req.current_password.expose().len() > MAX_PASSWORD_BYTES {
+    if password::too_long(req.current_password.expose()) {
         return Err(GatewayError::InvalidCredentials);
     }
     password::check_policy(req.new_password.expose())?;

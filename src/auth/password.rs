@@ -14,8 +14,16 @@ use tokio::sync::Semaphore;
 
 use crate::error::GatewayError;
 
-pub const MIN_PASSWORD_BYTES: usize = 8;
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Password length bounds, in characters (Unicode scalar values, as JSON Schema's `minLength`
+/// and `maxLength` count them): 1,024 characters are at most 4 KiB for argon2.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 1024;
+
+/// Whether `pw` is longer than any password can be (checked before any hashing).
+pub fn too_long(pw: &str) -> bool {
+    // Past 4 bytes a character, no need to count.
+    pw.len() > 4 * MAX_PASSWORD_CHARS || pw.chars().count() > MAX_PASSWORD_CHARS
+}
 
 /// A password from a request body: no `Debug` or `Display` that could print it.
 #[derive(Deserialize)]
@@ -56,14 +64,14 @@ pub fn is_common(pw: &str) -> bool {
 
 /// Check a new password against the policy; the message never contains the password.
 pub fn check_policy(pw: &str) -> Result<(), GatewayError> {
-    if pw.len() < MIN_PASSWORD_BYTES {
+    if pw.chars().count() < MIN_PASSWORD_CHARS {
         return Err(GatewayError::invalid(format!(
-            "password must be at least {MIN_PASSWORD_BYTES} bytes"
+            "password must be at least {MIN_PASSWORD_CHARS} characters"
         )));
     }
-    if pw.len() > MAX_PASSWORD_BYTES {
+    if too_long(pw) {
         return Err(GatewayError::invalid(format!(
-            "password must be at most {MAX_PASSWORD_BYTES} bytes"
+            "password must be at most {MAX_PASSWORD_CHARS} characters"
         )));
     }
     if is_common(pw) {

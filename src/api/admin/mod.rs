@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
@@ -89,13 +90,46 @@ struct SetLimits {
     requests_per_month: Option<Option<u64>>,
 }
 
+/// A field that may be `null`: present (`Some`), with a whole number or null. A number written
+/// with a zero fraction (`60.0`, as JavaScript and JSON Schema allow) is that whole number.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
-    Option::<u64>::deserialize(d).map(Some)
+    let n = Option::<serde_json::Number>::deserialize(d)?;
+    n.map(|n| {
+        whole(&n).ok_or_else(|| {
+            D::Error::custom(format!(
+                "expected a whole number from 0 to {MAX_WHOLE}, got {n}"
+            ))
+        })
+    })
+    .transpose()
+    .map(Some)
+}
+
+/// An optional whole number (as [`present`], without telling `null` from absent).
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    present(d).map(Option::flatten)
+}
+
+/// The largest whole number a body may hold: 2^53 - 1, the largest every JSON parser reads
+/// exactly (JavaScript's `Number.MAX_SAFE_INTEGER`).
+const MAX_WHOLE: u64 = (1 << 53) - 1;
+
+/// `n` as a `u64` when it is a whole number from 0 to [`MAX_WHOLE`] (`7`, `7.0`); `None` for
+/// negatives, fractions and larger numbers.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_WHOLE as f64).contains(f))
+                .map(|f| f as u64)
+        })
+        .filter(|v| *v <= MAX_WHOLE)
 }
 
 #[derive(Deserialize)]
 struct CreateKey {
     name: String,
+    #[serde(default, deserialize_with = "number")]
     expires_in_days: Option<u64>,
     scopes: Option<Vec<String>>,
 }
@@ -695,5 +729,23 @@ impl Admin<'_> {
             }),
             true,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats_up_to_two_to_the_53() {
+        let n = |t: &str| whole(&serde_json::from_str::<serde_json::Number>(t).unwrap());
+        assert_eq!(n("60"), Some(60));
+        assert_eq!(n("60.0"), Some(60));
+        assert_eq!(n("0"), Some(0));
+        assert_eq!(n("9007199254740991"), Some(MAX_WHOLE));
+        assert_eq!(n("9007199254740992"), None);
+        assert_eq!(n("1e300"), None);
+        assert_eq!(n("-1"), None);
+        assert_eq!(n("2.5"), None);
     }
 }
