@@ -53,4 +53,15 @@ mod tests {
         assert_eq!(s.verify(b""), None);
         assert_eq!(s.verify(&[b'x'; 10_000]), None);
     }
+
+    #[test]
+    fn a_secret_configured_twice_reports_its_first_place() {
+        // Found by cargo-mutants: `eq & !found` as `eq | !found` reported the last place.
+        let s = AdminSecrets::new(&[
+            Secret::new("other-secret-0000000".into()),
+            Secret::new("same-secret-00000001".into()),
+            Secret::new("same-secret-00000001".into()),
+        ]);
+        assert_eq!(s.verify(b"same-secret-00000001"), Some(1));
+    }
 }
