@@ -501,6 +501,97 @@ pub(crate) mod tests {
         assert!(keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_err());
     }
 
+    /// Pins each refusal's reason and each bound at its edge (cargo-mutants found them loose).
+    #[test]
+    fn every_rule_refuses_with_its_reason_exactly_at_its_bound() {
+        assert_eq!((MAX_TOKEN_BYTES, VERIFIED_CACHE_ENTRIES), (8192, 16384));
+        let keys = JwtKeys::new(&cfg(SECRET));
+        assert_eq!(keys.ttl_secs(), 900);
+        let hs = serde_json::json!({"alg": "HS256"});
+        let sign = |c: serde_json::Value| forge(hs.clone(), c, SECRET.as_bytes());
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = good_claims();
+            c[k] = v;
+            keys.verify(&sign(c))
+        };
+        // Size: the bound itself passes the size check; one byte more does not.
+        let pad = |n: usize| {
+            let t = sign(good_claims());
+            format!("{t}{}", "A".repeat(n - t.len()))
+        };
+        assert_ne!(keys.verify(&pad(MAX_TOKEN_BYTES)), Err("token too large"));
+        assert_eq!(
+            keys.verify(&pad(MAX_TOKEN_BYTES + 1)),
+            Err("token too large")
+        );
+        // jsonwebtoken's refusals, each with its own reason.
+        assert_eq!(with("exp", (now() - 600).into()), Err("expired"));
+        assert_eq!(with("nbf", (now() + 600).into()), Err("not yet valid"));
+        assert_eq!(
+            keys.verify(&forge(
+                hs.clone(),
+                good_claims(),
+                b"another-secret-another-secret-00"
+            )),
+            Err("bad signature")
+        );
+        assert_eq!(with("iss", "someone-else".into()), Err("wrong issuer"));
+        let mut aud = cfg(SECRET);
+        aud.jwt_audience = Some("ares".into());
+        let aud_keys = JwtKeys::new(&aud);
+        assert_eq!(aud_keys.verify(&sign(good_claims())), Err("missing claim"));
+        let mut c = good_claims();
+        c["aud"] = "elsewhere".into();
+        assert_eq!(aud_keys.verify(&sign(c)), Err("wrong audience"));
+        // iat: at most the leeway ahead.
+        assert!(with("iat", (now() + 30).into()).is_ok());
+        assert_eq!(
+            with("iat", (now() + 90).into()),
+            Err("issued in the future")
+        );
+        // No iss: only when tokens without one are accepted.
+        let mut bare = good_claims();
+        bare.as_object_mut().unwrap().remove("iss");
+        assert_eq!(keys.verify(&sign(bare.clone())), Err("missing claim"));
+        let mut lax = cfg(SECRET);
+        lax.accept_tokens_without_issuer = true;
+        assert!(JwtKeys::new(&lax).verify(&sign(bare)).is_ok());
+        // sub, email and jti become upstream headers: each bound on its own.
+        assert!(with("sub", "s".repeat(128).into()).is_ok());
+        assert_eq!(with("sub", "s".repeat(129).into()), Err("bad sub"));
+        assert_eq!(with("sub", "".into()), Err("bad sub"));
+        assert_eq!(with("sub", "usr 1".into()), Err("bad sub"));
+        assert_eq!(with("sub", "usr\u{7f}1".into()), Err("bad sub"));
+        assert!(with("email", "e".repeat(320).into()).is_ok());
+        assert_eq!(
+            with("email", "e".repeat(321).into()),
+            Err("bad email claim")
+        );
+        assert_eq!(with("email", "a b@c.d".into()), Err("bad email claim"));
+        assert!(with("email", "".into()).is_ok());
+        assert!(with("jti", "j".repeat(128).into()).is_ok());
+        assert_eq!(with("jti", "j".repeat(129).into()), Err("bad jti"));
+    }
+
+    /// A token without `kid` signed with a previous key is tried against every key: the first
+    /// key's bad signature must not end the search.
+    #[test]
+    fn a_token_without_kid_signed_with_a_previous_key_verifies() {
+        let old = "old-secret-old-secret-old-secret-0";
+        let mut rotated = cfg(SECRET);
+        rotated.jwt_previous_secrets = vec![Secret::new(old.into())];
+        let token = forge(
+            serde_json::json!({"alg": "HS256"}),
+            good_claims(),
+            old.as_bytes(),
+        );
+        assert!(JwtKeys::new(&rotated).verify(&token).is_ok());
+        assert_eq!(
+            JwtKeys::new(&cfg(SECRET)).verify(&token),
+            Err("bad signature")
+        );
+    }
+
     #[test]
     fn leeway_tolerates_small_skew_only() {
         let keys = JwtKeys::new(&cfg(SECRET));
