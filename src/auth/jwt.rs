@@ -225,7 +225,6 @@ impl JwtKeys {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => "expired",
             jsonwebtoken::errors::ErrorKind::ImmatureSignature => "not yet valid",
             jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature",
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer",
             jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience",
             jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => "missing claim",
             _ => "invalid token",
