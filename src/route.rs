@@ -616,6 +616,86 @@ mod tests {
         ])
     }
 
+    /// Pins what cargo-mutants found loose in this module (unit tests only).
+    #[test]
+    fn raw_control_bytes_and_final_dot_segments() {
+        for raw in ["/api/\u{1}", "/api/a\u{1f}b", "/api/\u{7f}", "/api/\t"] {
+            assert_eq!(normalize(raw), Err(PathError::ControlCharacter), "{raw:?}");
+        }
+        // A final `.` or `..` leaves a directory path, as a final `/` does.
+        assert_eq!(normalize("/api/x/.").as_deref(), Ok("/api/x/"));
+        assert_eq!(normalize("/api/x/y/..").as_deref(), Ok("/api/x/"));
+        assert_eq!(normalize("/api/x/").as_deref(), Ok("/api/x/"));
+        assert_eq!(normalize("/api/x").as_deref(), Ok("/api/x"));
+    }
+
+    #[test]
+    fn names_round_trip_and_only_bearer_routes_are_bearer() {
+        let kinds = [
+            (AuthKind::None, "none", false),
+            (AuthKind::ApiKey, "api_key", true),
+            (AuthKind::Jwt, "jwt", true),
+            (AuthKind::Admin, "admin", false),
+        ];
+        for (kind, name, bearer) in kinds {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(kind.is_bearer(), bearer, "{name}");
+        }
+        for (h, name) in [
+            (Handler::Auth, "auth"),
+            (Handler::Admin, "admin"),
+            (Handler::Health, "health"),
+        ] {
+            assert_eq!(h.as_str(), name);
+        }
+        for (c, name) in [
+            (Credential::None, "none"),
+            (Credential::Passthrough, "passthrough"),
+            (Credential::Mint, "mint"),
+        ] {
+            assert_eq!(c.as_str(), name);
+            assert_eq!(Credential::parse(name), Some(c));
+            assert_eq!(Credential::parse(&format!(" {name} ")), Some(c));
+        }
+        assert_eq!(Credential::parse("bearer"), None);
+    }
+
+    #[test]
+    fn the_table_lists_its_routes_and_upstream_routes_are_found_past_handlers() {
+        let t = table();
+        assert_eq!(t.routes().len(), 5);
+        // Past the admin handler's prefix, the longest *upstream* route; nothing outside them.
+        let up_route = t.classify_upstream("/api/admin/tenants/x").unwrap();
+        assert_eq!(up_route.prefix, "/api/admin/");
+        assert_eq!(up_route.target_name(), "upstream default");
+        assert!(t.classify_upstream("/healthz").is_none());
+        assert!(t.classify_upstream("/elsewhere").is_none());
+        let handler = t.classify("/api/admin/tenants").unwrap();
+        assert_eq!(handler.target_name(), "handler admin");
+        let shown = t.to_string();
+        assert!(shown.starts_with("prefix"), "{shown}");
+        assert!(shown.contains("/api/admin/tenants"), "{shown}");
+        assert!(shown.contains("/v1/"), "{shown}");
+    }
+
+    #[test]
+    fn upstream_urls_choose_their_scheme_and_mint_config_hides_its_secret() {
+        assert!(Upstream::parse("a", "https://ares.example").unwrap().https);
+        assert!(!Upstream::parse("a", "http://127.0.0.1:3000").unwrap().https);
+        assert!(Upstream::parse("a", "ftp://ares.example").is_err());
+        let mint = MintConfig {
+            secret: crate::util::Secret::new("mint-secret-never-printed".into()),
+            ttl_secs: 60,
+            claims: serde_json::Map::new(),
+        };
+        let shown = format!("{mint:?}");
+        assert!(
+            shown.contains("MintConfig") && shown.contains("ttl_secs: 60"),
+            "{shown}"
+        );
+        assert!(!shown.contains("mint-secret-never-printed"), "{shown}");
+    }
+
     #[test]
     fn longest_prefix_on_segment_boundaries() {
         let t = table();
