@@ -250,15 +250,23 @@ impl Phase {
             *phase = None;
         }
         drop(phase);
-        let span = self.cx.span();
-        span.set_attributes(attributes);
-        if let Some(code) = error {
-            span.set_attribute(KeyValue::new("error.type", code));
-            span.set_status(Status::error(code));
-        }
-        span.end();
-        ended();
+        close(self.cx.span(), attributes, error);
     }
+}
+
+/// End a span with its attributes; `error` (an error code) marks it failed.
+fn close(
+    span: opentelemetry::trace::SpanRef<'_>,
+    attributes: Vec<KeyValue>,
+    error: Option<&'static str>,
+) {
+    span.set_attributes(attributes);
+    if let Some(code) = error {
+        span.set_attribute(KeyValue::new("error.type", code));
+        span.set_status(Status::error(code));
+    }
+    span.end();
+    ended();
 }
 
 /// One more span handed to the export queue.
@@ -317,13 +325,7 @@ impl RequestTrace {
         };
         let span = inner.server.span();
         span.update_name(name);
-        span.set_attributes(attributes);
-        if let Some(code) = error {
-            span.set_attribute(KeyValue::new("error.type", code));
-            span.set_status(Status::error(code));
-        }
-        span.end();
-        ended();
+        close(span, attributes, error);
     }
 }
 
