@@ -35,6 +35,24 @@ fn sub_of(token: &str) -> String {
     claims["sub"].as_str().unwrap().to_string()
 }
 
+/// A registered user's access token on `g`.
+async fn user_token(g: &TestGateway, email: &str) -> String {
+    login(g, email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// GET `path` with `token`, in the client's trace `trace`.
+async fn traced_get(g: &TestGateway, path: &str, token: &str, trace: &str) -> Reply {
+    let headers = [
+        ("authorization", bearer(token)),
+        ("traceparent", traceparent(trace)),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    get(&g.url(path), &headers).await
+}
+
 async fn traced(upstream: &str, collector: &str, env: &[(&str, &str)]) -> TestGateway {
     let mut vars = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", collector)];
     vars.extend_from_slice(env);
@@ -192,30 +210,12 @@ async fn a_429_ends_at_the_limiter_span_and_a_502_at_the_upstream_span() {
         &[("ARES_USER_REQUESTS_PER_MINUTE", "1")],
     )
     .await;
-    let token = login(&g, "limit@example.com").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let auth = bearer(&token);
+    let token = user_token(&g, "limit@example.com").await;
     let first = "11111111111111111111111111111111";
     let second = "22222222222222222222222222222222";
-    let r = get(
-        &g.url("/api/a"),
-        &[
-            ("authorization", &auth),
-            ("traceparent", &traceparent(first)),
-        ],
-    )
-    .await;
+    let r = traced_get(&g, "/api/a", &token, first).await;
     assert_eq!(r.status, 200);
-    let r = get(
-        &g.url("/api/a"),
-        &[
-            ("authorization", &auth),
-            ("traceparent", &traceparent(second)),
-        ],
-    )
-    .await;
+    let r = traced_get(&g, "/api/a", &token, second).await;
     assert_eq!(r.status, 429);
     let spans = col.trace(second, 3).await;
     let root = server(&spans);
@@ -236,19 +236,9 @@ async fn a_429_ends_at_the_limiter_span_and_a_502_at_the_upstream_span() {
     // An upstream that is not there: 502, the exchange span failed, the server span too.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let g = traced(&dead, &col.url(), &[]).await;
-    let token = login(&g, "down@example.com").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = user_token(&g, "down@example.com").await;
     let third = "33333333333333333333333333333333";
-    let r = get(
-        &g.url("/api/a"),
-        &[
-            ("authorization", &bearer(&token)),
-            ("traceparent", &traceparent(third)),
-        ],
-    )
-    .await;
+    let r = traced_get(&g, "/api/a", &token, third).await;
     assert_eq!(r.status, 502);
     let spans = col.trace(third, 4).await;
     let root = server(&spans);
@@ -271,19 +261,9 @@ async fn sampling_follows_the_sampler_and_the_upstream_sees_the_decision() {
         &[("OTEL_TRACES_SAMPLER", "always_off")],
     )
     .await;
-    let token = login(&g, "off@example.com").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = user_token(&g, "off@example.com").await;
     let trace = "44444444444444444444444444444444";
-    let r = get(
-        &g.url("/api/x"),
-        &[
-            ("authorization", &bearer(&token)),
-            ("traceparent", &traceparent(trace)),
-        ],
-    )
-    .await;
+    let r = traced_get(&g, "/api/x", &token, trace).await;
     assert_eq!(r.status, 200);
     // Not sampled: the upstream's parent is the gateway's span, flagged not sampled.
     let sent = up.last().headers["traceparent"]
@@ -303,19 +283,9 @@ async fn sampling_follows_the_sampler_and_the_upstream_sees_the_decision() {
         &[("OTEL_TRACES_SAMPLER", "parentbased_always_off")],
     )
     .await;
-    let token = login(&g, "follow@example.com").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = user_token(&g, "follow@example.com").await;
     let trace = "55555555555555555555555555555555";
-    let r = get(
-        &g.url("/api/x"),
-        &[
-            ("authorization", &bearer(&token)),
-            ("traceparent", &traceparent(trace)),
-        ],
-    )
-    .await;
+    let r = traced_get(&g, "/api/x", &token, trace).await;
     assert_eq!(r.status, 200);
     let spans = col.trace(trace, 4).await;
     server(&spans);
