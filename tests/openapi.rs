@@ -223,15 +223,7 @@ async fn schemathesis_finds_no_mismatch_between_the_description_and_the_gateway(
     let config = dir.path().join("gateway.yaml");
     std::fs::write(&config, yaml).unwrap();
     let (mut child, base) = serve_binary_with(&config, "http://127.0.0.1:1", &[]).await;
-    let body = r#"{"email":"st@example.com","password":"your-secure-password","name":"S"}"#;
-    assert_eq!(
-        post(&format!("{base}/api/auth/register"), &[], body)
-            .await
-            .status,
-        201
-    );
-    let r = post(&format!("{base}/api/auth/login"), &[], body).await;
-    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let token = access_token_at(&base, "st@example.com").await;
     let root = env!("CARGO_MANIFEST_DIR");
     let out = tokio::process::Command::new(st)
         .current_dir(root)

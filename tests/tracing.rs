@@ -326,15 +326,7 @@ async fn requests_go_on(collector: &str, wait_for_failed_export: bool) {
         let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut out).await;
         String::from_utf8_lossy(&out).into_owned()
     });
-    let body = r#"{"email":"dead@example.com","password":"your-secure-password","name":"D"}"#;
-    assert_eq!(
-        post(&format!("{base}/api/auth/register"), &[], body)
-            .await
-            .status,
-        201
-    );
-    let r = post(&format!("{base}/api/auth/login"), &[], body).await;
-    let auth = bearer(r.json()["access_token"].as_str().unwrap());
+    let auth = bearer(&access_token_at(&base, "dead@example.com").await);
     let mut tasks = Vec::new();
     for i in 0..200 {
         let (url, auth) = (format!("{base}/api/n{i}"), auth.clone());

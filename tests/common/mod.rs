@@ -366,6 +366,16 @@ pub async fn login(g: &TestGateway, email: &str) -> serde_json::Value {
     r.json()
 }
 
+/// Register `email` on the gateway at `base` (a process, by URL) and log in: its access token.
+pub async fn access_token_at(base: &str, email: &str) -> String {
+    let body = format!(r#"{{"email":"{email}","password":"your-secure-password","name":"N"}}"#);
+    let r = post(&format!("{base}/api/auth/register"), &[], &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = post(&format!("{base}/api/auth/login"), &[], &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
 /// The admin secret header, for admin API calls.
 pub fn admin() -> [(&'static str, &'static str); 1] {
     [("x-admin-secret", ADMIN)]
