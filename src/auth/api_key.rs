@@ -20,7 +20,8 @@ const CHECK_LEN: usize = 6;
 pub const KEY_LEN: usize = KEY_PREFIX.len() + BODY_LEN + CHECK_LEN;
 /// Characters shown in listings (`key_prefix`).
 pub const DISPLAY_PREFIX_LEN: usize = 13;
-/// Negative-cache entries kept at most; beyond it the oldest half is dropped.
+/// Negative-cache entries kept at most: when full, expired entries go, and if that is not enough
+/// the older half (so a flood of random keys never empties it).
 const NEGATIVE_CAP: usize = 50_000;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -145,19 +146,19 @@ impl KeyCache {
 
     pub fn key(&self, hash: &str) -> Option<Arc<ApiKeyRecord>> {
         let entry = self.keys.get(hash)?;
-        (entry.1.elapsed() < self.ttl).then(|| entry.0.clone())
+        younger(entry.1, Instant::now(), self.ttl).then(|| entry.0.clone())
     }
 
-    /// Any cached copy regardless of age: used only when the store is unreachable.
+    /// A cached copy up to `max_age` old: used only when the store is unreachable.
     pub fn stale_key(&self, hash: &str, max_age: Duration) -> Option<Arc<ApiKeyRecord>> {
         let entry = self.keys.get(hash)?;
-        (entry.1.elapsed() < max_age).then(|| entry.0.clone())
+        younger(entry.1, Instant::now(), max_age).then(|| entry.0.clone())
     }
 
     pub fn is_known_missing(&self, hash: &str) -> bool {
         self.missing
             .get(hash)
-            .is_some_and(|at| at.elapsed() < self.ttl)
+            .is_some_and(|at| younger(*at, Instant::now(), self.ttl))
     }
 
     pub fn put_key(&self, record: Arc<ApiKeyRecord>) {
@@ -174,23 +175,32 @@ impl KeyCache {
             return;
         }
         if self.missing.len() >= NEGATIVE_CAP {
-            let cutoff = self.ttl / 2;
-            self.missing.retain(|_, at| at.elapsed() < cutoff);
-            if self.missing.len() >= NEGATIVE_CAP {
-                self.missing.clear();
-            }
+            self.make_room_in_missing(Instant::now());
         }
         self.missing.insert(hash.to_string(), Instant::now());
     }
 
+    /// Drop expired misses; if the cache is still full, the older half of it. Runs once per
+    /// `NEGATIVE_CAP / 2` insertions at most, so it costs O(1) per insertion on average.
+    fn make_room_in_missing(&self, now: Instant) {
+        self.missing.retain(|_, at| younger(*at, now, self.ttl));
+        if self.missing.len() < NEGATIVE_CAP {
+            return;
+        }
+        let mut times: Vec<Instant> = self.missing.iter().map(|e| *e.value()).collect();
+        let half = times.len() / 2;
+        let median = *times.select_nth_unstable(half).1;
+        self.missing.retain(|_, at| *at >= median);
+    }
+
     pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
         let entry = self.tenants.get(id)?;
-        (entry.1.elapsed() < self.ttl).then(|| entry.0.clone())
+        younger(entry.1, Instant::now(), self.ttl).then(|| entry.0.clone())
     }
 
     pub fn stale_tenant(&self, id: &str, max_age: Duration) -> Option<Arc<Tenant>> {
         let entry = self.tenants.get(id)?;
-        (entry.1.elapsed() < max_age).then(|| entry.0.clone())
+        younger(entry.1, Instant::now(), max_age).then(|| entry.0.clone())
     }
 
     pub fn put_tenant(&self, tenant: Arc<Tenant>) {
@@ -239,6 +249,11 @@ impl KeyCache {
             .map(|(k, (at, n))| (k, at, n))
             .collect()
     }
+}
+
+/// Whether an entry made `at` is younger than `max_age` at `now` (a zero age keeps nothing).
+fn younger(at: Instant, now: Instant, max_age: Duration) -> bool {
+    now.saturating_duration_since(at) < max_age
 }
 
 #[cfg(test)]
@@ -342,12 +357,138 @@ mod tests {
     }
 
     #[test]
-    fn negative_cache_is_bounded() {
-        let c = KeyCache::new(Duration::from_secs(60));
-        for i in 0..(NEGATIVE_CAP + 10) {
+    fn an_entry_is_young_strictly_before_its_age_limit() {
+        let at = Instant::now();
+        let ttl = Duration::from_secs(30);
+        assert!(younger(at, at, ttl));
+        assert!(younger(at, at + ttl - Duration::from_nanos(1), ttl));
+        assert!(!younger(at, at + ttl, ttl));
+        assert!(!younger(at, at + ttl * 2, ttl));
+        assert!(!younger(at, at, Duration::ZERO), "a zero age keeps nothing");
+        // A `now` taken before the entry (another thread's clock read) counts as age zero.
+        assert!(younger(at + ttl, at, ttl));
+    }
+
+    fn fill_missing(c: &KeyCache, n: usize) {
+        for i in 0..n {
             c.put_missing(&format!("h{i}"));
         }
+    }
+
+    #[test]
+    fn a_full_negative_cache_keeps_its_newer_half() {
+        let c = KeyCache::new(Duration::from_secs(60));
+        fill_missing(&c, NEGATIVE_CAP);
+        assert_eq!(c.missing.len(), NEGATIVE_CAP, "filled up to the cap");
+        c.put_missing("newest");
+        // A flood of random keys must not empty it: the older half went, the rest stays.
+        let len = c.missing.len();
+        assert!(
+            (NEGATIVE_CAP / 2..=NEGATIVE_CAP / 2 + 2).contains(&len),
+            "{len} entries after making room"
+        );
+        assert!(c.is_known_missing("newest"));
+        assert!(c.is_known_missing(&format!("h{}", NEGATIVE_CAP - 1)));
+        assert!(c.is_known_missing(&format!("h{}", NEGATIVE_CAP * 3 / 4)));
+        assert!(!c.is_known_missing("h0"), "the oldest went first");
+        assert!(!c.is_known_missing(&format!("h{}", NEGATIVE_CAP / 4)));
+        // It stays bounded as the flood goes on.
+        fill_missing(&c, NEGATIVE_CAP * 2);
         assert!(c.missing.len() <= NEGATIVE_CAP);
+    }
+
+    #[test]
+    fn a_full_negative_cache_drops_expired_misses_first() {
+        let c = KeyCache::new(Duration::from_millis(300));
+        fill_missing(&c, NEGATIVE_CAP);
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!c.is_known_missing("h1"), "expired");
+        c.put_missing("fresh");
+        assert_eq!(c.missing.len(), 1, "only the expired went, all of them");
+        assert!(c.is_known_missing("fresh"));
+    }
+
+    #[test]
+    fn tenants_are_cached_until_their_ttl_and_kept_stale_for_outages() {
+        let c = KeyCache::new(Duration::from_millis(50));
+        let t = Arc::new(crate::store::suite::tenant("t1"));
+        assert!(c.tenant("t1").is_none());
+        c.put_tenant(t.clone());
+        assert_eq!(
+            c.tenant("t1").map(|t| t.name.clone()),
+            Some("tenant t1".into())
+        );
+        assert!(c.tenant("t2").is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.tenant("t1").is_none(), "expired");
+        assert!(c.stale_tenant("t1", Duration::from_secs(5)).is_some());
+        assert!(c.stale_tenant("t1", Duration::from_millis(55)).is_none());
+        assert!(c.stale_key("t1", Duration::from_secs(5)).is_none());
+        c.put_tenant(t);
+        c.invalidate_tenant("t1");
+        assert!(c.stale_tenant("t1", Duration::from_secs(5)).is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_caches_nothing() {
+        let c = KeyCache::new(Duration::ZERO);
+        c.put_key(record("h1", "t1"));
+        c.put_missing("h2");
+        c.put_tenant(Arc::new(crate::store::suite::tenant("t1")));
+        assert!(c.stale_key("h1", Duration::from_secs(5)).is_none());
+        assert!(!c.is_known_missing("h2"));
+        assert!(c.stale_tenant("t1", Duration::from_secs(5)).is_none());
+    }
+
+    #[test]
+    fn clearing_drops_keys_misses_and_tenants() {
+        let c = KeyCache::new(Duration::from_secs(60));
+        c.put_key(record("h1", "t1"));
+        c.put_missing("h2");
+        c.put_tenant(Arc::new(crate::store::suite::tenant("t1")));
+        c.clear();
+        assert!(c.stale_key("h1", Duration::from_secs(5)).is_none());
+        assert!(!c.is_known_missing("h2"));
+        assert!(c.stale_tenant("t1", Duration::from_secs(5)).is_none());
+    }
+
+    #[test]
+    fn display_prefixes_are_ares_and_the_keys_alphabet_up_to_thirteen_characters() {
+        assert!(is_display_prefix("ares_k7Gx9mPq"));
+        assert!(is_display_prefix("ares_"));
+        assert!(is_display_prefix(&generate().prefix));
+        for bad in [
+            "ares_k7Gx9mPqR",
+            "ares_abcdefghijklmn",
+            "xres_abc",
+            "ares",
+            "ares_a-b",
+            "ares_a b",
+            "ares_\u{e9}",
+            "",
+        ] {
+            assert!(!is_display_prefix(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stored_hashes_are_64_hex_digits() {
+        assert!(is_sha256_hex(&hash("abc")));
+        assert!(is_sha256_hex(&"AbC0".repeat(16)));
+        assert!(!is_sha256_hex(&"a".repeat(63)));
+        assert!(!is_sha256_hex(&"a".repeat(65)));
+        assert!(!is_sha256_hex(&format!("{}g", "a".repeat(63))));
+    }
+
+    #[test]
+    fn the_checksum_is_pinned() {
+        // A key written down today must pass in every later version: the checksum's
+        // arithmetic is part of the key format.
+        let body = format!("ares_{}", "0123456789abcdefghijABCDEFGHIJ0123456789xyz");
+        // First 32 bits of SHA-256 in base 62, computed apart from this code (Python's hashlib).
+        assert_eq!(checksum(&body), "1ZNZjD");
+        assert_eq!(shape(&format!("{body}1ZNZjD")), KeyShape::Native);
+        assert_eq!(shape(&format!("{body}1ZNZjE")), KeyShape::Invalid);
     }
 
     #[test]

@@ -254,10 +254,14 @@ impl Limiter {
             .await
     }
 
-    /// Forget idle scopes of the local fallback.
+    /// Forget idle scopes of the local fallback, and addresses whose refusal has run out.
     pub fn sweep(&self) {
-        let now = now_ms();
+        self.sweep_at(now_ms());
+    }
+
+    fn sweep_at(&self, now: u64) {
         self.fallback.sweep(now);
+        // As in `check_key_failures`: a refusal ends at `until` itself.
         self.key_failures.retain(|_, v| v.0 > now);
         if self.key_failures.is_empty() {
             // An insert racing with this sets the flag after inserting: looking at the map
@@ -442,5 +446,107 @@ mod tests {
             .await
             .unwrap();
         assert!(d.unwrap().allowed());
+    }
+
+    #[tokio::test]
+    async fn a_user_without_limits_is_admitted_without_a_decision() {
+        let l = limiter();
+        let token = crate::store::suite::token("usr_1", "j1", 1);
+        assert!(l
+            .admit_user(token, &Plan::default(), OPEN)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn token_debits_add_up_in_the_months_budget() {
+        let l = limiter();
+        assert_eq!(l.debit_tokens(Scope::Tenant("t"), 5).await.unwrap(), 5);
+        assert_eq!(l.debit_tokens(Scope::Tenant("t"), 7).await.unwrap(), 12);
+        assert_eq!(l.debit_tokens(Scope::Tenant("u"), 1).await.unwrap(), 1);
+    }
+
+    fn retry_secs(err: &GatewayError) -> u64 {
+        match err {
+            GatewayError::RateLimited { headers, .. } => headers.reset,
+            other => panic!("expected a 429, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_over_its_refused_key_limit_is_refused_until_its_room_returns() {
+        let l = limiter();
+        let ip = IpAddr::from([192, 0, 2, 7]);
+        let other = IpAddr::from([192, 0, 2, 8]);
+        let plan = per_minute(2);
+        assert!(l.check_key_failures(ip).is_ok(), "nothing recorded yet");
+        // Two refused keys: each stays the caller's 401.
+        assert!(l.record_key_failure(ip, &plan).await.is_none());
+        assert!(l.record_key_failure(ip, &plan).await.is_none());
+        assert!(
+            l.check_key_failures(ip).is_ok(),
+            "at the limit, not over it"
+        );
+        // The third is over: a 429 whose Retry-After is when one failure's room returns
+        // (60 s / 2 = 30 s).
+        let err = l.record_key_failure(ip, &plan).await.expect("refused");
+        assert!((29..=30).contains(&retry_secs(&err)), "{err:?}");
+        // From then on the address is refused before any key is looked at, with the time left.
+        let err = l.check_key_failures(ip).expect_err("blocked");
+        assert!((29..=30).contains(&retry_secs(&err)), "{err:?}");
+        assert!(l.check_key_failures(other).is_ok(), "another address");
+        // No failures plan: nothing counted.
+        assert!(l
+            .record_key_failure(other, &Plan::default())
+            .await
+            .is_none());
+    }
+
+    fn block(l: &Limiter, ip: IpAddr, until: u64) {
+        let decision = Decision {
+            refused_by: Some(Window::Minute),
+            headers: Default::default(),
+        };
+        l.key_failures.insert(ip, (until, decision));
+        l.any_key_failures
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_refused_key_block_ends_at_its_time_and_is_forgotten() {
+        let l = limiter();
+        let ip = IpAddr::from([192, 0, 2, 9]);
+        block(&l, ip, now_ms() - 1);
+        assert!(l.check_key_failures(ip).is_ok(), "run out");
+        assert!(l.key_failures.is_empty(), "and dropped");
+        block(&l, ip, now_ms() + 60_000);
+        assert!(l.check_key_failures(ip).is_err());
+    }
+
+    #[test]
+    fn sweeping_drops_ended_blocks_and_clears_the_flag_when_none_is_left() {
+        let l = limiter();
+        let (a, b) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
+        let now = now_ms();
+        block(&l, a, now);
+        block(&l, b, now + 1);
+        l.sweep_at(now);
+        assert!(!l.key_failures.contains_key(&a), "ends at its time");
+        assert!(l.key_failures.contains_key(&b));
+        assert!(l
+            .any_key_failures
+            .load(std::sync::atomic::Ordering::Relaxed));
+        l.sweep_at(now + 1);
+        assert!(l.key_failures.is_empty());
+        assert!(
+            !l.any_key_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "no block left: the request path skips the map again"
+        );
+        // `sweep` is `sweep_at` now.
+        block(&l, a, now_ms() - 1);
+        l.sweep();
+        assert!(l.key_failures.is_empty());
     }
 }
