@@ -264,6 +264,16 @@ def main():
     mkey, mtoken, tenant_id = credentials(mbase, with_tenant=True)
     call("PUT", f"{mbase}/api/admin/tenants/{tenant_id}/limits", '{"requests_per_minute":100000000}',
          {"X-Admin-Secret": ADMIN})
+    # The same with leases on (rate_limits.lease_requests): most requests decided in the gateway.
+    redis3, redis3_port = redis_server()
+    gwl, gwl_port, _, _ = gateway("redis", f"redis://127.0.0.1:{redis3_port}",
+                                  conf=os.path.join(ROOT, "gateway.yaml"),
+                                  extra={"ARES_USER_REQUESTS_PER_MINUTE": "100000000",
+                                         "ARES_LEASE_REQUESTS": os.environ.get("LEASE_REQUESTS", "64")})
+    lbase = f"http://127.0.0.1:{gwl_port}"
+    lkey, ltoken, ltenant_id = credentials(lbase, with_tenant=True)
+    call("PUT", f"{lbase}/api/admin/tenants/{ltenant_id}/limits", '{"requests_per_minute":100000000}',
+         {"X-Admin-Secret": ADMIN})
 
     # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
     hj, hp, np_ = free_port(), free_port(), free_port()
@@ -350,6 +360,8 @@ http {{ access_log off; keepalive_requests 1000000;
     rjwt = lua(tmp, "rjwt", {"Authorization": f"Bearer {rtoken}"})
     mapi = lua(tmp, "mapi", {"Authorization": f"Bearer {mkey}"})
     mjwt = lua(tmp, "mjwt", {"Authorization": f"Bearer {mtoken}"})
+    lapi = lua(tmp, "lapi", {"Authorization": f"Bearer {lkey}"})
+    ljwt = lua(tmp, "ljwt", {"Authorization": f"Bearer {ltoken}"})
     rot = lua(tmp, "rot", {}, keys=keys)
     sse_direct = lua(tmp, "sse_direct", {}, method="GET")
     sse = lua(tmp, "sse", {"Authorization": f"Bearer {key}"}, method="GET")
@@ -369,6 +381,8 @@ http {{ access_log off; keepalive_requests 1000000;
         ("gateway jwt (redis)", f"http://127.0.0.1:{gwr_port}/api/chat", rjwt, gwr.pid),
         ("gateway api key (redis, per-minute)", f"{mbase}/v1/chat", mapi, gwm.pid),
         ("gateway jwt (redis, per-minute)", f"{mbase}/api/chat", mjwt, gwm.pid),
+        ("gateway api key (redis, per-minute, leases)", f"{lbase}/v1/chat", lapi, gwl.pid),
+        ("gateway jwt (redis, per-minute, leases)", f"{lbase}/api/chat", ljwt, gwl.pid),
         ("gateway 1,000 keys rotating", f"{base}/v1/chat", rot, gw.pid),
         ("direct upstream sse", f"http://127.0.0.1:{up}/api/v1/stream", sse_direct, None),
         ("gateway sse (api key)", f"{base}/v1/stream", sse, gw.pid),
@@ -384,7 +398,8 @@ http {{ access_log off; keepalive_requests 1000000;
         for name, url, script, pid in targets:
             pids = pids_of(pid) if pid else []
             if "(redis" in name:
-                pids = pids + [(redis2 if "per-minute" in name else redis1).pid]
+                server = redis3 if "leases" in name else redis2 if "per-minute" in name else redis1
+                pids = pids + [server.pid]
             before = cpu_ticks(pids)
             rps, total, non2xx, p50, p99 = wrk(url, script)
             used = cpu_ticks(pids) - before

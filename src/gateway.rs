@@ -139,6 +139,8 @@ impl Gateway {
             for worker in done {
                 let _ = worker.await;
             }
+            // What this replica's leases did not spend goes back before it exits.
+            run_state.limiter.return_leases(true).await;
             if let Some(tracing) = &run_state.tracing {
                 tracing.shutdown(Duration::from_secs(5)).await;
             }

@@ -31,7 +31,7 @@ use crate::cors;
 use crate::edge::conn_upstreams::ConnUpstreams;
 use crate::error::{ErrorContext, GatewayError};
 use crate::proxy::{self, X_REQUEST_ID};
-use crate::ratelimit::limiter::{self, OnFailure, Scope};
+use crate::ratelimit::limiter::{self, LimitPolicy, Scope};
 use crate::ratelimit::RateLimitHeaders;
 use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
 use crate::state::{AppState, RequestScope, Snapshot};
@@ -383,9 +383,9 @@ async fn handle_inner<'r>(
     auth::authorize(route, &principal)?;
 
     // 6. limits (and a user's token revocation, in the same store round trip)
-    let on_failure = snap.on_failure(route.failure_policy);
+    let policy = snap.limit_policy(route.failure_policy);
     let span = trace.and_then(|t| t.phase("rate_limit", SpanKind::Internal, true));
-    let limit_headers = check_limits(state, snap, &principal, on_failure).await;
+    let limit_headers = check_limits(state, snap, &principal, policy).await;
     if let Some(span) = span {
         let remaining = limit_headers
             .as_ref()
@@ -568,7 +568,7 @@ async fn check_limits(
     state: &AppState,
     snap: &Snapshot,
     principal: &Principal,
-    on_failure: OnFailure,
+    policy: LimitPolicy,
 ) -> Result<Option<RateLimitHeaders>, GatewayError> {
     let limits = &snap.config.limits;
     let decision = match principal.identity() {
@@ -576,7 +576,7 @@ async fn check_limits(
             let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
             let plan = tenant.limits.apply(&tier);
             let scope = Scope::Tenant(&tenant.id);
-            let decision = state.limiter.admit(scope, &plan, on_failure).await?;
+            let decision = state.limiter.admit(scope, &plan, policy).await?;
             if key.limits.is_empty() || decision.as_ref().and_then(limiter::refusal).is_some() {
                 decision
             } else {
@@ -585,7 +585,7 @@ async fn check_limits(
                 let plan = key.limits.apply(&crate::ratelimit::Plan::default());
                 let own = state
                     .limiter
-                    .admit(Scope::ApiKey(&key.id), &plan, on_failure)
+                    .admit(Scope::ApiKey(&key.id), &plan, policy)
                     .await?;
                 tighter(decision, own)
             }
@@ -599,7 +599,7 @@ async fn check_limits(
                 jti: claims.jti.as_deref(),
                 issued_at: claims.iat,
             };
-            state.limiter.admit_user(token, &plan, on_failure).await?
+            state.limiter.admit_user(token, &plan, policy).await?
         }
         Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
     };

@@ -18,7 +18,7 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::proxy::{RequestContext, UpstreamClient};
-use crate::ratelimit::limiter::{Limiter, OnFailure};
+use crate::ratelimit::limiter::{LimitPolicy, Limiter};
 use crate::ratelimit::FailurePolicy;
 use crate::store::{Invalidation, Store, StoreHandle};
 
@@ -59,12 +59,14 @@ impl Snapshot {
         })
     }
 
-    /// What the limiter does for this route's requests when the store fails.
-    pub fn on_failure(&self, route_policy: Option<FailurePolicy>) -> OnFailure {
+    /// How the limiter decides this route's requests: leases, and what it does when the store
+    /// fails.
+    pub fn limit_policy(&self, route_policy: Option<FailurePolicy>) -> LimitPolicy {
         let limits = &self.config.limits;
-        OnFailure {
-            policy: route_policy.unwrap_or(limits.failure_policy),
+        LimitPolicy {
+            on_failure: route_policy.unwrap_or(limits.failure_policy),
             replicas: limits.replicas,
+            lease: limits.lease,
         }
     }
 }
@@ -195,6 +197,7 @@ impl AppState {
             }
         }
         self.limiter.sweep();
+        self.limiter.return_leases(false).await;
     }
 }
 

@@ -948,3 +948,160 @@ async fn a_hanging_redis_keeps_the_budget_for_every_request_of_a_burst() {
         "{worst:?}"
     );
 }
+
+/// Leases (`rate_limits.lease_requests`) in the store: the script grants a quarter of the
+/// smallest room at most, so the grants shrink to one request near the limit and add up to it
+/// exactly; unused requests go back to the GCRA and calendar windows.
+#[tokio::test]
+async fn the_store_grants_leases_from_the_room_and_takes_back_what_was_not_spent() {
+    use ares_gateway::ratelimit::Window;
+    use ares_gateway::store::{Store, Take};
+    let redis = RedisServer::start();
+    let store = store_for(&redis.url()).await;
+    let now = ares_gateway::util::now_ms();
+    let want = |n| Take {
+        want: n,
+        back: 0,
+        back_calendar: 0,
+    };
+    let minute = [(Window::Minute, 100)];
+    let (d, granted) = store.lease("t:a", &minute, now, want(10)).await.unwrap();
+    assert!(d.allowed());
+    assert_eq!((granted, d.headers.remaining), (10, 90));
+    let mut grants = vec![granted];
+    loop {
+        let (d, granted) = store.lease("t:a", &minute, now, want(10)).await.unwrap();
+        if !d.allowed() {
+            assert_eq!(granted, 0, "a refusal grants nothing");
+            break;
+        }
+        grants.push(granted);
+    }
+    assert_eq!(grants.iter().sum::<u64>(), 100, "{grants:?}");
+    assert_eq!(grants.last(), Some(&1), "exact near the limit: {grants:?}");
+    assert!(grants.windows(2).all(|w| w[0] >= w[1]), "{grants:?}");
+    // Five unused requests go back (want 0: only the return).
+    let back = Take {
+        want: 0,
+        back: 5,
+        back_calendar: 5,
+    };
+    let (_, granted) = store.lease("t:a", &minute, now, back).await.unwrap();
+    assert_eq!(granted, 0);
+    let d = store.peek_rate_limit("t:a", &minute, now).await.unwrap();
+    assert_eq!(d.headers.remaining, 5);
+    // More back than was taken empties the window; it never goes below empty.
+    let all_back = Take {
+        back: 1_000,
+        ..back
+    };
+    store.lease("t:a", &minute, now, all_back).await.unwrap();
+    let d = store.peek_rate_limit("t:a", &minute, now).await.unwrap();
+    assert_eq!(d.headers.remaining, 100);
+
+    // Calendar windows: counted when granted, returned when unused.
+    let day = [(Window::Day, 50), (Window::Minute, 1_000)];
+    let (d, granted) = store.lease("t:b", &day, now, want(10)).await.unwrap();
+    assert_eq!((granted, d.headers.remaining), (10, 40));
+    assert_eq!(store.usage("t:b", now).await.unwrap().day, 10);
+    let (d, granted) = store.lease("t:b", &day, now, back).await.unwrap();
+    assert_eq!(granted, 0, "{d:?}");
+    assert_eq!(store.usage("t:b", now).await.unwrap().day, 5);
+    let over = Take {
+        back_calendar: 100,
+        ..back
+    };
+    store.lease("t:b", &day, now, over).await.unwrap();
+    assert_eq!(
+        store.usage("t:b", now).await.unwrap().day,
+        0,
+        "not below zero"
+    );
+    let key = "ares:rl:{t:b}:day:".to_string();
+    let ttl: i64 = cli(redis.port, &["KEYS", &format!("{key}*")])
+        .lines()
+        .next()
+        .map(|k| cli(redis.port, &["PTTL", k.trim()]).trim().parse().unwrap())
+        .unwrap();
+    assert!(ttl > 0, "the day's counter keeps its expiry: {ttl}");
+    // A return for a scope with no counter creates none.
+    store.lease("t:none", &day, now, over).await.unwrap();
+    assert!(cli(redis.port, &["KEYS", "ares:rl:{t:none}*"])
+        .trim()
+        .is_empty());
+    // A single request (no lease) is what it always was.
+    let (d, granted) = store.lease("t:c", &minute, now, want(1)).await.unwrap();
+    assert_eq!((granted, d.headers.remaining), (1, 99));
+}
+
+/// Two replicas with leases: requests alternate between them; the limit is met exactly, most
+/// admitted requests cost no Redis round trip, and what the leases did not spend goes back.
+#[tokio::test]
+async fn with_leases_exactly_the_limit_passes_across_two_replicas_with_fewer_round_trips() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let env = [("ARES_LEASE_REQUESTS", "8"), ("ARES_LEASE_MS", "60000")];
+    let a = start(redis_config(&up.url(), &redis.url(), &env)).await;
+    let b = start(redis_config(&up.url(), &redis.url(), &env)).await;
+    let (tenant, _, key) = provision(&a, "pro").await;
+    let r = send(
+        "PUT",
+        &a.url(&format!("/api/admin/tenants/{tenant}/limits")),
+        &admin(),
+        Some(r#"{"requests_per_minute":40,"requests_per_day":1000}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let auth = bearer(&key);
+    let evals = calls(redis.port, "evalsha");
+    let mut codes = Vec::new();
+    for i in 0..100 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        let r = post(&g.url("/v1/chat"), &[("authorization", &auth)], "{}").await;
+        if codes.len() == 20 {
+            let asked = calls(redis.port, "evalsha") - evals;
+            assert!(asked <= 8, "{asked} round trips for the first 20 requests");
+        }
+        codes.push(r.status.as_u16());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 40, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 60, "{codes:?}");
+    // The leases are spent: the day counted exactly the admitted requests.
+    a.state.limiter.return_leases(true).await;
+    b.state.limiter.return_leases(true).await;
+    assert_eq!(daily_requests(&a, &tenant).await, 40);
+}
+
+/// With leases, a user's lease is per access token and was checked against revocation when it
+/// was taken: a logout is immediate on the replica that served it and reaches the others within
+/// `lease_ms`.
+#[tokio::test]
+async fn with_leases_a_logout_reaches_other_replicas_within_the_lease_time() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let env = [("ARES_LEASE_REQUESTS", "8"), ("ARES_LEASE_MS", "400")];
+    let a = start(redis_config(&up.url(), &redis.url(), &env)).await;
+    let b = start(redis_config(&up.url(), &redis.url(), &env)).await;
+    let t = login(&a, "lease@example.com").await;
+    let auth = bearer(t["access_token"].as_str().unwrap());
+    assert_eq!(chat(&b, &auth).await.status, 200, "B holds a lease now");
+    assert_eq!(chat(&a, &auth).await.status, 200, "and A");
+    assert_eq!(logout(&a, &t).await, 200);
+    assert_eq!(
+        chat(&a, &auth).await.status,
+        401,
+        "at once where it was served"
+    );
+    let out = Instant::now();
+    let ended = wait_until(Duration::from_millis(1_500), || async {
+        chat(&b, &auth).await.status == 401
+    })
+    .await;
+    assert!(ended, "B still accepts a logged-out token");
+    let lag = out.elapsed();
+    assert!(
+        lag < Duration::from_millis(900),
+        "took {lag:?} with lease_ms 400"
+    );
+}

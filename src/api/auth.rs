@@ -16,7 +16,7 @@ use crate::auth::password::{self, Password};
 use crate::auth::{self, Identity};
 use crate::body::{self, Body, RequestBody};
 use crate::error::{GatewayError, StoreError};
-use crate::ratelimit::limiter::{self, OnFailure, Scope};
+use crate::ratelimit::limiter::{self, LimitPolicy, Scope};
 use crate::ratelimit::FailurePolicy;
 use crate::state::{AppState, RequestScope};
 use crate::store::{RefreshRecord, User};
@@ -132,14 +132,15 @@ pub async fn handle(
 ) -> Result<Response<Body>, GatewayError> {
     let RequestScope { state, snap, ctx } = *s;
     // Per client address, and by the `local` policy whatever the configured one: these
-    // endpoints take passwords, so they are never unlimited.
-    let on_failure = OnFailure {
-        policy: FailurePolicy::Local,
+    // endpoints take passwords, so they are never unlimited; and exact, so never leased.
+    let policy = LimitPolicy {
+        on_failure: FailurePolicy::Local,
         replicas: snap.config.limits.replicas,
+        lease: crate::ratelimit::Lease::OFF,
     };
     let scope = Scope::AuthIp(ctx.client_ip);
     let plan = &snap.config.limits.auth_ip;
-    let decision = state.limiter.admit(scope, plan, on_failure).await?;
+    let decision = state.limiter.admit(scope, plan, policy).await?;
     if let Some(refused) = decision.as_ref().and_then(limiter::refusal) {
         return Err(refused);
     }
@@ -490,6 +491,7 @@ async fn logout(
                 .store
                 .call(state.store.revoke_jti(&claims.sub, jti, until))
                 .await?;
+            state.limiter.end_user_leases(&claims.sub);
         }
     }
     Ok(body::json(
@@ -586,6 +588,7 @@ pub(crate) async fn end_sessions(
         .store
         .call(state.store.revoke_user_tokens(user_id, through, until))
         .await?;
+    state.limiter.end_user_leases(user_id);
     tokio::time::sleep(std::time::Duration::from_millis(1000 - now_ms % 1000)).await;
     Ok(())
 }

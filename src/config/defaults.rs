@@ -176,6 +176,18 @@ pub const RATE_LIMITS_REPLICAS: Bound = Bound {
     min: 1,
     max: 1000,
 };
+pub const RATE_LIMITS_LEASE_REQUESTS: Bound = Bound {
+    key: "rate_limits.lease_requests",
+    default: 0,
+    min: 0,
+    max: 10_000,
+};
+pub const RATE_LIMITS_LEASE_MS: Bound = Bound {
+    key: "rate_limits.lease_ms",
+    default: 1000,
+    min: 10,
+    max: 60_000,
+};
 pub const UPSTREAM_CONNECT_TIMEOUT_MS: Bound = Bound {
     key: "upstreams.*.connect_timeout_ms",
     default: 2000,

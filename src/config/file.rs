@@ -119,6 +119,8 @@ pub struct PlanFile {
 pub struct RateLimitsFile {
     pub failure_policy: Option<String>,
     pub replicas: Option<Num>,
+    pub lease_requests: Option<Num>,
+    pub lease_ms: Option<Num>,
     pub user: Option<PlanFile>,
     pub auth_ip: Option<PlanFile>,
     pub login_failures_per_account_ip: Option<PlanFile>,

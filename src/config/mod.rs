@@ -28,7 +28,7 @@ use substitute::substitute_tree;
 use validate::Validator;
 
 pub use crate::edge::tls::TlsFiles;
-use crate::ratelimit::{FailurePolicy, Plan};
+use crate::ratelimit::{FailurePolicy, Lease, Plan};
 use crate::route::{RouteTable, Upstream};
 use crate::util::{FileStamp, Secret};
 
@@ -200,6 +200,8 @@ pub struct RateLimitConfig {
     pub failure_policy: FailurePolicy,
     /// Replicas sharing the store; divides limits under the `local` policy.
     pub replicas: u64,
+    /// Leases of a shared store's capacity for tenant and user limits (off: `requests` 0).
+    pub lease: Lease,
     /// Per user on JWT routes.
     pub user: Plan,
     /// Per client IP on `/api/auth/*`.

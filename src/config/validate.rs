@@ -15,7 +15,7 @@ use super::defaults::{self, Bound};
 use super::file::*;
 use super::*;
 use crate::edge::tls::TlsFiles;
-use crate::ratelimit::{FailurePolicy, Plan, Window};
+use crate::ratelimit::{FailurePolicy, Lease, Plan, Window};
 use crate::route::{self, AuthKind, Handler, Route, RouteTable, Target, Upstream};
 use crate::util::Secret;
 
@@ -692,6 +692,10 @@ impl Validator {
         RateLimitConfig {
             failure_policy,
             replicas: self.bounded(&f.replicas, &defaults::RATE_LIMITS_REPLICAS),
+            lease: Lease {
+                requests: self.bounded(&f.lease_requests, &defaults::RATE_LIMITS_LEASE_REQUESTS),
+                ms: self.bounded(&f.lease_ms, &defaults::RATE_LIMITS_LEASE_MS),
+            },
             user,
             auth_ip,
             login_failures_per_account_ip,

@@ -5,13 +5,20 @@
 //! revocation in the same store round trip), the per-address limit of `/api/auth/*`, and the
 //! failed-login limits. Only the failed-login check never falls open: a store that cannot say how
 //! many guesses were made refuses the login (503) rather than allow unlimited guessing.
+//!
+//! With leases on (`rate_limits.lease_requests`, a shared store), a tenant's or a user's request
+//! that finds this replica holding part of its scope's capacity spends it here, without a store
+//! round trip; otherwise it asks the store for up to a lease of requests at once (the store grants
+//! at most a quarter of the smallest room left, so near a limit every request asks again and the
+//! decision is exact). A lease is spent within `rate_limits.lease_ms`; what it did not spend goes
+//! back to the store with the scope's next ask, or from housekeeping.
 
 use std::net::IpAddr;
 
-use super::{Decision, FailurePolicy, LocalLimiter, Plan, Window};
+use super::{Decision, FailurePolicy, Lease, LocalLimiter, Plan, Window, Windows};
 use crate::error::GatewayError;
-use crate::store::{scope, Admission, StoreHandle, TokenRef};
-use crate::util::now_ms;
+use crate::store::{scope, Admission, StoreHandle, Take, TokenRef};
+use crate::util::{now_ms, FastMap};
 
 /// What a limit counts. Its store key and its metric label come from here and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +67,49 @@ impl Scope<'_> {
     }
 }
 
-/// When the shared store fails: the policy, and how many replicas share the limits (the `local`
-/// policy enforces `limit / replicas` in each).
+/// How a route's limits are decided: what happens when the shared store fails (the policy, and
+/// how many replicas share the limits: the `local` policy enforces `limit / replicas` in each),
+/// and the leases of the store's capacity this replica may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OnFailure {
-    pub policy: FailurePolicy,
+pub struct LimitPolicy {
+    pub on_failure: FailurePolicy,
     pub replicas: u64,
+    pub lease: Lease,
+}
+
+/// Capacity this replica took from the store for one scope (a user's: for one access token).
+struct Held {
+    /// The scope's store key, where unused requests go back.
+    scope: String,
+    limits: Windows,
+    /// Requests left to spend.
+    left: u64,
+    /// Spendable before this time (ms).
+    until: u64,
+    /// When it was taken (ms): calendar counts go back only within the same UTC day.
+    taken_at: u64,
+    /// The store's answer: `remaining` is what the store had left after the lease.
+    decision: Decision,
+}
+
+impl Held {
+    /// The ask that returns this lease's unused requests, taking `want` more.
+    fn returned(&self, now: u64, want: u64) -> Take {
+        let same_day = now / 86_400_000 == self.taken_at / 86_400_000;
+        Take {
+            want,
+            back: self.left,
+            back_calendar: if same_day { self.left } else { 0 },
+        }
+    }
+}
+
+/// What this replica's leases say of one request.
+enum Spent {
+    /// Admitted from a lease: no store round trip.
+    Here(Decision),
+    /// Ask the store.
+    Ask(Take),
 }
 
 /// The store, the local fallback and the metrics, behind one call per decision.
@@ -79,6 +123,8 @@ pub struct Limiter {
     key_failures: dashmap::DashMap<IpAddr, (u64, Decision)>,
     /// Whether `key_failures` may hold anything: one atomic load on the request path.
     any_key_failures: std::sync::atomic::AtomicBool,
+    /// Leases held, by scope key (a user's: scope key, NUL, the token's id).
+    leases: FastMap<String, Held>,
 }
 
 impl Limiter {
@@ -88,6 +134,7 @@ impl Limiter {
             fallback: LocalLimiter::new(),
             key_failures: dashmap::DashMap::new(),
             any_key_failures: std::sync::atomic::AtomicBool::new(false),
+            leases: FastMap::default(),
         }
     }
 
@@ -97,18 +144,33 @@ impl Limiter {
         &self,
         scope: Scope<'_>,
         plan: &Plan,
-        on_failure: OnFailure,
+        policy: LimitPolicy,
     ) -> Result<Option<Decision>, GatewayError> {
         let limits = plan.windows();
         if limits.is_empty() {
             return Ok(None);
         }
         let now = now_ms();
-        let decided = self
-            .store
-            .call(self.store.rate_limit(&scope.key(), &limits, now))
-            .await;
-        self.decided(scope, plan, on_failure, now, decided)
+        let key = scope.key();
+        let decided = if policy.lease.is_on() {
+            let take = match self.spend(&key, now, policy.lease) {
+                Spent::Here(d) => return Ok(Some(self.spent_here(scope, d))),
+                Spent::Ask(take) => take,
+            };
+            let taken = self
+                .store
+                .call(self.store.lease(&key, &limits, now, take))
+                .await;
+            taken.map(|(d, granted)| {
+                self.hold(key.clone(), key, limits, d, granted, now, policy.lease);
+                d
+            })
+        } else {
+            self.store
+                .call(self.store.rate_limit(&key, &limits, now))
+                .await
+        };
+        self.decided(scope, plan, policy, now, decided)
     }
 
     /// As [`Limiter::admit`] for a user's access token, with its revocation (`jti`) checked in
@@ -117,15 +179,34 @@ impl Limiter {
         &self,
         token: TokenRef<'_>,
         plan: &Plan,
-        on_failure: OnFailure,
+        policy: LimitPolicy,
     ) -> Result<Option<Decision>, GatewayError> {
         let limits = plan.windows();
         let sub = token.subject;
         let now = now_ms();
-        let admitted = self
-            .store
-            .call(self.store.admit_token(token, &limits, now))
-            .await;
+        let admitted = if policy.lease.is_on() && !limits.is_empty() {
+            // A lease per access token: it was checked against revocation when taken.
+            let key = user_lease_key(token);
+            let take = match self.spend(&key, now, policy.lease) {
+                Spent::Here(d) => return Ok(Some(self.spent_here(Scope::User(sub), d))),
+                Spent::Ask(take) => take,
+            };
+            let taken = self
+                .store
+                .call(self.store.lease_token(token, &limits, now, take))
+                .await;
+            taken.map(|(admission, granted)| {
+                if let Admission::Decided(d) = admission {
+                    let scope = scope::user(sub);
+                    self.hold(key, scope, limits, d, granted, now, policy.lease);
+                }
+                admission
+            })
+        } else {
+            self.store
+                .call(self.store.admit_token(token, &limits, now))
+                .await
+        };
         let decided = match admitted {
             Ok(Admission::Revoked) => {
                 tracing::debug!(reason = "revoked", "access token refused");
@@ -144,7 +225,128 @@ impl Limiter {
                 Err(e)
             }
         };
-        self.decided(Scope::User(sub), plan, on_failure, now, decided)
+        self.decided(Scope::User(sub), plan, policy, now, decided)
+    }
+
+    /// One request from this replica's lease of the scope, if it holds one to spend; else the
+    /// ask to make of the store, with an ended lease's unused requests to return.
+    fn spend(&self, key: &str, now: u64, lease: Lease) -> Spent {
+        let ask = Take {
+            want: lease.requests,
+            back: 0,
+            back_calendar: 0,
+        };
+        if let Some(mut held) = self.leases.get_mut(key) {
+            if now < held.until && held.left > 0 {
+                held.left -= 1;
+                let mut d = held.decision;
+                d.headers.remaining = d.headers.remaining.saturating_add(held.left);
+                return Spent::Here(d);
+            }
+        } else {
+            return Spent::Ask(ask);
+        }
+        match self.leases.remove(key) {
+            Some((_, held)) => Spent::Ask(held.returned(now, lease.requests)),
+            None => Spent::Ask(ask),
+        }
+    }
+
+    fn spent_here(&self, scope: Scope<'_>, d: Decision) -> Decision {
+        crate::metrics::get().ratelimit(scope.kind(), "-", "allowed");
+        d
+    }
+
+    /// Keep what the store granted beyond this request, to spend until `lease.ms` from now.
+    /// A lease already held for the scope (concurrent asks) is added to; the sooner end holds.
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &self,
+        key: String,
+        scope: String,
+        limits: Windows,
+        decision: Decision,
+        granted: u64,
+        now: u64,
+        lease: Lease,
+    ) {
+        if !decision.allowed() || granted < 2 {
+            return;
+        }
+        let left = granted - 1;
+        let until = now.saturating_add(lease.ms);
+        match self.leases.entry(key) {
+            dashmap::Entry::Occupied(mut e) => {
+                let held = e.get_mut();
+                if held.taken_at / 86_400_000 == now / 86_400_000 {
+                    held.left = held.left.saturating_add(left);
+                    held.until = held.until.min(until);
+                } else {
+                    // A lease of another day: its calendar counts cannot go back any more.
+                    *held = Held {
+                        scope,
+                        limits,
+                        left,
+                        until,
+                        taken_at: now,
+                        decision,
+                    };
+                    return;
+                }
+                held.limits = limits;
+                held.decision = decision;
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(Held {
+                    scope,
+                    limits,
+                    left,
+                    until,
+                    taken_at: now,
+                    decision,
+                });
+            }
+        }
+    }
+
+    /// End this replica's leases of a user's tokens (a logout here): the next request of such
+    /// a token asks the store, which knows of the logout, and returns what the lease left.
+    pub fn end_user_leases(&self, subject: &str) {
+        let mut prefix = scope::user(subject);
+        prefix.push('\0');
+        for mut held in self.leases.iter_mut() {
+            if held.key().starts_with(&prefix) {
+                held.until = 0;
+            }
+        }
+    }
+
+    /// Give back what ended leases did not spend (every lease at `all`: at shutdown). Their
+    /// scopes asked nothing since, so no ask carried it back.
+    pub async fn return_leases(&self, all: bool) {
+        let now = now_ms();
+        let ended: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|h| all || h.until <= now)
+            .map(|h| h.key().clone())
+            .collect();
+        for key in ended {
+            let Some((_, held)) = self.leases.remove_if(&key, |_, h| all || h.until <= now) else {
+                continue;
+            };
+            if held.left == 0 {
+                continue;
+            }
+            let take = held.returned(now, 0);
+            let returned = self
+                .store
+                .call(self.store.lease(&held.scope, &held.limits, now, take))
+                .await;
+            if let Err(e) = returned {
+                tracing::debug!(error = %e, "unused lease not returned");
+            }
+        }
     }
 
     /// Refuse when any of these failure counts is at its limit, without counting anything.
@@ -281,7 +483,7 @@ impl Limiter {
         &self,
         scope: Scope<'_>,
         plan: &Plan,
-        on_failure: OnFailure,
+        policy: LimitPolicy,
         now: u64,
         decided: Result<Decision, GatewayError>,
     ) -> Result<Option<Decision>, GatewayError> {
@@ -297,18 +499,32 @@ impl Limiter {
             }
             Err(e) => {
                 m.ratelimit(kind, "-", "store_failed");
-                tracing::warn!(error = %e, policy = ?on_failure.policy, "rate limiter falling back");
-                match on_failure.policy {
+                tracing::warn!(error = %e, policy = ?policy.on_failure, "rate limiter falling back");
+                match policy.on_failure {
                     FailurePolicy::Open => Ok(None),
                     FailurePolicy::Closed => Err(e),
                     FailurePolicy::Local => {
-                        let local = plan.divided(on_failure.replicas).windows();
+                        let local = plan.divided(policy.replicas).windows();
                         Ok(Some(self.fallback.check(&scope.key(), &local, now)))
                     }
                 }
             }
         }
     }
+}
+
+/// A user's lease key: the user's scope, NUL, the token's id (`@iat` for a token without one).
+fn user_lease_key(token: TokenRef<'_>) -> String {
+    let mut key = scope::user(token.subject);
+    key.push('\0');
+    match token.jti {
+        Some(jti) => key.push_str(jti),
+        None => {
+            key.push('@');
+            key.push_str(itoa::Buffer::new().format(token.issued_at));
+        }
+    }
+    key
 }
 
 /// A refusing decision as the request's error: 429 by its window, or the token budget's own.
@@ -345,9 +561,10 @@ mod tests {
         p
     }
 
-    const OPEN: OnFailure = OnFailure {
-        policy: FailurePolicy::Open,
+    const OPEN: LimitPolicy = LimitPolicy {
+        on_failure: FailurePolicy::Open,
         replicas: 1,
+        lease: Lease::OFF,
     };
 
     #[test]
@@ -548,5 +765,233 @@ mod tests {
         block(&l, a, now_ms() - 1);
         l.sweep();
         assert!(l.key_failures.is_empty());
+    }
+
+    const LEASE: Lease = Lease {
+        requests: 8,
+        ms: 1_000,
+    };
+
+    fn granted(remaining: u64) -> Decision {
+        Decision {
+            refused_by: None,
+            headers: crate::ratelimit::RateLimitHeaders {
+                limit: 100,
+                remaining,
+                reset: 1,
+            },
+        }
+    }
+
+    fn ask(spent: Spent) -> Take {
+        match spent {
+            Spent::Ask(take) => take,
+            Spent::Here(d) => panic!("spent here: {d:?}"),
+        }
+    }
+
+    fn here(spent: Spent) -> Decision {
+        match spent {
+            Spent::Here(d) => d,
+            Spent::Ask(take) => panic!("asked: {take:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_spent_here_counting_remaining_down_then_asks_again() {
+        let l = limiter();
+        let now = 1_000_000;
+        let fresh = Take {
+            want: 8,
+            back: 0,
+            back_calendar: 0,
+        };
+        assert_eq!(ask(l.spend("t:a", now, LEASE)), fresh, "nothing held");
+        // The store granted 5 and had 60 left after them: this request and 4 more.
+        let limits = per_minute(100).windows();
+        l.hold(
+            "t:a".into(),
+            "t:a".into(),
+            limits,
+            granted(60),
+            5,
+            now,
+            LEASE,
+        );
+        for left in (0..4).rev() {
+            let d = here(l.spend("t:a", now + 10, LEASE));
+            assert!(d.allowed());
+            assert_eq!(
+                d.headers.remaining,
+                60 + left,
+                "the store's room and the lease's"
+            );
+        }
+        assert_eq!(
+            ask(l.spend("t:a", now + 20, LEASE)),
+            fresh,
+            "spent: ask, nothing back"
+        );
+        assert!(l.leases.is_empty());
+        assert_eq!(ask(l.spend("t:b", now, LEASE)), fresh, "another scope");
+    }
+
+    #[test]
+    fn what_a_lease_did_not_spend_goes_back_with_the_next_ask() {
+        let l = limiter();
+        let now = 5 * 86_400_000 + 1_000;
+        let limits = per_minute(100).windows();
+        l.hold(
+            "t:a".into(),
+            "t:a".into(),
+            limits,
+            granted(60),
+            5,
+            now,
+            LEASE,
+        );
+        here(l.spend("t:a", now + 999, LEASE));
+        // Ended at lease.ms: its 3 unused requests go back, to every window.
+        let take = ask(l.spend("t:a", now + 1_000, LEASE));
+        assert_eq!(
+            take,
+            Take {
+                want: 8,
+                back: 3,
+                back_calendar: 3
+            }
+        );
+        assert!(l.leases.is_empty());
+        // A lease of yesterday returns nothing to today's calendar counts.
+        l.hold(
+            "t:a".into(),
+            "t:a".into(),
+            limits,
+            granted(60),
+            5,
+            now - 2_000,
+            LEASE,
+        );
+        let take = ask(l.spend("t:a", now + 86_400_000, LEASE));
+        assert_eq!((take.back, take.back_calendar), (4, 0));
+    }
+
+    #[test]
+    fn concurrent_grants_add_up_and_the_sooner_end_holds() {
+        let l = limiter();
+        let now = 1_000_000;
+        let limits = per_minute(100).windows();
+        l.hold(
+            "t:a".into(),
+            "t:a".into(),
+            limits,
+            granted(60),
+            3,
+            now,
+            LEASE,
+        );
+        l.hold(
+            "t:a".into(),
+            "t:a".into(),
+            limits,
+            granted(50),
+            4,
+            now + 500,
+            LEASE,
+        );
+        let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
+        assert_eq!(held, (2 + 3, now + 1_000));
+        // A refusal or a single request holds nothing.
+        let refused = Decision {
+            refused_by: Some(Window::Minute),
+            ..granted(0)
+        };
+        l.hold("t:b".into(), "t:b".into(), limits, refused, 8, now, LEASE);
+        l.hold(
+            "t:c".into(),
+            "t:c".into(),
+            limits,
+            granted(9),
+            1,
+            now,
+            LEASE,
+        );
+        assert!(!l.leases.contains_key("t:b") && !l.leases.contains_key("t:c"));
+        // A lease held since yesterday is replaced (its calendar counts cannot go back).
+        l.hold(
+            "t:a".into(),
+            "t:a".into(),
+            limits,
+            granted(40),
+            2,
+            now + 86_400_000,
+            LEASE,
+        );
+        let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
+        assert_eq!(held, (1, now + 86_400_000 + 1_000));
+    }
+
+    #[test]
+    fn a_logout_here_ends_the_users_leases_at_once() {
+        let l = limiter();
+        let now = now_ms();
+        let limits = per_minute(100).windows();
+        let t1 = user_lease_key(crate::store::suite::token("usr_1", "j1", 1));
+        let t2 = user_lease_key(crate::store::suite::token("usr_12", "j1", 1));
+        assert_eq!(t1, "u:usr_1\0j1");
+        let no_jti = crate::store::TokenRef {
+            subject: "usr_1",
+            jti: None,
+            issued_at: 77,
+        };
+        assert_eq!(user_lease_key(no_jti), "u:usr_1\0@77");
+        for key in [&t1, &t2] {
+            l.hold(key.clone(), "u:x".into(), limits, granted(9), 5, now, LEASE);
+        }
+        l.end_user_leases("usr_1");
+        let take = ask(l.spend(&t1, now, LEASE));
+        assert_eq!(take.back, 4, "ended: its unused requests go back");
+        here(l.spend(&t2, now, LEASE));
+    }
+
+    #[tokio::test]
+    async fn leases_off_or_from_a_store_in_this_process_hold_nothing() {
+        let l = limiter();
+        let plan = per_minute(100);
+        let on = LimitPolicy {
+            lease: LEASE,
+            ..OPEN
+        };
+        for policy in [OPEN, on] {
+            let d = l.admit(Scope::Tenant("t"), &plan, policy).await.unwrap();
+            assert!(d.unwrap().allowed());
+            let token = crate::store::suite::token("usr_1", "j1", 1);
+            let d = l.admit_user(token, &plan, policy).await.unwrap();
+            assert!(d.unwrap().allowed());
+        }
+        assert!(
+            l.leases.is_empty(),
+            "the memory store grants one request at a time"
+        );
+        // Each request counted once: 2 of 100 used per scope.
+        let d = l
+            .admit(Scope::Tenant("t"), &plan, OPEN)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.headers.remaining, 97);
+        l.return_leases(true).await;
+    }
+
+    #[test]
+    fn leases_are_on_with_more_than_one_request_and_a_time() {
+        assert!(LEASE.is_on());
+        assert!(!Lease::OFF.is_on());
+        assert!(!Lease {
+            requests: 1,
+            ms: 1_000
+        }
+        .is_on());
+        assert!(!Lease { requests: 8, ms: 0 }.is_on());
     }
 }

@@ -292,6 +292,23 @@ fn digits(n: u64) -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
+/// Leases of a shared store's capacity (`rate_limits.lease_requests`, `rate_limits.lease_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lease {
+    /// Requests of a scope taken from the store at once, at most; 0 or 1: every request asks.
+    pub requests: u64,
+    /// How long (ms) a lease may be spent; its unused requests then go back to the store.
+    pub ms: u64,
+}
+
+impl Lease {
+    pub const OFF: Lease = Lease { requests: 0, ms: 0 };
+
+    pub fn is_on(&self) -> bool {
+        self.requests > 1 && self.ms > 0
+    }
+}
+
 /// What the limiter does when the shared store cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailurePolicy {

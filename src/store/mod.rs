@@ -218,6 +218,25 @@ pub struct TokenRef<'a> {
     pub issued_at: u64,
 }
 
+/// One ask of a shared limiter: take up to `want` requests of a scope at once (a lease; 1: the
+/// request alone; 0: none), after returning `back` unused requests of an ended lease to the
+/// scope's GCRA windows and `back_calendar` to its calendar windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Take {
+    pub want: u64,
+    pub back: u64,
+    pub back_calendar: u64,
+}
+
+impl Take {
+    /// The request alone.
+    pub const ONE: Take = Take {
+        want: 1,
+        back: 0,
+        back_calendar: 0,
+    };
+}
+
 /// What the store keeps. Every method may fail with `StoreError::Unavailable`; none panics on
 /// what the store returns.
 #[async_trait]
@@ -318,6 +337,45 @@ pub trait Store: Send + Sync + 'static {
         self.rate_limit(&scope::user(token.subject), limits, now_ms)
             .await
             .map(Admission::Decided)
+    }
+
+    /// `rate_limit` for a lease (`Take`): how many requests were granted with the decision
+    /// (0 when refused, or when `want` is 0: then only the return is made). The default, for
+    /// stores in the gateway's own process, decides one request at a time and returns nothing:
+    /// its limiter is already local, so leasing from it would gain nothing.
+    async fn lease(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        take: Take,
+    ) -> Result<(Decision, u64), StoreError> {
+        if take.want == 0 {
+            return Ok((self.peek_rate_limit(scope, &[], now_ms).await?, 0));
+        }
+        let d = self.rate_limit(scope, limits, now_ms).await?;
+        Ok((d, u64::from(d.allowed())))
+    }
+
+    /// `admit_token` for a lease, as [`Store::lease`] is `rate_limit`'s.
+    async fn lease_token(
+        &self,
+        token: TokenRef<'_>,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        take: Take,
+    ) -> Result<(Admission, u64), StoreError> {
+        if take.want == 0 {
+            let scope = scope::user(token.subject);
+            let (d, _) = self.lease(&scope, limits, now_ms, take).await?;
+            return Ok((Admission::Decided(d), 0));
+        }
+        let admission = self.admit_token(token, limits, now_ms).await?;
+        let granted = match admission {
+            Admission::Revoked => 0,
+            Admission::Decided(d) => u64::from(d.allowed()),
+        };
+        Ok((admission, granted))
     }
 
     /// Admit one request of `scope` if every window allows it; see `ratelimit`.

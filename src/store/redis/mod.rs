@@ -47,8 +47,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, OnceCell};
 
 use super::{
-    scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Rotation, Store, Tenant, TokenRef,
-    User,
+    scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Rotation, Store, Take, Tenant,
+    TokenRef, User,
 };
 use crate::config::StoreConfig;
 use crate::error::StoreError;
@@ -60,13 +60,18 @@ use crate::util::unix_now;
 /// KEYS: the revocation keys of the request's access token (none for an API key), then its
 /// user's "log out everywhere" key (holding a time: tokens issued at or before it are revoked),
 /// then one per window, in check order. ARGV: now_ms, consume (1/0), the number of revocation
-/// keys, the number of cut-off keys, the token's iat, then per window: kind (`g` second, minute
-/// or hour: GCRA | `c` calendar | `k` check-only calendar: the token budget), limit, span (GCRA:
-/// window ms; calendar: period end ms).
+/// keys, the number of cut-off keys, the token's iat, want (requests to take at once: 1, or a
+/// lease's size; 0 takes none), back (a lease's unused requests to return to the GCRA windows
+/// first), back_calendar (the same for the calendar windows: 0 once the lease's day is over),
+/// then per window: kind (`g` second, minute or hour: GCRA | `c` calendar | `k` check-only
+/// calendar: the token budget), limit, span (GCRA: window ms; calendar: period end ms).
 /// A GCRA key holds one number, the theoretical arrival time in microseconds (the arithmetic of
 /// `ratelimit::Gcra`, which the memory store runs); it expires when it is in the past.
-/// Returns {-1, 0, 0, 0} when a revocation key exists (nothing consumed), else {refusing window
-/// index or 0, limit, remaining, reset_ms} of the refusing or tightest window.
+/// Returns {-1, 0, 0, 0, 0} when a revocation key exists (nothing consumed), else {refusing
+/// window index or 0, limit, remaining, reset_ms, granted} of the refusing or tightest window.
+/// Granted is how many requests were taken: `want` while every window has room for four times
+/// as many, else a quarter of the smallest room (at least one), so near a limit a lease shrinks
+/// to the single request and the decision is exact again. Remaining is what is left after them.
 const LIMIT_SCRIPT: &str = r#"
 local now = tonumber(ARGV[1])
 local now_us = now * 1000
@@ -74,51 +79,99 @@ local consume = ARGV[2] == '1'
 local nrev = tonumber(ARGV[3])
 local ncut = tonumber(ARGV[4])
 local iat = tonumber(ARGV[5])
+local want = tonumber(ARGV[6])
+local back = tonumber(ARGV[7])
+local back_cal = tonumber(ARGV[8])
+local first = nrev + ncut
+local nwin = #KEYS - first
+if back > 0 or back_cal > 0 then
+  for w = 1, nwin do
+    local key = KEYS[first + w]
+    local base = 8 + (w - 1) * 3
+    local kind = ARGV[base + 1]
+    local limit = tonumber(ARGV[base + 2])
+    if kind == 'g' and back > 0 and limit >= 1 then
+      local tat = tonumber(redis.call('GET', key) or '0')
+      local interval = math.ceil(tonumber(ARGV[base + 3]) * 1000 / limit)
+      tat = tat - back * interval
+      if tat <= now_us then
+        redis.call('DEL', key)
+      else
+        redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000) + 1)
+      end
+    elseif kind == 'c' and back_cal > 0 and redis.call('EXISTS', key) == 1 then
+      if redis.call('DECRBY', key, back_cal) < 0 then
+        redis.call('SET', key, '0', 'KEEPTTL')
+      end
+    end
+  end
+end
+if want < 1 then
+  return {0, 0, 0, 0, 0}
+end
 for i = 1, nrev do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    return {-1, 0, 0, 0}
+    return {-1, 0, 0, 0, 0}
   end
 end
 for i = nrev + 1, nrev + ncut do
   local cut = redis.call('GET', KEYS[i])
   if cut and iat <= tonumber(cut) then
-    return {-1, 0, 0, 0}
+    return {-1, 0, 0, 0, 0}
   end
 end
-local first = nrev + ncut
-local tl, tr, tz = 0, -1, 0
-local tats = {}
-for w = 1, #KEYS - first do
+local tats, intervals, used = {}, {}, {}
+local room = want * 4
+for w = 1, nwin do
   local key = KEYS[first + w]
-  local base = 5 + (w - 1) * 3
+  local base = 8 + (w - 1) * 3
   local kind = ARGV[base + 1]
   local limit = tonumber(ARGV[base + 2])
   local span = tonumber(ARGV[base + 3])
-  local rem, reset
   if kind == 'g' then
     if limit < 1 then
-      return {w, limit, 0, span}
+      return {w, limit, 0, span, 0}
     end
     local interval = math.ceil(span * 1000 / limit)
     local tat = tonumber(redis.call('GET', key) or '0')
     if tat < now_us then tat = now_us end
     local backlog = tat - now_us + interval
     if backlog > interval * limit then
-      return {w, limit, 0, math.ceil((backlog - interval * limit) / 1000)}
+      return {w, limit, 0, math.ceil((backlog - interval * limit) / 1000), 0}
     end
-    local held = tat - now_us
-    if consume then held = backlog end
-    local used = math.ceil(held / interval)
-    rem = limit - used
-    if used == 0 then reset = 0 else reset = math.ceil((held - (used - 1) * interval) / 1000) end
-    tats[w] = tat + interval
+    tats[w], intervals[w] = tat, interval
+    local fits = math.floor((interval * limit - (tat - now_us)) / interval)
+    if fits < room then room = fits end
   else
-    local used = tonumber(redis.call('GET', key) or '0')
-    if used >= limit then
-      return {w, limit, 0, span - now}
+    local n = tonumber(redis.call('GET', key) or '0')
+    if n >= limit then
+      return {w, limit, 0, span - now, 0}
     end
-    rem = limit - used
-    if consume then rem = rem - 1 end
+    used[w] = n
+    if kind == 'c' and limit - n < room then room = limit - n end
+  end
+end
+local granted = 1
+if consume and want > 1 then
+  granted = math.max(1, math.min(want, math.floor(room / 4)))
+end
+local taken = 0
+if consume then taken = granted end
+local tl, tr, tz = 0, -1, 0
+for w = 1, nwin do
+  local base = 8 + (w - 1) * 3
+  local kind = ARGV[base + 1]
+  local limit = tonumber(ARGV[base + 2])
+  local span = tonumber(ARGV[base + 3])
+  local rem, reset
+  if kind == 'g' then
+    local interval = intervals[w]
+    local held = tats[w] - now_us + taken * interval
+    local n = math.ceil(held / interval)
+    rem = limit - n
+    if n == 0 then reset = 0 else reset = math.ceil((held - (n - 1) * interval) / 1000) end
+  else
+    rem = limit - used[w] - taken
     reset = span - now
   end
   if kind ~= 'k' and (tr < 0 or rem < tr or (rem == tr and reset < tz)) then
@@ -126,22 +179,24 @@ for w = 1, #KEYS - first do
   end
 end
 if consume then
-  for w = 1, #KEYS - first do
+  for w = 1, nwin do
     local key = KEYS[first + w]
-    local kind = ARGV[5 + (w - 1) * 3 + 1]
+    local base = 8 + (w - 1) * 3
+    local kind = ARGV[base + 1]
     if kind == 'g' then
-      local ttl = math.ceil((tats[w] - now_us) / 1000) + 1
-      redis.call('SET', key, string.format('%.0f', tats[w]), 'PX', ttl)
+      local tat = tats[w] + granted * intervals[w]
+      local ttl = math.ceil((tat - now_us) / 1000) + 1
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', ttl)
     elseif kind == 'k' then
       -- check-only: debited by token usage, not by requests
-    elseif redis.call('INCR', key) == 1 then
+    elseif redis.call('INCRBY', key, granted) == granted then
       -- A calendar key is created here, once per window: its expiry is set once.
-      redis.call('PEXPIREAT', key, tonumber(ARGV[5 + (w - 1) * 3 + 3]) + 86400000)
+      redis.call('PEXPIREAT', key, tonumber(ARGV[base + 3]) + 86400000)
     end
   end
 end
 if tr < 0 then tr = 0 end
-return {0, tl, tr, tz}
+return {0, tl, tr, tz, granted}
 "#;
 
 /// A live connection: one Redis (multiplexed, reconnecting) or a cluster.
@@ -429,6 +484,7 @@ impl RedisStore {
 
     /// One run of the limiter script: the revocation keys first, then the token's cut-off key
     /// (with its `iat`), then the windows.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         revocations: &[String],
@@ -437,18 +493,20 @@ impl RedisStore {
         limits: &[(Window, u64)],
         now_ms: u64,
         consume: bool,
-    ) -> Result<Admission, StoreError> {
+        take: Take,
+    ) -> Result<(Admission, u64), StoreError> {
         if limits.is_empty() && revocations.is_empty() && cutoff.is_none() {
-            return Ok(Admission::Decided(Decision {
+            let decision = Decision {
                 refused_by: None,
                 headers: RateLimitHeaders::default(),
-            }));
+            };
+            return Ok((Admission::Decided(decision), u64::from(take.want > 0)));
         }
         // EVALSHA built as one command (one buffer) rather than through `ScriptInvocation`,
         // which allocates per argument and copies them all into a command again.
         let ncut = usize::from(cutoff.is_some());
         let nkeys = revocations.len() + ncut + limits.len();
-        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 5 + 3 * limits.len(), 512);
+        let mut cmd = redis::Cmd::with_capacity(3 + nkeys + 8 + 3 * limits.len(), 512);
         cmd.arg("EVALSHA").arg(self.limiter.get_hash()).arg(nkeys);
         for k in revocations {
             cmd.arg(k);
@@ -475,23 +533,27 @@ impl RedisStore {
             .arg(if consume { "1" } else { "0" })
             .arg(revocations.len())
             .arg(ncut)
-            .arg(cutoff.map_or(0, |(_, iat)| iat));
+            .arg(cutoff.map_or(0, |(_, iat)| iat))
+            .arg(take.want)
+            .arg(take.back)
+            .arg(take.back_calendar);
         for &(kind, limit, span) in &windows {
             cmd.arg(kind).arg(limit).arg(span);
         }
         let out: Vec<i64> = self.run_limiter(&cmd).await?;
-        let [idx, limit, remaining, reset_ms] = out.as_slice() else {
+        let [idx, limit, remaining, reset_ms, granted] = out.as_slice() else {
             return Err(StoreError::Corrupt(format!(
                 "limiter script returned {out:?}"
             )));
         };
         let refused_by = match *idx {
-            -1 => return Ok(Admission::Revoked),
+            -1 => return Ok((Admission::Revoked, 0)),
             0 => None,
             i => limits.get((i - 1) as usize).map(|(w, _)| *w),
         };
+        let granted = (*granted).max(0) as u64;
         let reset = (reset_ms.max(&0) + 999) / 1000;
-        Ok(Admission::Decided(Decision {
+        let decision = Decision {
             refused_by,
             headers: RateLimitHeaders {
                 limit: *limit as u64,
@@ -502,7 +564,8 @@ impl RedisStore {
                     reset as u64
                 },
             },
-        }))
+        };
+        Ok((Admission::Decided(decision), granted))
     }
 
     /// Run a limiter `EVALSHA`. When Redis does not know the script (NOSCRIPT: after a restart
@@ -518,20 +581,21 @@ impl RedisStore {
         }
     }
 
-    /// A decision of limits alone.
+    /// A decision of limits alone, with what it granted.
     async fn decide_limits(
         &self,
         scope: &str,
         limits: &[(Window, u64)],
         now_ms: u64,
         consume: bool,
-    ) -> Result<Decision, StoreError> {
+        take: Take,
+    ) -> Result<(Decision, u64), StoreError> {
         match self
-            .decide(&[], None, scope, limits, now_ms, consume)
+            .decide(&[], None, scope, limits, now_ms, consume, take)
             .await?
         {
-            Admission::Decided(d) => Ok(d),
-            Admission::Revoked => Err(StoreError::Corrupt(
+            (Admission::Decided(d), granted) => Ok((d, granted)),
+            (Admission::Revoked, _) => Err(StoreError::Corrupt(
                 "limiter script found a revocation it was not asked about".into(),
             )),
         }
@@ -1047,11 +1111,24 @@ impl Store for RedisStore {
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
+        let (admission, _) = self.lease_token(token, limits, now_ms, Take::ONE).await?;
+        Ok(admission)
+    }
+
+    async fn lease_token(
+        &self,
+        token: TokenRef<'_>,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        take: Take,
+    ) -> Result<(Admission, u64), StoreError> {
         let scope = scope::user(token.subject);
         let cutoff_key = self.cutoff_key(&scope);
         let cutoff = Some((cutoff_key.as_str(), token.issued_at));
         let Some(jti) = token.jti else {
-            return self.decide(&[], cutoff, &scope, limits, now_ms, true).await;
+            return self
+                .decide(&[], cutoff, &scope, limits, now_ms, true, take)
+                .await;
         };
         let mut revocations = vec![self.revocation_key(&scope, jti)];
         let legacy = self.legacy_revocations.then(|| key!(self, "jti:{jti}"));
@@ -1059,10 +1136,10 @@ impl Store for RedisStore {
             // One Redis: the script may read a key of any name.
             revocations.extend(legacy);
             return self
-                .decide(&revocations, cutoff, &scope, limits, now_ms, true)
+                .decide(&revocations, cutoff, &scope, limits, now_ms, true, take)
                 .await;
         }
-        let decided = self.decide(&revocations, cutoff, &scope, limits, now_ms, true);
+        let decided = self.decide(&revocations, cutoff, &scope, limits, now_ms, true, take);
         let Some(legacy) = legacy else {
             return decided.await;
         };
@@ -1074,7 +1151,7 @@ impl Store for RedisStore {
         };
         let (decided, legacy_revoked) = tokio::join!(decided, legacy_revoked);
         if legacy_revoked? {
-            return Ok(Admission::Revoked);
+            return Ok((Admission::Revoked, 0));
         }
         decided
     }
@@ -1085,7 +1162,20 @@ impl Store for RedisStore {
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        self.decide_limits(scope, limits, now_ms, true).await
+        let (d, _) = self
+            .decide_limits(scope, limits, now_ms, true, Take::ONE)
+            .await?;
+        Ok(d)
+    }
+
+    async fn lease(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        take: Take,
+    ) -> Result<(Decision, u64), StoreError> {
+        self.decide_limits(scope, limits, now_ms, true, take).await
     }
 
     async fn peek_rate_limit(
@@ -1094,7 +1184,10 @@ impl Store for RedisStore {
         limits: &[(Window, u64)],
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
-        self.decide_limits(scope, limits, now_ms, false).await
+        let (d, _) = self
+            .decide_limits(scope, limits, now_ms, false, Take::ONE)
+            .await?;
+        Ok(d)
     }
 
     async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
