@@ -1105,3 +1105,84 @@ async fn with_leases_a_logout_reaches_other_replicas_within_the_lease_time() {
         "took {lag:?} with lease_ms 400"
     );
 }
+
+/// `rediss+sentinel://`: sentinels, primary and replica serve TLS only (a private CA). The
+/// gateway (the binary, trusting that CA through `SSL_CERT_FILE`) finds the primary through the
+/// sentinels over TLS, verifies every certificate, and follows a failover without a restart; with
+/// only the system's roots it trusts none of them and stays unready.
+#[tokio::test]
+async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
+    use common::redis::RedisTls;
+    let tls = RedisTls::new();
+    let mut group = SentinelGroup::start_tls(&tls);
+    let url = group.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let up = Upstream::start().await;
+    let redis_env = [("ARES_STORE", "redis"), ("REDIS_URL", url.as_str())];
+
+    // Without the CA: the certificates are refused, so no store, so not ready.
+    let (mut untrusting, base) = serve_binary(&up.url(), &redis_env).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, 503);
+    let _ = untrusting.kill().await;
+
+    let ca = tls.ca();
+    let mut env = redis_env.to_vec();
+    env.push(("SSL_CERT_FILE", ca.as_str()));
+    let (_gateway, base) = serve_binary(&up.url(), &env).await;
+    let ready = wait_until(Duration::from_secs(10), || async {
+        get(&format!("{base}/readyz"), &[]).await.status == 200
+    })
+    .await;
+    assert!(ready, "not ready over rediss+sentinel");
+    let r = post(
+        &format!("{base}/api/admin/provision-client"),
+        &[("x-admin-secret", ADMIN)],
+        r#"{"name":"Acme","tier":"pro","api_key_name":"backend"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
+    let chat_url = format!("{base}/v1/chat");
+    let headers = [("authorization", auth.as_str())];
+    assert_eq!(post(&chat_url, &headers, "{}").await.status, 200);
+    // The key is in the TLS primary, and replicated over TLS.
+    assert!(!group.primary.cli(&["KEYS", "ares:key:*"]).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while group.replica.cli(&["KEYS", "ares:key:*"]).is_empty() {
+        assert!(Instant::now() < deadline, "nothing replicated over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let old = group.primary.port;
+    group.primary.kill();
+    let killed = Instant::now();
+    loop {
+        let status = post(&chat_url, &headers, "{}").await.status.as_u16();
+        assert!([200, 503].contains(&status), "{status} during the switch");
+        if group.primary_port() == Some(group.replica.port)
+            && get(&format!("{base}/readyz"), &[]).await.status == 200
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "no failover: primary {:?}",
+            group.primary_port()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(group.primary_port(), Some(old));
+    // On the promoted replica, over TLS: a new tenant is written there and its key works.
+    let r = post(
+        &format!("{base}/api/admin/provision-client"),
+        &[("x-admin-secret", ADMIN)],
+        r#"{"name":"After","tier":"dev","api_key_name":"k"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let auth2 = bearer(r.json()["raw_api_key"].as_str().unwrap());
+    let r = post(&chat_url, &[("authorization", auth2.as_str())], "{}").await;
+    assert_eq!(r.status, 200);
+    assert!(group.replica.cli(&["DBSIZE"]).parse::<u64>().unwrap() > 0);
+}

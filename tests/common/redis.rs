@@ -8,6 +8,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// What `redis-cli` needs to reach it (TLS).
+    cli_args: Vec<String>,
 }
 
 fn spawn(port: u16, dir: &std::path::Path, cluster: bool) -> Child {
@@ -45,7 +47,13 @@ fn spawn_with(port: u16, dir: &std::path::Path, cluster: bool, extra: &[String])
 
 /// Send one command with redis-cli and return its output.
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(port, &[], args)
+}
+
+/// `cli` with options before the command (`--tls --cacert ...`).
+pub fn cli_with(port: u16, options: &[String], args: &[&str]) -> String {
     let out = Command::new("redis-cli")
+        .args(options)
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -54,8 +62,12 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 }
 
 fn wait_ping(port: u16) {
+    wait_ping_with(port, &[])
+}
+
+fn wait_ping_with(port: u16, options: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cli(port, &["PING"]) != "PONG" {
+    while cli_with(port, options, &["PING"]) != "PONG" {
         assert!(
             Instant::now() < deadline,
             "redis-server on {port} did not start"
@@ -79,16 +91,39 @@ impl RedisServer {
     }
 
     fn start_with(extra: &[String]) -> RedisServer {
-        let port = super::free_port();
+        Self::start_on(super::free_port(), extra, Vec::new())
+    }
+
+    fn start_on(port: u16, extra: &[String], cli_args: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = spawn_with(port, dir.path(), false, extra);
-        wait_ping(port);
+        wait_ping_with(port, &cli_args);
         RedisServer {
             port,
             child: Some(child),
             dir,
             cluster: false,
+            cli_args,
         }
+    }
+
+    /// A Redis serving TLS only (a replica of `primary` when given, replicating over TLS).
+    pub fn start_tls(tls: &RedisTls, primary: Option<u16>) -> RedisServer {
+        let port = super::free_port();
+        let mut extra: Vec<String> = tls
+            .directives(port)
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect();
+        if let Some(p) = primary {
+            extra.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
+        }
+        Self::start_on(port, &extra, tls.cli_args())
+    }
+
+    /// One command through redis-cli, over TLS when the server speaks only that.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli_with(self.port, &self.cli_args, args)
     }
 
     pub fn url(&self) -> String {
@@ -134,6 +169,7 @@ impl RedisCluster {
                 child: Some(child),
                 dir,
                 cluster: true,
+                cli_args: Vec::new(),
             });
         }
         for n in &nodes {
@@ -185,6 +221,8 @@ pub struct SentinelGroup {
     pub primary: RedisServer,
     pub replica: RedisServer,
     pub sentinels: Vec<Sentinel>,
+    /// What `redis-cli` needs to reach them (TLS).
+    cli_args: Vec<String>,
 }
 
 pub struct Sentinel {
@@ -204,12 +242,35 @@ impl SentinelGroup {
     pub fn start() -> SentinelGroup {
         let primary = RedisServer::start();
         let replica = RedisServer::start_replica_of(primary.port);
-        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+        let sentinels: Vec<Sentinel> = (0..3)
+            .map(|_| Sentinel::start(primary.port, None))
+            .collect();
+        Self::formed(primary, replica, sentinels, Vec::new())
+    }
+
+    /// The same group serving TLS only: nodes, replication and sentinels (`rediss+sentinel://`).
+    pub fn start_tls(tls: &RedisTls) -> SentinelGroup {
+        let primary = RedisServer::start_tls(tls, None);
+        let replica = RedisServer::start_tls(tls, Some(primary.port));
+        let sentinels: Vec<Sentinel> = (0..3)
+            .map(|_| Sentinel::start(primary.port, Some(tls)))
+            .collect();
+        Self::formed(primary, replica, sentinels, tls.cli_args())
+    }
+
+    fn formed(
+        primary: RedisServer,
+        replica: RedisServer,
+        sentinels: Vec<Sentinel>,
+        cli_args: Vec<String>,
+    ) -> SentinelGroup {
         let group = SentinelGroup {
             primary,
             replica,
             sentinels,
+            cli_args,
         };
+        let cli = |port: u16, args: &[&str]| cli_with(port, &group.cli_args, args);
         // A failover needs the replica in sync, and sentinels that know the replica and each
         // other (an election needs a majority of them).
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -236,13 +297,19 @@ impl SentinelGroup {
 
     pub fn url(&self) -> String {
         let hosts = loopback_hosts(self.sentinels.iter().map(|s| s.port));
-        format!("redis+sentinel://{hosts}/mymaster")
+        let scheme = if self.cli_args.is_empty() {
+            "redis+sentinel"
+        } else {
+            "rediss+sentinel"
+        };
+        format!("{scheme}://{hosts}/mymaster")
     }
 
     /// The port of the primary the sentinels name now.
     pub fn primary_port(&self) -> Option<u16> {
-        let out = cli(
+        let out = cli_with(
             self.sentinels[0].port,
+            &self.cli_args,
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
         );
         out.lines().nth(1).and_then(|p| p.trim().parse().ok())
@@ -250,14 +317,22 @@ impl SentinelGroup {
 }
 
 impl Sentinel {
-    fn start(primary: u16) -> Sentinel {
+    fn start(primary: u16, tls: Option<&RedisTls>) -> Sentinel {
         let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
+        let listen: String = match tls {
+            None => format!("port {port}\n"),
+            Some(tls) => tls
+                .directives(port)
+                .into_iter()
+                .map(|(k, v)| format!("{k} {v}\n"))
+                .collect(),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                "{listen}bind 127.0.0.1\ndaemonize no\ndir {}\n\
                  sentinel monitor mymaster 127.0.0.1 {primary} 2\n\
                  sentinel down-after-milliseconds mymaster 1000\n\
                  sentinel failover-timeout mymaster 5000\n\
@@ -285,11 +360,69 @@ impl Sentinel {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-sentinel is required for this test (.ci/run installs it)");
-        wait_ping(port);
+        wait_ping_with(port, &tls.map(RedisTls::cli_args).unwrap_or_default());
         Sentinel {
             port,
             child,
             _dir: dir,
         }
+    }
+}
+
+/// A private CA and a certificate for 127.0.0.1 for TLS-only Redis processes, with what
+/// `redis-cli` needs to reach them.
+pub struct RedisTls {
+    dir: tempfile::TempDir,
+}
+
+impl RedisTls {
+    pub fn new() -> RedisTls {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ares redis test ca");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "redis");
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("redis.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("redis.key"), key.serialize_pem()).unwrap();
+        RedisTls { dir }
+    }
+
+    /// The CA certificate: what a client must trust (`SSL_CERT_FILE` for the gateway).
+    pub fn ca(&self) -> String {
+        self.path("ca.pem")
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// `redis-server` / `redis-sentinel` directives (also command-line options) serving TLS
+    /// only on `port`, and speaking TLS to the nodes they replicate from or monitor.
+    fn directives(&self, port: u16) -> Vec<(String, String)> {
+        [
+            ("port", "0".to_string()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", self.path("redis.crt")),
+            ("tls-key-file", self.path("redis.key")),
+            ("tls-ca-cert-file", self.ca()),
+            ("tls-auth-clients", "no".to_string()),
+            ("tls-replication", "yes".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn cli_args(&self) -> Vec<String> {
+        vec!["--tls".into(), "--cacert".into(), self.ca()]
     }
 }
