@@ -1087,6 +1087,12 @@ async fn with_leases_a_logout_reaches_other_replicas_within_the_lease_time() {
     let auth = bearer(t["access_token"].as_str().unwrap());
     assert_eq!(chat(&b, &auth).await.status, 200, "B holds a lease now");
     assert_eq!(chat(&a, &auth).await.status, 200, "and A");
+    let evals = calls(redis.port, "evalsha");
+    for _ in 0..6 {
+        assert_eq!(chat(&b, &auth).await.status, 200);
+    }
+    let asked = calls(redis.port, "evalsha") - evals;
+    assert_eq!(asked, 0, "six JWT requests spent from B's lease of 8");
     assert_eq!(logout(&a, &t).await, 200);
     assert_eq!(
         chat(&a, &auth).await.status,
@@ -1185,4 +1191,51 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
     let r = post(&chat_url, &[("authorization", auth2.as_str())], "{}").await;
     assert_eq!(r.status, 200);
     assert!(group.replica.cli(&["DBSIZE"]).parse::<u64>().unwrap() > 0);
+}
+
+/// `rediss://` to one Redis serving TLS only: trusted through `SSL_CERT_FILE`, the store works;
+/// with only the system's roots the private CA's certificate is refused and the gateway stays
+/// unready.
+#[tokio::test]
+async fn a_rediss_url_verifies_the_servers_certificate() {
+    use common::redis::RedisTls;
+    let tls = RedisTls::new();
+    let redis = RedisServer::start_tls(&tls, None);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let up = Upstream::start().await;
+    let redis_env = [("ARES_STORE", "redis"), ("REDIS_URL", url.as_str())];
+
+    let (mut untrusting, base) = serve_binary(&up.url(), &redis_env).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, 503);
+    let _ = untrusting.kill().await;
+
+    let ca = tls.ca();
+    let mut env = redis_env.to_vec();
+    env.push(("SSL_CERT_FILE", ca.as_str()));
+    let (_gateway, base) = serve_binary(&up.url(), &env).await;
+    let ready = wait_until(Duration::from_secs(10), || async {
+        get(&format!("{base}/readyz"), &[]).await.status == 200
+    })
+    .await;
+    assert!(ready, "not ready over rediss://");
+    let r = post(
+        &format!("{base}/api/admin/provision-client"),
+        &[("x-admin-secret", ADMIN)],
+        r#"{"name":"Acme","tier":"pro","api_key_name":"backend"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
+    let r = post(
+        &format!("{base}/v1/chat"),
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !redis.cli(&["KEYS", "ares:key:*"]).is_empty(),
+        "written over TLS"
+    );
 }

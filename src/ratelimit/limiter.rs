@@ -77,6 +77,14 @@ pub struct LimitPolicy {
     pub lease: Lease,
 }
 
+impl LimitPolicy {
+    /// Whether decisions under `limits` go through leases: when leases are on and there is
+    /// anything to limit (a user without limits is only checked for revocation, every time).
+    fn leases(&self, limits: &Windows) -> bool {
+        self.lease.is_on() && !limits.is_empty()
+    }
+}
+
 /// Capacity this replica took from the store for one scope (a user's: for one access token).
 struct Held {
     /// The scope's store key, where unused requests go back.
@@ -93,6 +101,16 @@ struct Held {
 }
 
 impl Held {
+    /// Whether it can no longer be spent at `now`.
+    fn ended(&self, now: u64) -> bool {
+        self.until <= now
+    }
+
+    /// The ask that gives its unused requests back and takes none; `None` when all were spent.
+    fn give_back(&self, now: u64) -> Option<Take> {
+        (self.left > 0).then(|| self.returned(now, 0))
+    }
+
     /// The ask that returns this lease's unused requests, taking `want` more.
     fn returned(&self, now: u64, want: u64) -> Take {
         let same_day = now / 86_400_000 == self.taken_at / 86_400_000;
@@ -152,7 +170,7 @@ impl Limiter {
         }
         let now = now_ms();
         let key = scope.key();
-        let decided = if policy.lease.is_on() {
+        let decided = if policy.leases(&limits) {
             let take = match self.spend(&key, now, policy.lease) {
                 Spent::Here(d) => return Ok(Some(self.spent_here(scope, d))),
                 Spent::Ask(take) => take,
@@ -184,7 +202,7 @@ impl Limiter {
         let limits = plan.windows();
         let sub = token.subject;
         let now = now_ms();
-        let admitted = if policy.lease.is_on() && !limits.is_empty() {
+        let admitted = if policy.leases(&limits) {
             // A lease per access token: it was checked against revocation when taken.
             let key = user_lease_key(token);
             let take = match self.spend(&key, now, policy.lease) {
@@ -328,17 +346,16 @@ impl Limiter {
         let ended: Vec<String> = self
             .leases
             .iter()
-            .filter(|h| all || h.until <= now)
+            .filter(|h| all || h.ended(now))
             .map(|h| h.key().clone())
             .collect();
         for key in ended {
-            let Some((_, held)) = self.leases.remove_if(&key, |_, h| all || h.until <= now) else {
+            let Some((_, held)) = self.leases.remove_if(&key, |_, h| all || h.ended(now)) else {
                 continue;
             };
-            if held.left == 0 {
+            let Some(take) = held.give_back(now) else {
                 continue;
-            }
-            let take = held.returned(now, 0);
+            };
             let returned = self
                 .store
                 .call(self.store.lease(&held.scope, &held.limits, now, take))
@@ -993,5 +1010,76 @@ mod tests {
         }
         .is_on());
         assert!(!Lease { requests: 8, ms: 0 }.is_on());
+    }
+    #[tokio::test]
+    async fn housekeeping_returns_ended_leases_and_shutdown_returns_every_lease() {
+        let l = limiter();
+        let now = now_ms();
+        let limits = per_minute(100).windows();
+        l.hold(
+            "t:ended".into(),
+            "t:ended".into(),
+            limits,
+            granted(9),
+            5,
+            now - 2_000,
+            LEASE,
+        );
+        l.hold(
+            "t:live".into(),
+            "t:live".into(),
+            limits,
+            granted(9),
+            5,
+            now,
+            LEASE,
+        );
+        l.return_leases(false).await;
+        assert!(!l.leases.contains_key("t:ended"), "ended: returned");
+        assert!(l.leases.contains_key("t:live"), "still being spent");
+        l.return_leases(true).await;
+        assert!(l.leases.is_empty(), "at shutdown every lease goes back");
+    }
+
+    #[test]
+    fn a_lease_ends_at_its_time_and_gives_back_only_what_it_did_not_spend() {
+        let limits = per_minute(100).windows();
+        let held = |left| Held {
+            scope: "t:a".into(),
+            limits,
+            left,
+            until: 2_000,
+            taken_at: 1_000,
+            decision: granted(9),
+        };
+        assert!(!held(3).ended(1_999));
+        assert!(held(3).ended(2_000));
+        assert_eq!(
+            held(3).give_back(2_000),
+            Some(Take {
+                want: 0,
+                back: 3,
+                back_calendar: 3
+            })
+        );
+        assert_eq!(
+            held(0).give_back(2_000),
+            None,
+            "all spent: nothing to return"
+        );
+    }
+
+    #[test]
+    fn leases_apply_only_to_decisions_with_limits() {
+        let on = LimitPolicy {
+            lease: LEASE,
+            ..OPEN
+        };
+        assert!(on.leases(&per_minute(10).windows()));
+        assert!(
+            !on.leases(&Plan::default().windows()),
+            "a revocation check alone"
+        );
+        assert!(!OPEN.leases(&per_minute(10).windows()));
     }
 }
