@@ -489,13 +489,12 @@ impl ScopeState {
                 (!a.is_some_and(|a| a.allowed), h)
             };
             if refused {
+                // Remaining is 0 and reset at least 1 s here: a calendar window refuses with
+                // its count at the limit, before the period's end; GCRA refuses with 0 left and
+                // at least 1 ms to wait (unit-tested below).
                 return Decision {
                     refused_by: Some(w),
-                    headers: RateLimitHeaders {
-                        remaining: 0,
-                        reset: h.reset.max(1),
-                        ..h
-                    },
+                    headers: h,
                 };
             }
             if w.is_check_only() {
@@ -947,5 +946,140 @@ mod tests {
         let d = p.divided(3);
         assert_eq!(d.get(Window::Minute), Some(3));
         assert_eq!(d.get(Window::Second), Some(1));
+    }
+
+    #[test]
+    fn calendar_periods_are_the_utc_day_and_month_with_their_ends() {
+        let now = ms(2026, 12, 2, 13, 59, 0);
+        let day = now / 86_400_000;
+        assert_eq!(
+            Window::Day.calendar_period(now),
+            (day, ms(2026, 12, 3, 0, 0, 0))
+        );
+        // Months are numbered year * 12 + month - 1; December ends on the next year's 1 January.
+        assert_eq!(
+            Window::Month.calendar_period(now),
+            (2026 * 12 + 11, ms(2027, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            Window::Tokens.calendar_period(ms(2024, 2, 10, 0, 0, 0)),
+            (2024 * 12 + 1, ms(2024, 3, 1, 0, 0, 0)),
+            "a leap February"
+        );
+        assert_eq!(
+            Window::Month.calendar_period(ms(2026, 1, 31, 23, 59, 59)),
+            (2026 * 12, ms(2026, 2, 1, 0, 0, 0))
+        );
+        // A period ends where the next begins.
+        let end = Window::Day.calendar_period(now).1;
+        assert_eq!(Window::Day.calendar_period(end - 1).0, day);
+        assert_eq!(Window::Day.calendar_period(end).0, day + 1);
+    }
+
+    #[test]
+    fn sliding_window_lengths() {
+        let lengths: Vec<u64> = WINDOWS.iter().map(|w| w.sliding_ms()).collect();
+        let day = 86_400_000;
+        assert_eq!(
+            lengths,
+            [31 * day, 31 * day, day, 3_600_000, 60_000, 1_000],
+            "month, tokens, day, hour, minute, second"
+        );
+    }
+
+    #[test]
+    fn a_repeated_header_value_is_shared_not_made_again() {
+        let first = repeated(RESET, 42);
+        let again = repeated(RESET, 42);
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        let other = repeated(RESET, 43);
+        assert_eq!(other, HeaderValue::from(43u64));
+        assert_ne!(other.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn a_refusal_has_nothing_remaining_and_a_reset_of_at_least_a_second() {
+        let l = LocalLimiter::new();
+        let now = ms(2026, 12, 2, 23, 59, 59) + 999;
+        // A calendar day 1 ms before its end, a fast GCRA window, and a zero limit.
+        for (scope, limits, reset) in [
+            ("d", [(Window::Day, 1)], 1),
+            ("s", [(Window::Second, 1000)], 1),
+            ("z", [(Window::Minute, 0)], 60),
+        ] {
+            let mut d = l.check(scope, &limits, now);
+            while d.allowed() {
+                d = l.check(scope, &limits, now);
+            }
+            assert_eq!((d.headers.remaining, d.headers.reset), (0, reset), "{scope}");
+        }
+    }
+
+    #[test]
+    fn a_calendar_windows_remaining_counts_the_request_only_when_it_is_counted() {
+        let l = LocalLimiter::new();
+        let day = [(Window::Day, 5)];
+        let now = ms(2026, 12, 2, 12, 0, 0);
+        assert_eq!(l.peek("a", &day, now).headers.remaining, 5, "a peek counts nothing");
+        assert_eq!(l.check("a", &day, now).headers.remaining, 4);
+        assert_eq!(l.peek("a", &day, now).headers.remaining, 4);
+        // The token budget is checked, never consumed, and never the reported window.
+        let mut plan = Plan::default();
+        plan.set(Window::Day, Some(5));
+        plan.tokens_per_month = Some(3);
+        let d = l.check("b", &plan.windows(), now);
+        assert_eq!((d.headers.limit, d.headers.remaining), (5, 4));
+    }
+
+    #[test]
+    fn ties_between_windows_go_to_the_sooner_reset_then_to_the_first_checked() {
+        let l = LocalLimiter::new();
+        // 23:54: the day ends in 360 s, as one request's room returns in an hour window of 10.
+        let now = ms(2026, 12, 2, 23, 54, 0);
+        // Day 11 with one counted already, hour 10: both have 9 left after this request, and
+        // both reset in 360 s: the first checked (the day) is reported.
+        assert!(l.check("a", &[(Window::Day, 11)], now).allowed());
+        let d = l.check("a", &[(Window::Day, 11), (Window::Hour, 10)], now);
+        assert_eq!(
+            (d.headers.limit, d.headers.remaining, d.headers.reset),
+            (11, 9, 360)
+        );
+        // Same remaining, the later window resets sooner: it is reported.
+        let d = l.check("b", &[(Window::Day, 10), (Window::Minute, 10)], now);
+        assert_eq!(
+            (d.headers.limit, d.headers.remaining, d.headers.reset),
+            (10, 9, 6)
+        );
+        // Same remaining, the later window resets later: the earlier stays.
+        let d = l.check("c", &[(Window::Day, 10), (Window::Hour, 10)], now + 60_000);
+        assert_eq!((d.headers.remaining, d.headers.reset), (9, 300));
+        // Fewer remaining wins whatever the reset.
+        let d = l.check("e", &[(Window::Day, 100), (Window::Hour, 10)], now);
+        assert_eq!((d.headers.limit, d.headers.remaining), (10, 9));
+        let d = l.check("f", &[(Window::Day, 5), (Window::Minute, 100)], now);
+        assert_eq!((d.headers.limit, d.headers.remaining), (5, 4));
+    }
+
+    #[test]
+    fn the_limiter_lists_its_scopes_and_nonzero_calendar_counts() {
+        let l = LocalLimiter::new();
+        assert!(l.is_empty());
+        assert_eq!(l.len(), 0);
+        let now = ms(2026, 12, 2, 12, 0, 0);
+        l.check("gcra-only", &[(Window::Minute, 10)], now);
+        assert!(l.calendar_counts().is_empty(), "no calendar count to list");
+        l.check("a", &[(Window::Day, 10)], now);
+        l.check("a", &[(Window::Day, 10)], now);
+        assert!(!l.is_empty());
+        assert_eq!(l.len(), 2);
+        let day = Window::Day.calendar_period(now).0;
+        assert_eq!(
+            l.calendar_counts(),
+            vec![("a".to_string(), Window::Day, day, 2)]
+        );
+        // An export lists it every time; the batch of changes once.
+        assert_eq!(l.calendar_counts().len(), 1);
+        assert_eq!(l.take_changed().len(), 1);
+        assert!(l.take_changed().is_empty());
     }
 }
