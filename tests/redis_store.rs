@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ares_gateway::config::Config;
 use ares_gateway::store::{suite, RedisStore};
-use common::redis::{cli, RedisCluster, RedisServer, SentinelGroup};
+use common::redis::{cli, RedisCluster, RedisServer, RedisTls, SentinelGroup};
 use common::*;
 
 fn redis_config(upstream: &str, redis_url: &str, extra: &[(&str, &str)]) -> Config {
@@ -1112,21 +1112,16 @@ async fn with_leases_a_logout_reaches_other_replicas_within_the_lease_time() {
     );
 }
 
-/// `rediss+sentinel://`: sentinels, primary and replica serve TLS only (a private CA). The
-/// gateway (the binary, trusting that CA through `SSL_CERT_FILE`) finds the primary through the
-/// sentinels over TLS, verifies every certificate, and follows a failover without a restart; with
-/// only the system's roots it trusts none of them and stays unready.
-#[tokio::test]
-async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
-    use common::redis::RedisTls;
-    let tls = RedisTls::new();
-    let mut group = SentinelGroup::start_tls(&tls);
-    let url = group.url();
-    assert!(url.starts_with("rediss+sentinel://"), "{url}");
-    let up = Upstream::start().await;
-    let redis_env = [("ARES_STORE", "redis"), ("REDIS_URL", url.as_str())];
-
-    // Without the CA: the certificates are refused, so no store, so not ready.
+/// The gateway binary on a Redis store reached over TLS at `url`: first with only the system's
+/// roots, which must refuse the private CA (so the gateway stays unready), then trusting `tls`'s
+/// CA through `SSL_CERT_FILE`. Returns that gateway, its base URL, and an API key provisioned
+/// through it (so written over TLS) that has passed one request.
+async fn gateway_over_tls(
+    url: &str,
+    tls: &RedisTls,
+    up: &Upstream,
+) -> (tokio::process::Child, String, String) {
+    let redis_env = [("ARES_STORE", "redis"), ("REDIS_URL", url)];
     let (mut untrusting, base) = serve_binary(&up.url(), &redis_env).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, 503);
@@ -1135,12 +1130,12 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
     let ca = tls.ca();
     let mut env = redis_env.to_vec();
     env.push(("SSL_CERT_FILE", ca.as_str()));
-    let (_gateway, base) = serve_binary(&up.url(), &env).await;
+    let (gateway, base) = serve_binary(&up.url(), &env).await;
     let ready = wait_until(Duration::from_secs(10), || async {
         get(&format!("{base}/readyz"), &[]).await.status == 200
     })
     .await;
-    assert!(ready, "not ready over rediss+sentinel");
+    assert!(ready, "not ready over {url}");
     let r = post(
         &format!("{base}/api/admin/provision-client"),
         &[("x-admin-secret", ADMIN)],
@@ -1149,9 +1144,30 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
     .await;
     assert_eq!(r.status, 201);
     let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
+    let r = post(
+        &format!("{base}/v1/chat"),
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    (gateway, base, auth)
+}
+
+/// `rediss+sentinel://`: sentinels, primary and replica serve TLS only (a private CA). The
+/// gateway (the binary, trusting that CA through `SSL_CERT_FILE`) finds the primary through the
+/// sentinels over TLS, verifies every certificate, and follows a failover without a restart; with
+/// only the system's roots it trusts none of them and stays unready.
+#[tokio::test]
+async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
+    let tls = RedisTls::new();
+    let mut group = SentinelGroup::start_tls(&tls);
+    let url = group.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let up = Upstream::start().await;
+    let (_gateway, base, auth) = gateway_over_tls(&url, &tls, &up).await;
     let chat_url = format!("{base}/v1/chat");
     let headers = [("authorization", auth.as_str())];
-    assert_eq!(post(&chat_url, &headers, "{}").await.status, 200);
     // The key is in the TLS primary, and replicated over TLS.
     assert!(!group.primary.cli(&["KEYS", "ares:key:*"]).is_empty());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1198,42 +1214,11 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
 /// unready.
 #[tokio::test]
 async fn a_rediss_url_verifies_the_servers_certificate() {
-    use common::redis::RedisTls;
     let tls = RedisTls::new();
     let redis = RedisServer::start_tls(&tls, None);
     let url = format!("rediss://127.0.0.1:{}", redis.port);
     let up = Upstream::start().await;
-    let redis_env = [("ARES_STORE", "redis"), ("REDIS_URL", url.as_str())];
-
-    let (mut untrusting, base) = serve_binary(&up.url(), &redis_env).await;
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, 503);
-    let _ = untrusting.kill().await;
-
-    let ca = tls.ca();
-    let mut env = redis_env.to_vec();
-    env.push(("SSL_CERT_FILE", ca.as_str()));
-    let (_gateway, base) = serve_binary(&up.url(), &env).await;
-    let ready = wait_until(Duration::from_secs(10), || async {
-        get(&format!("{base}/readyz"), &[]).await.status == 200
-    })
-    .await;
-    assert!(ready, "not ready over rediss://");
-    let r = post(
-        &format!("{base}/api/admin/provision-client"),
-        &[("x-admin-secret", ADMIN)],
-        r#"{"name":"Acme","tier":"pro","api_key_name":"backend"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
-    let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
-    let r = post(
-        &format!("{base}/v1/chat"),
-        &[("authorization", &auth)],
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    let _gateway = gateway_over_tls(&url, &tls, &up).await;
     assert!(
         !redis.cli(&["KEYS", "ares:key:*"]).is_empty(),
         "written over TLS"

@@ -800,6 +800,21 @@ mod tests {
         }
     }
 
+    /// As the store's grant of `granted` requests at `now` (with `remaining` left after them)
+    /// would leave it: held for scope `key` under per-minute 100.
+    fn hold(l: &Limiter, key: &str, remaining: u64, granted_n: u64, now: u64) {
+        let limits = per_minute(100).windows();
+        l.hold(
+            key.into(),
+            key.into(),
+            limits,
+            granted(remaining),
+            granted_n,
+            now,
+            LEASE,
+        );
+    }
+
     fn ask(spent: Spent) -> Take {
         match spent {
             Spent::Ask(take) => take,
@@ -825,16 +840,7 @@ mod tests {
         };
         assert_eq!(ask(l.spend("t:a", now, LEASE)), fresh, "nothing held");
         // The store granted 5 and had 60 left after them: this request and 4 more.
-        let limits = per_minute(100).windows();
-        l.hold(
-            "t:a".into(),
-            "t:a".into(),
-            limits,
-            granted(60),
-            5,
-            now,
-            LEASE,
-        );
+        hold(&l, "t:a", 60, 5, now);
         for left in (0..4).rev() {
             let d = here(l.spend("t:a", now + 10, LEASE));
             assert!(d.allowed());
@@ -857,16 +863,7 @@ mod tests {
     fn what_a_lease_did_not_spend_goes_back_with_the_next_ask() {
         let l = limiter();
         let now = 5 * 86_400_000 + 1_000;
-        let limits = per_minute(100).windows();
-        l.hold(
-            "t:a".into(),
-            "t:a".into(),
-            limits,
-            granted(60),
-            5,
-            now,
-            LEASE,
-        );
+        hold(&l, "t:a", 60, 5, now);
         here(l.spend("t:a", now + 999, LEASE));
         // Ended at lease.ms: its 3 unused requests go back, to every window.
         let take = ask(l.spend("t:a", now + 1_000, LEASE));
@@ -880,15 +877,7 @@ mod tests {
         );
         assert!(l.leases.is_empty());
         // A lease of yesterday returns nothing to today's calendar counts.
-        l.hold(
-            "t:a".into(),
-            "t:a".into(),
-            limits,
-            granted(60),
-            5,
-            now - 2_000,
-            LEASE,
-        );
+        hold(&l, "t:a", 60, 5, now - 2_000);
         let take = ask(l.spend("t:a", now + 86_400_000, LEASE));
         assert_eq!((take.back, take.back_calendar), (4, 0));
     }
@@ -898,24 +887,8 @@ mod tests {
         let l = limiter();
         let now = 1_000_000;
         let limits = per_minute(100).windows();
-        l.hold(
-            "t:a".into(),
-            "t:a".into(),
-            limits,
-            granted(60),
-            3,
-            now,
-            LEASE,
-        );
-        l.hold(
-            "t:a".into(),
-            "t:a".into(),
-            limits,
-            granted(50),
-            4,
-            now + 500,
-            LEASE,
-        );
+        hold(&l, "t:a", 60, 3, now);
+        hold(&l, "t:a", 50, 4, now + 500);
         let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
         assert_eq!(held, (2 + 3, now + 1_000));
         // A refusal or a single request holds nothing.
@@ -924,26 +897,10 @@ mod tests {
             ..granted(0)
         };
         l.hold("t:b".into(), "t:b".into(), limits, refused, 8, now, LEASE);
-        l.hold(
-            "t:c".into(),
-            "t:c".into(),
-            limits,
-            granted(9),
-            1,
-            now,
-            LEASE,
-        );
+        hold(&l, "t:c", 9, 1, now);
         assert!(!l.leases.contains_key("t:b") && !l.leases.contains_key("t:c"));
         // A lease held since yesterday is replaced (its calendar counts cannot go back).
-        l.hold(
-            "t:a".into(),
-            "t:a".into(),
-            limits,
-            granted(40),
-            2,
-            now + 86_400_000,
-            LEASE,
-        );
+        hold(&l, "t:a", 40, 2, now + 86_400_000);
         let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
         assert_eq!(held, (1, now + 86_400_000 + 1_000));
     }
@@ -1015,25 +972,8 @@ mod tests {
     async fn housekeeping_returns_ended_leases_and_shutdown_returns_every_lease() {
         let l = limiter();
         let now = now_ms();
-        let limits = per_minute(100).windows();
-        l.hold(
-            "t:ended".into(),
-            "t:ended".into(),
-            limits,
-            granted(9),
-            5,
-            now - 2_000,
-            LEASE,
-        );
-        l.hold(
-            "t:live".into(),
-            "t:live".into(),
-            limits,
-            granted(9),
-            5,
-            now,
-            LEASE,
-        );
+        hold(&l, "t:ended", 9, 5, now - 2_000);
+        hold(&l, "t:live", 9, 5, now);
         l.return_leases(false).await;
         assert!(!l.leases.contains_key("t:ended"), "ended: returned");
         assert!(l.leases.contains_key("t:live"), "still being spent");

@@ -1011,7 +1011,11 @@ mod tests {
             while d.allowed() {
                 d = l.check(scope, &limits, now);
             }
-            assert_eq!((d.headers.remaining, d.headers.reset), (0, reset), "{scope}");
+            assert_eq!(
+                (d.headers.remaining, d.headers.reset),
+                (0, reset),
+                "{scope}"
+            );
         }
     }
 
@@ -1020,7 +1024,11 @@ mod tests {
         let l = LocalLimiter::new();
         let day = [(Window::Day, 5)];
         let now = ms(2026, 12, 2, 12, 0, 0);
-        assert_eq!(l.peek("a", &day, now).headers.remaining, 5, "a peek counts nothing");
+        assert_eq!(
+            l.peek("a", &day, now).headers.remaining,
+            5,
+            "a peek counts nothing"
+        );
         assert_eq!(l.check("a", &day, now).headers.remaining, 4);
         assert_eq!(l.peek("a", &day, now).headers.remaining, 4);
         // The token budget is checked, never consumed, and never the reported window.
