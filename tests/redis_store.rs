@@ -1224,3 +1224,39 @@ async fn a_rediss_url_verifies_the_servers_certificate() {
         "written over TLS"
     );
 }
+
+/// `rediss+cluster://` to a 3-master cluster serving TLS only (its bus too): the gateway trusts
+/// the private CA only through `SSL_CERT_FILE`, and writes and reads through every node's TLS
+/// port (keys of many slots, so of every master).
+#[tokio::test]
+async fn a_rediss_cluster_url_verifies_every_nodes_certificate() {
+    let tls = RedisTls::new();
+    let cluster = RedisCluster::start_tls(&tls);
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let up = Upstream::start().await;
+    let (_gateway, base, _) = gateway_over_tls(&url, &tls, &up).await;
+    for i in 0..6 {
+        let r = post(
+            &format!("{base}/api/admin/provision-client"),
+            &[("x-admin-secret", ADMIN)],
+            &format!(r#"{{"name":"t{i}","tier":"dev","api_key_name":"k"}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
+        let r = post(
+            &format!("{base}/v1/chat"),
+            &[("authorization", &auth)],
+            "{}",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).parse::<u64>().unwrap_or(0) > 0)
+        .count();
+    assert_eq!(holding, 3, "every master holds keys");
+}

@@ -159,27 +159,47 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_with(None)
+    }
+
+    /// The same cluster serving TLS only, its bus too (`rediss+cluster://`).
+    pub fn start_tls(tls: &RedisTls) -> RedisCluster {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&RedisTls>) -> RedisCluster {
+        let cli_args = tls.map(RedisTls::cli_args).unwrap_or_default();
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let port = super::free_port();
             let dir = tempfile::tempdir().unwrap();
-            let child = spawn(port, dir.path(), true);
+            let extra: Vec<String> = match tls {
+                None => Vec::new(),
+                Some(tls) => tls
+                    .directives(port)
+                    .into_iter()
+                    .chain([("tls-cluster".to_string(), "yes".to_string())])
+                    .flat_map(|(k, v)| [format!("--{k}"), v])
+                    .collect(),
+            };
+            let child = spawn_with(port, dir.path(), true, &extra);
             nodes.push(RedisServer {
                 port,
                 child: Some(child),
                 dir,
                 cluster: true,
-                cli_args: Vec::new(),
+                cli_args: cli_args.clone(),
             });
         }
         for n in &nodes {
-            wait_ping(n.port);
+            wait_ping_with(n.port, &cli_args);
         }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new("redis-cli")
+            .args(&cli_args)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -193,7 +213,7 @@ impl RedisCluster {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         for n in &nodes {
-            while !cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            while !n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(Instant::now() < deadline, "cluster did not converge");
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -203,7 +223,13 @@ impl RedisCluster {
 
     pub fn url(&self) -> String {
         let hosts = loopback_hosts(self.nodes.iter().map(|n| n.port));
-        format!("redis+cluster://{hosts}")
+        let tls = self.nodes.first().is_some_and(|n| !n.cli_args.is_empty());
+        let scheme = if tls {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://{hosts}")
     }
 }
 
