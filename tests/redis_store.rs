@@ -1112,6 +1112,27 @@ async fn with_leases_a_logout_reaches_other_replicas_within_the_lease_time() {
     );
 }
 
+/// Provision tenant `name` through the gateway at `base` (the binary) and send one request with
+/// its new key, which must pass; returns the key as a `Bearer` value.
+async fn provision_and_use(base: &str, name: &str, tier: &str) -> String {
+    let r = post(
+        &format!("{base}/api/admin/provision-client"),
+        &[("x-admin-secret", ADMIN)],
+        &format!(r#"{{"name":"{name}","tier":"{tier}","api_key_name":"k"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
+    let r = post(
+        &format!("{base}/v1/chat"),
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    auth
+}
+
 /// The gateway binary on a Redis store reached over TLS at `url`: first with only the system's
 /// roots, which must refuse the private CA (so the gateway stays unready), then trusting `tls`'s
 /// CA through `SSL_CERT_FILE`. Returns that gateway, its base URL, and an API key provisioned
@@ -1136,21 +1157,7 @@ async fn gateway_over_tls(
     })
     .await;
     assert!(ready, "not ready over {url}");
-    let r = post(
-        &format!("{base}/api/admin/provision-client"),
-        &[("x-admin-secret", ADMIN)],
-        r#"{"name":"Acme","tier":"pro","api_key_name":"backend"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
-    let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
-    let r = post(
-        &format!("{base}/v1/chat"),
-        &[("authorization", &auth)],
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    let auth = provision_and_use(&base, "Acme", "pro").await;
     (gateway, base, auth)
 }
 
@@ -1196,16 +1203,7 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
     }
     assert_ne!(group.primary_port(), Some(old));
     // On the promoted replica, over TLS: a new tenant is written there and its key works.
-    let r = post(
-        &format!("{base}/api/admin/provision-client"),
-        &[("x-admin-secret", ADMIN)],
-        r#"{"name":"After","tier":"dev","api_key_name":"k"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
-    let auth2 = bearer(r.json()["raw_api_key"].as_str().unwrap());
-    let r = post(&chat_url, &[("authorization", auth2.as_str())], "{}").await;
-    assert_eq!(r.status, 200);
+    provision_and_use(&base, "After", "dev").await;
     assert!(group.replica.cli(&["DBSIZE"]).parse::<u64>().unwrap() > 0);
 }
 
@@ -1237,21 +1235,7 @@ async fn a_rediss_cluster_url_verifies_every_nodes_certificate() {
     let up = Upstream::start().await;
     let (_gateway, base, _) = gateway_over_tls(&url, &tls, &up).await;
     for i in 0..6 {
-        let r = post(
-            &format!("{base}/api/admin/provision-client"),
-            &[("x-admin-secret", ADMIN)],
-            &format!(r#"{{"name":"t{i}","tier":"dev","api_key_name":"k"}}"#),
-        )
-        .await;
-        assert_eq!(r.status, 201);
-        let auth = bearer(r.json()["raw_api_key"].as_str().unwrap());
-        let r = post(
-            &format!("{base}/v1/chat"),
-            &[("authorization", &auth)],
-            "{}",
-        )
-        .await;
-        assert_eq!(r.status, 200);
+        provision_and_use(&base, &format!("t{i}"), "dev").await;
     }
     let holding = cluster
         .nodes
