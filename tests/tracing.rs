@@ -53,8 +53,14 @@ async fn traced_get(g: &TestGateway, path: &str, token: &str, trace: &str) -> Re
     get(&g.url(path), &headers).await
 }
 
+/// A gateway exporting to `collector` every 100 ms (the 5 s default would leave a test's 10 s
+/// wait for its spans too little margin on a busy machine: the first export comes after two
+/// delays).
 async fn traced(upstream: &str, collector: &str, env: &[(&str, &str)]) -> TestGateway {
-    let mut vars = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", collector)];
+    let mut vars = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
     vars.extend_from_slice(env);
     gateway(upstream, &vars).await
 }
@@ -273,7 +279,8 @@ async fn sampling_follows_the_sampler_and_the_upstream_sees_the_decision() {
     assert!(sent.starts_with(&format!("00-{trace}-")), "{sent}");
     assert!(sent.ends_with("-00"), "{sent}");
     assert!(!sent.contains(CLIENT_SPAN), "{sent}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Ten export intervals: anything recorded would have arrived.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(col.spans().is_empty(), "{:?}", col.spans());
 
     // parentbased_always_off follows the caller: its sampled flag makes a trace.
@@ -310,6 +317,7 @@ async fn requests_go_on(collector: &str, wait_for_failed_export: bool) {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 "x-honeycomb-team=sekrit-otel-header-value",

@@ -243,6 +243,12 @@ pub const TRACING_MAX_QUEUE_SIZE: Bound = Bound {
     min: 64,
     max: 1_000_000,
 };
+pub const TRACING_SCHEDULE_DELAY_MS: Bound = Bound {
+    key: "tracing.schedule_delay_ms",
+    default: 5_000,
+    min: 10,
+    max: 600_000,
+};
 pub const TRACING_EXPORT_TIMEOUT_MS: Bound = Bound {
     key: "tracing.export_timeout_ms",
     default: 10_000,
@@ -268,6 +274,7 @@ pub const ALL: &[Bound] = &[
     SERVER_REQUEST_BODY_GRACE_SECS,
     SERVER_REQUEST_BODY_MIN_RATE_BYTES,
     TRACING_MAX_QUEUE_SIZE,
+    TRACING_SCHEDULE_DELAY_MS,
     TRACING_EXPORT_TIMEOUT_MS,
     STORE_COMMAND_TIMEOUT_MS,
     STORE_API_KEY_CACHE_TTL_SECS,

@@ -80,6 +80,7 @@ pub struct TracingFile {
     pub sampler: Option<String>,
     pub sampler_arg: Option<String>,
     pub max_queue_size: Option<Num>,
+    pub schedule_delay_ms: Option<Num>,
     pub export_timeout_ms: Option<Num>,
 }
 

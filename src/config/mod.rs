@@ -684,6 +684,7 @@ routes:
         assert_eq!(t.service_name, "ares-gateway");
         assert_eq!(t.sampler, SamplerSpec::ParentBasedAlwaysOn);
         assert_eq!(t.max_queue_size, 2048);
+        assert_eq!(t.schedule_delay, Duration::from_secs(5));
         assert_eq!(t.export_timeout, Duration::from_secs(10));
         // A file without a tracing section honours them too.
         let (head, rest) = SHIPPED.split_once("\ntracing:\n").unwrap();
@@ -702,6 +703,7 @@ routes:
                 ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
                 ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
                 ("OTEL_BSP_MAX_QUEUE_SIZE", "512"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "250"),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ]),
         )
@@ -716,6 +718,7 @@ routes:
         assert_eq!(t.service_name, "edge");
         assert_eq!(t.sampler, SamplerSpec::ParentBasedRatio(0.01));
         assert_eq!(t.max_queue_size, 512);
+        assert_eq!(t.schedule_delay, Duration::from_millis(250));
         assert_eq!(t.export_timeout, Duration::from_millis(2500));
         // The signal's own variables win, taken as they are.
         let t = Config::from_yaml(
@@ -754,6 +757,7 @@ routes:
                 ("OTEL_TRACES_SAMPLER", "traceidratio"),
                 ("OTEL_TRACES_SAMPLER_ARG", "2"),
                 ("OTEL_BSP_MAX_QUEUE_SIZE", "many"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "0"),
             ]),
         )
         .unwrap_err();
@@ -763,6 +767,7 @@ routes:
             "tracing.protocol",
             "tracing.sampler",
             "tracing.max_queue_size",
+            "tracing.schedule_delay_ms",
         ] {
             assert!(paths.contains(&key), "{key} not in {err:?}");
         }

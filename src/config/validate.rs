@@ -314,6 +314,10 @@ impl Validator {
             &num_or_var(f.max_queue_size, "OTEL_BSP_MAX_QUEUE_SIZE"),
             &defaults::TRACING_MAX_QUEUE_SIZE,
         ) as usize;
+        let schedule_delay = Duration::from_millis(self.bounded(
+            &num_or_var(f.schedule_delay_ms, "OTEL_BSP_SCHEDULE_DELAY"),
+            &defaults::TRACING_SCHEDULE_DELAY_MS,
+        ));
         let timeout = var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
             .map(Num::Text)
             .or_else(|| num_or_var(f.export_timeout_ms, "OTEL_EXPORTER_OTLP_TIMEOUT"));
@@ -325,6 +329,7 @@ impl Validator {
             service_name,
             sampler,
             max_queue_size,
+            schedule_delay,
             export_timeout,
         })
     }

@@ -53,6 +53,7 @@ pub(super) fn provider(config: &TracingConfig) -> Result<SdkTracerProvider, Stri
     .map_err(|e| format!("tracing: cannot build the OTLP exporter: {e}"))?;
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(config.max_queue_size)
+        .with_scheduled_delay(config.schedule_delay)
         .with_max_export_timeout(config.export_timeout)
         .build();
     let processor = BatchSpanProcessor::builder(Counted(exporter), runtime::Tokio)

@@ -35,6 +35,8 @@ pub struct TracingConfig {
     pub sampler: SamplerSpec,
     /// Spans waiting for export; beyond this, new spans are dropped (and counted).
     pub max_queue_size: usize,
+    /// How long ended spans wait for the next export (`OTEL_BSP_SCHEDULE_DELAY`).
+    pub schedule_delay: Duration,
     /// One export's bound (`OTEL_EXPORTER_OTLP_TIMEOUT`).
     pub export_timeout: Duration,
 }
