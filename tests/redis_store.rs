@@ -1002,7 +1002,11 @@ async fn the_store_grants_leases_from_the_room_and_takes_back_what_was_not_spent
     // Calendar windows: counted when granted, returned when unused.
     let day = [(Window::Day, 50), (Window::Minute, 1_000)];
     let (d, granted) = store.lease("t:b", &day, now, want(10)).await.unwrap();
-    assert_eq!((granted, d.headers.remaining), (10, 40));
+    assert_eq!(
+        (granted, d.headers.limit, d.headers.remaining),
+        (10, 50, 40),
+        "the day is the tightest window after the lease too"
+    );
     assert_eq!(store.usage("t:b", now).await.unwrap().day, 10);
     let (d, granted) = store.lease("t:b", &day, now, back).await.unwrap();
     assert_eq!(granted, 0, "{d:?}");

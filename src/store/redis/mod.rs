@@ -73,6 +73,9 @@ use crate::util::unix_now;
 /// as many, else a quarter of the smallest room (at least one), so near a limit a lease shrinks
 /// to the single request and the decision is exact again. Remaining is what is left after them.
 const LIMIT_SCRIPT: &str = r#"
+-- Globals read through locals: each global access costs a table look-up.
+local KEYS, ARGV, tonumber = KEYS, ARGV, tonumber
+local call, ceil, floor = redis.call, math.ceil, math.floor
 local now = tonumber(ARGV[1])
 local now_us = now * 1000
 local consume = ARGV[2] == '1'
@@ -91,17 +94,17 @@ if back > 0 or back_cal > 0 then
     local kind = ARGV[base + 1]
     local limit = tonumber(ARGV[base + 2])
     if kind == 'g' and back > 0 and limit >= 1 then
-      local tat = tonumber(redis.call('GET', key) or '0')
-      local interval = math.ceil(tonumber(ARGV[base + 3]) * 1000 / limit)
+      local tat = tonumber(call('GET', key) or '0')
+      local interval = ceil(tonumber(ARGV[base + 3]) * 1000 / limit)
       tat = tat - back * interval
       if tat <= now_us then
-        redis.call('DEL', key)
+        call('DEL', key)
       else
-        redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000) + 1)
+        call('SET', key, string.format('%.0f', tat), 'PX', ceil((tat - now_us) / 1000) + 1)
       end
-    elseif kind == 'c' and back_cal > 0 and redis.call('EXISTS', key) == 1 then
-      if redis.call('DECRBY', key, back_cal) < 0 then
-        redis.call('SET', key, '0', 'KEEPTTL')
+    elseif kind == 'c' and back_cal > 0 and call('EXISTS', key) == 1 then
+      if call('DECRBY', key, back_cal) < 0 then
+        call('SET', key, '0', 'KEEPTTL')
       end
     end
   end
@@ -110,73 +113,68 @@ if want < 1 then
   return {0, 0, 0, 0, 0}
 end
 for i = 1, nrev do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+  if call('EXISTS', KEYS[i]) == 1 then
     return {-1, 0, 0, 0, 0}
   end
 end
 for i = nrev + 1, nrev + ncut do
-  local cut = redis.call('GET', KEYS[i])
+  local cut = call('GET', KEYS[i])
   if cut and iat <= tonumber(cut) then
     return {-1, 0, 0, 0, 0}
   end
 end
-local tats, intervals, used = {}, {}, {}
+-- One pass decides every window and finds the tightest as if one request were taken. A lease
+-- of g takes g - 1 more from every window alike (a GCRA window's reset does not move once it
+-- holds a request), so the same window stays the tightest with g - 1 fewer remaining.
+local tats, intervals = {}, {}
+local one = 0
+if consume then one = 1 end
 local room = want * 4
+local tl, tr, tz = 0, -1, 0
 for w = 1, nwin do
   local key = KEYS[first + w]
   local base = 8 + (w - 1) * 3
   local kind = ARGV[base + 1]
   local limit = tonumber(ARGV[base + 2])
   local span = tonumber(ARGV[base + 3])
+  local rem, reset
   if kind == 'g' then
     if limit < 1 then
       return {w, limit, 0, span, 0}
     end
-    local interval = math.ceil(span * 1000 / limit)
-    local tat = tonumber(redis.call('GET', key) or '0')
+    local interval = ceil(span * 1000 / limit)
+    local tat = tonumber(call('GET', key) or '0')
     if tat < now_us then tat = now_us end
     local backlog = tat - now_us + interval
     if backlog > interval * limit then
-      return {w, limit, 0, math.ceil((backlog - interval * limit) / 1000), 0}
+      return {w, limit, 0, ceil((backlog - interval * limit) / 1000), 0}
     end
     tats[w], intervals[w] = tat, interval
-    local fits = math.floor((interval * limit - (tat - now_us)) / interval)
-    if fits < room then room = fits end
+    if want > 1 then
+      local fits = floor((interval * limit - (tat - now_us)) / interval)
+      if fits < room then room = fits end
+    end
+    local held = tat - now_us + one * interval
+    local n = ceil(held / interval)
+    rem = limit - n
+    if n == 0 then reset = 0 else reset = ceil((held - (n - 1) * interval) / 1000) end
   else
-    local n = tonumber(redis.call('GET', key) or '0')
+    local n = tonumber(call('GET', key) or '0')
     if n >= limit then
       return {w, limit, 0, span - now, 0}
     end
-    used[w] = n
     if kind == 'c' and limit - n < room then room = limit - n end
-  end
-end
-local granted = 1
-if consume and want > 1 then
-  granted = math.max(1, math.min(want, math.floor(room / 4)))
-end
-local taken = 0
-if consume then taken = granted end
-local tl, tr, tz = 0, -1, 0
-for w = 1, nwin do
-  local base = 8 + (w - 1) * 3
-  local kind = ARGV[base + 1]
-  local limit = tonumber(ARGV[base + 2])
-  local span = tonumber(ARGV[base + 3])
-  local rem, reset
-  if kind == 'g' then
-    local interval = intervals[w]
-    local held = tats[w] - now_us + taken * interval
-    local n = math.ceil(held / interval)
-    rem = limit - n
-    if n == 0 then reset = 0 else reset = math.ceil((held - (n - 1) * interval) / 1000) end
-  else
-    rem = limit - used[w] - taken
+    rem = limit - n - one
     reset = span - now
   end
   if kind ~= 'k' and (tr < 0 or rem < tr or (rem == tr and reset < tz)) then
     tl, tr, tz = limit, rem, reset
   end
+end
+local granted = 1
+if consume and want > 1 then
+  granted = math.max(1, math.min(want, floor(room / 4)))
+  tr = tr - (granted - 1)
 end
 if consume then
   for w = 1, nwin do
@@ -185,13 +183,13 @@ if consume then
     local kind = ARGV[base + 1]
     if kind == 'g' then
       local tat = tats[w] + granted * intervals[w]
-      local ttl = math.ceil((tat - now_us) / 1000) + 1
-      redis.call('SET', key, string.format('%.0f', tat), 'PX', ttl)
+      local ttl = ceil((tat - now_us) / 1000) + 1
+      call('SET', key, string.format('%.0f', tat), 'PX', ttl)
     elseif kind == 'k' then
       -- check-only: debited by token usage, not by requests
-    elseif redis.call('INCRBY', key, granted) == granted then
+    elseif (granted == 1 and call('INCR', key) or call('INCRBY', key, granted)) == granted then
       -- A calendar key is created here, once per window: its expiry is set once.
-      redis.call('PEXPIREAT', key, tonumber(ARGV[base + 3]) + 86400000)
+      call('PEXPIREAT', key, tonumber(ARGV[base + 3]) + 86400000)
     end
   end
 end
