@@ -135,62 +135,6 @@ pub fn no_content() -> Response<Body> {
 #[error("body idle for longer than {0:?}")]
 pub struct IdleTimeoutError(pub Duration);
 
-/// Ends a streamed body with an error when no frame arrives for `idle`.
-///
-/// This is an idle bound, not a total deadline: an SSE stream that sends a keep-alive every 15 s
-/// may last for hours.
-pub struct IdleTimeout<B> {
-    inner: B,
-    idle: Duration,
-    sleep: LazySleep,
-}
-
-impl<B> IdleTimeout<B> {
-    pub fn new(inner: B, idle: Duration) -> Self {
-        IdleTimeout {
-            inner,
-            idle,
-            sleep: LazySleep::new(Instant::now() + idle),
-        }
-    }
-}
-
-impl<B> http_body::Body for IdleTimeout<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.sleep.set(Instant::now() + this.idle);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.sleep.poll_expired(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Marks a request body that fell behind its minimum rate.
 #[derive(Debug, thiserror::Error)]
 #[error("request body slower than {min_rate} bytes/s after the first {grace:?}")]
@@ -199,51 +143,98 @@ pub struct TooSlowError {
     pub min_rate: u64,
 }
 
-/// Ends a body with an error when it falls behind a minimum rate: it must be complete by
-/// `grace + received / min_rate` after it started (Apache's `mod_reqtimeout` `body=20,MinRate=500`
-/// rule): a slow upload that keeps moving goes on, one trickled byte by byte is cut.
-pub struct MinRate<B> {
-    inner: B,
-    /// None: no minimum (rate 0, or no body to come).
-    limit: Option<RateLimit>,
+/// When a streamed body's next frame is due: [`Idle`] or [`Rate`].
+pub trait Pace: Unpin {
+    /// The deadline once a frame carrying `bytes` of data has arrived.
+    fn after(&mut self, bytes: u64) -> Instant;
+    /// The error that ends a body that missed its deadline.
+    fn missed(&self) -> BoxError;
 }
 
-struct RateLimit {
+/// Each frame due within `idle` of the one before. An idle bound, not a total deadline: an SSE
+/// stream that sends a keep-alive every 15 s may last for hours.
+pub struct Idle(Duration);
+
+impl Pace for Idle {
+    fn after(&mut self, _bytes: u64) -> Instant {
+        Instant::now() + self.0
+    }
+
+    fn missed(&self) -> BoxError {
+        Box::new(IdleTimeoutError(self.0))
+    }
+}
+
+/// Complete by `grace + received / min_rate` after the start (Apache's `mod_reqtimeout`
+/// `body=20,MinRate=500` rule): a slow upload that keeps moving goes on, one trickled byte by
+/// byte is cut.
+pub struct Rate {
     started: Instant,
     received: u64,
     grace: Duration,
     min_rate: u64,
-    sleep: LazySleep,
 }
 
-impl<B: http_body::Body> MinRate<B> {
+impl Pace for Rate {
+    fn after(&mut self, bytes: u64) -> Instant {
+        self.received += bytes;
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        self.started + self.grace + earned
+    }
+
+    fn missed(&self) -> BoxError {
+        Box::new(TooSlowError {
+            grace: self.grace,
+            min_rate: self.min_rate,
+        })
+    }
+}
+
+/// A body that ends with its pace's error when a frame is late.
+pub struct Paced<B, P> {
+    inner: B,
+    /// None: no bound (a rate of 0, or no body to come).
+    pace: Option<(P, LazySleep)>,
+}
+
+/// Ends a streamed body with an error when no frame arrives for `idle`.
+pub type IdleTimeout<B> = Paced<B, Idle>;
+
+/// Ends a body with an error when it falls behind a minimum rate.
+pub type MinRate<B> = Paced<B, Rate>;
+
+impl<B> Paced<B, Idle> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        let sleep = LazySleep::new(Instant::now() + idle);
+        Paced {
+            inner,
+            pace: Some((Idle(idle), sleep)),
+        }
+    }
+}
+
+impl<B: http_body::Body> Paced<B, Rate> {
     /// `min_rate` in bytes per second; 0 sets no minimum.
     pub fn new(inner: B, grace: Duration, min_rate: u64) -> Self {
-        let limit = (min_rate > 0 && !inner.is_end_stream()).then(|| {
+        let pace = (min_rate > 0 && !inner.is_end_stream()).then(|| {
             let started = Instant::now();
-            RateLimit {
+            let rate = Rate {
                 started,
                 received: 0,
                 grace,
                 min_rate,
-                sleep: LazySleep::new(started + grace),
-            }
+            };
+            (rate, LazySleep::new(started + grace))
         });
-        MinRate { inner, limit }
+        Paced { inner, pace }
     }
 }
 
-impl RateLimit {
-    fn deadline(&self) -> Instant {
-        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
-        self.started + self.grace + earned
-    }
-}
-
-impl<B> http_body::Body for MinRate<B>
+impl<B, P> http_body::Body for Paced<B, P>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    P: Pace,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -254,25 +245,19 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let Some(limit) = &mut this.limit else {
+        let Some((pace, sleep)) = &mut this.pace else {
             return polled.map_err(Into::into);
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    limit.received += data.len() as u64;
-                    let deadline = limit.deadline();
-                    limit.sleep.set(deadline);
-                }
+                let bytes = frame.data_ref().map_or(0, |d| d.len() as u64);
+                sleep.set(pace.after(bytes));
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match limit.sleep.poll_expired(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlowError {
-                    grace: limit.grace,
-                    min_rate: limit.min_rate,
-                })))),
+            Poll::Pending => match sleep.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(pace.missed()))),
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -360,6 +345,42 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<IdleTimeoutError>());
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_rate_gives_the_grace_plus_what_each_byte_earns() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let started = Instant::now();
+        let mut body = MinRate::new(
+            StreamBody::new(tokio_stream_from(rx)),
+            Duration::from_secs(2),
+            10,
+        );
+        // 10 bytes earn 1 s: due by 3 s, then (20 bytes) by 4 s.
+        for at in [1, 3] {
+            tokio::time::sleep_until(started + Duration::from_millis(at * 1000 - 100)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+                .await
+                .unwrap();
+            assert!(body.frame().await.unwrap().is_ok(), "in time at {at} s");
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        let late = err.downcast_ref::<TooSlowError>().unwrap();
+        assert_eq!((late.grace, late.min_rate), (Duration::from_secs(2), 10));
+        assert_eq!(started.elapsed(), Duration::from_secs(4));
+        drop(tx);
+
+        // A rate of 0 sets no minimum: a body silent for an hour is still read.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let mut body = MinRate::new(StreamBody::new(tokio_stream_from(rx)), Duration::ZERO, 0);
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .unwrap();
+        });
+        assert!(body.frame().await.unwrap().is_ok());
+        sender.await.unwrap();
     }
 
     fn tokio_stream_from<T: Send + 'static>(
