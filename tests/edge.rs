@@ -10,61 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::pki::{write_atomic, Pki};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A private CA and a way to issue leaf certificates for localhost / 127.0.0.1.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ares test ca");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { ca, dir }
-    }
-
-    fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// Issue a leaf and write it to `name.crt` / `name.key`; returns its DER.
-    fn issue(&self, name: &str, cn: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let (c, k) = (
-            self.dir.path().join(format!("{name}.crt")),
-            self.dir.path().join(format!("{name}.key")),
-        );
-        write_atomic(&c, cert.pem().as_bytes());
-        write_atomic(&k, key.serialize_pem().as_bytes());
-        (c, k, cert.der().to_vec())
-    }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn tls_client_config(pki: &Pki) -> rustls::ClientConfig {
     ares_gateway::edge::tls::upstream_client_config(true, Some(&pki.ca_path())).unwrap()
@@ -124,7 +78,7 @@ async fn tls_gateway(
 
 #[tokio::test]
 async fn https_with_http1_and_h2_by_alpn() {
-    let pki = Pki::new();
+    let pki = Pki::new("ares test ca");
     let up = Upstream::start().await;
     let (g, _, _, _) = tls_gateway(&pki, &up.url(), 10).await;
     let base = format!("https://localhost:{}", g.addr.port());
@@ -187,7 +141,7 @@ async fn login_over(g: &TestGateway, pki: &Pki) -> String {
 
 #[tokio::test]
 async fn tls_1_1_is_refused() {
-    let pki = Pki::new();
+    let pki = Pki::new("ares test ca");
     let (g, _, _, _) = tls_gateway(&pki, "http://127.0.0.1:1", 10).await;
     let addr = g.addr;
     let reply = tokio::task::spawn_blocking(move || {
@@ -218,7 +172,7 @@ async fn tls_1_1_is_refused() {
 
 #[tokio::test]
 async fn certificate_reloads_on_file_change_and_survives_a_broken_file() {
-    let pki = Pki::new();
+    let pki = Pki::new("ares test ca");
     let (g, cert, key, first) = tls_gateway(&pki, "http://127.0.0.1:1", 1).await;
     assert_eq!(served_cert(g.addr, &pki).await, first);
 
@@ -246,7 +200,7 @@ async fn certificate_reloads_on_file_change_and_survives_a_broken_file() {
 
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_a_bad_certificate_stops_start_up() {
-    let pki = Pki::new();
+    let pki = Pki::new("ares test ca");
     let (cert, key, first) = pki.issue("server", "first");
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
@@ -582,7 +536,7 @@ async fn https_upstream(pki: &Pki) -> (u16, Arc<Mutex<Vec<http::Version>>>) {
 
 #[tokio::test]
 async fn https_upstream_with_a_private_ca_and_h2() {
-    let pki = Pki::new();
+    let pki = Pki::new("ares test ca");
     let (port, versions) = https_upstream(&pki).await;
     let ca = pki.ca_path();
     let g = gateway(

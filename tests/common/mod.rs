@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod pki;
 pub mod postgres;
 pub mod redis;
 

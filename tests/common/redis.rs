@@ -398,37 +398,23 @@ impl Sentinel {
 /// A private CA and a certificate for 127.0.0.1 for TLS-only Redis processes, with what
 /// `redis-cli` needs to reach them.
 pub struct RedisTls {
-    dir: tempfile::TempDir,
+    pki: super::pki::Pki,
 }
 
 impl RedisTls {
     pub fn new() -> RedisTls {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ares redis test ca");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "redis");
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("redis.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("redis.key"), key.serialize_pem()).unwrap();
-        RedisTls { dir }
+        let pki = super::pki::Pki::new("ares redis test ca");
+        pki.issue("redis", "redis");
+        RedisTls { pki }
     }
 
     /// The CA certificate: what a client must trust (`SSL_CERT_FILE` for the gateway).
     pub fn ca(&self) -> String {
-        self.path("ca.pem")
+        self.pki.ca_path().display().to_string()
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
+        self.pki.dir.path().join(name).display().to_string()
     }
 
     /// `redis-server` / `redis-sentinel` directives (also command-line options) serving TLS
