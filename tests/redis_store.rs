@@ -811,6 +811,37 @@ async fn daily_requests(g: &TestGateway, tenant: &str) -> u64 {
     r.json()["daily_requests"].as_u64().unwrap()
 }
 
+/// Kill `group`'s primary and POST `/v1/chat` with `headers` to the gateway at `base` until the
+/// sentinels have promoted the replica and the gateway is ready again (at most 40 s). Returns
+/// the statuses answered during the switch and how long it took.
+async fn fail_over_under_traffic(
+    group: &mut SentinelGroup,
+    base: &str,
+    headers: &[(&str, &str)],
+) -> (Vec<u16>, Duration) {
+    let (chat_url, ready_url) = (format!("{base}/v1/chat"), format!("{base}/readyz"));
+    let old = group.primary.port;
+    group.primary.kill();
+    let killed = Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        statuses.push(post(&chat_url, headers, "{}").await.status.as_u16());
+        if group.primary_port() == Some(group.replica.port)
+            && get(&ready_url, &[]).await.status == 200
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "no failover: primary {:?}, statuses {statuses:?}",
+            group.primary_port()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(group.primary_port(), Some(old));
+    (statuses, killed.elapsed())
+}
+
 /// `redis+sentinel://`: the primary is killed under traffic; the sentinels promote the replica
 /// and the same gateway process moves to it. What the README says the switch loses: nothing the
 /// replica had received (here: everything, the test waits for it), and the counts of requests
@@ -843,30 +874,8 @@ async fn sentinel_failover_moves_the_gateway_to_the_promoted_replica_without_a_r
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let old_primary = group.primary.port;
-    group.primary.kill();
-    let killed = Instant::now();
-    let mut statuses = Vec::new();
-    loop {
-        let r = send_chat().await;
-        statuses.push(r.status.as_u16());
-        if group.primary_port() == Some(group.replica.port)
-            && get(&g.url("/readyz"), &[]).await.status == 200
-        {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(40),
-            "no failover: primary {:?}, statuses {statuses:?}",
-            group.primary_port()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_ne!(group.primary_port(), Some(old_primary));
-    eprintln!(
-        "sentinel failover: ready again {:?} after the kill",
-        killed.elapsed()
-    );
+    let (statuses, took) = fail_over_under_traffic(&mut group, &g.url(""), &headers).await;
+    eprintln!("sentinel failover: ready again {took:?} after the kill");
     // During the switch the failure policy (`local`) decides: a cached key passes on per-replica
     // limits; nothing is a 500 or blamed on the upstream.
     assert!(
@@ -1177,7 +1186,6 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
     assert!(url.starts_with("rediss+sentinel://"), "{url}");
     let up = Upstream::start().await;
     let (_gateway, base, auth) = gateway_over_tls(&url, &tls, &up).await;
-    let chat_url = format!("{base}/v1/chat");
     let headers = [("authorization", auth.as_str())];
     // The key is in the TLS primary, and replicated over TLS.
     assert!(!group.primary.cli(&["KEYS", "ares:key:*"]).is_empty());
@@ -1187,25 +1195,11 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let old = group.primary.port;
-    group.primary.kill();
-    let killed = Instant::now();
-    loop {
-        let status = post(&chat_url, &headers, "{}").await.status.as_u16();
-        assert!([200, 503].contains(&status), "{status} during the switch");
-        if group.primary_port() == Some(group.replica.port)
-            && get(&format!("{base}/readyz"), &[]).await.status == 200
-        {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(40),
-            "no failover: primary {:?}",
-            group.primary_port()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_ne!(group.primary_port(), Some(old));
+    let (statuses, _) = fail_over_under_traffic(&mut group, &base, &headers).await;
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "during the switch: {statuses:?}"
+    );
     // On the promoted replica, over TLS: a new tenant is written there and its key works.
     provision_and_use(&base, "After", "dev").await;
     assert!(group.replica.cli(&["DBSIZE"]).parse::<u64>().unwrap() > 0);
