@@ -110,11 +110,7 @@ impl RedisServer {
     /// A Redis serving TLS only (a replica of `primary` when given, replicating over TLS).
     pub fn start_tls(tls: &RedisTls, primary: Option<u16>) -> RedisServer {
         let port = super::free_port();
-        let mut extra: Vec<String> = tls
-            .directives(port)
-            .into_iter()
-            .flat_map(|(k, v)| [format!("--{k}"), v])
-            .collect();
+        let mut extra = tls.options(port);
         if let Some(p) = primary {
             extra.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
         }
@@ -175,12 +171,11 @@ impl RedisCluster {
             let dir = tempfile::tempdir().unwrap();
             let extra: Vec<String> = match tls {
                 None => Vec::new(),
-                Some(tls) => tls
-                    .directives(port)
-                    .into_iter()
-                    .chain([("tls-cluster".to_string(), "yes".to_string())])
-                    .flat_map(|(k, v)| [format!("--{k}"), v])
-                    .collect(),
+                Some(tls) => [
+                    tls.options(port),
+                    vec!["--tls-cluster".into(), "yes".into()],
+                ]
+                .concat(),
             };
             let child = spawn_with(port, dir.path(), true, &extra);
             nodes.push(RedisServer {
@@ -415,6 +410,14 @@ impl RedisTls {
 
     fn path(&self, name: &str) -> String {
         self.pki.dir.path().join(name).display().to_string()
+    }
+
+    /// [`Self::directives`] as `redis-server` command-line options.
+    fn options(&self, port: u16) -> Vec<String> {
+        self.directives(port)
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect()
     }
 
     /// `redis-server` / `redis-sentinel` directives (also command-line options) serving TLS
