@@ -1189,11 +1189,11 @@ async fn rediss_sentinel_verifies_tls_everywhere_and_follows_a_failover() {
     let headers = [("authorization", auth.as_str())];
     // The key is in the TLS primary, and replicated over TLS.
     assert!(!group.primary.cli(&["KEYS", "ares:key:*"]).is_empty());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while group.replica.cli(&["KEYS", "ares:key:*"]).is_empty() {
-        assert!(Instant::now() < deadline, "nothing replicated over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let replicated = wait_until(Duration::from_secs(10), || async {
+        !group.replica.cli(&["KEYS", "ares:key:*"]).is_empty()
+    })
+    .await;
+    assert!(replicated, "nothing replicated over TLS");
 
     let (statuses, _) = fail_over_under_traffic(&mut group, &base, &headers).await;
     assert!(
