@@ -215,7 +215,7 @@ fn main() {
         let limits = [(Window::Month, 1u64 << 40), (Window::Day, 1 << 40), (Window::Minute, 100_000)];
         let run_for = if full { Duration::from_secs(5) } else { Duration::from_millis(200) };
         // Load the script once (EVALSHA, NOSCRIPT, SCRIPT LOAD), as a running gateway has.
-        store.rate_limit("t:warmup", &limits, now_ms()).await.expect("warm-up");
+        store.counters().rate_limit("t:warmup", &limits, now_ms()).await.expect("warm-up");
         let before = redis_cli(port, &["INFO", "commandstats"]);
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -227,7 +227,7 @@ fn main() {
                 while started.elapsed() < run_for {
                     let scope = format!("t:ten_{}", i % 1000);
                     let s = Instant::now();
-                    let d = store.rate_limit(&scope, &limits, now_ms()).await.expect("decision");
+                    let d = store.counters().rate_limit(&scope, &limits, now_ms()).await.expect("decision");
                     assert!(d.allowed());
                     lat.push(s.elapsed());
                     i += 64;
@@ -273,7 +273,7 @@ fn main() {
             run(64, scopes * limit, move |i| {
                 let store = shared.clone();
                 async move {
-                    let d = store.rate_limit(&format!("t:s{}", i % scopes), &limits, now_ms()).await;
+                    let d = store.counters().rate_limit(&format!("t:s{}", i % scopes), &limits, now_ms()).await;
                     assert!(d.expect("decision").allowed(), "filling admits");
                 }
             })
@@ -285,7 +285,7 @@ fn main() {
             let n = run_for_time(64, decide_for, move |i| {
                 let store = shared.clone();
                 async move {
-                    let d = store.rate_limit(&format!("t:s{}", i % scopes), &limits, now_ms()).await;
+                    let d = store.counters().rate_limit(&format!("t:s{}", i % scopes), &limits, now_ms()).await;
                     // At or near its limit: room returns one request per hour/limit, so a fill
                     // slower than that leaves some room in the scopes filled first.
                     std::hint::black_box(d.expect("decision"));

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ares_gateway::body::{self, Body};
-use ares_gateway::edge::coalesce::Coalesced;
-use ares_gateway::edge::conn_upstreams::{self, ConnUpstreams};
+use ares_gateway::net::coalesce::Coalesced;
+use ares_gateway::proxy::conn_upstreams::{self, ConnUpstreams};
 use ares_gateway::route::Upstream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -31,7 +31,11 @@ fn main() -> Result<(), Error> {
         return Err("usage: floor_proxy LISTEN UPSTREAM [WORKERS]".into());
     };
     let listen: SocketAddr = listen.parse()?;
-    let upstream = Arc::new(Upstream::parse("floor", &format!("http://{upstream}"))?);
+    let upstream = Arc::new(Upstream::parse(
+        "floor",
+        &format!("http://{upstream}"),
+        ares_gateway::config::defaults::upstream_timeouts(),
+    )?);
     let workers: usize = match args.get(3) {
         Some(n) => n.parse()?,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::edge::timer::LazySleep;
+use crate::net::timer::LazySleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -47,7 +47,7 @@
 //! ```text
 //! Gateway::start         one SO_REUSEPORT listener per worker; worker 0 on the caller's runtime,
 //!                        the others each on a thread with a current-thread runtime
-//! edge::accept::run      accept -> permit -> spawn connection (its upstream connections in its task)
+//! server::accept::run      accept -> permit -> spawn connection (its upstream connections in its task)
 //! pipeline::handle       never fails: handle_inner, then error.into_response(); access log
 //! pipeline::handle_inner
 //!   1 ctx       request id, client ip (trusted proxies); strip spoofable headers
@@ -63,27 +63,25 @@
 //!   9           proxy::rewrite_response + RateLimit-* headers
 //! ```
 
-pub mod admin_cli;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod cmd;
 pub mod config;
 pub mod cors;
-pub mod demo;
-pub mod edge;
 pub mod error;
-pub mod gateway;
-pub mod import_ares;
+pub mod limiter;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;
 pub mod route;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
-pub mod transfer;
 pub mod util;
 
-pub use edge::accept::bind_listeners;
-pub use gateway::Gateway;
+pub use server::accept::bind_listeners;
+pub use server::Gateway;

@@ -13,8 +13,8 @@ use ares_gateway::config::{Config, StoreBackend};
 // the 64 MiB target.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use ares_gateway::edge::accept;
-use ares_gateway::{demo, Gateway};
+use ares_gateway::server::accept;
+use ares_gateway::{cmd::demo, Gateway};
 
 #[derive(Parser)]
 #[command(
@@ -57,7 +57,7 @@ enum Command {
     },
     /// The admin API of a running gateway: tenants, keys, users, audit. The secret comes from
     /// ARES_ADMIN_SECRET. Exit 0: done; 1: refused (4xx); 2: usage; 3: unreachable or 5xx.
-    Admin(ares_gateway::admin_cli::AdminArgs),
+    Admin(ares_gateway::cmd::admin::AdminArgs),
     /// Copy ARES's users, tenants and API keys from its PostgreSQL database (read-only) into the
     /// store the config names. Exit 0: all present; 2: done, some rows skipped; 1: failed.
     ImportAres {
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Command::Demo => demo_cmd(),
         Command::Export { config } => export(&config),
         Command::Admin(args) => match runtime() {
-            Ok(rt) => ExitCode::from(rt.block_on(ares_gateway::admin_cli::run(args))),
+            Ok(rt) => ExitCode::from(rt.block_on(ares_gateway::cmd::admin::run(args))),
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");
                 ExitCode::from(3)
@@ -123,10 +123,10 @@ fn export(config: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let done = rt.block_on(async {
-        let store = ares_gateway::gateway::build_store(&cfg).await?;
+        let store = ares_gateway::server::gateway::build_store(&cfg).await?;
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let n = ares_gateway::transfer::export(store.clone(), &mut out).await?;
+        let n = ares_gateway::cmd::transfer::export(store.clone(), &mut out).await?;
         store.shutdown().await.map_err(|e| e.to_string())?;
         Ok::<u64, String>(n)
     });
@@ -163,8 +163,8 @@ fn import(file: &std::path::Path, config: &std::path::Path) -> ExitCode {
         }
     };
     let done = rt.block_on(async {
-        let store = ares_gateway::gateway::build_store(&cfg).await?;
-        let report = ares_gateway::transfer::import(&*store, &mut input).await;
+        let store = ares_gateway::server::gateway::build_store(&cfg).await?;
+        let report = ares_gateway::cmd::transfer::import(&*store, &mut input).await;
         store.shutdown().await.map_err(|e| e.to_string())?;
         report
     });
@@ -208,10 +208,10 @@ fn import_ares(database_url: &str, config: &std::path::Path, dry_run: bool) -> E
         }
     };
     let done = rt.block_on(async {
-        let mut client = ares_gateway::import_ares::connect(database_url).await?;
-        let store = ares_gateway::gateway::build_store(&cfg).await?;
+        let mut client = ares_gateway::cmd::import_ares::connect(database_url).await?;
+        let store = ares_gateway::server::gateway::build_store(&cfg).await?;
         let store = ares_gateway::store::StoreHandle::new(store, cfg.store.command_timeout);
-        ares_gateway::import_ares::run(&mut client, &store, &cfg.limits.plans, dry_run).await
+        ares_gateway::cmd::import_ares::run(&mut client, &store, &cfg.limits.plans, dry_run).await
     });
     match done {
         Ok(report) => {

@@ -117,7 +117,7 @@ pub struct Metrics {
     lookups: [[Counter; 2]; CACHES.len()],
 }
 
-/// Every `ratelimit::limiter::Scope::kind`, each with its premade series.
+/// Every `limiter::Scope::kind`, each with its premade series.
 pub const SCOPE_KINDS: [&str; 7] = [
     "tenant",
     "user",

@@ -28,10 +28,10 @@ use crate::api;
 use crate::auth::{self, Identity, Principal};
 use crate::body::{self, Body, RequestBody};
 use crate::cors;
-use crate::edge::conn_upstreams::ConnUpstreams;
 use crate::error::{ErrorContext, GatewayError};
+use crate::limiter::{self, LimitPolicy, Scope};
+use crate::proxy::conn_upstreams::ConnUpstreams;
 use crate::proxy::{self, X_REQUEST_ID};
-use crate::ratelimit::limiter::{self, LimitPolicy, Scope};
 use crate::ratelimit::RateLimitHeaders;
 use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
 use crate::state::{AppState, RequestScope, Snapshot};
@@ -65,8 +65,8 @@ pub struct ConnInfo {
     /// Why the raw head of this request is refused (both Content-Length and Transfer-Encoding,
     /// or a repeated Content-Length), as `framing::Scanner` saw it: hyper drops or merges the
     /// lengths before the handler could tell.
-    pub framing: Option<crate::edge::framing::FramingError>,
-    /// The connection's own upstream connections (HTTP/1 client connections; see `edge::conn_upstreams`).
+    pub framing: Option<crate::net::framing::FramingError>,
+    /// The connection's own upstream connections (HTTP/1 client connections; see `proxy::conn_upstreams`).
     pub upstreams: Option<ConnUpstreams>,
 }
 
@@ -93,7 +93,7 @@ pub async fn handle(
     // Before anything reads the request: refuse what another parser could frame differently.
     let framing = match conn.framing {
         Some(refused) => Err(refused),
-        None => crate::edge::framing::check(&req),
+        None => crate::net::framing::check(&req),
     };
     let uri = req.uri().clone();
     let mut ctx = proxy::strip_spoofable(

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::defaults;
 use crate::ratelimit::FailurePolicy;
 
 /// Why a path was refused before routing (400 `INVALID_INPUT`).
@@ -466,9 +465,20 @@ pub struct Upstream {
     pub mint: Option<MintConfig>,
 }
 
+/// An upstream's timeouts and pool size: the config layer decides them (its table of named
+/// defaults, `config::defaults::upstream_timeouts`, or the file's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub pool_idle: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
 impl Upstream {
-    /// An upstream with default timeouts.
-    pub fn parse(name: &str, url: &str) -> Result<Self, String> {
+    /// An upstream at `url` with the given timeouts (the rest from the config).
+    pub fn parse(name: &str, url: &str, timeouts: UpstreamTimeouts) -> Result<Self, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("not a valid URL ({e})"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
@@ -496,15 +506,11 @@ impl Upstream {
             https,
             authority,
             base_path,
-            connect_timeout: Duration::from_millis(defaults::UPSTREAM_CONNECT_TIMEOUT_MS.default),
-            first_byte_timeout: Duration::from_secs(
-                defaults::UPSTREAM_FIRST_BYTE_TIMEOUT_SECS.default,
-            ),
-            idle_timeout: Duration::from_secs(defaults::UPSTREAM_IDLE_TIMEOUT_SECS.default),
-            pool_idle_timeout: Duration::from_secs(
-                defaults::UPSTREAM_POOL_IDLE_TIMEOUT_SECS.default,
-            ),
-            pool_max_idle_per_host: defaults::UPSTREAM_POOL_MAX_IDLE_PER_HOST.default as usize,
+            connect_timeout: timeouts.connect,
+            first_byte_timeout: timeouts.first_byte,
+            idle_timeout: timeouts.idle,
+            pool_idle_timeout: timeouts.pool_idle,
+            pool_max_idle_per_host: timeouts.pool_max_idle_per_host,
             ca_file: None,
             credential: Credential::None,
             mint: None,
@@ -515,6 +521,14 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TIMEOUTS: UpstreamTimeouts = UpstreamTimeouts {
+        connect: Duration::from_secs(1),
+        first_byte: Duration::from_secs(1),
+        idle: Duration::from_secs(1),
+        pool_idle: Duration::from_secs(1),
+        pool_max_idle_per_host: 1,
+    };
 
     #[test]
     fn normalisation_table() {
@@ -576,7 +590,7 @@ mod tests {
     }
 
     fn up() -> Arc<Upstream> {
-        Arc::new(Upstream::parse("default", "http://127.0.0.1:3000").unwrap())
+        Arc::new(Upstream::parse("default", "http://127.0.0.1:3000", TIMEOUTS).unwrap())
     }
 
     fn table() -> RouteTable {
@@ -680,9 +694,17 @@ mod tests {
 
     #[test]
     fn upstream_urls_choose_their_scheme_and_mint_config_hides_its_secret() {
-        assert!(Upstream::parse("a", "https://ares.example").unwrap().https);
-        assert!(!Upstream::parse("a", "http://127.0.0.1:3000").unwrap().https);
-        assert!(Upstream::parse("a", "ftp://ares.example").is_err());
+        assert!(
+            Upstream::parse("a", "https://ares.example", TIMEOUTS)
+                .unwrap()
+                .https
+        );
+        assert!(
+            !Upstream::parse("a", "http://127.0.0.1:3000", TIMEOUTS)
+                .unwrap()
+                .https
+        );
+        assert!(Upstream::parse("a", "ftp://ares.example", TIMEOUTS).is_err());
         let mint = MintConfig {
             secret: crate::util::Secret::new("mint-secret-never-printed".into()),
             ttl_secs: 60,

@@ -17,10 +17,10 @@ use crate::auth::mint::{Minter, Minters};
 use crate::auth::password::PasswordHasher;
 use crate::auth::Credentials;
 use crate::config::Config;
+use crate::limiter::{LimitPolicy, Limiter};
 use crate::proxy::{RequestContext, UpstreamClient};
-use crate::ratelimit::limiter::{LimitPolicy, Limiter};
 use crate::ratelimit::FailurePolicy;
-use crate::store::{Invalidation, Store, StoreHandle};
+use crate::store::{Counters, Invalidation, Lookup, Records, Role, Store, StoreHandle};
 
 /// What one load of the config file turns into.
 pub struct Snapshot {
@@ -83,7 +83,14 @@ pub struct RequestScope<'r> {
 
 pub struct AppState {
     snapshot: ArcSwap<Snapshot>,
+    /// The store's lifecycle: readiness (`/readyz`), invalidations, shutdown.
     pub store: StoreHandle,
+    /// What authentication reads (behind `keys`).
+    pub lookup: Role<dyn Lookup>,
+    /// What the API keeps: tenants, keys, users, sessions, audit.
+    pub records: Role<dyn Records>,
+    /// The counts the usage reports read (the Limiter holds its own handle for deciding).
+    pub counters: Role<dyn Counters>,
     pub keys: KeyCache,
     pub passwords: PasswordHasher,
     pub limiter: Limiter,
@@ -106,7 +113,10 @@ impl AppState {
         let state = Arc::new(AppState {
             tracing,
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)?),
-            limiter: Limiter::new(store.clone()),
+            limiter: Limiter::new(store.counters()),
+            lookup: store.lookup(),
+            records: store.records(),
+            counters: store.counters(),
             store,
             keys,
             passwords,
@@ -129,7 +139,7 @@ impl AppState {
             jwt: &snap.jwt,
             admin: &snap.admin,
             keys: &self.keys,
-            store: &self.store,
+            lookup: &self.lookup,
             // How long cached credentials stay usable while the store cannot answer.
             outage_grace: snap.config.store.api_key_cache_ttl * 2,
         }
@@ -184,7 +194,11 @@ impl AppState {
         if !drained.is_empty() {
             let touches: Vec<(String, u64)> =
                 drained.iter().map(|(h, at, _)| (h.clone(), *at)).collect();
-            if let Err(e) = self.store.call(self.store.touch_api_keys(&touches)).await {
+            if let Err(e) = self
+                .records
+                .call(self.records.touch_api_keys(&touches))
+                .await
+            {
                 tracing::debug!(error = %e, "last_used_at batch not written");
             }
             // Requests per key and day, counted on the day of the batch's last use.
@@ -192,7 +206,11 @@ impl AppState {
                 .into_iter()
                 .map(|(h, at, n)| (h, at / 86_400, n))
                 .collect();
-            if let Err(e) = self.store.call(self.store.record_key_usage(&uses)).await {
+            if let Err(e) = self
+                .records
+                .call(self.records.record_key_usage(&uses))
+                .await
+            {
                 tracing::debug!(error = %e, "key usage batch not written");
             }
         }

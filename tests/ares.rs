@@ -168,6 +168,7 @@ async fn a_users_chat_and_stream_reach_ares_with_a_token_it_accepts() {
     let user_id = g
         .state
         .store
+        .records()
         .get_user_by_email("jane@example.com")
         .await
         .unwrap()

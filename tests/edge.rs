@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 fn tls_client_config(pki: &Pki) -> rustls::ClientConfig {
-    ares_gateway::edge::tls::upstream_client_config(true, Some(&pki.ca_path())).unwrap()
+    ares_gateway::net::tls::upstream_client_config(true, Some(&pki.ca_path())).unwrap()
 }
 
 /// The certificate the gateway presents on a fresh connection.
@@ -502,8 +502,8 @@ async fn query_token_is_accepted_only_where_allowed_and_never_forwarded() {
 /// An HTTPS upstream with a private CA, offering h2 and http/1.1.
 async fn https_upstream(pki: &Pki) -> (u16, Arc<Mutex<Vec<http::Version>>>) {
     let (cert, key, _) = pki.issue("upstream", "upstream");
-    let files = ares_gateway::edge::tls::TlsFiles { cert, key };
-    let reloader = ares_gateway::edge::tls::CertReloader::new(&files).unwrap();
+    let files = ares_gateway::net::tls::TlsFiles { cert, key };
+    let reloader = ares_gateway::net::tls::CertReloader::new(&files).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(reloader.server_config().unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -686,7 +686,7 @@ async fn rsa_pkcs1_pkcs8_and_sec1_ec_keys_and_chains_are_served() {
     std::fs::write(d.join("chain.crt"), chain).unwrap();
 
     let client_cfg =
-        ares_gateway::edge::tls::upstream_client_config(true, Some(&d.join("ca.pem"))).unwrap();
+        ares_gateway::net::tls::upstream_client_config(true, Some(&d.join("ca.pem"))).unwrap();
     for (cert, key, chain_len) in [
         ("rsa8.crt", "rsa8.key", 1),
         ("chain.crt", "rsa1.key", 2),
@@ -716,11 +716,11 @@ async fn rsa_pkcs1_pkcs8_and_sec1_ec_keys_and_chains_are_served() {
         );
     }
     // A key that does not belong to the certificate is refused at start-up, naming the files.
-    let files = ares_gateway::edge::tls::TlsFiles {
+    let files = ares_gateway::net::tls::TlsFiles {
         cert: d.join("rsa8.crt"),
         key: d.join("ec1.key"),
     };
-    let err = ares_gateway::edge::tls::CertReloader::new(&files)
+    let err = ares_gateway::net::tls::CertReloader::new(&files)
         .err()
         .expect("mismatched key accepted");
     assert!(err.contains("rsa8.crt") && err.contains("ec1.key"), "{err}");

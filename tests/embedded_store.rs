@@ -475,11 +475,11 @@ async fn a_full_disk_refuses_writes_while_reads_and_proxying_go_on() {
 /// Records through the `export`/`import` code (JSON lines), from `from` into `to`.
 async fn transfer(from: std::sync::Arc<dyn Store>, to: &dyn Store) -> String {
     let mut lines = Vec::new();
-    ares_gateway::transfer::export(from, &mut lines)
+    ares_gateway::cmd::transfer::export(from, &mut lines)
         .await
         .unwrap();
     let text = String::from_utf8(lines).unwrap();
-    let report = ares_gateway::transfer::import(to, &mut text.as_bytes())
+    let report = ares_gateway::cmd::transfer::import(to, &mut text.as_bytes())
         .await
         .unwrap();
     assert!(

@@ -175,7 +175,7 @@ async fn ares_users_tenants_and_keys_carry_over_and_work_at_the_gateway() {
     assert_eq!(counts(&out, "users"), (4, 1, 0, 3), "{out}");
     let store = &g.state.store;
     assert!(
-        store.get_user(OLD_USER).await.unwrap().is_none(),
+        store.records().get_user(OLD_USER).await.unwrap().is_none(),
         "a dry run writes nothing"
     );
 

@@ -53,7 +53,7 @@ async fn redis_cluster_passes_the_store_suite() {
     let now_ms = ares_gateway::util::now_ms();
     let limits = [(ares_gateway::ratelimit::Window::Minute, 10)];
     let token = ares_gateway::store::suite::token("usr_c", "old-jti", now_ms / 1000);
-    let admit = || store.admit_token(token, &limits, now_ms);
+    let admit = || store.counters().admit_token(token, &limits, now_ms);
     assert!(matches!(admit().await.unwrap(), Admission::Decided(_)));
     let set = std::process::Command::new("redis-cli")
         .args(["-c", "-p", &cluster.nodes[0].port.to_string()])
@@ -62,7 +62,7 @@ async fn redis_cluster_passes_the_store_suite() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
     assert_eq!(admit().await.unwrap(), Admission::Revoked);
-    assert!(store.is_token_revoked(token).await.unwrap());
+    assert!(store.lookup().is_token_revoked(token).await.unwrap());
 }
 
 #[tokio::test]
@@ -761,7 +761,11 @@ async fn concurrent_decisions_share_one_multiplexed_connection() {
     let redis = RedisServer::start();
     let store = store_for(&redis.url()).await;
     let limits = [(Window::Day, 1_000), (Window::Minute, 1_000)];
-    store.rate_limit("t:warm", &limits, now_ms()).await.unwrap();
+    store
+        .counters()
+        .rate_limit("t:warm", &limits, now_ms())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = connections_received(redis.port);
     let evalsha = calls(redis.port, "evalsha");
@@ -770,7 +774,7 @@ async fn concurrent_decisions_share_one_multiplexed_connection() {
         let store = store.clone();
         tokio::spawn(async move {
             let scope = format!("t:{}", i % 8);
-            store.rate_limit(&scope, &limits, now_ms()).await
+            store.counters().rate_limit(&scope, &limits, now_ms()).await
         })
     });
     for d in futures_util::future::join_all(decisions).await {
@@ -974,12 +978,20 @@ async fn the_store_grants_leases_from_the_room_and_takes_back_what_was_not_spent
         back_calendar: 0,
     };
     let minute = [(Window::Minute, 100)];
-    let (d, granted) = store.lease("t:a", &minute, now, want(10)).await.unwrap();
+    let (d, granted) = store
+        .counters()
+        .lease("t:a", &minute, now, want(10))
+        .await
+        .unwrap();
     assert!(d.allowed());
     assert_eq!((granted, d.headers.remaining), (10, 90));
     let mut grants = vec![granted];
     loop {
-        let (d, granted) = store.lease("t:a", &minute, now, want(10)).await.unwrap();
+        let (d, granted) = store
+            .counters()
+            .lease("t:a", &minute, now, want(10))
+            .await
+            .unwrap();
         if !d.allowed() {
             assert_eq!(granted, 0, "a refusal grants nothing");
             break;
@@ -995,38 +1007,66 @@ async fn the_store_grants_leases_from_the_room_and_takes_back_what_was_not_spent
         back: 5,
         back_calendar: 5,
     };
-    let (_, granted) = store.lease("t:a", &minute, now, back).await.unwrap();
+    let (_, granted) = store
+        .counters()
+        .lease("t:a", &minute, now, back)
+        .await
+        .unwrap();
     assert_eq!(granted, 0);
-    let d = store.peek_rate_limit("t:a", &minute, now).await.unwrap();
+    let d = store
+        .counters()
+        .peek_rate_limit("t:a", &minute, now)
+        .await
+        .unwrap();
     assert_eq!(d.headers.remaining, 5);
     // More back than was taken empties the window; it never goes below empty.
     let all_back = Take {
         back: 1_000,
         ..back
     };
-    store.lease("t:a", &minute, now, all_back).await.unwrap();
-    let d = store.peek_rate_limit("t:a", &minute, now).await.unwrap();
+    store
+        .counters()
+        .lease("t:a", &minute, now, all_back)
+        .await
+        .unwrap();
+    let d = store
+        .counters()
+        .peek_rate_limit("t:a", &minute, now)
+        .await
+        .unwrap();
     assert_eq!(d.headers.remaining, 100);
 
     // Calendar windows: counted when granted, returned when unused.
     let day = [(Window::Day, 50), (Window::Minute, 1_000)];
-    let (d, granted) = store.lease("t:b", &day, now, want(10)).await.unwrap();
+    let (d, granted) = store
+        .counters()
+        .lease("t:b", &day, now, want(10))
+        .await
+        .unwrap();
     assert_eq!(
         (granted, d.headers.limit, d.headers.remaining),
         (10, 50, 40),
         "the day is the tightest window after the lease too"
     );
-    assert_eq!(store.usage("t:b", now).await.unwrap().day, 10);
-    let (d, granted) = store.lease("t:b", &day, now, back).await.unwrap();
+    assert_eq!(store.counters().usage("t:b", now).await.unwrap().day, 10);
+    let (d, granted) = store
+        .counters()
+        .lease("t:b", &day, now, back)
+        .await
+        .unwrap();
     assert_eq!(granted, 0, "{d:?}");
-    assert_eq!(store.usage("t:b", now).await.unwrap().day, 5);
+    assert_eq!(store.counters().usage("t:b", now).await.unwrap().day, 5);
     let over = Take {
         back_calendar: 100,
         ..back
     };
-    store.lease("t:b", &day, now, over).await.unwrap();
+    store
+        .counters()
+        .lease("t:b", &day, now, over)
+        .await
+        .unwrap();
     assert_eq!(
-        store.usage("t:b", now).await.unwrap().day,
+        store.counters().usage("t:b", now).await.unwrap().day,
         0,
         "not below zero"
     );
@@ -1038,12 +1078,20 @@ async fn the_store_grants_leases_from_the_room_and_takes_back_what_was_not_spent
         .unwrap();
     assert!(ttl > 0, "the day's counter keeps its expiry: {ttl}");
     // A return for a scope with no counter creates none.
-    store.lease("t:none", &day, now, over).await.unwrap();
+    store
+        .counters()
+        .lease("t:none", &day, now, over)
+        .await
+        .unwrap();
     assert!(cli(redis.port, &["KEYS", "ares:rl:{t:none}*"])
         .trim()
         .is_empty());
     // A single request (no lease) is what it always was.
-    let (d, granted) = store.lease("t:c", &minute, now, want(1)).await.unwrap();
+    let (d, granted) = store
+        .counters()
+        .lease("t:c", &minute, now, want(1))
+        .await
+        .unwrap();
     assert_eq!((granted, d.headers.remaining), (1, 99));
 }
 

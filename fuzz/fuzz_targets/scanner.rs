@@ -1,7 +1,7 @@
 //! The connection byte scanner: any bytes, split anywhere, never panic, and agree with themselves
 //! whether fed whole or in pieces.
 #![no_main]
-use ares_gateway::edge::framing::{ConnFlags, Scanner};
+use ares_gateway::net::framing::{ConnFlags, Scanner};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

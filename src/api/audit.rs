@@ -26,8 +26,8 @@ pub async fn record(
     let entry = AuditEntry::new(now_ms(), seq, actor, action, target, outcome);
     let keep_ms = keep.as_millis() as u64;
     if let Err(e) = state
-        .store
-        .call(state.store.append_audit(&entry, keep_ms))
+        .records
+        .call(state.records.append_audit(&entry, keep_ms))
         .await
     {
         tracing::error!(error = %e, action, "audit entry not stored (it is in the log)");

@@ -16,7 +16,7 @@ use crate::auth::password::{self, Password};
 use crate::auth::{self, Identity};
 use crate::body::{self, Body, RequestBody};
 use crate::error::{GatewayError, StoreError};
-use crate::ratelimit::limiter::{self, LimitPolicy, Scope};
+use crate::limiter::{self, LimitPolicy, Scope};
 use crate::ratelimit::FailurePolicy;
 use crate::state::{AppState, RequestScope};
 use crate::store::{RefreshRecord, User};
@@ -245,8 +245,8 @@ async fn register(state: &AppState, req: RegisterRequest) -> Result<Response<Bod
         disabled: false,
     };
     match state
-        .store
-        .call_keep_error(state.store.create_user(&user))
+        .records
+        .call_keep_error(state.records.create_user(&user))
         .await
     {
         Ok(()) => {}
@@ -288,8 +288,8 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
     }
 
     let user = state
-        .store
-        .call(state.store.get_user_by_email(&email))
+        .records
+        .call(state.records.get_user_by_email(&email))
         .await?;
     let verified = state
         .passwords
@@ -309,8 +309,8 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
     }
     if let Some(new_hash) = verified.rehash {
         if let Err(e) = state
-            .store
-            .call(state.store.set_password_hash(&user.id, &new_hash))
+            .records
+            .call(state.records.set_password_hash(&user.id, &new_hash))
             .await
         {
             tracing::warn!(user = %user.id, error = %e, "password rehash not stored");
@@ -367,8 +367,8 @@ async fn store_refresh(
         successor: None,
     };
     s.state
-        .store
-        .call(s.state.store.put_refresh_token(&record))
+        .records
+        .call(s.state.records.put_refresh_token(&record))
         .await
 }
 
@@ -383,13 +383,13 @@ async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Bod
     }
     let hash = token_hash(&presented);
     let record = state
-        .store
-        .call(state.store.get_refresh_token(&hash))
+        .records
+        .call(state.records.get_refresh_token(&hash))
         .await?
         .ok_or(GatewayError::InvalidRefreshToken)?;
     let user = state
-        .store
-        .call(state.store.get_user(&record.user_id))
+        .records
+        .call(state.records.get_user(&record.user_id))
         .await?
         .ok_or(GatewayError::InvalidRefreshToken)?;
     if user.disabled {
@@ -414,10 +414,10 @@ async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Bod
     let sealed = auth::successor::seal(&presented, &hash, &successor);
     store_refresh(s, &user.id, &record.family_id, &successor, now).await?;
     let marked = state
-        .store
+        .records
         .call(
             state
-                .store
+                .records
                 .mark_refresh_rotated(&hash, now, sealed.as_deref()),
         )
         .await?;
@@ -427,8 +427,8 @@ async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Bod
             if now.saturating_sub(rotation.at) > cfg.refresh_reuse_grace.as_secs() {
                 // A rotated token came back: it leaked. Kill the whole family (RFC 9700).
                 state
-                    .store
-                    .call(state.store.revoke_refresh_family(
+                    .records
+                    .call(state.records.revoke_refresh_family(
                         &record.family_id,
                         now + cfg.refresh_token_ttl.as_secs(),
                     ))
@@ -473,14 +473,18 @@ async fn logout(
     if let Some(token) = presented.filter(|t| plausible_refresh_token(t)) {
         let hash = token_hash(&token);
         if let Some(record) = state
-            .store
-            .call(state.store.get_refresh_token(&hash))
+            .records
+            .call(state.records.get_refresh_token(&hash))
             .await?
         {
             let until = now + snap.config.auth.refresh_token_ttl.as_secs();
             state
-                .store
-                .call(state.store.revoke_refresh_family(&record.family_id, until))
+                .records
+                .call(
+                    state
+                        .records
+                        .revoke_refresh_family(&record.family_id, until),
+                )
                 .await?;
         }
     }
@@ -488,8 +492,8 @@ async fn logout(
         if let Some(jti) = &claims.jti {
             let until = claims.exp + snap.config.auth.jwt_leeway.as_secs();
             state
-                .store
-                .call(state.store.revoke_jti(&claims.sub, jti, until))
+                .records
+                .call(state.records.revoke_jti(&claims.sub, jti, until))
                 .await?;
             state.limiter.end_user_leases(&claims.sub);
         }
@@ -518,8 +522,8 @@ async fn change_password(
     }
     password::check_policy(req.new_password.expose())?;
     let user = state
-        .store
-        .call(state.store.get_user(&claims.sub))
+        .records
+        .call(state.records.get_user(&claims.sub))
         .await?
         .ok_or(GatewayError::InvalidToken)?;
     let limits = &snap.config.limits;
@@ -545,8 +549,8 @@ async fn change_password(
     }
     let hash = state.passwords.hash(&req.new_password).await?;
     state
-        .store
-        .call(state.store.set_password_hash(&user.id, &hash))
+        .records
+        .call(state.records.set_password_hash(&user.id, &hash))
         .await?;
     end_every_session(s, &user.id).await?;
     let family = random_token("fam_", 22);
@@ -585,8 +589,8 @@ pub(crate) async fn end_sessions(
     let access_life = snap.jwt.ttl_secs() + cfg.jwt_leeway.as_secs();
     let until = through + access_life.max(cfg.refresh_token_ttl.as_secs());
     state
-        .store
-        .call(state.store.revoke_user_tokens(user_id, through, until))
+        .records
+        .call(state.records.revoke_user_tokens(user_id, through, until))
         .await?;
     state.limiter.end_user_leases(user_id);
     tokio::time::sleep(std::time::Duration::from_millis(1000 - now_ms % 1000)).await;
@@ -623,8 +627,8 @@ async fn me(
         return Err(GatewayError::InvalidToken);
     };
     let user = state
-        .store
-        .call(state.store.get_user(&claims.sub))
+        .records
+        .call(state.records.get_user(&claims.sub))
         .await?
         .ok_or(GatewayError::InvalidToken)?;
     Ok(body::json(

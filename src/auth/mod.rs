@@ -18,7 +18,7 @@ use http::header::{HeaderMap, AUTHORIZATION};
 
 use crate::error::GatewayError;
 use crate::route::{AuthKind, Route};
-use crate::store::{ApiKeyRecord, StoreHandle, Tenant, TenantStatus};
+use crate::store::{ApiKeyRecord, Lookup, Role, Tenant, TenantStatus};
 use crate::util::unix_now;
 
 use admin::AdminSecrets;
@@ -140,7 +140,8 @@ pub struct Credentials<'a> {
     pub admin: &'a AdminSecrets,
     /// Validated keys and tenants, and the keys known not to exist.
     pub keys: &'a KeyCache,
-    pub store: &'a StoreHandle,
+    /// The store's lookup role: nothing else of the store reaches authentication.
+    pub lookup: &'a Role<dyn Lookup>,
     /// How long a cached key or tenant stays usable while the store cannot answer.
     pub outage_grace: Duration,
 }
@@ -213,7 +214,7 @@ pub async fn authenticate_jwt(
     creds: &Credentials<'_>,
 ) -> Result<Principal, GatewayError> {
     let principal = verify_jwt(token, creds.jwt)?;
-    check_revoked(&principal, creds.store).await?;
+    check_revoked(&principal, creds.lookup).await?;
     Ok(principal)
 }
 
@@ -227,7 +228,10 @@ fn verify_jwt(token: &str, keys: &JwtKeys) -> Result<Principal, GatewayError> {
 }
 
 /// Refuse a user's access token that was revoked (logout). Other principals pass.
-async fn check_revoked(principal: &Principal, store: &StoreHandle) -> Result<(), GatewayError> {
+async fn check_revoked(
+    principal: &Principal,
+    lookup: &Role<dyn Lookup>,
+) -> Result<(), GatewayError> {
     let Identity::User(claims) = principal.identity() else {
         return Ok(());
     };
@@ -236,7 +240,7 @@ async fn check_revoked(principal: &Principal, store: &StoreHandle) -> Result<(),
         jti: claims.jti.as_deref(),
         issued_at: claims.iat,
     };
-    match store.call(store.is_token_revoked(token)).await {
+    match lookup.call(lookup.is_token_revoked(token)).await {
         Ok(false) => Ok(()),
         Ok(true) => Err(revoked()),
         // A logout cannot have been recorded while the store is down either; refusing every
@@ -269,7 +273,7 @@ pub async fn authenticate_key(
     let key = match cached {
         Some(k) => k,
         None if cache.is_known_missing(&hash) => return Err(GatewayError::InvalidApiKey),
-        None => match creds.store.call(creds.store.get_api_key(&hash)).await {
+        None => match creds.lookup.call(creds.lookup.get_api_key(&hash)).await {
             Ok(Some(k)) => {
                 let k = Arc::new(k);
                 cache.put_key(k.clone());
@@ -305,7 +309,7 @@ async fn tenant(id: &str, creds: &Credentials<'_>) -> Result<Option<Arc<Tenant>>
     if let Some(t) = cached {
         return Ok(Some(t));
     }
-    match creds.store.call(creds.store.get_tenant(id)).await {
+    match creds.lookup.call(creds.lookup.get_tenant(id)).await {
         Ok(Some(t)) => {
             let t = Arc::new(t);
             creds.keys.put_tenant(t.clone());
@@ -400,19 +404,25 @@ mod tests {
             jwt: JwtKeys,
             admin: AdminSecrets,
             keys: KeyCache,
-            store: StoreHandle,
+            store: crate::store::StoreHandle,
+            lookup: Role<dyn Lookup>,
         }
 
         impl Fixture {
             fn new() -> Fixture {
                 let cfg = jwt::tests::cfg("auth-unit-secret-0123456789abcdef0123");
+                let store = crate::store::StoreHandle::new(
+                    Arc::new(MemoryStore::new()),
+                    Duration::from_secs(1),
+                );
                 Fixture {
                     jwt: JwtKeys::new(&cfg),
                     admin: AdminSecrets::new(&[crate::util::Secret::new(
                         "auth-unit-admin-secret".into(),
                     )]),
                     keys: KeyCache::new(Duration::from_secs(30)),
-                    store: StoreHandle::new(Arc::new(MemoryStore::new()), Duration::from_secs(1)),
+                    lookup: store.lookup(),
+                    store,
                 }
             }
 
@@ -421,14 +431,21 @@ mod tests {
                     jwt: &self.jwt,
                     admin: &self.admin,
                     keys: &self.keys,
-                    store: &self.store,
+                    lookup: &self.lookup,
                     outage_grace: Duration::from_secs(60),
                 }
             }
         }
 
         fn route(auth: AuthKind) -> Route {
-            let up = Arc::new(Upstream::parse("u", "http://127.0.0.1:1").unwrap());
+            let up = Arc::new(
+                Upstream::parse(
+                    "u",
+                    "http://127.0.0.1:1",
+                    crate::config::defaults::upstream_timeouts(),
+                )
+                .unwrap(),
+            );
             Route::new(
                 "/r/".into(),
                 auth,
@@ -457,7 +474,7 @@ mod tests {
                 created_at: 0,
                 limits: Default::default(),
             };
-            f.store.put_tenant(&tenant).await.unwrap();
+            f.store.records().put_tenant(&tenant).await.unwrap();
             let record = ApiKeyRecord {
                 id: "key_1".into(),
                 tenant_id: "ten_1".into(),
@@ -472,7 +489,7 @@ mod tests {
                 imported: false,
                 limits: Default::default(),
             };
-            f.store.create_api_key(&record).await.unwrap();
+            f.store.records().create_api_key(&record).await.unwrap();
             let r = route(AuthKind::ApiKey);
             let h = auth_header(&format!("Bearer {}", new.raw));
             let p = authenticate(&r, &h, None, Revocation::Now, &f.creds())
@@ -492,7 +509,7 @@ mod tests {
                 status: TenantStatus::Suspended,
                 ..tenant
             };
-            f.store.put_tenant(&suspended).await.unwrap();
+            f.store.records().put_tenant(&suspended).await.unwrap();
             f.keys.invalidate_tenant("ten_1");
             let err = authenticate(&r, &h, None, Revocation::Now, &f.creds())
                 .await
@@ -520,7 +537,11 @@ mod tests {
                 .unwrap();
             assert_eq!(p.subject(), "usr_1");
             let jti = claims.jti.unwrap();
-            f.store.revoke_jti("usr_1", &jti, claims.exp).await.unwrap();
+            f.store
+                .records()
+                .revoke_jti("usr_1", &jti, claims.exp)
+                .await
+                .unwrap();
             let err = authenticate(&r, &h, None, Revocation::Now, &f.creds())
                 .await
                 .unwrap_err();

@@ -294,3 +294,15 @@ pub const ALL: &[Bound] = &[
     UPSTREAM_POOL_MAX_IDLE_PER_HOST,
     UPSTREAM_MINT_TTL_SECS,
 ];
+
+/// An upstream's timeouts when its file says nothing.
+pub fn upstream_timeouts() -> crate::route::UpstreamTimeouts {
+    use std::time::Duration;
+    crate::route::UpstreamTimeouts {
+        connect: Duration::from_millis(UPSTREAM_CONNECT_TIMEOUT_MS.default),
+        first_byte: Duration::from_secs(UPSTREAM_FIRST_BYTE_TIMEOUT_SECS.default),
+        idle: Duration::from_secs(UPSTREAM_IDLE_TIMEOUT_SECS.default),
+        pool_idle: Duration::from_secs(UPSTREAM_POOL_IDLE_TIMEOUT_SECS.default),
+        pool_max_idle_per_host: UPSTREAM_POOL_MAX_IDLE_PER_HOST.default as usize,
+    }
+}

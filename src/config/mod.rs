@@ -27,7 +27,7 @@ pub use substitute::substitute;
 use substitute::substitute_tree;
 use validate::Validator;
 
-pub use crate::edge::tls::TlsFiles;
+pub use crate::net::tls::TlsFiles;
 use crate::ratelimit::{FailurePolicy, Lease, Plan};
 use crate::route::{RouteTable, Upstream};
 use crate::util::{FileStamp, Secret};

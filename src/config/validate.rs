@@ -14,7 +14,7 @@ use serde_yaml::Value;
 use super::defaults::{self, Bound};
 use super::file::*;
 use super::*;
-use crate::edge::tls::TlsFiles;
+use crate::net::tls::TlsFiles;
 use crate::ratelimit::{FailurePolicy, Lease, Plan, Window};
 use crate::route::{self, AuthKind, Handler, Route, RouteTable, Target, Upstream};
 use crate::util::Secret;
@@ -736,13 +736,14 @@ impl Validator {
             let Some(file) = section::<UpstreamFile>(value, &path, &mut self.problems) else {
                 continue;
             };
-            let mut up = match Upstream::parse(&name, file.url.trim()) {
-                Ok(u) => u,
-                Err(e) => {
-                    self.problem(format!("{path}.url"), e);
-                    continue;
-                }
-            };
+            let mut up =
+                match Upstream::parse(&name, file.url.trim(), defaults::upstream_timeouts()) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        self.problem(format!("{path}.url"), e);
+                        continue;
+                    }
+                };
             up.index = out.len();
             up.connect_timeout = Duration::from_millis(self.bounded_at(
                 &file.connect_timeout_ms,

@@ -1,4 +1,4 @@
-//! Sending a request upstream: on the client connection's own upstream connection (`edge::conn_upstreams`) or
+//! Sending a request upstream: on the client connection's own upstream connection (`proxy::conn_upstreams`) or
 //! through the shared pool, within the first-byte timeout; upstream failures told apart from a
 //! client's oversized body.
 
@@ -15,8 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, BoxError, IdleTimeout};
-use crate::edge::conn_upstreams::ConnUpstreams;
 use crate::error::GatewayError;
+use crate::proxy::conn_upstreams::ConnUpstreams;
 use crate::route::Upstream;
 
 use super::hygiene::*;
@@ -36,7 +36,7 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.enforce_http(false);
         let tls =
-            crate::edge::tls::upstream_client_config(upstream.https, upstream.ca_file.as_deref())
+            crate::net::tls::upstream_client_config(upstream.https, upstream.ca_file.as_deref())
                 .map_err(|e| format!("upstream {}: {e}", upstream.name))?;
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)

@@ -12,6 +12,7 @@
 //! tunnel.rs    switching_protocols, spawn_tunnel (WebSocket byte tunnel)
 //! ```
 
+pub mod conn_upstreams;
 mod forward;
 mod hygiene;
 mod identity;

@@ -8,8 +8,6 @@
 //!   allow, so refused requests consume nothing. Windows are checked month first, then day, hour,
 //!   minute, second, and a refusal names the first window that refused.
 
-pub mod limiter;
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 

@@ -1,17 +1,18 @@
-//! The embedded store: everything in process memory (DashMap), lost on restart.
-//!
-//! It is the default so that `ares-gateway serve` and `demo` run with nothing else installed, and
-//! it has exactly the semantics of the Redis store (the same suite runs against both).
+//! The memory store: everything in process memory (DashMap), lost on exit. For tests and `demo`
+//! (`ARES_STORE=memory`); the default is the embedded store, which keeps the same state in a file.
+//! It has exactly the semantics of the other stores (the same suite runs against each).
 //! DashMap guards are never held across an `.await`: every method body is synchronous.
 
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::local::LocalCounters;
 use super::records::{self, Record, Sink};
-use super::{Admission, ApiKeyRecord, RefreshRecord, Rotation, Store, Tenant, TokenRef, User};
+use super::{
+    ApiKeyRecord, Counters, Lookup, Records, RefreshRecord, Rotation, Store, Tenant, TokenRef, User,
+};
 use crate::error::StoreError;
-use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
 use crate::util::unix_now;
 
 #[derive(Debug, Default)]
@@ -25,15 +26,12 @@ pub struct MemoryStore {
     refresh: DashMap<String, RefreshRecord>,
     /// Family id -> revoked until (unix seconds).
     revoked_families: DashMap<String, u64>,
-    /// Access token id -> (user id, revoked until (unix seconds)).
-    revoked_jtis: crate::util::FastMap<String, (String, u64)>,
-    /// "Log out everywhere": user id -> (tokens issued at or before this are refused, until).
-    user_cutoffs: super::UserCutoffs,
     /// (key hash, unix day) -> requests.
     key_usage: DashMap<(String, u64), u64>,
     /// The audit trail, oldest first, bounded by retention and by `AUDIT_CAP`.
     audit: std::sync::Mutex<std::collections::VecDeque<super::AuditEntry>>,
-    limiter: LocalLimiter,
+    /// Limits, token budgets and access-token revocations (also the store's `Counters`).
+    local: LocalCounters,
 }
 
 /// The memory store's audit trail keeps at most this many entries.
@@ -44,30 +42,31 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn revoked_at(&self, token: TokenRef<'_>, now: u64) -> bool {
-        token
-            .jti
-            .is_some_and(|jti| self.revoked_jtis.get(jti).is_some_and(|r| r.1 > now))
-            || self
-                .user_cutoffs
-                .revokes(token.subject, token.issued_at, now)
-    }
-
     /// Drop what has expired; called periodically so memory stays bounded by live state.
     pub fn sweep(&self) {
         let now = unix_now();
         self.refresh.retain(|_, r| r.expires_at > now);
         self.revoked_families.retain(|_, until| *until > now);
-        self.revoked_jtis.retain(|_, r| r.1 > now);
-        self.user_cutoffs.sweep(now);
         let oldest = (now / 86_400).saturating_sub(super::KEY_USAGE_DAYS);
         self.key_usage.retain(|(_, day), _| *day >= oldest);
-        self.limiter.sweep(crate::util::now_ms());
+        self.local.sweep(crate::util::now_ms());
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn lookup(&self) -> &dyn Lookup {
+        self
+    }
+
+    fn counters(&self) -> &dyn Counters {
+        &self.local
+    }
+
+    fn records(&self) -> &dyn Records {
+        self
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -79,14 +78,28 @@ impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
+}
 
+#[async_trait]
+impl Lookup for MemoryStore {
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.tenants.get(id).map(|t| t.clone()))
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.keys.get(key_hash).map(|k| k.clone()))
+    }
+
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
+        Ok(self.local.revoked(token, unix_now()))
+    }
+}
+
+#[async_trait]
+impl Records for MemoryStore {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         self.tenants.insert(tenant.id.clone(), tenant.clone());
         Ok(())
-    }
-
-    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        Ok(self.tenants.get(id).map(|t| t.clone()))
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -119,10 +132,6 @@ impl Store for MemoryStore {
                 Ok(())
             }
         }
-    }
-
-    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self.keys.get(key_hash).map(|k| k.clone()))
     }
 
     async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -270,7 +279,10 @@ impl Store for MemoryStore {
             .revoked_families
             .get(&r.family_id)
             .is_some_and(|until| *until > now)
-            || self.user_cutoffs.revokes(&r.user_id, r.issued_at, now);
+            || self
+                .local
+                .user_cutoffs
+                .revokes(&r.user_id, r.issued_at, now);
         Ok((r.expires_at > now && !family_dead).then_some(r))
     }
 
@@ -294,8 +306,7 @@ impl Store for MemoryStore {
     // A jti is random per token: it alone names the revocation here.
     async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
         if until > unix_now() {
-            self.revoked_jtis
-                .insert(jti.to_string(), (subject.to_string(), until));
+            self.local.revoke_jti(subject, jti, until);
         }
         Ok(())
     }
@@ -306,58 +317,8 @@ impl Store for MemoryStore {
         through: u64,
         until: u64,
     ) -> Result<(), StoreError> {
-        self.user_cutoffs.set(subject, through, until);
+        self.local.user_cutoffs.set(subject, through, until);
         Ok(())
-    }
-
-    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
-        Ok(self.revoked_at(token, unix_now()))
-    }
-
-    // As the trait's, without awaiting two more boxed futures on every request.
-    async fn admit_token(
-        &self,
-        token: TokenRef<'_>,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> Result<Admission, StoreError> {
-        if self.revoked_at(token, now_ms / 1000) {
-            return Ok(Admission::Revoked);
-        }
-        let scope = super::scope::user(token.subject);
-        Ok(Admission::Decided(
-            self.limiter.check(&scope, limits, now_ms),
-        ))
-    }
-
-    async fn rate_limit(
-        &self,
-        scope: &str,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> Result<Decision, StoreError> {
-        Ok(self.limiter.check(scope, limits, now_ms))
-    }
-
-    async fn peek_rate_limit(
-        &self,
-        scope: &str,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> Result<Decision, StoreError> {
-        Ok(self.limiter.peek(scope, limits, now_ms))
-    }
-
-    async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
-        Ok(self.limiter.usage(scope, now_ms))
-    }
-
-    async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.limiter.add(scope, Window::Tokens, n, now_ms))
-    }
-
-    async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.limiter.count(scope, Window::Tokens, now_ms))
     }
 
     async fn append_audit(
@@ -392,17 +353,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn restore_counter(
-        &self,
-        scope: &str,
-        window: Window,
-        period: u64,
-        count: u64,
-    ) -> Result<(), StoreError> {
-        self.limiter.restore(scope, window, period, count);
-        Ok(())
-    }
-
     async fn export(&self, sink: &Sink) -> Result<(), StoreError> {
         // Collected first: no map guard is held across the sends.
         let now = unix_now();
@@ -421,7 +371,8 @@ impl Store for MemoryStore {
                 }),
         );
         all.extend(
-            self.revoked_jtis
+            self.local
+                .revoked_jtis
                 .iter()
                 .filter(|e| e.value().1 > now)
                 .map(|e| Record::RevokedToken {
@@ -431,7 +382,8 @@ impl Store for MemoryStore {
                 }),
         );
         all.extend(
-            self.user_cutoffs
+            self.local
+                .user_cutoffs
                 .entries()
                 .into_iter()
                 .filter(|e| e.2 > now)
@@ -442,7 +394,8 @@ impl Store for MemoryStore {
                 }),
         );
         all.extend(
-            self.limiter
+            self.local
+                .limiter
                 .calendar_counts()
                 .into_iter()
                 .map(|(scope, w, period, count)| Record::counter(&scope, w, period, count)),
@@ -469,9 +422,11 @@ mod tests {
     #[tokio::test]
     async fn sweep_drops_expired_state() {
         let s = MemoryStore::new();
-        s.revoked_jtis.insert("old".into(), ("usr_1".into(), 1));
+        s.local
+            .revoked_jtis
+            .insert("old".into(), ("usr_1".into(), 1));
         s.revoked_families.insert("old".into(), 1);
         s.sweep();
-        assert!(s.revoked_jtis.is_empty() && s.revoked_families.is_empty());
+        assert!(s.local.revoked_jtis.is_empty() && s.revoked_families.is_empty());
     }
 }

@@ -114,16 +114,17 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
                 )));
             }
         }
-        Record::Tenant(t) => store.put_tenant(t).await?,
+        Record::Tenant(t) => store.records().put_tenant(t).await?,
         Record::ApiKey(k) => return load_key(store, k).await,
         Record::User(u) => return load_user(store, u).await,
         Record::RefreshToken(t) => {
             if t.expires_at <= now {
                 return Ok(Loaded::Skipped("expired".into()));
             }
-            store.put_refresh_token(t).await?;
+            store.records().put_refresh_token(t).await?;
             if let Some(at) = t.rotated_at {
                 store
+                    .records()
                     .mark_refresh_rotated(&t.token_hash, at, t.successor.as_deref())
                     .await?;
             }
@@ -132,7 +133,10 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
             if *until <= now {
                 return Ok(Loaded::Skipped("expired".into()));
             }
-            store.revoke_refresh_family(family_id, *until).await?;
+            store
+                .records()
+                .revoke_refresh_family(family_id, *until)
+                .await?;
         }
         Record::RevokedToken {
             subject,
@@ -142,7 +146,7 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
             if *until <= now {
                 return Ok(Loaded::Skipped("expired".into()));
             }
-            store.revoke_jti(subject, jti, *until).await?;
+            store.records().revoke_jti(subject, jti, *until).await?;
         }
         Record::RevokedUser {
             subject,
@@ -152,7 +156,10 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
             if *until <= now {
                 return Ok(Loaded::Skipped("expired".into()));
             }
-            store.revoke_user_tokens(subject, *through, *until).await?;
+            store
+                .records()
+                .revoke_user_tokens(subject, *through, *until)
+                .await?;
         }
         Record::Counter {
             scope,
@@ -166,24 +173,30 @@ pub async fn load(store: &dyn Store, r: &Record) -> Result<Loaded, StoreError> {
             if *period != w.calendar_period(crate::util::now_ms()).0 {
                 return Ok(Loaded::Skipped("a past period".into()));
             }
-            store.restore_counter(scope, w, *period, *count).await?;
+            store
+                .counters()
+                .restore_counter(scope, w, *period, *count)
+                .await?;
         }
     }
     Ok(Loaded::Stored)
 }
 
 async fn load_key(store: &dyn Store, k: &ApiKeyRecord) -> Result<Loaded, StoreError> {
-    match store.create_api_key(k).await {
+    match store.records().create_api_key(k).await {
         Ok(()) => Ok(Loaded::Stored),
         Err(StoreError::Conflict) => {
-            let Some(old) = store.get_api_key(&k.key_hash).await? else {
+            let Some(old) = store.lookup().get_api_key(&k.key_hash).await? else {
                 // Deleted meanwhile: try once more.
-                store.create_api_key(k).await?;
+                store.records().create_api_key(k).await?;
                 return Ok(Loaded::Stored);
             };
             if &old != k {
-                store.delete_api_key(&old.tenant_id, &old.id).await?;
-                store.create_api_key(k).await?;
+                store
+                    .records()
+                    .delete_api_key(&old.tenant_id, &old.id)
+                    .await?;
+                store.records().create_api_key(k).await?;
             }
             Ok(Loaded::Stored)
         }
@@ -192,12 +205,15 @@ async fn load_key(store: &dyn Store, k: &ApiKeyRecord) -> Result<Loaded, StoreEr
 }
 
 async fn load_user(store: &dyn Store, u: &User) -> Result<Loaded, StoreError> {
-    match store.create_user(u).await {
+    match store.records().create_user(u).await {
         Ok(()) => Ok(Loaded::Stored),
-        Err(StoreError::Conflict) => match store.get_user_by_email(&u.email).await? {
+        Err(StoreError::Conflict) => match store.records().get_user_by_email(&u.email).await? {
             Some(old) if old.id == u.id => {
                 if old.password_hash != u.password_hash {
-                    store.set_password_hash(&u.id, &u.password_hash).await?;
+                    store
+                        .records()
+                        .set_password_hash(&u.id, &u.password_hash)
+                        .await?;
                 }
                 Ok(Loaded::Stored)
             }
@@ -234,7 +250,7 @@ pub fn stream(
         if !send(&tx, head).await {
             return Ok(());
         }
-        store.export(&tx).await
+        store.records().export(&tx).await
     });
     (rx, task)
 }

@@ -61,8 +61,8 @@ impl Admin<'_> {
         let from = today + 1 - USAGE_DAYS;
         let counts: std::collections::HashMap<u64, u64> = self
             .state
-            .store
-            .call(self.state.store.key_usage(&key.key_hash, from))
+            .records
+            .call(self.state.records.key_usage(&key.key_hash, from))
             .await?
             .into_iter()
             .collect();
@@ -85,8 +85,8 @@ impl Admin<'_> {
         self.tenant(tenant_id).await?;
         let keys = self
             .state
-            .store
-            .call(self.state.store.list_api_keys(tenant_id))
+            .records
+            .call(self.state.records.list_api_keys(tenant_id))
             .await?;
         keys.into_iter()
             .find(|k| k.id == key_id)
@@ -98,8 +98,8 @@ impl Admin<'_> {
     async fn save_key(&self, key: &ApiKeyRecord) -> Result<(), GatewayError> {
         let found = self
             .state
-            .store
-            .call(self.state.store.update_api_key(key))
+            .records
+            .call(self.state.records.update_api_key(key))
             .await?;
         self.state.keys.invalidate_key(&key.key_hash);
         if found {

@@ -20,7 +20,7 @@ use crate::auth::{api_key, Identity, Principal};
 use crate::body::{self, no_content, Body, RequestBody};
 use crate::config::MAX_SLIDING_LIMIT;
 use crate::error::{GatewayError, StoreError};
-use crate::ratelimit::limiter::Scope;
+use crate::limiter::Scope;
 use crate::ratelimit::Window;
 use crate::state::{AppState, RequestScope, Snapshot};
 use crate::store::{ApiKeyRecord, LimitOverrides, Tenant, TenantStatus};
@@ -359,10 +359,10 @@ impl Admin<'_> {
         let (after, target, limit) = (page.after, page.filter, page.limit);
         let mut entries = self
             .state
-            .store
+            .records
             .call(
                 self.state
-                    .store
+                    .records
                     .list_audit(after.as_deref(), &target, limit + 1),
             )
             .await?;
@@ -398,16 +398,16 @@ impl Admin<'_> {
 
     async fn tenant(&self, id: &str) -> Result<Tenant, GatewayError> {
         self.state
-            .store
-            .call(self.state.store.get_tenant(id))
+            .lookup
+            .call(self.state.lookup.get_tenant(id))
             .await?
             .ok_or(GatewayError::NotFound)
     }
 
     async fn save(&self, t: &Tenant) -> Result<(), GatewayError> {
         self.state
-            .store
-            .call(self.state.store.put_tenant(t))
+            .records
+            .call(self.state.records.put_tenant(t))
             .await?;
         self.state.keys.invalidate_tenant(&t.id);
         Ok(())
@@ -448,8 +448,8 @@ impl Admin<'_> {
     async fn list_tenants(&self) -> Result<Response<Body>, GatewayError> {
         let all = self
             .state
-            .store
-            .call(self.state.store.list_tenants())
+            .records
+            .call(self.state.records.list_tenants())
             .await?;
         Ok(body::json(StatusCode::OK, &all, false))
     }
@@ -461,8 +461,8 @@ impl Admin<'_> {
     async fn delete_tenant(&self, id: &str) -> Result<Response<Body>, GatewayError> {
         let hashes = self
             .state
-            .store
-            .call(self.state.store.delete_tenant(id))
+            .records
+            .call(self.state.records.delete_tenant(id))
             .await?
             .ok_or(GatewayError::NotFound)?;
         self.state.keys.invalidate_tenant(id);
@@ -522,12 +522,12 @@ impl Admin<'_> {
         let now = now_ms();
         let s = &self.state;
         let usage = s
-            .store
-            .call(s.store.usage(&Scope::Tenant(id).key(), now))
+            .counters
+            .call(s.counters.usage(&Scope::Tenant(id).key(), now))
             .await?;
         let tokens = s
-            .store
-            .call(s.store.tokens_used(&Scope::Tenant(id).key(), now))
+            .counters
+            .call(s.counters.tokens_used(&Scope::Tenant(id).key(), now))
             .await?;
         let tier = self
             .snap
@@ -561,8 +561,8 @@ impl Admin<'_> {
         self.tenant(id).await?;
         let keys = self
             .state
-            .store
-            .call(self.state.store.list_api_keys(id))
+            .records
+            .call(self.state.records.list_api_keys(id))
             .await?;
         let views: Vec<ApiKeyView> = keys.iter().map(ApiKeyView::from).collect();
         Ok(body::json(StatusCode::OK, &views, false))
@@ -593,8 +593,8 @@ impl Admin<'_> {
     async fn store_key(&self, record: ApiKeyRecord) -> Result<ApiKeyRecord, GatewayError> {
         match self
             .state
-            .store
-            .call_keep_error(self.state.store.create_api_key(&record))
+            .records
+            .call_keep_error(self.state.records.create_api_key(&record))
             .await
         {
             Ok(()) => {}
@@ -700,8 +700,8 @@ impl Admin<'_> {
     async fn delete_key(&self, id: &str, key_id: &str) -> Result<Response<Body>, GatewayError> {
         let record = self
             .state
-            .store
-            .call(self.state.store.delete_api_key(id, key_id))
+            .records
+            .call(self.state.records.delete_api_key(id, key_id))
             .await?
             .ok_or(GatewayError::NotFound)?;
         self.state.keys.invalidate_key(&record.key_hash);

@@ -46,8 +46,8 @@ pub(super) struct EditUser {
 impl Admin<'_> {
     async fn user(&self, id: &str) -> Result<User, GatewayError> {
         self.state
-            .store
-            .call(self.state.store.get_user(id))
+            .records
+            .call(self.state.records.get_user(id))
             .await?
             .ok_or(GatewayError::NotFound)
     }
@@ -66,10 +66,10 @@ impl Admin<'_> {
         let (prefix, after, limit) = (page.filter.trim().to_lowercase(), page.after, page.limit);
         let users = self
             .state
-            .store
+            .records
             .call(
                 self.state
-                    .store
+                    .records
                     .list_users(&prefix, after.as_deref(), limit + 1),
             )
             .await?;
@@ -99,8 +99,8 @@ impl Admin<'_> {
         user.disabled = req.disabled;
         let found = self
             .state
-            .store
-            .call(self.state.store.update_user(&user))
+            .records
+            .call(self.state.records.update_user(&user))
             .await?;
         if !found {
             return Err(GatewayError::NotFound);
@@ -117,8 +117,8 @@ impl Admin<'_> {
 
     pub(super) async fn delete_user(&self, id: &str) -> Result<Response<Body>, GatewayError> {
         self.state
-            .store
-            .call(self.state.store.delete_user(id))
+            .records
+            .call(self.state.records.delete_user(id))
             .await?
             .ok_or(GatewayError::NotFound)?;
         end_sessions(self.state, self.snap, id).await?;

@@ -3,10 +3,11 @@
 //! syncs) before the call returns.
 //!
 //! The request path never waits on the disk: access-token revocations are mirrored in memory
-//! (loaded at start-up, written through), and the limiter counts in memory like the memory
-//! store's, its day/month/token counts written down every [`COUNTER_FLUSH`] (and at shutdown).
-//! A crash forgives at most that interval of calendar counts, plus the sliding second, minute
-//! and hour logs, which live in memory only (README, "What a restart forgives").
+//! (loaded at start-up, written through), and the limiter counts in memory with the memory
+//! store's `LocalCounters`, its day/month/token counts written down every [`COUNTER_FLUSH`] (and
+//! at shutdown). A crash forgives at most that interval of calendar counts, plus the second,
+//! minute and hour windows (GCRA: one theoretical arrival time per scope and window), which live
+//! in memory only (docs/stores.md, "What a restart forgives").
 
 pub mod file;
 pub mod secrets;
@@ -24,13 +25,14 @@ use self::file::{
     USER_CUTOFFS,
 };
 use self::file::{AUDIT, KEY_USAGE};
+use super::local::LocalCounters;
 use super::records::{self, Record};
 use super::{
-    Admission, ApiKeyRecord, RefreshRecord, Rotation, Store, Tenant, TokenRef, User, UserCutoffs,
+    ApiKeyRecord, Counters, Lookup, Records, RefreshRecord, Rotation, Store, Tenant, TokenRef, User,
 };
 use crate::error::StoreError;
-use crate::ratelimit::{Decision, LocalLimiter, Usage, Window};
-use crate::util::{now_ms, unix_now, FastMap};
+use crate::ratelimit::Window;
+use crate::util::{now_ms, unix_now};
 
 /// How often changed day/month/token counts are written to the file: the most a crash forgives.
 pub const COUNTER_FLUSH: Duration = Duration::from_secs(1);
@@ -48,11 +50,10 @@ pub struct EmbeddedStore {
     dir: PathBuf,
     path: PathBuf,
     min_free_bytes: u64,
-    /// Access token id -> revoked until: the file's revocations, read on every JWT request.
-    revoked_tokens: FastMap<String, u64>,
-    /// The file's "log out everywhere" lines, read on every JWT request.
-    user_cutoffs: UserCutoffs,
-    limiter: LocalLimiter,
+    /// The file's access-token revocations and "log out everywhere" lines (read on every JWT
+    /// request), and the limiter's counts (written down every `COUNTER_FLUSH`): the store's
+    /// `Counters`.
+    local: LocalCounters,
     /// `bulk_load`: commits skip the sync until it is turned off.
     bulk: std::sync::atomic::AtomicBool,
     /// Counts taken from the limiter but not yet written (a failed write keeps them).
@@ -85,9 +86,7 @@ impl EmbeddedStore {
             dir: opts.dir.clone(),
             path,
             min_free_bytes: opts.min_free_bytes,
-            revoked_tokens: FastMap::default(),
-            user_cutoffs: UserCutoffs::default(),
-            limiter: LocalLimiter::new(),
+            local: LocalCounters::default(),
             bulk: std::sync::atomic::AtomicBool::new(false),
             unwritten: Mutex::new(Default::default()),
         };
@@ -130,15 +129,15 @@ impl EmbeddedStore {
     fn load_memory(&self) -> Result<(), StoreError> {
         let now = unix_now();
         let tx = self.db.begin_read().map_err(unavailable)?;
-        each(&tx, TOKENS, |jti, (_, until)| {
+        each(&tx, TOKENS, |jti, (subject, until)| {
             if until > now {
-                self.revoked_tokens.insert(jti.to_string(), until);
+                self.local.revoke_jti(subject, jti, until);
             }
             Ok(true)
         })?;
         each(&tx, USER_CUTOFFS, |user, (through, until)| {
             if until > now {
-                self.user_cutoffs.set(user, through, until);
+                self.local.user_cutoffs.set(user, through, until);
             }
             Ok(true)
         })?;
@@ -146,23 +145,14 @@ impl EmbeddedStore {
         each(&tx, COUNTERS, |(scope, window), (period, count)| {
             if let Some(w) = records::calendar_window(window) {
                 if w.calendar_period(now_ms).0 == period {
-                    self.limiter.restore(scope, w, period, count);
+                    self.local.limiter.restore(scope, w, period, count);
                 }
             }
             Ok(true)
         })?;
         // Restoring marked every count changed; they are in the file already.
-        self.limiter.take_changed();
+        self.local.limiter.take_changed();
         Ok(())
-    }
-
-    fn revoked_at(&self, token: TokenRef<'_>, now: u64) -> bool {
-        token
-            .jti
-            .is_some_and(|j| self.revoked_tokens.get(j).is_some_and(|u| *u > now))
-            || self
-                .user_cutoffs
-                .revokes(token.subject, token.issued_at, now)
     }
 
     fn read<T>(
@@ -219,7 +209,7 @@ impl EmbeddedStore {
 
     /// Write down the calendar counts changed since the last call.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let changed = self.limiter.take_changed();
+        let changed = self.local.limiter.take_changed();
         let batch: Vec<((String, Window), (u64, u64))> = {
             let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
             for (scope, w, period, count) in changed {
@@ -254,9 +244,7 @@ impl EmbeddedStore {
     pub async fn sweep(&self) -> Result<(), StoreError> {
         let now = unix_now();
         let now_ms = now_ms();
-        self.revoked_tokens.retain(|_, until| *until > now);
-        self.user_cutoffs.sweep(now);
-        self.limiter.sweep(now_ms);
+        self.local.sweep(now_ms);
         self.write(move |tx| {
             tx.open_table(TOKENS)
                 .map_err(unavailable)?
@@ -389,6 +377,18 @@ fn remove_key(tx: &WriteTransaction, hash: &str) -> Result<Option<ApiKeyRecord>,
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn lookup(&self) -> &dyn Lookup {
+        self
+    }
+
+    fn counters(&self) -> &dyn Counters {
+        &self.local
+    }
+
+    fn records(&self) -> &dyn Records {
+        self
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|tx| tx.open_table(file::META).map(|_| ()).map_err(unavailable))
     }
@@ -401,6 +401,39 @@ impl Store for EmbeddedStore {
         true
     }
 
+    async fn bulk_load(&self, on: bool) -> Result<(), StoreError> {
+        self.bulk.store(on, std::sync::atomic::Ordering::Relaxed);
+        if on {
+            return Ok(());
+        }
+        // Restored counters are in memory: write them down with the rest. A durable commit
+        // makes every earlier one durable too.
+        self.flush().await?;
+        self.write(|_| Ok(())).await
+    }
+
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+}
+
+#[async_trait]
+impl Lookup for EmbeddedStore {
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        self.get_json(TENANTS, "tenant", id)
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get_json(KEYS, "api key", key_hash)
+    }
+
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
+        Ok(self.local.revoked(token, unix_now()))
+    }
+}
+
+#[async_trait]
+impl Records for EmbeddedStore {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         let (id, json) = (tenant.id.clone(), encode(tenant)?);
         self.write(move |tx| {
@@ -411,10 +444,6 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
-    }
-
-    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        self.get_json(TENANTS, "tenant", id)
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -486,10 +515,6 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
-    }
-
-    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.get_json(KEYS, "api key", key_hash)
     }
 
     async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -767,7 +792,10 @@ impl Store for EmbeddedStore {
                 .get(r.family_id.as_str())
                 .map_err(unavailable)?
                 .is_some_and(|until| until.value() > now)
-                || self.user_cutoffs.revokes(&r.user_id, r.issued_at, now);
+                || self
+                    .local
+                    .user_cutoffs
+                    .revokes(&r.user_id, r.issued_at, now);
             Ok((r.expires_at > now && !dead).then_some(r))
         })
     }
@@ -816,17 +844,17 @@ impl Store for EmbeddedStore {
         if until <= unix_now() {
             return Ok(());
         }
-        let (subject, id) = (subject.to_string(), jti.to_string());
+        let (user, id) = (subject.to_string(), jti.to_string());
         self.write(move |tx| {
             tx.open_table(TOKENS)
                 .map_err(unavailable)?
-                .insert(id.as_str(), (subject.as_str(), until))
+                .insert(id.as_str(), (user.as_str(), until))
                 .map_err(unavailable)?;
             Ok(())
         })
         .await?;
         // In memory only once it is in the file: a revocation the caller saw succeed survives.
-        self.revoked_tokens.insert(jti.to_string(), until);
+        self.local.revoke_jti(subject, jti, until);
         Ok(())
     }
 
@@ -847,57 +875,8 @@ impl Store for EmbeddedStore {
         })
         .await?;
         // In memory once it is in the file, as for a single token's revocation.
-        self.user_cutoffs.set(subject, through, until);
+        self.local.user_cutoffs.set(subject, through, until);
         Ok(())
-    }
-
-    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
-        Ok(self.revoked_at(token, unix_now()))
-    }
-
-    async fn admit_token(
-        &self,
-        token: TokenRef<'_>,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> Result<Admission, StoreError> {
-        if self.revoked_at(token, now_ms / 1000) {
-            return Ok(Admission::Revoked);
-        }
-        let scope = super::scope::user(token.subject);
-        Ok(Admission::Decided(
-            self.limiter.check(&scope, limits, now_ms),
-        ))
-    }
-
-    async fn rate_limit(
-        &self,
-        scope: &str,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> Result<Decision, StoreError> {
-        Ok(self.limiter.check(scope, limits, now_ms))
-    }
-
-    async fn peek_rate_limit(
-        &self,
-        scope: &str,
-        limits: &[(Window, u64)],
-        now_ms: u64,
-    ) -> Result<Decision, StoreError> {
-        Ok(self.limiter.peek(scope, limits, now_ms))
-    }
-
-    async fn usage(&self, scope: &str, now_ms: u64) -> Result<Usage, StoreError> {
-        Ok(self.limiter.usage(scope, now_ms))
-    }
-
-    async fn add_tokens(&self, scope: &str, n: u64, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.limiter.add(scope, Window::Tokens, n, now_ms))
-    }
-
-    async fn tokens_used(&self, scope: &str, now_ms: u64) -> Result<u64, StoreError> {
-        Ok(self.limiter.count(scope, Window::Tokens, now_ms))
     }
 
     async fn append_audit(
@@ -948,36 +927,12 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn restore_counter(
-        &self,
-        scope: &str,
-        window: Window,
-        period: u64,
-        count: u64,
-    ) -> Result<(), StoreError> {
-        self.limiter.restore(scope, window, period, count);
-        self.flush().await
-    }
-
     async fn export(&self, sink: &records::Sink) -> Result<(), StoreError> {
         self.flush().await?;
         let (db, sink) = (self.db.clone(), sink.clone());
         tokio::task::spawn_blocking(move || Self::export_blocking(&db, &sink))
             .await
             .map_err(|e| StoreError::Unavailable(format!("embedded store export: {e}")))?
-    }
-
-    async fn bulk_load(&self, on: bool) -> Result<(), StoreError> {
-        self.bulk.store(on, std::sync::atomic::Ordering::Relaxed);
-        if on {
-            return Ok(());
-        }
-        // A durable commit makes every earlier one durable too.
-        self.write(|_| Ok(())).await
-    }
-
-    async fn shutdown(&self) -> Result<(), StoreError> {
-        self.flush().await
     }
 }
 
@@ -1007,16 +962,17 @@ mod tests {
         {
             let s = EmbeddedStore::open(&opts(dir.path())).unwrap();
             crate::store::suite::fill(&*s).await;
-            s.rate_limit("t:ten_1", &[(Window::Day, 10)], now)
+            s.counters()
+                .rate_limit("t:ten_1", &[(Window::Day, 10)], now)
                 .await
                 .unwrap();
-            s.add_tokens("t:ten_1", 40, now).await.unwrap();
+            s.counters().add_tokens("t:ten_1", 40, now).await.unwrap();
             s.flush().await.unwrap();
         }
         let s = EmbeddedStore::open(&opts(dir.path())).unwrap();
         crate::store::suite::check_filled(&*s).await;
-        assert_eq!(s.usage("t:ten_1", now).await.unwrap().day, 1);
-        assert_eq!(s.tokens_used("t:ten_1", now).await.unwrap(), 40);
+        assert_eq!(s.counters().usage("t:ten_1", now).await.unwrap().day, 1);
+        assert_eq!(s.counters().tokens_used("t:ten_1", now).await.unwrap(), 40);
     }
 
     #[tokio::test]

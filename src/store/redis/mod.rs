@@ -47,8 +47,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, OnceCell};
 
 use super::{
-    scope, Admission, ApiKeyRecord, Invalidation, RefreshRecord, Rotation, Store, Take, Tenant,
-    TokenRef, User,
+    scope, Admission, ApiKeyRecord, Counters, Invalidation, Lookup, Records, RefreshRecord,
+    Rotation, Store, Take, Tenant, TokenRef, User,
 };
 use crate::config::StoreConfig;
 use crate::error::StoreError;
@@ -692,6 +692,18 @@ fn sha_hex(s: &str) -> String {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn lookup(&self) -> &dyn Lookup {
+        self
+    }
+
+    fn counters(&self) -> &dyn Counters {
+        self
+    }
+
+    fn records(&self) -> &dyn Records {
+        self
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.handle().await?;
         redis::cmd("PING")
@@ -701,6 +713,33 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        Some(self.invalidations.subscribe())
+    }
+}
+
+#[async_trait]
+impl Lookup for RedisStore {
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        self.get_json(&key!(self, "tenant:{id}")).await
+    }
+
+    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get_json(&key!(self, "key:{key_hash}")).await
+    }
+
+    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
+        let admission = self.admit_token(token, &[], 0).await?;
+        Ok(admission == Admission::Revoked)
+    }
+}
+
+#[async_trait]
+impl Records for RedisStore {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         self.set_json(&key!(self, "tenant:{}", tenant.id), tenant)
             .await?;
@@ -710,10 +749,6 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         self.publish(format!("tenant:{}", tenant.id)).await;
         Ok(())
-    }
-
-    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        self.get_json(&key!(self, "tenant:{id}")).await
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -767,10 +802,6 @@ impl Store for RedisStore {
         // Other replicas may hold this hash in their negative caches.
         self.publish(format!("key:{}", key.key_hash)).await;
         Ok(())
-    }
-
-    async fn get_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.get_json(&key!(self, "key:{key_hash}")).await
     }
 
     async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -1098,11 +1129,64 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
-        let admission = self.admit_token(token, &[], 0).await?;
-        Ok(admission == Admission::Revoked)
+    async fn append_audit(
+        &self,
+        entry: &super::AuditEntry,
+        keep_ms: u64,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let key = key!(self, "audit");
+        let mut c = self.handle().await?;
+        redis::pipe()
+            .atomic()
+            .zadd(&key, json, entry.at_ms)
+            .ignore()
+            .zrembyscore(
+                &key,
+                "-inf",
+                format!("({}", entry.at_ms.saturating_sub(keep_ms)),
+            )
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
+    async fn list_audit(
+        &self,
+        after: Option<&str>,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<super::AuditEntry>, StoreError> {
+        let from: u64 = after
+            .and_then(|a| a.split('-').next())
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        let mut c = self.handle().await?;
+        let raw: Vec<String> = c
+            .zrangebyscore(key!(self, "audit"), from, "+inf")
+            .await
+            .map_err(unavailable)?;
+        let mut out: Vec<super::AuditEntry> = Vec::new();
+        for json in raw {
+            let e: super::AuditEntry = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
+            if after.is_none_or(|a| e.id.as_str() > a) && e.target.starts_with(target) {
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn export(&self, sink: &super::records::Sink) -> Result<(), StoreError> {
+        self.export_records(sink).await
+    }
+}
+
+#[async_trait]
+impl Counters for RedisStore {
     async fn admit_token(
         &self,
         token: TokenRef<'_>,
@@ -1226,57 +1310,6 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn append_audit(
-        &self,
-        entry: &super::AuditEntry,
-        keep_ms: u64,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let key = key!(self, "audit");
-        let mut c = self.handle().await?;
-        redis::pipe()
-            .atomic()
-            .zadd(&key, json, entry.at_ms)
-            .ignore()
-            .zrembyscore(
-                &key,
-                "-inf",
-                format!("({}", entry.at_ms.saturating_sub(keep_ms)),
-            )
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn list_audit(
-        &self,
-        after: Option<&str>,
-        target: &str,
-        limit: usize,
-    ) -> Result<Vec<super::AuditEntry>, StoreError> {
-        let from: u64 = after
-            .and_then(|a| a.split('-').next())
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(0);
-        let mut c = self.handle().await?;
-        let raw: Vec<String> = c
-            .zrangebyscore(key!(self, "audit"), from, "+inf")
-            .await
-            .map_err(unavailable)?;
-        let mut out: Vec<super::AuditEntry> = Vec::new();
-        for json in raw {
-            let e: super::AuditEntry = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-            if after.is_none_or(|a| e.id.as_str() > a) && e.target.starts_with(target) {
-                out.push(e);
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out.truncate(limit);
-        Ok(out)
-    }
-
     async fn restore_counter(
         &self,
         scope: &str,
@@ -1285,18 +1318,6 @@ impl Store for RedisStore {
         count: u64,
     ) -> Result<(), StoreError> {
         self.restore_count(scope, window, period, count).await
-    }
-
-    async fn export(&self, sink: &super::records::Sink) -> Result<(), StoreError> {
-        self.export_records(sink).await
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    fn invalidations(&self) -> Option<broadcast::Receiver<Invalidation>> {
-        Some(self.invalidations.subscribe())
     }
 }
 

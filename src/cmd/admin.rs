@@ -508,7 +508,7 @@ async fn send(
             "--url must start with http:// or https://, got {base:?}"
         ));
     }
-    let tls = crate::edge::tls::upstream_client_config(https, args.ca_file.as_deref())?;
+    let tls = crate::net::tls::upstream_client_config(https, args.ca_file.as_deref())?;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));

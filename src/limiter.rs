@@ -15,9 +15,9 @@
 
 use std::net::IpAddr;
 
-use super::{Decision, FailurePolicy, Lease, LocalLimiter, Plan, Window, Windows};
 use crate::error::GatewayError;
-use crate::store::{scope, Admission, StoreHandle, Take, TokenRef};
+use crate::ratelimit::{Decision, FailurePolicy, Lease, LocalLimiter, Plan, Window, Windows};
+use crate::store::{scope, Admission, Counters, Role, Take, TokenRef};
 use crate::util::{now_ms, FastMap};
 
 /// What a limit counts. Its store key and its metric label come from here and nowhere else.
@@ -132,7 +132,8 @@ enum Spent {
 
 /// The store, the local fallback and the metrics, behind one call per decision.
 pub struct Limiter {
-    store: StoreHandle,
+    /// The store's counting role: all the Limiter ever asks of it.
+    counters: Role<dyn Counters>,
     /// Limits in force while the shared store is unreachable (`local` policy).
     fallback: LocalLimiter,
     /// Client addresses over their refused-API-key limit, until when (ms) and with which
@@ -146,9 +147,9 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(store: StoreHandle) -> Self {
+    pub fn new(counters: Role<dyn Counters>) -> Self {
         Limiter {
-            store,
+            counters,
             fallback: LocalLimiter::new(),
             key_failures: dashmap::DashMap::new(),
             any_key_failures: std::sync::atomic::AtomicBool::new(false),
@@ -176,16 +177,16 @@ impl Limiter {
                 Spent::Ask(take) => take,
             };
             let taken = self
-                .store
-                .call(self.store.lease(&key, &limits, now, take))
+                .counters
+                .call(self.counters.lease(&key, &limits, now, take))
                 .await;
             taken.map(|(d, granted)| {
                 self.hold(key.clone(), key, limits, d, granted, now, policy.lease);
                 d
             })
         } else {
-            self.store
-                .call(self.store.rate_limit(&key, &limits, now))
+            self.counters
+                .call(self.counters.rate_limit(&key, &limits, now))
                 .await
         };
         self.decided(scope, plan, policy, now, decided)
@@ -210,8 +211,8 @@ impl Limiter {
                 Spent::Ask(take) => take,
             };
             let taken = self
-                .store
-                .call(self.store.lease_token(token, &limits, now, take))
+                .counters
+                .call(self.counters.lease_token(token, &limits, now, take))
                 .await;
             taken.map(|(admission, granted)| {
                 if let Admission::Decided(d) = admission {
@@ -221,8 +222,8 @@ impl Limiter {
                 admission
             })
         } else {
-            self.store
-                .call(self.store.admit_token(token, &limits, now))
+            self.counters
+                .call(self.counters.admit_token(token, &limits, now))
                 .await
         };
         let decided = match admitted {
@@ -357,8 +358,8 @@ impl Limiter {
                 continue;
             };
             let returned = self
-                .store
-                .call(self.store.lease(&held.scope, &held.limits, now, take))
+                .counters
+                .call(self.counters.lease(&held.scope, &held.limits, now, take))
                 .await;
             if let Err(e) = returned {
                 tracing::debug!(error = %e, "unused lease not returned");
@@ -376,8 +377,8 @@ impl Limiter {
                 continue;
             }
             let peeked = self
-                .store
-                .call(self.store.peek_rate_limit(&scope.key(), &windows, now))
+                .counters
+                .call(self.counters.peek_rate_limit(&scope.key(), &windows, now))
                 .await;
             let m = crate::metrics::get();
             let d = peeked.inspect_err(|_| m.ratelimit(scope.kind(), "-", "store_failed"))?;
@@ -402,8 +403,8 @@ impl Limiter {
                 continue;
             }
             let counted = self
-                .store
-                .call(self.store.rate_limit(&scope.key(), &windows, now))
+                .counters
+                .call(self.counters.rate_limit(&scope.key(), &windows, now))
                 .await;
             if let Err(e) = counted {
                 tracing::warn!(error = %e, scope = scope.kind(), "failure not counted");
@@ -445,8 +446,8 @@ impl Limiter {
         }
         let now = now_ms();
         let counted = self
-            .store
-            .call(self.store.rate_limit(&scope.key(), &windows, now))
+            .counters
+            .call(self.counters.rate_limit(&scope.key(), &windows, now))
             .await;
         let decision = match counted {
             Ok(d) => d,
@@ -468,8 +469,8 @@ impl Limiter {
     /// Count `n` tokens the upstream reported against the scope's monthly budget.
     pub async fn debit_tokens(&self, scope: Scope<'_>, n: u64) -> Result<u64, GatewayError> {
         let key = scope.key();
-        self.store
-            .call(self.store.add_tokens(&key, n, now_ms()))
+        self.counters
+            .call(self.counters.add_tokens(&key, n, now_ms()))
             .await
     }
 
@@ -565,11 +566,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    fn store() -> crate::store::StoreHandle {
+        crate::store::StoreHandle::new(Arc::new(MemoryStore::new()), Duration::from_millis(300))
+    }
+
     fn limiter() -> Limiter {
-        Limiter::new(StoreHandle::new(
-            Arc::new(MemoryStore::new()),
-            Duration::from_millis(300),
-        ))
+        Limiter::new(store().counters())
     }
 
     fn per_minute(n: u64) -> Plan {
@@ -660,13 +662,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoked_token_is_refused_and_counts_nothing() {
-        let l = limiter();
+        let store = store();
+        let l = Limiter::new(store.counters());
         let plan = per_minute(1);
-        l.store
-            .call(
-                l.store
-                    .revoke_jti("usr_1", "j1", crate::util::unix_now() + 60),
-            )
+        let records = store.records();
+        records
+            .call(records.revoke_jti("usr_1", "j1", crate::util::unix_now() + 60))
             .await
             .unwrap();
         let err = l

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
-use crate::edge::coalesce::Coalesced;
-use crate::edge::timer::LazySleep;
+use crate::net::coalesce::Coalesced;
+use crate::net::timer::LazySleep;
 use std::time::Duration;
 
 type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

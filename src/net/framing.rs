@@ -394,7 +394,7 @@ fn find_blank_line(hay: &[u8]) -> Option<usize> {
 }
 
 /// A connection's reads, shown to a [`Scanner`] on their way to hyper (its small vectored writes go
-/// out as one write: [`crate::edge::coalesce`]).
+/// out as one write: [`crate::net::coalesce`]).
 pub struct Scanned<T> {
     inner: T,
     scanner: Scanner,
@@ -455,7 +455,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Scanned<T> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        crate::edge::coalesce::poll_write_vectored(std::pin::Pin::new(&mut self.inner), cx, bufs)
+        crate::net::coalesce::poll_write_vectored(std::pin::Pin::new(&mut self.inner), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

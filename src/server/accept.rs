@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
-use crate::edge::conn_upstreams::{self, ConnUpstreams};
-use crate::edge::timer::LazyTimer;
+use crate::net::timer::LazyTimer;
 use crate::pipeline::{self, ConnInfo};
+use crate::proxy::conn_upstreams::{self, ConnUpstreams};
 use crate::state::AppState;
 
 /// The HTTP connection builder with the configured limits.
@@ -209,7 +209,7 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let flags = Arc::new(crate::edge::framing::ConnFlags::default());
+        let flags = Arc::new(crate::net::framing::ConnFlags::default());
         let tls_conn = tls.is_some();
         let state = state.clone();
         let conn_flags = flags.clone();
@@ -239,7 +239,7 @@ pub async fn run(
                     Ok(())
                 }
                 None => {
-                    let io = TokioIo::new(crate::edge::framing::Scanned::new(stream, flags));
+                    let io = TokioIo::new(crate::net::framing::Scanned::new(stream, flags));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     conn_upstreams::drive(
                         conn.into_owned(),
@@ -254,7 +254,7 @@ pub async fn run(
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let io =
-                                TokioIo::new(crate::edge::framing::Scanned::new(tls_stream, flags));
+                                TokioIo::new(crate::net::framing::Scanned::new(tls_stream, flags));
                             let conn = builder.serve_connection_with_upgrades(io, service);
                             conn_upstreams::drive(
                                 conn.into_owned(),

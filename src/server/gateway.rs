@@ -12,8 +12,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, StoreBackend};
-use crate::edge::{accept, tls};
 use crate::metrics;
+use crate::net::tls;
+use crate::server::accept;
 use crate::store;
 
 use crate::state::AppState;

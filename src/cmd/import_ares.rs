@@ -213,6 +213,8 @@ async fn import_tenant(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<Option<String>, String> {
+    let lookup = store.lookup();
+    let records = store.records();
     report.tenants.found += 1;
     let id = text(row, "id")?.unwrap_or_default();
     let name = text(row, "name")?.unwrap_or_default();
@@ -237,8 +239,8 @@ async fn import_tenant(
         skip(report, "tenant", &id, reason);
         return Ok(None);
     }
-    if store
-        .call_keep_error(store.get_tenant(&id))
+    if lookup
+        .call_keep_error(lookup.get_tenant(&id))
         .await
         .map_err(store_error)?
         .is_some()
@@ -255,8 +257,8 @@ async fn import_tenant(
         limits: Default::default(),
     };
     if !dry_run {
-        store
-            .call_keep_error(store.put_tenant(&tenant))
+        records
+            .call_keep_error(records.put_tenant(&tenant))
             .await
             .map_err(store_error)?;
     }
@@ -270,6 +272,7 @@ async fn import_user(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<(), String> {
+    let records = store.records();
     report.users.found += 1;
     let id = text(row, "id")?.unwrap_or_default();
     let raw_email = text(row, "email")?.unwrap_or_default();
@@ -293,8 +296,8 @@ async fn import_user(
             return Ok(());
         }
     };
-    if let Some(existing) = store
-        .call_keep_error(store.get_user(&id))
+    if let Some(existing) = records
+        .call_keep_error(records.get_user(&id))
         .await
         .map_err(store_error)?
     {
@@ -311,8 +314,8 @@ async fn import_user(
         }
         return Ok(());
     }
-    let holder = store
-        .call_keep_error(store.get_user_by_email(&email))
+    let holder = records
+        .call_keep_error(records.get_user_by_email(&email))
         .await
         .map_err(store_error)?;
     if let Some(holder) = holder {
@@ -335,7 +338,7 @@ async fn import_user(
         disabled: false,
     };
     if !dry_run {
-        match store.call_keep_error(store.create_user(&user)).await {
+        match records.call_keep_error(records.create_user(&user)).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 report.users.skipped += 1;
@@ -361,6 +364,8 @@ async fn import_key(
     dry_run: bool,
     report: &mut Report,
 ) -> Result<(), String> {
+    let lookup = store.lookup();
+    let records = store.records();
     report.keys.found += 1;
     let id = text(row, "id")?.unwrap_or_default();
     let tenant_id = text(row, "tenant_id")?.unwrap_or_default();
@@ -386,8 +391,8 @@ async fn import_key(
         skip(report, "api key", &id, reason);
         return Ok(());
     }
-    if let Some(existing) = store
-        .call_keep_error(store.get_api_key(&key_hash))
+    if let Some(existing) = lookup
+        .call_keep_error(lookup.get_api_key(&key_hash))
         .await
         .map_err(store_error)?
     {
@@ -419,7 +424,10 @@ async fn import_key(
         limits: Default::default(),
     };
     if !dry_run {
-        match store.call_keep_error(store.create_api_key(&record)).await {
+        match records
+            .call_keep_error(records.create_api_key(&record))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 report.keys.skipped += 1;
