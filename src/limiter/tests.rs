@@ -1,0 +1,462 @@
+use super::*;
+use crate::store::MemoryStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn store() -> crate::store::StoreHandle {
+    crate::store::StoreHandle::new(Arc::new(MemoryStore::new()), Duration::from_millis(300))
+}
+
+fn limiter() -> Limiter {
+    Limiter::new(store().counters())
+}
+
+fn per_minute(n: u64) -> Plan {
+    let mut p = Plan::default();
+    p.set(Window::Minute, Some(n));
+    p
+}
+
+const OPEN: LimitPolicy = LimitPolicy {
+    on_failure: FailurePolicy::Open,
+    replicas: 1,
+    lease: Lease::OFF,
+};
+
+#[test]
+fn scopes_name_their_store_keys_and_metric_kinds() {
+    let ip = IpAddr::from([10, 0, 0, 1]);
+    let cases = [
+        (Scope::Tenant("ten_1"), "t:ten_1", "tenant"),
+        (Scope::User("usr_9"), "u:usr_9", "user"),
+        (Scope::AuthIp(ip), "ip:10.0.0.1", "ip"),
+        (
+            Scope::LoginAccountIp("ab12", ip),
+            "la:ab12:10.0.0.1",
+            "login_account_ip",
+        ),
+        (Scope::LoginAccount("ab12"), "lf:ab12", "login_account"),
+        (
+            Scope::KeyFailuresIp(ip),
+            "kf:10.0.0.1",
+            "api_key_failures_ip",
+        ),
+    ];
+    for (scope, key, kind) in cases {
+        assert_eq!(scope.key(), key);
+        assert_eq!(scope.kind(), kind);
+        // Each kind has its premade metric series.
+        assert!(crate::metrics::SCOPE_KINDS.contains(&kind), "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn admits_up_to_the_plan_then_refuses_with_the_window() {
+    let l = limiter();
+    let plan = per_minute(2);
+    for _ in 0..2 {
+        let d = l.admit(Scope::Tenant("t"), &plan, OPEN).await.unwrap();
+        assert!(d.unwrap().allowed());
+    }
+    let d = l
+        .admit(Scope::Tenant("t"), &plan, OPEN)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.refused_by, Some(Window::Minute));
+    assert!(matches!(
+        refusal(&d),
+        Some(GatewayError::RateLimited {
+            window: Window::Minute,
+            ..
+        })
+    ));
+    // Another scope has its own count.
+    let d = l.admit(Scope::Tenant("u"), &plan, OPEN).await.unwrap();
+    assert!(d.unwrap().allowed());
+    // No windows: nothing to decide.
+    assert!(l
+        .admit(Scope::Tenant("t"), &Plan::default(), OPEN)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn failure_limits_count_only_when_recorded() {
+    let l = limiter();
+    let plan = per_minute(2);
+    let scopes = [(Scope::LoginAccount("acct"), &plan)];
+    for _ in 0..5 {
+        l.check_failures(&scopes).await.unwrap();
+    }
+    l.record_failure(&scopes).await;
+    l.check_failures(&scopes).await.unwrap();
+    l.record_failure(&scopes).await;
+    let err = l.check_failures(&scopes).await.unwrap_err();
+    assert!(matches!(err, GatewayError::RateLimited { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_and_counts_nothing() {
+    let store = store();
+    let l = Limiter::new(store.counters());
+    let plan = per_minute(1);
+    let records = store.records();
+    records
+        .call(records.revoke_jti("usr_1", "j1", crate::util::unix_now() + 60))
+        .await
+        .unwrap();
+    let err = l
+        .admit_user(crate::store::suite::token("usr_1", "j1", 1), &plan, OPEN)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GatewayError::InvalidToken));
+    // The one request of the minute is still there for a valid token.
+    let d = l
+        .admit_user(crate::store::suite::token("usr_1", "j2", 1), &plan, OPEN)
+        .await
+        .unwrap();
+    assert!(d.unwrap().allowed());
+}
+
+#[tokio::test]
+async fn a_user_without_limits_is_admitted_without_a_decision() {
+    let l = limiter();
+    let token = crate::store::suite::token("usr_1", "j1", 1);
+    assert!(l
+        .admit_user(token, &Plan::default(), OPEN)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn token_debits_add_up_in_the_months_budget() {
+    let l = limiter();
+    assert_eq!(l.debit_tokens(Scope::Tenant("t"), 5).await.unwrap(), 5);
+    assert_eq!(l.debit_tokens(Scope::Tenant("t"), 7).await.unwrap(), 12);
+    assert_eq!(l.debit_tokens(Scope::Tenant("u"), 1).await.unwrap(), 1);
+}
+
+fn retry_secs(err: &GatewayError) -> u64 {
+    match err {
+        GatewayError::RateLimited { headers, .. } => headers.reset,
+        other => panic!("expected a 429, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_address_over_its_refused_key_limit_is_refused_until_its_room_returns() {
+    let l = limiter();
+    let ip = IpAddr::from([192, 0, 2, 7]);
+    let other = IpAddr::from([192, 0, 2, 8]);
+    let plan = per_minute(2);
+    assert!(l.check_key_failures(ip).is_ok(), "nothing recorded yet");
+    // Two refused keys: each stays the caller's 401.
+    assert!(l.record_key_failure(ip, &plan).await.is_none());
+    assert!(l.record_key_failure(ip, &plan).await.is_none());
+    assert!(
+        l.check_key_failures(ip).is_ok(),
+        "at the limit, not over it"
+    );
+    // The third is over: a 429 whose Retry-After is when one failure's room returns
+    // (60 s / 2 = 30 s).
+    let err = l.record_key_failure(ip, &plan).await.expect("refused");
+    assert!((29..=30).contains(&retry_secs(&err)), "{err:?}");
+    // From then on the address is refused before any key is looked at, with the time left.
+    let err = l.check_key_failures(ip).expect_err("blocked");
+    assert!((29..=30).contains(&retry_secs(&err)), "{err:?}");
+    assert!(l.check_key_failures(other).is_ok(), "another address");
+    // No failures plan: nothing counted.
+    assert!(l
+        .record_key_failure(other, &Plan::default())
+        .await
+        .is_none());
+}
+
+fn block(l: &Limiter, ip: IpAddr, until: u64) {
+    let decision = Decision {
+        refused_by: Some(Window::Minute),
+        headers: Default::default(),
+    };
+    l.key_failures.insert(ip, (until, decision));
+    l.any_key_failures
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn a_refused_key_block_ends_at_its_time_and_is_forgotten() {
+    let l = limiter();
+    let ip = IpAddr::from([192, 0, 2, 9]);
+    block(&l, ip, now_ms() - 1);
+    assert!(l.check_key_failures(ip).is_ok(), "run out");
+    assert!(l.key_failures.is_empty(), "and dropped");
+    block(&l, ip, now_ms() + 60_000);
+    assert!(l.check_key_failures(ip).is_err());
+}
+
+#[test]
+fn sweeping_drops_ended_blocks_and_clears_the_flag_when_none_is_left() {
+    let l = limiter();
+    let (a, b) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
+    let now = now_ms();
+    block(&l, a, now);
+    block(&l, b, now + 1);
+    l.sweep_at(now);
+    assert!(!l.key_failures.contains_key(&a), "ends at its time");
+    assert!(l.key_failures.contains_key(&b));
+    assert!(l
+        .any_key_failures
+        .load(std::sync::atomic::Ordering::Relaxed));
+    l.sweep_at(now + 1);
+    assert!(l.key_failures.is_empty());
+    assert!(
+        !l.any_key_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "no block left: the request path skips the map again"
+    );
+    // `sweep` is `sweep_at` now.
+    block(&l, a, now_ms() - 1);
+    l.sweep();
+    assert!(l.key_failures.is_empty());
+}
+
+const LEASE: Lease = Lease {
+    requests: 8,
+    ms: 1_000,
+};
+
+fn granted(remaining: u64) -> Decision {
+    Decision {
+        refused_by: None,
+        headers: crate::ratelimit::RateLimitHeaders {
+            limit: 100,
+            remaining,
+            reset: 1,
+        },
+    }
+}
+
+/// As the store's grant of `granted` requests at `now` (with `remaining` left after them)
+/// would leave it: held for scope `key` under per-minute 100.
+fn hold(l: &Limiter, key: &str, remaining: u64, granted_n: u64, now: u64) {
+    let limits = per_minute(100).windows();
+    l.hold(
+        key.into(),
+        key.into(),
+        limits,
+        granted(remaining),
+        granted_n,
+        now,
+        LEASE,
+    );
+}
+
+fn ask(spent: Spent) -> Take {
+    match spent {
+        Spent::Ask(take) => take,
+        Spent::Here(d) => panic!("spent here: {d:?}"),
+    }
+}
+
+fn here(spent: Spent) -> Decision {
+    match spent {
+        Spent::Here(d) => d,
+        Spent::Ask(take) => panic!("asked: {take:?}"),
+    }
+}
+
+#[test]
+fn a_lease_is_spent_here_counting_remaining_down_then_asks_again() {
+    let l = limiter();
+    let now = 1_000_000;
+    let fresh = Take {
+        want: 8,
+        back: 0,
+        back_calendar: 0,
+    };
+    assert_eq!(ask(l.spend("t:a", now, LEASE)), fresh, "nothing held");
+    // The store granted 5 and had 60 left after them: this request and 4 more.
+    hold(&l, "t:a", 60, 5, now);
+    for left in (0..4).rev() {
+        let d = here(l.spend("t:a", now + 10, LEASE));
+        assert!(d.allowed());
+        assert_eq!(
+            d.headers.remaining,
+            60 + left,
+            "the store's room and the lease's"
+        );
+    }
+    assert_eq!(
+        ask(l.spend("t:a", now + 20, LEASE)),
+        fresh,
+        "spent: ask, nothing back"
+    );
+    assert!(l.leases.is_empty());
+    assert_eq!(ask(l.spend("t:b", now, LEASE)), fresh, "another scope");
+}
+
+#[test]
+fn what_a_lease_did_not_spend_goes_back_with_the_next_ask() {
+    let l = limiter();
+    let now = 5 * 86_400_000 + 1_000;
+    hold(&l, "t:a", 60, 5, now);
+    here(l.spend("t:a", now + 999, LEASE));
+    // Ended at lease.ms: its 3 unused requests go back, to every window.
+    let take = ask(l.spend("t:a", now + 1_000, LEASE));
+    assert_eq!(
+        take,
+        Take {
+            want: 8,
+            back: 3,
+            back_calendar: 3
+        }
+    );
+    assert!(l.leases.is_empty());
+    // A lease of yesterday returns nothing to today's calendar counts.
+    hold(&l, "t:a", 60, 5, now - 2_000);
+    let take = ask(l.spend("t:a", now + 86_400_000, LEASE));
+    assert_eq!((take.back, take.back_calendar), (4, 0));
+}
+
+#[test]
+fn concurrent_grants_add_up_and_the_sooner_end_holds() {
+    let l = limiter();
+    let now = 1_000_000;
+    let limits = per_minute(100).windows();
+    hold(&l, "t:a", 60, 3, now);
+    hold(&l, "t:a", 50, 4, now + 500);
+    let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
+    assert_eq!(held, (2 + 3, now + 1_000));
+    // A refusal or a single request holds nothing.
+    let refused = Decision {
+        refused_by: Some(Window::Minute),
+        ..granted(0)
+    };
+    l.hold("t:b".into(), "t:b".into(), limits, refused, 8, now, LEASE);
+    hold(&l, "t:c", 9, 1, now);
+    assert!(!l.leases.contains_key("t:b") && !l.leases.contains_key("t:c"));
+    // A lease held since yesterday is replaced (its calendar counts cannot go back).
+    hold(&l, "t:a", 40, 2, now + 86_400_000);
+    let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
+    assert_eq!(held, (1, now + 86_400_000 + 1_000));
+}
+
+#[test]
+fn a_logout_here_ends_the_users_leases_at_once() {
+    let l = limiter();
+    let now = now_ms();
+    let limits = per_minute(100).windows();
+    let t1 = user_lease_key(crate::store::suite::token("usr_1", "j1", 1));
+    let t2 = user_lease_key(crate::store::suite::token("usr_12", "j1", 1));
+    assert_eq!(t1, "u:usr_1\0j1");
+    let no_jti = crate::store::TokenRef {
+        subject: "usr_1",
+        jti: None,
+        issued_at: 77,
+    };
+    assert_eq!(user_lease_key(no_jti), "u:usr_1\0@77");
+    for key in [&t1, &t2] {
+        l.hold(key.clone(), "u:x".into(), limits, granted(9), 5, now, LEASE);
+    }
+    l.end_user_leases("usr_1");
+    let take = ask(l.spend(&t1, now, LEASE));
+    assert_eq!(take.back, 4, "ended: its unused requests go back");
+    here(l.spend(&t2, now, LEASE));
+}
+
+#[tokio::test]
+async fn leases_off_or_from_a_store_in_this_process_hold_nothing() {
+    let l = limiter();
+    let plan = per_minute(100);
+    let on = LimitPolicy {
+        lease: LEASE,
+        ..OPEN
+    };
+    for policy in [OPEN, on] {
+        let d = l.admit(Scope::Tenant("t"), &plan, policy).await.unwrap();
+        assert!(d.unwrap().allowed());
+        let token = crate::store::suite::token("usr_1", "j1", 1);
+        let d = l.admit_user(token, &plan, policy).await.unwrap();
+        assert!(d.unwrap().allowed());
+    }
+    assert!(
+        l.leases.is_empty(),
+        "the memory store grants one request at a time"
+    );
+    // Each request counted once: 2 of 100 used per scope.
+    let d = l
+        .admit(Scope::Tenant("t"), &plan, OPEN)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.headers.remaining, 97);
+    l.return_leases(true).await;
+}
+
+#[test]
+fn leases_are_on_with_more_than_one_request_and_a_time() {
+    assert!(LEASE.is_on());
+    assert!(!Lease::OFF.is_on());
+    assert!(!Lease {
+        requests: 1,
+        ms: 1_000
+    }
+    .is_on());
+    assert!(!Lease { requests: 8, ms: 0 }.is_on());
+}
+#[tokio::test]
+async fn housekeeping_returns_ended_leases_and_shutdown_returns_every_lease() {
+    let l = limiter();
+    let now = now_ms();
+    hold(&l, "t:ended", 9, 5, now - 2_000);
+    hold(&l, "t:live", 9, 5, now);
+    l.return_leases(false).await;
+    assert!(!l.leases.contains_key("t:ended"), "ended: returned");
+    assert!(l.leases.contains_key("t:live"), "still being spent");
+    l.return_leases(true).await;
+    assert!(l.leases.is_empty(), "at shutdown every lease goes back");
+}
+
+#[test]
+fn a_lease_ends_at_its_time_and_gives_back_only_what_it_did_not_spend() {
+    let limits = per_minute(100).windows();
+    let held = |left| Held {
+        scope: "t:a".into(),
+        limits,
+        left,
+        until: 2_000,
+        taken_at: 1_000,
+        decision: granted(9),
+    };
+    assert!(!held(3).ended(1_999));
+    assert!(held(3).ended(2_000));
+    assert_eq!(
+        held(3).give_back(2_000),
+        Some(Take {
+            want: 0,
+            back: 3,
+            back_calendar: 3
+        })
+    );
+    assert_eq!(
+        held(0).give_back(2_000),
+        None,
+        "all spent: nothing to return"
+    );
+}
+
+#[test]
+fn leases_apply_only_to_decisions_with_limits() {
+    let on = LimitPolicy {
+        lease: LEASE,
+        ..OPEN
+    };
+    assert!(on.leases(&per_minute(10).windows()));
+    assert!(
+        !on.leases(&Plan::default().windows()),
+        "a revocation check alone"
+    );
+    assert!(!OPEN.leases(&per_minute(10).windows()));
+}
