@@ -13,8 +13,9 @@ use hyper::{Request, Response};
 
 use ares_gateway::auth::api_key::{self, KeyCache};
 use ares_gateway::auth::jwt::JwtKeys;
-use ares_gateway::auth::{Identity, Principal};
+use ares_gateway::auth::{Identity, Verified};
 use ares_gateway::config::Config;
+use ares_gateway::limiter::Admitted;
 use ares_gateway::proxy::{self, Peer};
 use ares_gateway::ratelimit::{LocalLimiter, Window};
 use ares_gateway::route;
@@ -115,7 +116,7 @@ fn bench(c: &mut Criterion) {
     // Header rewrite: the client's headers cleaned, the upstream request built.
     let route = cfg.routes.classify("/api/chat").expect("the JWT route");
     let claims = keys.verify(&token).expect("valid token");
-    let principal = Principal::from_identity(Identity::User(Arc::new(claims)));
+    let admitted = Admitted::for_test(Verified::for_test(Identity::User(Arc::new(claims))));
     let peer = Peer::new("10.1.2.3:40000".parse().expect("addr"));
     c.bench_function("proxy/header_rewrite", |b| {
         b.iter_batched(
@@ -128,7 +129,7 @@ fn bench(c: &mut Criterion) {
                     parts,
                     body,
                     route,
-                    &principal,
+                    &admitted,
                     &ctx,
                     "/api/chat",
                     1 << 20,

@@ -86,6 +86,23 @@ impl GatewayError {
         GatewayError::InvalidInput(msg.into())
     }
 
+    /// A refused credential (the `AUTH_*` codes): counted in `ares_gateway_auth_failures_total`.
+    pub fn is_auth_failure(&self) -> bool {
+        use GatewayError::*;
+        matches!(
+            self,
+            MissingCredentials
+                | InvalidToken
+                | InvalidApiKey
+                | InvalidAdminSecret
+                | InvalidCredentials
+                | InvalidRefreshToken
+                | Forbidden
+                | OriginNotAllowed
+                | TenantSuspended
+        )
+    }
+
     /// Status, stable message and code of CONTRACT.md section 9.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use GatewayError::*;
@@ -303,5 +320,45 @@ mod tests {
         let v = body_json(resp).await;
         assert_eq!(v["code"], "UPSTREAM_UNAVAILABLE");
         assert!(!v.to_string().contains("10.1.2.3"));
+    }
+
+    #[test]
+    fn auth_failures_are_exactly_the_auth_codes() {
+        use crate::ratelimit::{RateLimitHeaders, Window};
+        let every = [
+            GatewayError::invalid("x"),
+            GatewayError::MissingCredentials,
+            GatewayError::InvalidToken,
+            GatewayError::InvalidApiKey,
+            GatewayError::InvalidAdminSecret,
+            GatewayError::InvalidCredentials,
+            GatewayError::InvalidRefreshToken,
+            GatewayError::Forbidden,
+            GatewayError::TenantSuspended,
+            GatewayError::OriginNotAllowed,
+            GatewayError::NotFound,
+            GatewayError::MethodNotAllowed("GET"),
+            GatewayError::EmailTaken,
+            GatewayError::PayloadTooLarge,
+            GatewayError::BodyTimeout,
+            GatewayError::UnsupportedMediaType,
+            GatewayError::RateLimited {
+                window: Window::Minute,
+                headers: RateLimitHeaders::default(),
+            },
+            GatewayError::TokenQuotaExceeded {
+                retry_after: Duration::from_secs(1),
+            },
+            GatewayError::UpstreamUnavailable("x".into()),
+            GatewayError::UpstreamTimeout,
+            GatewayError::StoreUnavailable("x".into()),
+            GatewayError::ShuttingDown,
+            GatewayError::Internal("x".into()),
+        ];
+        for e in &every {
+            let code = e.parts().2;
+            assert_eq!(e.is_auth_failure(), code.starts_with("AUTH_"), "{code}");
+        }
+        assert_eq!(every.iter().filter(|e| e.is_auth_failure()).count(), 9);
     }
 }

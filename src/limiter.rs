@@ -559,5 +559,9 @@ pub fn refusal(decision: &Decision) -> Option<GatewayError> {
     })
 }
 
+mod policy;
+
+pub use policy::Admitted;
+
 #[cfg(test)]
 mod tests;

@@ -25,16 +25,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::api;
-use crate::auth::{self, Identity, Principal};
+use crate::auth::{self, Identity, Verified};
 use crate::body::{self, Body, RequestBody};
 use crate::cors;
 use crate::error::{ErrorContext, GatewayError};
-use crate::limiter::{self, LimitPolicy, Scope};
+use crate::limiter::Admitted;
 use crate::proxy::conn_upstreams::ConnUpstreams;
 use crate::proxy::{self, X_REQUEST_ID};
-use crate::ratelimit::RateLimitHeaders;
 use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
-use crate::state::{AppState, RequestScope, Snapshot};
+use crate::state::{AppState, RequestScope};
 use crate::telemetry::{self, RequestTrace};
 use crate::util::unix_now;
 use opentelemetry::trace::SpanKind;
@@ -78,7 +77,7 @@ struct Outcome<'r> {
     bearer: bool,
     auth_method: Option<&'static str>,
     /// Who made a proxied request (its subject is logged).
-    principal: Option<Principal>,
+    principal: Option<Verified>,
     upstream_status: Option<u16>,
 }
 
@@ -146,7 +145,7 @@ pub async fn handle(
         Err(err) => {
             let (status, _, code) = err.parts();
             error_code = Some(code);
-            if code.starts_with("AUTH_") {
+            if err.is_auth_failure() {
                 crate::metrics::get().auth_failure(code);
             }
             if status.is_server_error() {
@@ -201,7 +200,7 @@ pub async fn handle(
         req_bytes = req_bytes,
         resp_bytes = resp_bytes(&resp),
         auth = outcome.auth_method.unwrap_or("-"),
-        subject = outcome.principal.as_ref().map_or("-", Principal::subject),
+        subject = outcome.principal.as_ref().map_or("-", Verified::subject),
         upstream_status = outcome.upstream_status.unwrap_or(0),
         "request"
     );
@@ -233,7 +232,10 @@ fn finish_trace(
     if let Some(method) = outcome.auth_method {
         attrs.push(KeyValue::new("ares.auth.method", method));
     }
-    identity_attributes(outcome.principal.as_ref(), &mut attrs);
+    identity_attributes(
+        outcome.principal.as_ref().map(Verified::identity),
+        &mut attrs,
+    );
     if let Some(code) = error_code {
         attrs.push(KeyValue::new("ares.error.code", code));
     }
@@ -252,8 +254,8 @@ fn method_name(m: &Method) -> &'static str {
 }
 
 /// Who the request ran as: tenant, key and user ids (ids only: no email, no secret).
-fn identity_attributes(principal: Option<&Principal>, attrs: &mut Vec<KeyValue>) {
-    match principal.map(Principal::identity) {
+fn identity_attributes(identity: Option<&Identity>, attrs: &mut Vec<KeyValue>) {
+    match identity {
         Some(Identity::ApiKey { tenant, key }) => {
             attrs.push(telemetry::attr("ares.tenant.id", tenant.id.clone()));
             attrs.push(telemetry::attr("ares.tenant.tier", tenant.tier.clone()));
@@ -297,27 +299,9 @@ async fn handle_inner<'r>(
     }
 
     // 2. route
-    let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
-    let routes = &snap.config.routes;
-    let route = routes.classify(&path).ok_or(GatewayError::NotFound)?;
-    if routes.is_ambiguous(&path, route) {
-        return Err(GatewayError::invalid(
-            "the path reads as another route when case or ;parameters are ignored",
-        ));
-    }
+    let (path, route) = classify(snap, ctx, uri)?;
     outcome.route = Some(route);
     outcome.bearer = route.auth.is_bearer();
-    // Admin routes only from the allowed networks, before the secret is even looked at.
-    let admin_nets = &snap.config.server.admin_allow_cidrs;
-    if route.auth == AuthKind::Admin
-        && !admin_nets.is_empty()
-        && !admin_nets
-            .iter()
-            .any(|n| n.contains(&ctx.client_ip.to_canonical()))
-    {
-        tracing::info!(client = %ctx.client_ip, reason = "admin_network", "admin request refused");
-        return Err(GatewayError::Forbidden);
-    }
 
     // 3. gateway-served routes. The admin API serves exactly the paths it implements; the
     // others go to the upstream's own admin routes, after the same admin check.
@@ -336,10 +320,9 @@ async fn handle_inner<'r>(
                 Handler::Health => api::health(state, req.method(), &path).await,
                 Handler::Auth => api::auth::handle(scope, req, &path).await,
                 Handler::Admin => {
-                    let revocation = auth::Revocation::Now;
                     let creds = state.credentials(snap);
                     let principal =
-                        auth::authenticate(route, req.headers(), None, revocation, &creds).await?;
+                        auth::authenticate_now(route, req.headers(), None, &creds).await?;
                     outcome.auth_method = principal.auth_method();
                     api::admin::handle(scope, &principal, req, &path).await
                 }
@@ -350,60 +333,90 @@ async fn handle_inner<'r>(
     let Target::Upstream(upstream) = &route.target else {
         return Err(GatewayError::NotFound);
     };
-    // A page on another origin must not ride a user's WebSocket: browsers send `Origin` on
-    // every upgrade and CORS does not apply to them, so the gateway checks it here.
-    let origins = &snap.config.server.cors_origins;
-    if ctx.websocket_upgrade
-        && route.websocket
-        && !origins.is_empty()
-        && req.headers().contains_key(http::header::ORIGIN)
-        && cors::allowed_origin(req.headers(), origins).is_none()
-    {
-        return Err(GatewayError::OriginNotAllowed);
-    }
-    // 4, 5. principal (an access token's revocation is checked with its limits, in step 6)
-    let span = trace.and_then(|t| t.phase("authenticate", SpanKind::Internal, true));
-    let principal = principal(scope, route, &req, uri).await;
-    if let Some(span) = span {
-        let mut attrs = Vec::new();
-        if let Ok(p) = &principal {
+    websocket_origin(snap, ctx, route, &req)?;
+
+    // 4, 5. who (an access token's revocation is checked with its limits, in step 6)
+    let caller = traced(
+        trace,
+        "authenticate",
+        principal(scope, route, &req, uri),
+        |caller, attrs| {
             attrs.extend(
-                p.auth_method()
+                caller
+                    .auth_method()
                     .map(|m| KeyValue::new("ares.auth.method", m)),
             );
-            identity_attributes(Some(p), &mut attrs);
-        }
-        span.end(attrs, principal.as_ref().err().map(|e| e.parts().2));
-    }
-    let principal = principal?;
-    outcome.auth_method = principal.auth_method();
-    outcome.principal = Some(principal.clone());
+            identity_attributes(Some(caller.identity()), attrs);
+        },
+    )
+    .await?;
+    outcome.auth_method = caller.auth_method();
+    outcome.principal = Some(caller.clone());
     // Scopes are an API key's: a user's token is never refused here, so a revoked one is
     // refused as revoked, in step 6.
-    auth::authorize(route, &principal)?;
+    auth::authorize(route, &caller)?;
 
     // 6. limits (and a user's token revocation, in the same store round trip)
     let policy = snap.limit_policy(route.failure_policy);
-    let span = trace.and_then(|t| t.phase("rate_limit", SpanKind::Internal, true));
-    let limit_headers = check_limits(state, snap, &principal, policy).await;
-    if let Some(span) = span {
-        let remaining = limit_headers
-            .as_ref()
-            .ok()
-            .and_then(|h| h.as_ref())
-            .map(|h| h.remaining);
-        let attrs = remaining.map(|r| KeyValue::new("ares.ratelimit.remaining", r as i64));
-        span.end(
-            attrs.into_iter().collect(),
-            limit_headers.as_ref().err().map(|e| e.parts().2),
-        );
-    }
-    let limit_headers = limit_headers?;
+    let limits = &snap.config.limits;
+    let admitted = traced(
+        trace,
+        "rate_limit",
+        state.limiter.admit_principal(caller, limits, policy),
+        |admitted, attrs| {
+            if let Some(h) = admitted.headers() {
+                attrs.push(KeyValue::new(
+                    "ares.ratelimit.remaining",
+                    h.remaining as i64,
+                ));
+            }
+        },
+    )
+    .await?;
 
     // 7. rewrite
     let forward_path = route.forward_path(&path);
     // HTTP/2 clients multiplex: their requests share the pool, not one bound connection.
     let own = own.filter(|_| req.version() <= http::Version::HTTP_11);
+    let rewritten = rewrite(scope, route, upstream, req, &forward_path, &admitted)?;
+
+    // 8. forward (an upgrade takes its upstream connection over: that one comes from the pool)
+    let own = own.filter(|_| rewritten.upgrade.is_none());
+    let upstream_resp =
+        forward(snap, upstream, own, rewritten.request, &forward_path, trace).await?;
+    outcome.upstream_status = Some(upstream_resp.status().as_u16());
+    if upstream_resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return tunnel(
+            snap,
+            rewritten.upgrade,
+            rewritten.protocol_bearer,
+            upstream_resp,
+        );
+    }
+
+    // 9. response
+    Ok(respond(state, &admitted, upstream, upstream_resp))
+}
+
+/// A request rewritten for its upstream, and the client's side of an upgrade the route allows.
+struct Rewritten {
+    request: Request<Body>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The token came in `Sec-WebSocket-Protocol: bearer, <token>`: the answer names `bearer`.
+    protocol_bearer: bool,
+}
+
+/// Step 7: the request as the upstream receives it (path, identity headers, `Authorization` by
+/// the route's credential: none, the client's own, or minted), its body bounded.
+fn rewrite(
+    scope: &RequestScope<'_>,
+    route: &Route,
+    upstream: &crate::route::Upstream,
+    req: Request<RequestBody>,
+    forward_path: &str,
+    admitted: &Admitted,
+) -> Result<Rewritten, GatewayError> {
+    let RequestScope { snap, ctx, .. } = *scope;
     let (mut parts, body) = req.into_parts();
     // A body still to come must keep a minimum rate (408 REQUEST_TIMEOUT otherwise).
     let server = &snap.config.server;
@@ -413,54 +426,64 @@ async fn handle_inner<'r>(
         server.request_body_min_rate,
     );
     // A WebSocket upgrade the route allows: keep the client's side of the upgrade.
-    let client_upgrade = if route.websocket && ctx.websocket_upgrade {
+    let upgrade = if route.websocket && ctx.websocket_upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
     };
-    let protocol_bearer =
-        client_upgrade.is_some() && proxy::strip_protocol_token(&mut parts.headers);
+    let protocol_bearer = upgrade.is_some() && proxy::strip_protocol_token(&mut parts.headers);
     let minted = match route.credential {
         Credential::Mint => snap.minters.get(upstream.index).and_then(|m| {
             m.as_ref()
-                .and_then(|m| m.authorization(principal.identity(), unix_now()))
+                .and_then(|m| m.authorization(admitted.identity(), unix_now()))
         }),
         Credential::None | Credential::Passthrough => None,
     };
-    let upstream_req = proxy::rewrite_request(
+    let request = proxy::rewrite_request(
         parts,
         body,
         route,
-        &principal,
+        admitted,
         ctx,
-        &forward_path,
-        snap.config.server.request_body_limit,
+        forward_path,
+        server.request_body_limit,
         minted,
     )?;
+    Ok(Rewritten {
+        request,
+        upgrade,
+        protocol_bearer,
+    })
+}
 
-    // 8. forward
+/// Step 8: send it, in the `upstream` span when sampled (the upstream's `traceparent` names it).
+async fn forward(
+    snap: &crate::state::Snapshot,
+    upstream: &crate::route::Upstream,
+    own: Option<&ConnUpstreams>,
+    mut request: Request<Body>,
+    forward_path: &str,
+    trace: Option<&RequestTrace>,
+) -> Result<Response<hyper::body::Incoming>, GatewayError> {
     let client = snap
         .clients
         .get(upstream.index)
         .ok_or_else(|| GatewayError::Internal("upstream client missing".into()))?;
-    let forward_started = Instant::now();
-    // An upgrade takes its upstream connection over: that one comes from the pool.
-    let own = own.filter(|_| client_upgrade.is_none());
+    let started = Instant::now();
     let span = trace.and_then(|t| t.phase("upstream", SpanKind::Client, false));
-    let mut upstream_req = upstream_req;
     if let Some(span) = &span {
-        upstream_req
+        request
             .headers_mut()
             .insert(&proxy::TRACEPARENT, span.traceparent());
     }
-    let upstream_resp = proxy::forward(client, own, upstream_req).await;
-    crate::metrics::get().upstream(&upstream.label, forward_started.elapsed());
+    let resp = proxy::forward(client, own, request).await;
+    crate::metrics::get().upstream(&upstream.label, started.elapsed());
     if let Some(span) = span {
         let mut attrs = vec![
             telemetry::attr("ares.upstream", upstream.label.as_str().to_string()),
             telemetry::attr("url.path", forward_path.to_string()),
         ];
-        let failed = match &upstream_resp {
+        let failed = match &resp {
             Ok(r) => {
                 attrs.push(KeyValue::new(
                     "http.response.status_code",
@@ -472,48 +495,113 @@ async fn handle_inner<'r>(
         };
         span.end(attrs, failed);
     }
-    let mut upstream_resp = upstream_resp?;
-    outcome.upstream_status = Some(upstream_resp.status().as_u16());
-    if upstream_resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let client_upgrade = client_upgrade.ok_or_else(|| {
-            GatewayError::UpstreamUnavailable("upstream switched protocols unasked".into())
-        })?;
-        let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
-        proxy::spawn_tunnel(
-            client_upgrade,
-            upstream_upgrade,
-            snap.config.server.websocket_idle_timeout,
-        );
-        let mut resp = proxy::switching_protocols(upstream_resp);
-        if protocol_bearer
-            && !resp
-                .headers()
-                .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
-        {
-            resp.headers_mut().insert(
-                http::header::SEC_WEBSOCKET_PROTOCOL,
-                http::HeaderValue::from_static("bearer"),
-            );
-        }
-        return Ok(resp);
-    }
+    resp
+}
 
-    // 9. response
-    debit_tokens(state, &principal, upstream_resp.headers());
+/// A 101 from the upstream: the two upgraded connections become a byte tunnel.
+fn tunnel(
+    snap: &crate::state::Snapshot,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    protocol_bearer: bool,
+    mut upstream_resp: Response<hyper::body::Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let client_upgrade = client_upgrade.ok_or_else(|| {
+        GatewayError::UpstreamUnavailable("upstream switched protocols unasked".into())
+    })?;
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
+    proxy::spawn_tunnel(
+        client_upgrade,
+        upstream_upgrade,
+        snap.config.server.websocket_idle_timeout,
+    );
+    let mut resp = proxy::switching_protocols(upstream_resp);
+    if protocol_bearer
+        && !resp
+            .headers()
+            .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
+    {
+        resp.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("bearer"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Step 9: the upstream's answer for the client: hop-by-hop headers dropped, `RateLimit-*`
+/// added, the tenant's token use debited (from headers now, from trailers when streamed).
+fn respond(
+    state: &Arc<AppState>,
+    admitted: &Admitted,
+    upstream: &crate::route::Upstream,
+    upstream_resp: Response<hyper::body::Incoming>,
+) -> Response<Body> {
+    state
+        .limiter
+        .debit_response(admitted.identity(), upstream_resp.headers());
     let mut resp = proxy::rewrite_response(upstream_resp, upstream);
-    if let Identity::ApiKey { .. } = principal.identity() {
+    if let Identity::ApiKey { .. } = admitted.identity() {
         // Streams report their token use in trailers, once the last frame is known.
         let (parts, body) = resp.into_parts();
-        let (state, principal) = (state.clone(), principal.clone());
+        let (limiter, identity) = (state.limiter.clone(), admitted.identity().clone());
         let metered = body::OnTrailers::new(body, move |trailers| {
-            debit_tokens(&state, &principal, trailers)
+            limiter.debit_response(&identity, trailers)
         });
         resp = Response::from_parts(parts, metered.boxed_unsync());
     }
-    if let Some(h) = limit_headers {
+    if let Some(h) = admitted.headers() {
         h.apply(resp.headers_mut());
     }
-    Ok(resp)
+    resp
+}
+
+/// Step 2: the normalised path and the route it lands on (400 for a path that reads as
+/// another route, 404 for none); admin routes only from the allowed networks, before the secret
+/// is even looked at.
+fn classify<'r, 'u>(
+    snap: &'r crate::state::Snapshot,
+    ctx: &proxy::RequestContext,
+    uri: &'u http::Uri,
+) -> Result<(std::borrow::Cow<'u, str>, &'r Route), GatewayError> {
+    let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
+    let routes = &snap.config.routes;
+    let route = routes.classify(&path).ok_or(GatewayError::NotFound)?;
+    if routes.is_ambiguous(&path, route) {
+        return Err(GatewayError::invalid(
+            "the path reads as another route when case or ;parameters are ignored",
+        ));
+    }
+    let admin_nets = &snap.config.server.admin_allow_cidrs;
+    if route.auth == AuthKind::Admin
+        && !admin_nets.is_empty()
+        && !admin_nets
+            .iter()
+            .any(|n| n.contains(&ctx.client_ip.to_canonical()))
+    {
+        tracing::info!(client = %ctx.client_ip, reason = "admin_network", "admin request refused");
+        return Err(GatewayError::Forbidden);
+    }
+    Ok((path, route))
+}
+
+/// A page on another origin must not ride a user's WebSocket: browsers send `Origin` on every
+/// upgrade and CORS does not apply to them, so the gateway checks it here.
+fn websocket_origin(
+    snap: &crate::state::Snapshot,
+    ctx: &proxy::RequestContext,
+    route: &Route,
+    req: &Request<RequestBody>,
+) -> Result<(), GatewayError> {
+    let origins = &snap.config.server.cors_origins;
+    if ctx.websocket_upgrade
+        && route.websocket
+        && !origins.is_empty()
+        && req.headers().contains_key(http::header::ORIGIN)
+        && cors::allowed_origin(req.headers(), origins).is_none()
+    {
+        return Err(GatewayError::OriginNotAllowed);
+    }
+    Ok(())
 }
 
 /// Step 4: who sends the request. An address that keeps sending refused API keys is refused
@@ -523,16 +611,15 @@ async fn principal(
     route: &Route,
     req: &Request<RequestBody>,
     uri: &http::Uri,
-) -> Result<Principal, GatewayError> {
+) -> Result<Verified, GatewayError> {
     let RequestScope { state, snap, ctx } = *scope;
     let auth_started = Instant::now();
-    let revocation = auth::Revocation::WithLimits;
     let creds = state.credentials(snap);
     let key_route = route.auth == AuthKind::ApiKey;
     if key_route {
         state.limiter.check_key_failures(ctx.client_ip)?;
     }
-    let principal = auth::authenticate(route, req.headers(), uri.query(), revocation, &creds).await;
+    let principal = auth::authenticate(route, req.headers(), uri.query(), &creds).await;
     crate::metrics::get().auth(auth_started.elapsed());
     match principal {
         Err(GatewayError::InvalidApiKey) if key_route => {
@@ -544,95 +631,28 @@ async fn principal(
     }
 }
 
-/// Request limits for the principal's scope and, for tenants, the token budget: one decision
-/// (one store round trip), so nothing is consumed when any of them refuses. For a user's access
-/// token the same round trip checks its revocation.
-/// Of two decisions, the refusing one, else the one with less room left.
-fn tighter(
-    a: Option<crate::ratelimit::Decision>,
-    b: Option<crate::ratelimit::Decision>,
-) -> Option<crate::ratelimit::Decision> {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            if !b.allowed() || b.headers.remaining < a.headers.remaining {
-                Some(b)
-            } else {
-                Some(a)
-            }
-        }
-        (a, b) => a.or(b),
-    }
-}
-
-async fn check_limits(
-    state: &AppState,
-    snap: &Snapshot,
-    principal: &Principal,
-    policy: LimitPolicy,
-) -> Result<Option<RateLimitHeaders>, GatewayError> {
-    let limits = &snap.config.limits;
-    let decision = match principal.identity() {
-        Identity::ApiKey { tenant, key } => {
-            let tier = limits.plans.get(&tenant.tier).cloned().unwrap_or_default();
-            let plan = tenant.limits.apply(&tier);
-            let scope = Scope::Tenant(&tenant.id);
-            let decision = state.limiter.admit(scope, &plan, policy).await?;
-            if key.limits.is_empty() || decision.as_ref().and_then(limiter::refusal).is_some() {
-                decision
-            } else {
-                // The key's own limits, after its tenant's admitted the request (a key without
-                // limits costs nothing more).
-                let plan = key.limits.apply(&crate::ratelimit::Plan::default());
-                let own = state
-                    .limiter
-                    .admit(Scope::ApiKey(&key.id), &plan, policy)
-                    .await?;
-                tighter(decision, own)
-            }
-        }
-        Identity::User(claims) => {
-            // Users have request limits only; a token budget is a tenant's.
-            let mut plan = limits.user.clone();
-            plan.tokens_per_month = None;
-            let token = crate::store::TokenRef {
-                subject: &claims.sub,
-                jti: claims.jti.as_deref(),
-                issued_at: claims.iat,
-            };
-            state.limiter.admit_user(token, &plan, policy).await?
-        }
-        Identity::Admin { .. } | Identity::Anonymous => return Ok(None),
+/// Run one step inside its span when the request is sampled: the span ends with the
+/// attributes `describe` reads off a success, or failed with the error's code.
+async fn traced<T>(
+    trace: Option<&RequestTrace>,
+    name: &'static str,
+    step: impl std::future::Future<Output = Result<T, GatewayError>>,
+    describe: impl FnOnce(&T, &mut Vec<KeyValue>),
+) -> Result<T, GatewayError> {
+    let Some(span) = trace.and_then(|t| t.phase(name, SpanKind::Internal, true)) else {
+        return step.await;
     };
-    match decision.as_ref().and_then(limiter::refusal) {
-        Some(refused) => Err(refused),
-        None => Ok(decision.map(|d| d.headers)),
-    }
-}
-
-/// Debit the tenant's monthly token budget from the upstream's usage headers (or trailers),
-/// off the response path.
-fn debit_tokens(state: &Arc<AppState>, principal: &Principal, headers: &http::HeaderMap) {
-    let Identity::ApiKey { tenant, .. } = principal.identity() else {
-        return;
-    };
-    let read = |name: &str| -> u64 {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let n = read("x-input-tokens").saturating_add(read("x-output-tokens"));
-    if n == 0 {
-        return;
-    }
-    let (state, tenant) = (state.clone(), tenant.clone());
-    tokio::spawn(async move {
-        let debited = state.limiter.debit_tokens(Scope::Tenant(&tenant.id), n);
-        if let Err(e) = debited.await {
-            tracing::warn!(error = %e, tokens = n, "token debit lost: store unavailable");
+    let result = step.await;
+    let mut attrs = Vec::new();
+    let failed = match &result {
+        Ok(v) => {
+            describe(v, &mut attrs);
+            None
         }
-    });
+        Err(e) => Some(e.parts().2),
+    };
+    span.end(attrs, failed);
+    result
 }
 
 /// A declared `Content-Length`, for the access log (-1: none, e.g. a stream).
@@ -652,181 +672,4 @@ fn resp_bytes(resp: &Response<Body>) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The pipeline driven without a socket: built requests, one step's status each.
-    use super::*;
-    use crate::config::Config;
-    use crate::store::MemoryStore;
-    use bytes::Bytes;
-
-    const ADMIN: &str = "pipeline-admin-secret-0123456789";
-
-    fn state(env: &[(&str, &str)]) -> Arc<AppState> {
-        let yaml = include_str!("../gateway.yaml");
-        let mut vars: Vec<(String, String)> = vec![
-            ("ARES_ADMIN_SECRET".into(), ADMIN.into()),
-            (
-                "ARES_JWT_SECRET".into(),
-                "pipeline-jwt-secret-0123456789abcdef".into(),
-            ),
-            // Nothing listens there: proxied requests that get past every check are 502.
-            ("ARES_UPSTREAM".into(), "http://127.0.0.1:9".into()),
-        ];
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let cfg = Config::from_yaml(yaml, &move |k| {
-            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
-        .unwrap();
-        AppState::new(cfg, Arc::new(MemoryStore::new())).unwrap()
-    }
-
-    fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: proxy::Peer::new(std::net::SocketAddr::from(([192, 0, 2, 7], 40000))),
-            tls: false,
-            framing: None,
-            upstreams: None,
-        }
-    }
-
-    async fn call(
-        state: &Arc<AppState>,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (StatusCode, serde_json::Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "gateway.test");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(RequestBody::from(Bytes::from(body.to_string())))
-            .unwrap();
-        let resp = handle(state.clone(), conn(), req).await;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or_default())
-    }
-
-    async fn provision(state: &Arc<AppState>) -> (String, String) {
-        let (status, v) = call(
-            state,
-            "POST",
-            "/api/admin/provision-client",
-            &[("x-admin-secret", ADMIN)],
-            r#"{"name":"Acme","tier":"pro","api_key_name":"k"}"#,
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
-        (
-            v["tenant_id"].as_str().unwrap().to_string(),
-            v["raw_api_key"].as_str().unwrap().to_string(),
-        )
-    }
-
-    #[tokio::test]
-    async fn an_unknown_path_is_404_and_a_climbing_one_400() {
-        let s = state(&[]);
-        let (status, v) = call(&s, "GET", "/nowhere", &[], "").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(v["code"], "NOT_FOUND");
-        let (status, _) = call(&s, "GET", "/api/../../etc", &[], "").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-    }
-
-    #[tokio::test]
-    async fn a_missing_or_wrong_credential_is_401_by_route() {
-        let s = state(&[]);
-        let (status, v) = call(&s, "GET", "/api/chat", &[], "").await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(v["code"], "AUTH_MISSING_CREDENTIALS");
-        let bad = [("authorization", "Bearer ares_not-a-key")];
-        let (status, v) = call(&s, "POST", "/v1/chat", &bad, "{}").await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(v["code"], "AUTH_INVALID_API_KEY");
-        let wrong = [("x-admin-secret", "not-the-admin-secret-0123")];
-        let (status, v) = call(&s, "GET", "/api/admin/tenants", &wrong, "").await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(v["code"], "AUTH_INVALID_ADMIN_SECRET");
-    }
-
-    #[tokio::test]
-    async fn a_key_without_the_routes_scope_is_403() {
-        let s = state(&[]);
-        let (tenant, _) = provision(&s).await;
-        let (status, v) = call(
-            &s,
-            "POST",
-            &format!("/api/admin/tenants/{tenant}/api-keys"),
-            &[("x-admin-secret", ADMIN)],
-            r#"{"name":"chat only","scopes":["chat"]}"#,
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
-        let key = format!("Bearer {}", v["raw_key"].as_str().unwrap());
-        let (status, v) = call(
-            &s,
-            "POST",
-            "/v1/usage/events",
-            &[("authorization", &key)],
-            "{}",
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(v["code"], "AUTH_FORBIDDEN");
-        // Its own scope passes every check and reaches the (absent) upstream.
-        let (status, v) = call(&s, "POST", "/v1/chat", &[("authorization", &key)], "{}").await;
-        assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
-    }
-
-    #[tokio::test]
-    async fn a_user_past_the_limit_is_429_and_a_large_body_413() {
-        let s = state(&[("ARES_USER_REQUESTS_PER_MINUTE", "1")]);
-        let (status, _) = call(
-            &s,
-            "POST",
-            "/api/auth/register",
-            &[],
-            r#"{"email":"p@example.com","password":"your-secure-password","name":"P"}"#,
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED);
-        let (status, v) = call(
-            &s,
-            "POST",
-            "/api/auth/login",
-            &[],
-            r#"{"email":"p@example.com","password":"your-secure-password"}"#,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        let token = format!("Bearer {}", v["access_token"].as_str().unwrap());
-        let auth = [("authorization", token.as_str())];
-        // Too large by its declared length: refused before anything is forwarded (and counted).
-        let big = [
-            ("authorization", token.as_str()),
-            ("content-length", "20000000"),
-        ];
-        let mut req = Request::builder()
-            .method("POST")
-            .uri("/api/chat")
-            .header("host", "gateway.test");
-        for (k, v) in big {
-            req = req.header(k, v);
-        }
-        let req = req.body(RequestBody::from(Bytes::new())).unwrap();
-        let resp = handle(s.clone(), conn(), req).await;
-        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        // That one was admitted (limits come before the rewrite); the next is over the limit.
-        let (status, v) = call(&s, "GET", "/api/chat", &auth, "").await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(v["code"], "RATE_LIMIT_EXCEEDED");
-    }
-}
+mod tests;

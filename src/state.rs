@@ -93,7 +93,7 @@ pub struct AppState {
     pub counters: Role<dyn Counters>,
     pub keys: KeyCache,
     pub passwords: PasswordHasher,
-    pub limiter: Limiter,
+    pub limiter: Arc<Limiter>,
     /// OTLP trace export, when configured.
     pub tracing: Option<crate::telemetry::Tracing>,
     /// Set on SIGTERM: new requests get 503 `SHUTTING_DOWN`.
@@ -113,7 +113,7 @@ impl AppState {
         let state = Arc::new(AppState {
             tracing,
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)?),
-            limiter: Limiter::new(store.counters()),
+            limiter: Arc::new(Limiter::new(store.counters())),
             lookup: store.lookup(),
             records: store.records(),
             counters: store.counters(),

@@ -1,8 +1,14 @@
 //! Who is calling: [`authenticate`] turns a route's credential rule and the request headers into
-//! a [`Principal`], and [`authorize`] checks what that principal may do on the route.
+//! a [`Verified`] caller, and [`authorize`] checks what it may do on the route.
 //!
-//! A `Principal` can only be built in this module, and forwarding takes one, so an
-//! unauthenticated request cannot reach a protected upstream by accident.
+//! Two types, both built in this module only:
+//! - [`Verified`]: the credential checked (signature, claims, key, tenant), but a user token's
+//!   revocation (logout) not yet: the Limiter checks it together with the limits, in one store
+//!   round trip, and only the Limiter's `Admitted` reaches forwarding.
+//! - [`Principal`]: revocation checked too ([`Verified::checked`], [`authenticate_jwt`]): what
+//!   the gateway's own endpoints act for.
+//!
+//! So nothing unauthenticated, and no revoked token, reaches a protected upstream by accident.
 
 pub mod admin;
 pub mod api_key;
@@ -27,9 +33,63 @@ use jwt::JwtKeys;
 
 pub use jwt::Claims;
 
-/// Who a request is, as established by [`authenticate`]. Fields are private to this module.
+/// Who a request is, its credential verified and a user token's revocation checked. Built in
+/// this module only.
 #[derive(Debug, Clone)]
 pub struct Principal(Identity);
+
+/// Who a request says it is, its credential verified; a user token's revocation is still to be
+/// checked (the Limiter does it with the limits). Built by [`authenticate`] only.
+#[derive(Debug, Clone)]
+pub struct Verified(Identity);
+
+impl Verified {
+    pub fn identity(&self) -> &Identity {
+        &self.0
+    }
+
+    /// The tenant or user id, for logs.
+    pub fn subject(&self) -> &str {
+        subject(&self.0)
+    }
+
+    pub fn auth_method(&self) -> Option<&'static str> {
+        auth_method(&self.0)
+    }
+
+    /// The principal, once a user token is known not to be revoked (other callers need no
+    /// check).
+    pub async fn checked(self, lookup: &Role<dyn Lookup>) -> Result<Principal, GatewayError> {
+        let principal = Principal(self.0);
+        check_revoked(&principal, lookup).await?;
+        Ok(principal)
+    }
+
+    /// A verified caller for benchmarks and tests (`test-util` builds only): the pipeline's
+    /// come from [`authenticate`].
+    #[cfg(feature = "test-util")]
+    pub fn for_test(identity: Identity) -> Verified {
+        Verified(identity)
+    }
+}
+
+fn subject(identity: &Identity) -> &str {
+    match identity {
+        Identity::Anonymous => "-",
+        Identity::ApiKey { tenant, .. } => &tenant.id,
+        Identity::User(c) => &c.sub,
+        Identity::Admin { .. } => "admin",
+    }
+}
+
+fn auth_method(identity: &Identity) -> Option<&'static str> {
+    match identity {
+        Identity::Anonymous => None,
+        Identity::ApiKey { .. } => Some("api_key"),
+        Identity::User(_) => Some("jwt"),
+        Identity::Admin { .. } => Some("admin"),
+    }
+}
 
 /// The kinds of caller.
 #[derive(Debug, Clone)]
@@ -48,33 +108,17 @@ pub enum Identity {
 }
 
 impl Principal {
-    /// A principal for an identity established elsewhere (benchmarks, tests). The pipeline
-    /// gets its principals from [`authenticate`] only.
-    pub fn from_identity(identity: Identity) -> Principal {
-        Principal(identity)
-    }
-
     pub fn identity(&self) -> &Identity {
         &self.0
     }
 
     /// The tenant or user id, for logs.
     pub fn subject(&self) -> &str {
-        match &self.0 {
-            Identity::Anonymous => "-",
-            Identity::ApiKey { tenant, .. } => &tenant.id,
-            Identity::User(c) => &c.sub,
-            Identity::Admin { .. } => "admin",
-        }
+        subject(&self.0)
     }
 
     pub fn auth_method(&self) -> Option<&'static str> {
-        match &self.0 {
-            Identity::Anonymous => None,
-            Identity::ApiKey { .. } => Some("api_key"),
-            Identity::User(_) => Some("jwt"),
-            Identity::Admin { .. } => Some("admin"),
-        }
+        auth_method(&self.0)
     }
 }
 
@@ -146,27 +190,17 @@ pub struct Credentials<'a> {
     pub outage_grace: Duration,
 }
 
-/// When `authenticate` checks an access token against the revocations (logout).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revocation {
-    /// Before returning.
-    Now,
-    /// Together with the user's rate limit (`Limiter::admit_user`, one store round trip),
-    /// which the caller must then call.
-    WithLimits,
-}
-
-/// Establish who the caller is, by the route's rule.
+/// Establish who the caller is, by the route's rule (a user token's revocation is the caller's
+/// to check: [`Verified::checked`], or the Limiter with the limits).
 pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
     query: Option<&str>,
-    revocation: Revocation,
     creds: &Credentials<'_>,
-) -> Result<Principal, GatewayError> {
+) -> Result<Verified, GatewayError> {
     match route.auth {
-        AuthKind::None => Ok(Principal(Identity::Anonymous)),
-        AuthKind::Admin => authenticate_admin(headers, creds.admin),
+        AuthKind::None => Ok(Verified(Identity::Anonymous)),
+        AuthKind::Admin => authenticate_admin(headers, creds.admin).map(|p| Verified(p.0)),
         AuthKind::Jwt => {
             // Authorization first; then the forms a browser can send, where the route allows
             // them: a WebSocket subprotocol, the query (EventSource).
@@ -179,18 +213,28 @@ pub async fn authenticate(
                     .or_else(|| route.query_token.then(|| query_token(query)).flatten())
                     .ok_or(GatewayError::MissingCredentials)?,
             };
-            match revocation {
-                Revocation::Now => authenticate_jwt(token, creds).await,
-                Revocation::WithLimits => verify_jwt(token, creds.jwt),
-            }
+            verify_jwt(token, creds.jwt).map(|p| Verified(p.0))
         }
         AuthKind::ApiKey => {
             let token = bearer(headers)
                 .map_err(|_| GatewayError::InvalidApiKey)?
                 .ok_or(GatewayError::MissingCredentials)?;
-            authenticate_key(token, creds).await
+            authenticate_key(token, creds).await.map(|p| Verified(p.0))
         }
     }
+}
+
+/// [`authenticate`] with a user token's revocation checked at once.
+pub async fn authenticate_now(
+    route: &Route,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    creds: &Credentials<'_>,
+) -> Result<Principal, GatewayError> {
+    authenticate(route, headers, query, creds)
+        .await?
+        .checked(creds.lookup)
+        .await
 }
 
 pub fn authenticate_admin(
@@ -324,7 +368,7 @@ async fn tenant(id: &str, creds: &Credentials<'_>) -> Result<Option<Arc<Tenant>>
 }
 
 /// What the principal may do on this route: API keys need the route's scope or `full`.
-pub fn authorize(route: &Route, principal: &Principal) -> Result<(), GatewayError> {
+pub fn authorize(route: &Route, principal: &Verified) -> Result<(), GatewayError> {
     if let (Some(scope), Identity::ApiKey { key, .. }) = (&route.required_scope, &principal.0) {
         let allowed = key.scopes.iter().any(|s| s == scope || s == "full");
         if !allowed {
@@ -492,9 +536,7 @@ mod tests {
             f.store.records().create_api_key(&record).await.unwrap();
             let r = route(AuthKind::ApiKey);
             let h = auth_header(&format!("Bearer {}", new.raw));
-            let p = authenticate(&r, &h, None, Revocation::Now, &f.creds())
-                .await
-                .unwrap();
+            let p = authenticate(&r, &h, None, &f.creds()).await.unwrap();
             assert_eq!(p.subject(), "ten_1");
             assert_eq!(p.auth_method(), Some("api_key"));
             // A scope the key lacks.
@@ -511,13 +553,13 @@ mod tests {
             };
             f.store.records().put_tenant(&suspended).await.unwrap();
             f.keys.invalidate_tenant("ten_1");
-            let err = authenticate(&r, &h, None, Revocation::Now, &f.creds())
+            let err = authenticate_now(&r, &h, None, &f.creds())
                 .await
                 .unwrap_err();
             assert!(matches!(err, GatewayError::TenantSuspended), "{err:?}");
             // A key that fails its checksum never reaches the store.
             let typo = auth_header(&format!("Bearer {}x", &new.raw[..new.raw.len() - 1]));
-            let err = authenticate(&r, &typo, None, Revocation::Now, &f.creds())
+            let err = authenticate_now(&r, &typo, None, &f.creds())
                 .await
                 .unwrap_err();
             assert!(matches!(err, GatewayError::InvalidApiKey), "{err:?}");
@@ -532,9 +574,7 @@ mod tests {
                 .unwrap();
             let r = route(AuthKind::Jwt);
             let h = auth_header(&format!("Bearer {token}"));
-            let p = authenticate(&r, &h, None, Revocation::Now, &f.creds())
-                .await
-                .unwrap();
+            let p = authenticate_now(&r, &h, None, &f.creds()).await.unwrap();
             assert_eq!(p.subject(), "usr_1");
             let jti = claims.jti.unwrap();
             f.store
@@ -542,30 +582,24 @@ mod tests {
                 .revoke_jti("usr_1", &jti, claims.exp)
                 .await
                 .unwrap();
-            let err = authenticate(&r, &h, None, Revocation::Now, &f.creds())
+            let err = authenticate_now(&r, &h, None, &f.creds())
                 .await
                 .unwrap_err();
             assert!(matches!(err, GatewayError::InvalidToken));
             // Checked later with the limits: not here.
-            assert!(
-                authenticate(&r, &h, None, Revocation::WithLimits, &f.creds())
-                    .await
-                    .is_ok()
-            );
+            assert!(authenticate(&r, &h, None, &f.creds()).await.is_ok());
             // The query token only where the route allows it.
             let query = format!("access_token={token}");
             let none = HeaderMap::new();
-            let err = authenticate(&r, &none, Some(&query), Revocation::WithLimits, &f.creds())
+            let err = authenticate(&r, &none, Some(&query), &f.creds())
                 .await
                 .unwrap_err();
             assert!(matches!(err, GatewayError::MissingCredentials));
             let mut q = route(AuthKind::Jwt);
             q.query_token = true;
-            assert!(
-                authenticate(&q, &none, Some(&query), Revocation::WithLimits, &f.creds())
-                    .await
-                    .is_ok()
-            );
+            assert!(authenticate(&q, &none, Some(&query), &f.creds())
+                .await
+                .is_ok());
         }
 
         #[tokio::test]
@@ -573,23 +607,20 @@ mod tests {
             let f = Fixture::new();
             let r = route(AuthKind::Admin);
             let ok = headers(&[("x-admin-secret", "auth-unit-admin-secret")]);
-            let p = authenticate(&r, &ok, None, Revocation::Now, &f.creds())
-                .await
-                .unwrap();
+            let p = authenticate_now(&r, &ok, None, &f.creds()).await.unwrap();
             assert_eq!(p.auth_method(), Some("admin"));
             let bad = headers(&[("x-admin-secret", "auth-unit-admin-secreT")]);
-            let err = authenticate(&r, &bad, None, Revocation::Now, &f.creds())
+            let err = authenticate_now(&r, &bad, None, &f.creds())
                 .await
                 .unwrap_err();
             assert!(matches!(err, GatewayError::InvalidAdminSecret));
             // A JWT on an API-key route is an invalid key, not a pass.
             let (token, _) = f.jwt.issue("usr_1", "", crate::util::unix_now()).unwrap();
             let k = route(AuthKind::ApiKey);
-            let err = authenticate(
+            let err = authenticate_now(
                 &k,
                 &auth_header(&format!("Bearer {token}")),
                 None,
-                Revocation::Now,
                 &f.creds(),
             )
             .await

@@ -1,5 +1,5 @@
 //! What the upstream receives: the rewritten target, `Host`, the identity headers the gateway
-//! vouches for (only from a [`Principal`]), forwarding headers and a bounded body.
+//! vouches for (only for an [`Admitted`] request), forwarding headers and a bounded body.
 
 use std::sync::Arc;
 
@@ -9,9 +9,10 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 
-use crate::auth::{Identity, Principal};
+use crate::auth::Identity;
 use crate::body::{Body, BoxError};
 use crate::error::GatewayError;
+use crate::limiter::Admitted;
 use crate::route::Upstream;
 use crate::route::{Credential, Route};
 
@@ -23,7 +24,7 @@ pub fn rewrite_request<B>(
     mut parts: Parts,
     body: B,
     route: &Route,
-    principal: &Principal,
+    admitted: &Admitted,
     ctx: &RequestContext,
     forward_path: &str,
     body_limit: u64,
@@ -88,7 +89,7 @@ where
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    match principal.identity() {
+    match admitted.identity() {
         Identity::Anonymous => {}
         Identity::ApiKey { tenant, key } => {
             h.insert(&X_AUTH_METHOD, HeaderValue::from_static("api_key"));

@@ -1,9 +1,9 @@
 //! Header hygiene, identity headers, and the streaming forward to an upstream.
 //!
 //! Order matters and is fixed: [`strip_spoofable`] runs on every request before anything else
-//! reads its headers; [`rewrite_request`] adds what the gateway vouches for (only from a
-//! [`Principal`]); [`forward`] streams both bodies; [`rewrite_response`] drops hop-by-hop headers
-//! and bounds the time a streamed body may stall.
+//! reads its headers; [`rewrite_request`] adds what the gateway vouches for (only for a request
+//! the Limiter admitted: `limiter::Admitted`); [`forward`] streams both bodies;
+//! [`rewrite_response`] drops hop-by-hop headers and bounds the time a streamed body may stall.
 //!
 //! ```text
 //! hygiene.rs   strip_spoofable (step 1), the header statics, hop-by-hop stripping
