@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Layers, top to bottom; a module imports only from its own layer or below, and no two modules
-//! import each other (`tests/layering.rs` checks both).
+//! import each other (`tests/it/layering.rs` checks both).
 //!
 //! ```text
 //! main.rs, lib.rs   the commands (serve, check, demo, export, import, import-ares); this map

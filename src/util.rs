@@ -22,7 +22,6 @@ pub fn random_token(prefix: &str, len: usize) -> String {
     s
 }
 
-/// Milliseconds since the Unix epoch.
 /// `traceparent` (W3C Trace Context, version 00) for these ids, written without `fmt`.
 pub fn traceparent(trace: u128, span: u64, sampled: bool) -> http::HeaderValue {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
@@ -63,6 +62,7 @@ pub fn put_hex(out: &mut [u8], mut n: u128) {
     }
 }
 
+/// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

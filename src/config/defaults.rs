@@ -1,6 +1,6 @@
 //! Every numeric setting's default and bounds, in one table: the validator reads them from here,
 //! `gateway.yaml` writes the same defaults (a test checks the shipped file against this table),
-//! and the README's tables name them. `*` stands for a name (`upstreams.default.…`).
+//! and the tables of docs/configuration.md name them. `*` stands for a name (`upstreams.default.…`).
 
 /// A numeric key of `gateway.yaml`: what an absent value means, and what is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

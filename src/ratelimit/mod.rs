@@ -1,8 +1,11 @@
-//! Rate-limit windows, plans, the exact in-process limiter, and the response headers.
+//! Rate-limit windows, plans, the exact in-process limiter, and the response headers: pure
+//! arithmetic, no I/O (the Limiter above the store uses it).
 //!
 //! Semantics (shared by every store):
-//! - second, minute and hour are *sliding* windows kept as a log of admitted request times, so in
-//!   any interval of that length at most `limit` requests pass: no double burst at a boundary.
+//! - second, minute and hour are GCRA windows (the generic cell rate algorithm: one theoretical
+//!   arrival time per scope and window, constant state): a burst of at most `limit`, then one
+//!   request every `window / limit` (over any interval t at most limit + t / interval pass:
+//!   docs/rate-limits.md).
 //! - day and month are UTC calendar windows (reset at 00:00 UTC and on the 1st), as ARES counts.
 //! - one decision checks every window of a scope and consumes from all of them only when all
 //!   allow, so refused requests consume nothing. Windows are checked month first, then day, hour,

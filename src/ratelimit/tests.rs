@@ -66,7 +66,7 @@ fn gcra_lets_a_burst_of_the_limit_through_then_one_per_interval() {
     );
 }
 
-/// The guarantee the README states: over any interval of length t at most
+/// The guarantee docs/rate-limits.md states: over any interval of length t at most
 /// `limit + floor(t / interval)` requests pass, with `interval = span / limit` rounded up.
 #[test]
 fn gcra_never_admits_more_than_its_bound_in_any_interval() {

@@ -185,6 +185,114 @@ impl TestGateway {
     }
 }
 
+/// What the request helpers need of a gateway: where a path is. A [`TestGateway`] answers over
+/// loopback sockets; a [`TestPipeline`] without any.
+pub trait Gate {
+    fn url(&self, path: &str) -> String;
+    fn state(&self) -> &Arc<AppState>;
+}
+
+impl Gate for TestGateway {
+    fn url(&self, path: &str) -> String {
+        TestGateway::url(self, path)
+    }
+    fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+}
+
+/// A built gateway (its store, state and housekeeping, as `Gateway::start` makes them) driven
+/// without a socket: [`send`] hands a `pipeline://` URL's request to `pipeline::handle` and
+/// reads the response, as from a client at 127.0.0.1 on a plain connection.
+pub struct TestPipeline {
+    gateway: TestGateway,
+    id: usize,
+}
+
+/// The pipelines `send` can reach, by id (a test's own, dropped with it).
+static PIPELINES: Mutex<Vec<std::sync::Weak<AppState>>> = Mutex::new(Vec::new());
+
+impl TestPipeline {
+    pub fn url(&self, path: &str) -> String {
+        format!("pipeline://{}{path}", self.id)
+    }
+}
+
+impl std::ops::Deref for TestPipeline {
+    type Target = TestGateway;
+    fn deref(&self) -> &TestGateway {
+        &self.gateway
+    }
+}
+
+impl Gate for TestPipeline {
+    fn url(&self, path: &str) -> String {
+        TestPipeline::url(self, path)
+    }
+    fn state(&self) -> &Arc<AppState> {
+        &self.gateway.state
+    }
+}
+
+/// The shipped config in a [`TestPipeline`] (as [`gateway`] builds a [`TestGateway`]).
+pub async fn pipeline(upstream: &str, env: &[(&str, &str)]) -> TestPipeline {
+    pipeline_of(config(upstream, env)).await
+}
+
+/// `cfg` in a [`TestPipeline`] (as [`start`] builds a [`TestGateway`]).
+pub async fn pipeline_of(cfg: Config) -> TestPipeline {
+    let gateway = start(cfg).await;
+    let mut all = PIPELINES.lock().unwrap();
+    all.push(Arc::downgrade(&gateway.state));
+    TestPipeline {
+        id: all.len() - 1,
+        gateway,
+    }
+}
+
+/// One request through a pipeline, without a socket.
+async fn send_to_pipeline(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let rest = url.strip_prefix("pipeline://").expect("a pipeline URL");
+    let split = rest.find('/').unwrap_or(rest.len());
+    let (id, path) = (rest[..split].parse::<usize>().unwrap(), &rest[split..]);
+    let state = PIPELINES.lock().unwrap()[id]
+        .upgrade()
+        .expect("the pipeline is still running");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let bytes = Bytes::from(body.unwrap_or("").to_string());
+    let req = b
+        .body(ares_gateway::body::RequestBody::from(bytes))
+        .unwrap();
+    let conn = ares_gateway::pipeline::ConnInfo {
+        peer: ares_gateway::proxy::Peer::new(SocketAddr::from(([127, 0, 0, 1], 50000))),
+        tls: false,
+        framing: None,
+        upstreams: None,
+    };
+    let (parts, body) = ares_gateway::pipeline::handle(state, conn, req)
+        .await
+        .into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
 /// Serve `handler` on a free loopback port (HTTP/1.1 and h2c), each connection in its own task.
 pub async fn serve<F, Fut, B>(handler: F) -> SocketAddr
 where
@@ -297,6 +405,9 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 }
 
 pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    if url.starts_with("pipeline://") {
+        return send_to_pipeline(method, url, headers, body).await;
+    }
     let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -326,7 +437,7 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
 }
 
 /// Provision a tenant with a key; returns (tenant id, key id, raw key).
-pub async fn provision(g: &TestGateway, tier: &str) -> (String, String, String) {
+pub async fn provision(g: &impl Gate, tier: &str) -> (String, String, String) {
     let r = post(
         &g.url("/api/admin/provision-client"),
         &[("x-admin-secret", ADMIN)],
@@ -343,13 +454,13 @@ pub async fn provision(g: &TestGateway, tier: &str) -> (String, String, String) 
 }
 
 /// Delete (revoke) a tenant's API key through the admin API.
-pub async fn revoke_key(g: &TestGateway, tenant: &str, key_id: &str) -> Reply {
+pub async fn revoke_key(g: &impl Gate, tenant: &str, key_id: &str) -> Reply {
     let url = g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}"));
     send("DELETE", &url, &admin(), None).await
 }
 
 /// Register and log in; returns the login response JSON.
-pub async fn login(g: &TestGateway, email: &str) -> serde_json::Value {
+pub async fn login(g: &impl Gate, email: &str) -> serde_json::Value {
     let r = post(
         &g.url("/api/auth/register"),
         &[],
@@ -493,7 +604,7 @@ pub fn sighup(child: &tokio::process::Child) {
 }
 
 /// Log out everywhere, as a second browser tab sees it.
-pub async fn logout_all_ends_every_session(a: &TestGateway, b: &TestGateway, email: &str) {
+pub async fn logout_all_ends_every_session<G: Gate>(a: &G, b: &G, email: &str) {
     let first = login(a, email).await;
     let second = post(
         &b.url("/api/auth/login"),
@@ -569,7 +680,7 @@ pub fn rotating_yaml() -> String {
 /// Issue 24: ten concurrent refreshes of one token, spread over `gateways` (rotation on, the
 /// default grace): every one succeeds with the same new refresh token (one rotation), which then
 /// works, and the rotated token, presented after the grace, ends the family.
-pub async fn concurrent_refreshes_make_one_rotation(gateways: &[&TestGateway], email: &str) {
+pub async fn concurrent_refreshes_make_one_rotation<G: Gate>(gateways: &[&G], email: &str) {
     let t = login(gateways[0], email).await;
     let first = t["refresh_token"].as_str().unwrap().to_string();
     let body = format!(r#"{{"refresh_token":"{first}"}}"#);

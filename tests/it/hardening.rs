@@ -1,13 +1,11 @@
 //! Hostile input over raw TCP: request framing (smuggling), oversized heads, slow clients, upstream
 //! faults, and a recording upstream that asserts what (if anything) was forwarded.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Send raw bytes; return what came back before the server closed (or 3 s passed).
 fn raw(addr: SocketAddr, request: &[u8]) -> String {

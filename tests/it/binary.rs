@@ -1,12 +1,10 @@
 //! The binary as operators run it: `demo` works as printed, and no secret reaches a log line
 //! even at debug level in JSON format.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 #[tokio::test]

@@ -1,13 +1,11 @@
-//! `/api/auth/*` through real HTTP: shapes, refusals, refresh rotation, logout.
+//! `/api/auth/*` through the pipeline (no socket): shapes, refusals, refresh rotation, logout.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn register_login_me_refresh_have_the_seed_shapes() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let r = post(
         &g.url("/api/auth/register"),
         &[],
@@ -95,7 +93,7 @@ async fn register_login_me_refresh_have_the_seed_shapes() {
 #[tokio::test]
 async fn registration_input_is_validated_before_hashing() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     for (body, field) in [
         (
             r#"{"email":"not-an-email","password":"your-secure-password","name":"J"}"#,
@@ -143,7 +141,7 @@ async fn registration_input_is_validated_before_hashing() {
 #[tokio::test]
 async fn login_failures_look_the_same_for_unknown_email_and_wrong_password() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     login(&g, "real@example.com").await;
     let wrong = post(
         &g.url("/api/auth/login"),
@@ -165,7 +163,7 @@ async fn login_failures_look_the_same_for_unknown_email_and_wrong_password() {
 #[tokio::test]
 async fn failed_logins_are_limited_per_account_and_ip_without_locking_others_out() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     login(&g, "victim@example.com").await;
     // Shipped: 10 failures per (account, IP) per hour.
     for i in 0..10 {
@@ -196,7 +194,7 @@ async fn failed_logins_are_limited_per_account_and_ip_without_locking_others_out
 #[tokio::test]
 async fn auth_endpoints_are_limited_per_client_ip() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     // Shipped: 30 per minute per IP on /api/auth/*.
     let mut codes = Vec::new();
     for _ in 0..32 {
@@ -215,7 +213,7 @@ async fn auth_endpoints_are_limited_per_client_ip() {
 #[tokio::test]
 async fn logout_kills_the_refresh_token_and_the_access_token() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let t = login(&g, "bye@example.com").await;
     let access = t["access_token"].as_str().unwrap();
     let refresh = t["refresh_token"].as_str().unwrap();
@@ -264,7 +262,7 @@ async fn logout_kills_the_refresh_token_and_the_access_token() {
 #[tokio::test]
 async fn refresh_tokens_are_never_access_tokens() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let t = login(&g, "rt@example.com").await;
     let r = get(
         &g.url("/api/chat"),
@@ -296,7 +294,7 @@ async fn rotation_returns_new_tokens_and_reuse_revokes_the_family() {
     let yaml = shipped_yaml()
         .replace("refresh_rotation: false", "refresh_rotation: true")
         .replace("refresh_reuse_grace_secs: 5", "refresh_reuse_grace_secs: 0");
-    let g = start(config_from(&yaml, &up.url(), &[])).await;
+    let g = pipeline_of(config_from(&yaml, &up.url(), &[])).await;
     let t = login(&g, "rotate@example.com").await;
     let first = t["refresh_token"].as_str().unwrap().to_string();
     let r = post(
@@ -329,20 +327,20 @@ async fn rotation_returns_new_tokens_and_reuse_revokes_the_family() {
 #[tokio::test]
 async fn concurrent_refreshes_of_one_token_make_one_rotation() {
     let up = Upstream::start().await;
-    let g = start(config_from(&rotating_yaml(), &up.url(), &[])).await;
+    let g = pipeline_of(config_from(&rotating_yaml(), &up.url(), &[])).await;
     concurrent_refreshes_make_one_rotation(&[&g], "tabs@example.com").await;
     // The embedded store too (its rotation is one write transaction).
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let env = [("ARES_STORE", "embedded"), ("ARES_DATA_DIR", data)];
-    let g = start(config_from(&rotating_yaml(), &up.url(), &env)).await;
+    let g = pipeline_of(config_from(&rotating_yaml(), &up.url(), &env)).await;
     concurrent_refreshes_make_one_rotation(&[&g], "tabs@example.com").await;
 }
 
 #[tokio::test]
 async fn logout_all_ends_every_session_of_the_user() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     logout_all_ends_every_session(&g, &g, "everywhere@example.com").await;
 }
 
@@ -350,7 +348,7 @@ async fn logout_all_ends_every_session_of_the_user() {
 async fn cookie_sessions_keep_the_refresh_token_out_of_scripts_and_refuse_forgery() {
     let up = Upstream::start().await;
     let app = "https://app.example.com";
-    let g = gateway(
+    let g = pipeline(
         &up.url(),
         &[("ARES_AUTH_COOKIES", "true"), ("ARES_CORS_ORIGINS", app)],
     )
@@ -424,7 +422,7 @@ async fn cookie_sessions_keep_the_refresh_token_out_of_scripts_and_refuse_forger
 #[tokio::test]
 async fn changing_the_password_ends_every_other_session() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let first = login(&g, "change@example.com").await;
     let old_access = first["access_token"].as_str().unwrap().to_string();
     let old_refresh = first["refresh_token"].as_str().unwrap().to_string();

@@ -1,11 +1,9 @@
 //! `ares-gateway admin ...` against a running gateway: tables, `--json`, and exit codes a script
 //! can rely on.
 
-mod common;
-
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 /// Run the command; async, so the in-process gateway on this runtime keeps answering.
 async fn admin_cli(base: &str, args: &[&str], secret: Option<&str>) -> Output {

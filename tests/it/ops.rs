@@ -1,11 +1,9 @@
 //! Operations: metrics after real traffic, trace context, config hot reload.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use ares_gateway::config::Config;
-use common::*;
 
 #[tokio::test]
 async fn metrics_reflect_real_traffic_and_live_on_their_own_listener() {

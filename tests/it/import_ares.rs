@@ -1,14 +1,12 @@
 //! `ares-gateway import-ares` against a real PostgreSQL holding ARES's tables (the shapes of
 //! dirmacs/ares at 81aa736), into a real Redis store; then the gateway serves what was imported.
 
-mod common;
-
 use std::process::Output;
 
+use crate::common::postgres::Postgres;
+use crate::common::redis::RedisServer;
+use crate::common::*;
 use argon2::password_hash::{PasswordHasher, SaltString};
-use common::postgres::Postgres;
-use common::redis::RedisServer;
-use common::*;
 use sha2::{Digest, Sha256};
 
 const SCHEMA: &str = "

@@ -37,7 +37,7 @@ fn layer(module: &str) -> u8 {
         .iter()
         .find(|(p, _)| *p == top)
         .map(|(_, l)| *l)
-        .unwrap_or_else(|| panic!("module {module} has no layer in tests/layering.rs"))
+        .unwrap_or_else(|| panic!("module {module} has no layer in tests/it/layering.rs"))
 }
 
 /// Every module of `src/`, by path (`auth::jwt`), with its source outside `mod tests`.

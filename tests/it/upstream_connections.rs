@@ -2,7 +2,7 @@
 //! reuse, survival of upstream closes, cancellation when the client goes, and several workers
 //! serving and draining.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

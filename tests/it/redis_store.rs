@@ -1,14 +1,12 @@
 //! The Redis store against real `redis-server` processes: the shared store suite (one Redis and
 //! a 3-master cluster), two gateway replicas sharing state, restarts, outages, a hanging Redis.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::redis::{cli, RedisCluster, RedisServer, RedisTls, SentinelGroup};
+use crate::common::*;
 use ares_gateway::config::Config;
 use ares_gateway::store::{suite, RedisStore};
-use common::redis::{cli, RedisCluster, RedisServer, RedisTls, SentinelGroup};
-use common::*;
 
 fn redis_config(upstream: &str, redis_url: &str, extra: &[(&str, &str)]) -> Config {
     let mut env = vec![("ARES_STORE", "redis"), ("REDIS_URL", redis_url)];

@@ -1,15 +1,13 @@
-//! The tenant and API-key admin API, and every API-key refusal, through real HTTP.
-
-mod common;
+//! The tenant and API-key admin API, and every API-key refusal, through the pipeline (no socket).
 
 use sha2::Digest;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn admin_secret_is_required_and_every_configured_one_works() {
     let up = Upstream::start().await;
-    let g = gateway(
+    let g = pipeline(
         &up.url(),
         &[(
             "ARES_ADMIN_SECRET",
@@ -53,7 +51,7 @@ async fn admin_secret_is_required_and_every_configured_one_works() {
 #[tokio::test]
 async fn tenant_endpoints_have_the_contract_shapes() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let r = post(
         &g.url("/api/admin/tenants"),
         &admin(),
@@ -169,7 +167,7 @@ async fn tenant_endpoints_have_the_contract_shapes() {
 #[tokio::test]
 async fn key_lifecycle_scopes_revocation_and_suspension() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, _, _) = provision(&g, "dev").await;
     let r = post(
         &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
@@ -307,7 +305,7 @@ async fn key_lifecycle_scopes_revocation_and_suspension() {
 #[tokio::test]
 async fn deleted_tenants_keys_stop_working_and_keys_are_refused_on_the_wrong_route() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, _, key) = provision(&g, "free").await;
     let auth = bearer(&key);
     assert_eq!(
@@ -380,7 +378,7 @@ async fn deleted_tenants_keys_stop_working_and_keys_are_refused_on_the_wrong_rou
 #[tokio::test]
 async fn imported_ares_keys_keep_working() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, _, _) = provision(&g, "dev").await;
     // ARES issues `ares_` + 64 hex and stores the SHA-256 hex of the 64 hex (without `ares_`):
     // that stored hash is what an operator imports.
@@ -437,7 +435,7 @@ async fn imported_ares_keys_keep_working() {
 #[tokio::test]
 async fn provision_client_returns_the_contract_shape_and_refuses_unknown_tiers() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let r = post(
         &g.url("/api/admin/provision-client"),
         &admin(),
@@ -488,7 +486,7 @@ async fn provision_client_returns_the_contract_shape_and_refuses_unknown_tiers()
 async fn admin_routes_answer_only_the_allowed_networks() {
     let up = Upstream::start().await;
     // The test client is 127.0.0.1: outside 10.0.0.0/8.
-    let g = gateway(
+    let g = pipeline(
         &up.url(),
         &[("ARES_ADMIN_ALLOW_CIDRS", "10.0.0.0/8, 192.0.2.7")],
     )
@@ -515,7 +513,7 @@ async fn admin_routes_answer_only_the_allowed_networks() {
 
     // Behind a trusted proxy the forwarded client address is the one judged.
     let yaml = shipped_yaml().replace("  trusted_proxies: []", "  trusted_proxies: [127.0.0.1]");
-    let g = start(config_from(
+    let g = pipeline_of(config_from(
         &yaml,
         &up.url(),
         &[("ARES_ADMIN_ALLOW_CIDRS", "10.0.0.0/8")],
@@ -529,7 +527,7 @@ async fn admin_routes_answer_only_the_allowed_networks() {
     assert_eq!(from("198.51.100.4").await.status, 403);
 
     // Loopback allowed: the secret decides again.
-    let g = gateway(&up.url(), &[("ARES_ADMIN_ALLOW_CIDRS", "127.0.0.0/8")]).await;
+    let g = pipeline(&up.url(), &[("ARES_ADMIN_ALLOW_CIDRS", "127.0.0.0/8")]).await;
     assert_eq!(
         get(&g.url("/api/admin/tenants"), &admin()).await.status,
         200
@@ -558,7 +556,7 @@ async fn admin_routes_answer_only_the_allowed_networks() {
 #[tokio::test]
 async fn keys_are_disabled_edited_and_rotated_with_an_overlap() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, key_id, raw) = provision(&g, "dev").await;
     let key_url = g.url(&format!("/api/admin/tenants/{tenant}/api-keys/{key_id}"));
     let chat = |raw: String| {
@@ -648,7 +646,7 @@ async fn keys_are_disabled_edited_and_rotated_with_an_overlap() {
 #[tokio::test]
 async fn users_are_listed_disabled_logged_out_and_deleted() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let t = login(&g, "ann@users.example").await;
     login(&g, "bob@users.example").await;
     login(&g, "cat@other.example").await;
@@ -746,7 +744,7 @@ async fn users_are_listed_disabled_logged_out_and_deleted() {
 #[tokio::test]
 async fn the_audit_trail_is_stored_and_paged() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, key_id, _) = provision(&g, "dev").await;
     let r = post(
         &g.url(&format!(
@@ -838,7 +836,7 @@ async fn the_audit_trail_is_stored_and_paged() {
 #[tokio::test]
 async fn a_key_can_have_limits_of_its_own_on_top_of_its_tenants() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, key_id, raw) = provision(&g, "dev").await;
     let r = post(
         &g.url(&format!("/api/admin/tenants/{tenant}/api-keys")),
@@ -895,7 +893,7 @@ async fn a_key_can_have_limits_of_its_own_on_top_of_its_tenants() {
 #[tokio::test]
 async fn a_keys_usage_is_counted_per_day() {
     let up = Upstream::start().await;
-    let g = gateway(&up.url(), &[]).await;
+    let g = pipeline(&up.url(), &[]).await;
     let (tenant, key_id, raw) = provision(&g, "dev").await;
     for _ in 0..3 {
         let r = post(

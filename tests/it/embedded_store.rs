@@ -3,15 +3,13 @@
 //! a full disk, generated secrets kept across restarts, and export/import between all three
 //! stores.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::common::redis::RedisServer;
+use crate::common::*;
 use ares_gateway::store::{records, suite, EmbeddedStore, MemoryStore, RedisStore, Store};
-use common::redis::RedisServer;
-use common::*;
 
 fn embedded_env(dir: &Path) -> Vec<(&'static str, String)> {
     vec![

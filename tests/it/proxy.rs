@@ -1,12 +1,10 @@
 //! Forwarding through a real upstream: rewrite, identity headers, streaming, upstream faults,
 //! malformed input.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 
 #[tokio::test]

@@ -5,13 +5,11 @@
 //! Its admin routes want ARES's own `X-Admin-Secret`, and it keeps its own API-key table (by
 //! SHA-256 of the 64 hex after `ares_`, as ARES stores them).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;

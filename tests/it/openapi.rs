@@ -4,9 +4,7 @@
 //! (property-based: schema-valid and schema-violating requests by the thousand) finds no
 //! mismatch between the description and the running gateway.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_yaml::Value;
 
 fn doc() -> Value {

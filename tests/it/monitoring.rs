@@ -3,13 +3,11 @@
 //! unit tests; and a real Prometheus scraping a real gateway evaluates every dashboard query and
 //! rule expression, with data where the traffic made some.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/ares-gateway/monitoring");
 

@@ -1,10 +1,8 @@
 //! The real binary: SIGTERM stops accepting, lets in-flight requests finish, exits 0.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
@@ -28,7 +26,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let auth = bearer(tokens["access_token"].as_str().unwrap());
     let slow_url = format!("{base}/api/slow");
     let in_flight = tokio::spawn(async move { get(&slow_url, &[("authorization", &auth)]).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // In flight once the upstream has it (it answers 3 s later).
+    assert!(
+        wait_until(Duration::from_secs(10), || async { up.count() >= 1 }).await,
+        "the slow request never reached the upstream"
+    );
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

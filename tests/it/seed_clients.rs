@@ -1,9 +1,7 @@
 //! The seed's JavaScript and Python `AresClient` classes, run unchanged against the gateway:
 //! login, chat, let the client refresh, chat again.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 async fn run_client(program: &str, script: &str) {
     let up = Upstream::start().await;

@@ -1,8 +1,6 @@
 //! Rate limits and quotas through real HTTP on the memory store.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 async fn set_limits(g: &TestGateway, tenant: &str, body: &str) {
     let r = send(

@@ -3,13 +3,11 @@
 //! over OTLP/HTTP and OTLP/gRPC; sampling; and a dead or hung collector never failing or
 //! holding a request.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::otlp::{self, Collector, SpanRec};
-use common::*;
+use crate::common::otlp::{self, Collector, SpanRec};
+use crate::common::*;
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;

@@ -4,8 +4,6 @@
 //! cookie, and logs out everywhere, ending a second tab's token; a page on an origin that is
 //! not allowed is refused. Each page posts what it saw back to the test's page server.
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::*;
+use crate::common::*;
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 

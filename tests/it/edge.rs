@@ -1,17 +1,15 @@
 //! The edge: TLS (HTTP/1.1 and h2 by ALPN), TLS 1.1 refused, certificate reload, WebSocket
 //! pass-through, CORS, HTTPS upstreams with a private CA.
 
-mod common;
-
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::pki::{write_atomic, Pki};
+use crate::common::*;
 use bytes::Bytes;
-use common::pki::{write_atomic, Pki};
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
