@@ -56,6 +56,7 @@ pub struct StoreFile {
     pub min_free_disk_mb: Option<Num>,
     pub audit_retention_days: Option<Num>,
     pub redis_url: Option<String>,
+    pub database_url: Option<String>,
     pub key_prefix: Option<String>,
     pub command_timeout_ms: Option<Num>,
     pub api_key_cache_ttl_secs: Option<Num>,

@@ -147,7 +147,14 @@ pub struct EmbeddedOptions {
 pub enum StoreBackend {
     Memory,
     Embedded(EmbeddedOptions),
-    Redis { url: Secret },
+    Redis {
+        url: Secret,
+    },
+    /// ARES's PostgreSQL database; the counters in Redis when `redis` is set.
+    Postgres {
+        url: Secret,
+        redis: Option<Secret>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -419,8 +419,10 @@ impl Gcra {
 }
 
 /// State of one scope: a GCRA time per second/minute/hour window, a counter per calendar window.
-#[derive(Debug, Default)]
-struct ScopeState {
+/// The local limiter keeps one per scope in memory; a store that keeps it elsewhere (PostgreSQL)
+/// loads it with [`ScopeState::from_parts`], decides, and writes [`ScopeState::parts`] back.
+#[derive(Debug, Default, Clone)]
+pub struct ScopeState {
     /// TAT in microseconds per sliding window (0: nothing kept).
     tats: [u64; 6],
     /// `(period id, count)` per calendar window.
@@ -430,7 +432,26 @@ struct ScopeState {
 }
 
 impl ScopeState {
-    fn count(&self, w: Window, now_ms: u64) -> u64 {
+    /// A state from what a store kept: a TAT (microseconds) and a `(period, count)` per window,
+    /// indexed by [`Window`] order (shorter arrays leave the rest empty).
+    pub fn from_parts(tats: &[u64], periods: &[(u64, u64)]) -> ScopeState {
+        let mut s = ScopeState::default();
+        for (slot, v) in s.tats.iter_mut().zip(tats) {
+            *slot = *v;
+        }
+        for (slot, v) in s.periods.iter_mut().zip(periods) {
+            *slot = *v;
+        }
+        s
+    }
+
+    /// What a store keeps of it (see [`ScopeState::from_parts`]).
+    pub fn parts(&self) -> ([u64; 6], [(u64, u64); 6]) {
+        (self.tats, self.periods)
+    }
+
+    /// Requests (or tokens) counted in window `w`'s current calendar period.
+    pub fn count(&self, w: Window, now_ms: u64) -> u64 {
         let (period, _) = w.calendar_period(now_ms);
         let (p, c) = self.periods[w.index()];
         if p == period {
@@ -440,7 +461,8 @@ impl ScopeState {
         }
     }
 
-    fn consume(&mut self, w: Window, n: u64, now_ms: u64) {
+    /// Add `n` to window `w`'s current calendar period (a new period starts from 0).
+    pub fn consume(&mut self, w: Window, n: u64, now_ms: u64) {
         let (period, _) = w.calendar_period(now_ms);
         let slot = &mut self.periods[w.index()];
         if slot.0 != period {
@@ -455,8 +477,100 @@ impl ScopeState {
             && CALENDAR_WINDOWS.iter().all(|w| self.count(*w, now_ms) == 0)
     }
 
+    /// Set window `w`'s count for `period` to at least `count` (loading an export).
+    pub fn restore(&mut self, w: Window, period: u64, count: u64) {
+        let slot = &mut self.periods[w.index()];
+        if slot.0 == period {
+            slot.1 = slot.1.max(count);
+        } else if slot.0 < period {
+            *slot = (period, count);
+        }
+    }
+
+    /// A lease ask, decided as the Redis store's script decides it (`limit.lua`): first `back`
+    /// unused requests go back to the GCRA windows and `back_calendar` to the calendar windows;
+    /// then, with `want` at least 1, one request is decided and up to `want` taken at once:
+    /// `want` while every window has room for four times as many, else a quarter of the
+    /// smallest room (at least the request), so near a limit the decision is exact again.
+    /// Returns the decision (its remaining is after the requests taken) and how many were taken
+    /// (0 when refused, or when `want` is 0: then only the return is made).
+    pub fn take(
+        &mut self,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        want: u64,
+        back: u64,
+        back_calendar: u64,
+    ) -> (Decision, u64) {
+        let now_us = now_ms * 1000;
+        for &(w, limit) in limits {
+            if !w.is_calendar() {
+                if back > 0 && limit >= 1 {
+                    let interval = Gcra::new(limit, w.sliding_ms()).interval_us;
+                    let tat = &mut self.tats[w.index()];
+                    *tat = tat.saturating_sub(back.saturating_mul(interval));
+                    if *tat <= now_us {
+                        *tat = 0;
+                    }
+                }
+            } else if !w.is_check_only() && back_calendar > 0 {
+                let (period, _) = w.calendar_period(now_ms);
+                let slot = &mut self.periods[w.index()];
+                if slot.0 == period {
+                    slot.1 = slot.1.saturating_sub(back_calendar);
+                }
+            }
+        }
+        if want == 0 {
+            return (self.decide(&[], now_ms, false), 0);
+        }
+        // The room every window has for more requests, before this one.
+        let mut room = want.saturating_mul(4);
+        for &(w, limit) in limits {
+            if w.is_check_only() {
+                continue;
+            }
+            let fits = if w.is_calendar() {
+                limit.saturating_sub(self.count(w, now_ms))
+            } else if want > 1 && limit >= 1 {
+                let g = Gcra::new(limit, w.sliding_ms());
+                let backlog = self.tats[w.index()].max(now_us) - now_us;
+                g.capacity_us.saturating_sub(backlog) / g.interval_us
+            } else {
+                room
+            };
+            room = room.min(fits);
+        }
+        let mut d = self.decide(limits, now_ms, true);
+        if !d.allowed() {
+            return (d, 0);
+        }
+        let granted = if want > 1 {
+            (room / 4).clamp(1, want)
+        } else {
+            1
+        };
+        if granted > 1 {
+            let more = granted - 1;
+            for &(w, limit) in limits {
+                if w.is_check_only() {
+                    continue;
+                }
+                if w.is_calendar() {
+                    self.consume(w, more, now_ms);
+                } else if limit >= 1 {
+                    let interval = Gcra::new(limit, w.sliding_ms()).interval_us;
+                    let tat = &mut self.tats[w.index()];
+                    *tat = tat.saturating_add(more.saturating_mul(interval));
+                }
+            }
+            d.headers.remaining = d.headers.remaining.saturating_sub(more);
+        }
+        (d, granted)
+    }
+
     /// Check every window, then consume from all or none.
-    fn decide(&mut self, limits: &[(Window, u64)], now_ms: u64, consume: bool) -> Decision {
+    pub fn decide(&mut self, limits: &[(Window, u64)], now_ms: u64, consume: bool) -> Decision {
         let now_us = now_ms * 1000;
         let mut tightest: Option<RateLimitHeaders> = None;
         let mut tats = self.tats;
@@ -624,12 +738,7 @@ impl LocalLimiter {
             return;
         }
         self.with_scope(scope, |s| {
-            let slot = &mut s.periods[window.index()];
-            if slot.0 == period {
-                slot.1 = slot.1.max(count);
-            } else if slot.0 < period {
-                *slot = (period, count);
-            }
+            s.restore(window, period, count);
             s.changed = true;
         });
     }

@@ -191,6 +191,12 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, String> {
                 store::RedisStore::connect(&config.store, url.expose()).await?;
             Ok(store)
         }
+        StoreBackend::Postgres { url, redis } => {
+            let redis = redis.as_ref().map(|r| r.expose());
+            let store: Arc<dyn Store> =
+                store::PostgresStore::connect(&config.store, url.expose(), redis).await?;
+            Ok(store)
+        }
     }
 }
 

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Four stores implement them: the embedded store (the default: one durable redb file, one
-//! process), the Redis store (shared by replicas), and the memory store (lost on exit: tests and
-//! `demo`). The embedded and memory stores count in this process with one implementation,
+//! process), the Redis store (shared by replicas), the PostgreSQL store (ARES's own database:
+//! users, tenants and keys are ARES's rows; shared by replicas) and the memory store (lost on
+//! exit: tests and `demo`). The embedded and memory stores count in this process with one implementation,
 //! [`local::LocalCounters`]. Nothing secret is stored in plaintext: API keys and refresh tokens
 //! by SHA-256, passwords as argon2id PHC strings.
 //!
@@ -33,7 +34,7 @@
 //! local.rs     LocalCounters: limits and revocations in process memory
 //! records.rs   export lines and their idempotent load
 //! suite.rs     the conformance suite, per role
-//! memory.rs, embedded/, redis/   the stores
+//! memory.rs, embedded/, redis/, postgres/   the stores
 //! ```
 
 pub mod embedded;
@@ -41,6 +42,7 @@ pub mod handle;
 pub mod local;
 pub mod memory;
 pub mod model;
+pub mod postgres;
 pub mod records;
 pub mod redis;
 pub mod scope;
@@ -57,6 +59,7 @@ pub use embedded::EmbeddedStore;
 pub use handle::{Role, StoreHandle};
 pub use memory::MemoryStore;
 pub use model::*;
+pub use postgres::PostgresStore;
 
 /// What authentication reads on every request (behind its caches): keys, tenants, and whether
 /// an access token was revoked.

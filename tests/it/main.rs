@@ -21,6 +21,7 @@ mod layering;
 mod monitoring;
 mod openapi;
 mod ops;
+mod postgres_store;
 mod proxy;
 mod ratelimit;
 mod redis_store;

@@ -27,32 +27,46 @@ impl Validator {
             "redis" => {
                 let url = f
                     .redis_url
+                    .clone()
+                    .filter(|u| !u.trim().is_empty())
                     .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-                let ok = [
-                    "redis://",
-                    "rediss://",
-                    "redis+cluster://",
-                    "rediss+cluster://",
-                    "redis+sentinel://",
-                    "rediss+sentinel://",
-                ]
-                .iter()
-                .any(|s| url.starts_with(s));
-                if !ok {
-                    // The URL may hold a password: name the scheme rule, never the value.
-                    self.problem(
-                        "store.redis_url",
-                        "REDIS_URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://",
-                    );
-                }
+                self.redis_url(&url);
                 StoreBackend::Redis {
                     url: Secret::new(url),
+                }
+            }
+            "postgres" => {
+                let url = f.database_url.as_deref().map(str::trim).unwrap_or("");
+                if url.is_empty() {
+                    self.problem(
+                        "store.database_url",
+                        "ARES_STORE=postgres needs DATABASE_URL (ARES's PostgreSQL database)",
+                    );
+                } else if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                    // The URL may hold a password: name the rule, never the value.
+                    self.problem(
+                        "store.database_url",
+                        "DATABASE_URL must start with postgres:// or postgresql://",
+                    );
+                }
+                // REDIS_URL set as well: the counters live in Redis.
+                let redis = f
+                    .redis_url
+                    .clone()
+                    .filter(|u| !u.trim().is_empty())
+                    .inspect(|u| self.redis_url(u))
+                    .map(Secret::new);
+                StoreBackend::Postgres {
+                    url: Secret::new(url.to_string()),
+                    redis,
                 }
             }
             other => {
                 self.problem(
                     "store.backend",
-                    format!("ARES_STORE must be embedded, memory or redis, got {other:?}"),
+                    format!(
+                        "ARES_STORE must be embedded, memory, redis or postgres, got {other:?}"
+                    ),
                 );
                 StoreBackend::Memory
             }
@@ -74,6 +88,26 @@ impl Validator {
                     &defaults::STORE_AUDIT_RETENTION_DAYS,
                 ) * 86_400,
             ),
+        }
+    }
+
+    /// A Redis URL's scheme, checked (the URL itself may hold a password: never echoed).
+    fn redis_url(&mut self, url: &str) {
+        let ok = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+        ]
+        .iter()
+        .any(|s| url.starts_with(s));
+        if !ok {
+            self.problem(
+                "store.redis_url",
+                "REDIS_URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://",
+            );
         }
     }
 

@@ -23,11 +23,14 @@ pub fn tenant(id: &str) -> Tenant {
 }
 
 pub fn key(id: &str, tenant: &str, hash: &str) -> ApiKeyRecord {
+    // A display prefix of its own per key: ARES's `api_keys.key_prefix` is unique.
+    let tail: Vec<char> = id.chars().rev().take(8).collect();
+    let tail: String = tail.into_iter().rev().collect();
     ApiKeyRecord {
         id: id.into(),
         tenant_id: tenant.into(),
         key_hash: hash.into(),
-        key_prefix: "ares_abcdefgh".into(),
+        key_prefix: format!("ares_{tail:0>8}"),
         name: "k".into(),
         scopes: vec!["full".into()],
         is_active: true,

@@ -4,6 +4,7 @@
 pub mod otlp;
 pub mod pki;
 pub mod postgres;
+pub mod real_ares;
 pub mod redis;
 
 use std::convert::Infallible;
