@@ -209,7 +209,20 @@ fn import_ares(database_url: &str, config: &std::path::Path, dry_run: bool) -> E
     };
     let done = rt.block_on(async {
         let mut client = ares_gateway::cmd::import_ares::connect(database_url).await?;
-        let store = ares_gateway::server::gateway::build_store(&cfg).await?;
+        // A dry run writes nothing: an embedded store that does not exist yet is not created
+        // (it holds none of the rows, as an empty memory store does).
+        let absent = match &cfg.store.backend {
+            StoreBackend::Embedded(o) => !o
+                .dir
+                .join(ares_gateway::store::embedded::file::FILE_NAME)
+                .exists(),
+            _ => false,
+        };
+        let store: std::sync::Arc<dyn ares_gateway::store::Store> = if dry_run && absent {
+            std::sync::Arc::new(ares_gateway::store::MemoryStore::new())
+        } else {
+            ares_gateway::server::gateway::build_store(&cfg).await?
+        };
         let store = ares_gateway::store::StoreHandle::new(store, cfg.store.command_timeout);
         ares_gateway::cmd::import_ares::run(&mut client, &store, &cfg.limits.plans, dry_run).await
     });

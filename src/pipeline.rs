@@ -299,7 +299,7 @@ async fn handle_inner<'r>(
     }
 
     // 2. route
-    let (path, route) = classify(snap, ctx, uri)?;
+    let (path, route) = classify(snap, ctx, req.method(), uri)?;
     outcome.route = Some(route);
     outcome.bearer = route.auth.is_bearer();
 
@@ -540,16 +540,20 @@ fn respond(
 }
 
 /// Step 2: the normalised path and the route it lands on (400 for a path that reads as
-/// another route, 404 for none); admin routes only from the allowed networks, before the secret
-/// is even looked at.
+/// another route, 404 for none, 405 for a method the route does not take); admin routes only
+/// from the allowed networks, before the secret is even looked at.
 fn classify<'r, 'u>(
     snap: &'r crate::state::Snapshot,
     ctx: &proxy::RequestContext,
+    method: &Method,
     uri: &'u http::Uri,
 ) -> Result<(std::borrow::Cow<'u, str>, &'r Route), GatewayError> {
     let path = route::normalize(uri.path()).map_err(|e| GatewayError::invalid(e.to_string()))?;
     let routes = &snap.config.routes;
     let route = routes.classify(&path).ok_or(GatewayError::NotFound)?;
+    route
+        .allows(method)
+        .map_err(GatewayError::MethodNotAllowed)?;
     if routes.is_ambiguous(&path, route) {
         return Err(GatewayError::invalid(
             "the path reads as another route when case or ;parameters are ignored",

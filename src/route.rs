@@ -263,6 +263,10 @@ pub struct Route {
     pub query_token: bool,
     /// What the limiter does on this route when the store fails (else the global policy).
     pub failure_policy: Option<FailurePolicy>,
+    /// The methods the route takes, and their `Allow` header; `None`: every forwarded method.
+    pub methods: Option<(Vec<http::Method>, &'static str)>,
+    /// The route is its prefix's own path only (`/api/agents`, not `/api/agents/x`).
+    pub exact: bool,
 }
 
 impl Route {
@@ -289,6 +293,8 @@ impl Route {
             websocket,
             query_token,
             failure_policy: None,
+            methods: None,
+            exact: false,
         }
     }
 
@@ -298,9 +304,31 @@ impl Route {
         self
     }
 
-    /// Whether `path` (normalised) lies under this route, on a segment boundary.
+    /// Only `methods` (with `allow`, their `Allow` header), and with `exact`, only the prefix's
+    /// own path.
+    pub fn with_methods(
+        mut self,
+        methods: Option<(Vec<http::Method>, &'static str)>,
+        exact: bool,
+    ) -> Self {
+        self.methods = methods;
+        self.exact = exact;
+        self
+    }
+
+    /// Whether the route takes `method` (else the `Allow` header of a 405).
+    pub fn allows(&self, method: &http::Method) -> Result<(), &'static str> {
+        match &self.methods {
+            Some((methods, allow)) if !methods.contains(method) => Err(allow),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `path` (normalised) lies under this route, on a segment boundary (or is its own
+    /// path exactly, for an `exact` route).
     pub fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(self.base.as_str()) {
+            Some(rest) if self.exact => rest.is_empty() || rest == "/",
             Some(rest) => rest.is_empty() || rest.starts_with('/'),
             None => false,
         }

@@ -149,7 +149,8 @@ pub async fn handle(
     let limit = snap.config.server.json_body_limit;
     match (seg.as_slice(), &method) {
         (["register"], &Method::POST) => {
-            register(state, api::json::read_request_json(req, limit).await?).await
+            let registered = register(s, api::json::read_request_json(req, limit).await?).await;
+            with_cookie(s, registered).await
         }
         (["login"], &Method::POST) => {
             let login = login(s, api::json::read_request_json(req, limit).await?).await;
@@ -231,7 +232,13 @@ fn token_hash(token: &str) -> String {
     crate::auth::api_key::hash(token)
 }
 
-async fn register(state: &AppState, req: RegisterRequest) -> Result<Response<Body>, GatewayError> {
+/// A new account, logged in: the seed's `{message, user_id}` and, as ARES's own register answers,
+/// the login answer's token pair (a client of ARES keeps its session from the first call).
+async fn register(
+    s: &RequestScope<'_>,
+    req: RegisterRequest,
+) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
     // Every check that can fail runs before the (deliberately slow) hash.
     let email = normalize_email(&req.email)?;
     let name = check_name("name", &req.name)?;
@@ -254,10 +261,19 @@ async fn register(state: &AppState, req: RegisterRequest) -> Result<Response<Bod
         Err(e) => return Err(e.into()),
     }
     tracing::info!(user = %user.id, "user registered");
+    let family = random_token("fam_", 22);
+    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
     Ok(body::json(
         StatusCode::CREATED,
-        &json!({"message": "Registration successful", "user_id": user.id}),
-        false,
+        &json!({
+            "message": "Registration successful",
+            "user_id": user.id,
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": snap.jwt.ttl_secs(),
+            "token_type": "Bearer",
+        }),
+        true,
     ))
 }
 

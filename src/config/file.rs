@@ -170,6 +170,12 @@ pub struct RouteFile {
     pub query_token: bool,
     /// `open | closed | local`: overrides `rate_limits.failure_policy` on this route.
     pub failure_policy: Option<String>,
+    /// The methods the route takes (others are 405 with `Allow`); absent: every method the
+    /// gateway forwards.
+    pub methods: Option<Vec<String>>,
+    /// Only the prefix's own path, not the paths under it.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

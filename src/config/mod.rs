@@ -261,6 +261,16 @@ impl Config {
                 problems,
             }
         })?;
+        // A relative data directory is the config file's neighbour, whatever the working
+        // directory: `--config /etc/x/gateway.yaml` from anywhere names one store.
+        if let StoreBackend::Embedded(opts) = &mut cfg.store.backend {
+            if opts.dir.is_relative() {
+                let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(base) = base {
+                    opts.dir = base.join(&opts.dir);
+                }
+            }
+        }
         cfg.source = Some(path.to_path_buf());
         cfg.source_stamp = stamp;
         Ok(cfg)
@@ -554,6 +564,94 @@ mod tests {
             text.iter().any(|t| t.contains("ARES_JWT_SECRET")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn the_postgres_store_needs_its_url_and_takes_redis_for_counters() {
+        let secrets = [
+            ("ARES_ADMIN_SECRET", "pg-admin-secret-0123456789"),
+            ("ARES_JWT_SECRET", "pg-jwt-secret-0123456789abcdef0123"),
+        ];
+        let env = |extra: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                extra
+                    .iter()
+                    .chain(secrets.iter())
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let err = Config::from_yaml(SHIPPED, &env(&[("ARES_STORE", "postgres")])).unwrap_err();
+        let text: String = err.iter().map(|p| p.to_string()).collect();
+        assert!(
+            text.contains("store.database_url") && text.contains("DATABASE_URL"),
+            "{text}"
+        );
+        let err = Config::from_yaml(
+            SHIPPED,
+            &env(&[
+                ("ARES_STORE", "postgres"),
+                ("DATABASE_URL", "mysql://root:hunter2@db/ares"),
+            ]),
+        )
+        .unwrap_err();
+        let text: String = err.iter().map(|p| p.to_string()).collect();
+        assert!(text.contains("must start with postgres://"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        const URL: &str = "postgres://ares@127.0.0.1/ares";
+        let url = URL;
+        let cfg = Config::from_yaml(
+            SHIPPED,
+            &env(&[("ARES_STORE", "postgres"), ("DATABASE_URL", URL)]),
+        )
+        .unwrap();
+        assert!(matches!(&cfg.store.backend,
+            StoreBackend::Postgres { url: u, redis: None } if u.expose() == url));
+        let cfg = Config::from_yaml(
+            SHIPPED,
+            &env(&[
+                ("ARES_STORE", "postgres"),
+                ("DATABASE_URL", URL),
+                ("REDIS_URL", "redis://127.0.0.1:6380"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(&cfg.store.backend,
+            StoreBackend::Postgres { redis: Some(r), .. } if r.expose() == "redis://127.0.0.1:6380"));
+        // The redis store keeps its default address.
+        let cfg = Config::from_yaml(SHIPPED, &env(&[("ARES_STORE", "redis")])).unwrap();
+        assert!(matches!(&cfg.store.backend,
+            StoreBackend::Redis { url } if url.expose() == "redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn route_methods_are_known_names_each_once() {
+        let yaml = |methods: &str| {
+            format!(
+                "upstreams:\n  default: {{ url: \"http://127.0.0.1:1\" }}\nroutes:\n  - {{ prefix: /a, auth: none, upstream: default, exact: true, methods: {methods} }}\n"
+            )
+        };
+        let ok = Config::from_yaml(&yaml("[GET, HEAD]"), &env_of(&[])).unwrap();
+        let r = ok.routes.classify("/a").unwrap();
+        assert_eq!(r.allows(&http::Method::POST), Err("GET, HEAD"));
+        assert_eq!(r.allows(&http::Method::HEAD), Ok(()));
+        assert!(
+            ok.routes.classify("/a/b").is_none(),
+            "an exact route is its own path only"
+        );
+        for (bad, says) in [
+            ("[get]", "is not one of"),
+            ("[GET, GET]", "listed twice"),
+            ("[]", "at least one method"),
+            ("[CONNECT]", "is not one of"),
+        ] {
+            let err = Config::from_yaml(&yaml(bad), &env_of(&[])).unwrap_err();
+            let text: String = err.iter().map(|p| p.to_string()).collect();
+            assert!(
+                text.contains("routes[0].methods") && text.contains(says),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

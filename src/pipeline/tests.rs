@@ -174,3 +174,29 @@ async fn a_user_past_the_limit_is_429_and_a_large_body_413() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(v["code"], "RATE_LIMIT_EXCEEDED");
 }
+
+#[tokio::test]
+async fn aress_public_agent_list_needs_no_token_and_nothing_else_under_api_does() {
+    let s = state(&[]);
+    // Past every check to the (absent) upstream: no credential asked for.
+    let (status, v) = call(&s, "GET", "/api/agents", &[], "").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    let (status, _) = call(&s, "GET", "/api/agents/", &[], "").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    // Only the methods the route lists.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/agents")
+        .header("host", "gateway.test")
+        .body(RequestBody::from(Bytes::new()))
+        .unwrap();
+    let resp = handle(s.clone(), conn(), req).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    // A path under it, or beside it, is a JWT route still.
+    for path in ["/api/agents/product", "/api/agentsx", "/api/chat"] {
+        let (status, v) = call(&s, "GET", path, &[], "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(v["code"], "AUTH_MISSING_CREDENTIALS", "{path}");
+    }
+}

@@ -17,6 +17,17 @@ async fn register_login_me_refresh_have_the_seed_shapes() {
     assert_eq!(v["message"], "Registration successful");
     let user_id = v["user_id"].as_str().unwrap().to_string();
     assert!(user_id.starts_with("usr_"));
+    // As ARES's own register: the new account's session too (a client of ARES keeps it).
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        (v["expires_in"].as_u64(), v["token_type"].as_str()),
+        (Some(900), Some("Bearer"))
+    );
+    assert!(v["refresh_token"].as_str().unwrap().starts_with("rt_"));
+    let first = bearer(v["access_token"].as_str().unwrap());
+    let me = get(&g.url("/api/auth/me"), &[("authorization", &first)]).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["user_id"], user_id.as_str());
 
     let r = post(
         &g.url("/api/auth/register"),

@@ -262,3 +262,53 @@ async fn an_unreachable_database_or_a_missing_table_is_one_line_and_exit_1() {
     assert_eq!(out.trim().lines().count(), 1, "{out}");
     assert!(out.contains("ARES table tenants"), "{out}");
 }
+
+/// Regression: `import-ares --config elsewhere/gateway.yaml` filled a fresh store under the
+/// working directory's `./data`, and `--dry-run` created the store file. A relative data
+/// directory is now the config file's neighbour, and a dry run writes nothing.
+#[tokio::test]
+async fn regression_import_ares_uses_the_config_files_data_directory_and_a_dry_run_writes_nothing()
+{
+    let pg = Postgres::start();
+    seed(&pg).await;
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("gateway.yaml");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"), &conf).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ares-gateway"))
+            .current_dir(elsewhere.path())
+            .args(["import-ares", "--config"])
+            .arg(&conf)
+            .args(["--database-url", &pg.url("ares")])
+            .args(extra)
+            .env("ARES_STORE", "embedded")
+            .env("ARES_DATA_DIR", "./data")
+            .env("ARES_ADMIN_SECRET", ADMIN)
+            .env("ARES_JWT_SECRET", JWT_SECRET)
+            .env("ARES_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let dry = run(&["--dry-run"]);
+    assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
+    assert_eq!(counts(&text(&dry), "users").1, 2, "{}", text(&dry));
+    assert!(
+        !conf_dir.path().join("data").exists(),
+        "a dry run created the data directory"
+    );
+    assert!(!elsewhere.path().join("data").exists());
+    let real = run(&[]);
+    assert_eq!(real.status.code(), Some(2), "{}", text(&real));
+    assert!(
+        conf_dir.path().join("data/gateway.redb").is_file(),
+        "the store is beside the config file"
+    );
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "nothing under the working directory"
+    );
+    // Run again from elsewhere: the same store, everything already there.
+    let again = run(&[]);
+    assert_eq!(counts(&text(&again), "users").2, 2, "{}", text(&again));
+}

@@ -290,6 +290,7 @@ impl Validator {
             );
         }
         let credential = self.route_credential(&f, target.as_ref(), path);
+        let methods = self.methods(f.methods.as_deref(), &format!("{path}.methods"));
         if self.problems.len() > before {
             return None;
         }
@@ -304,7 +305,8 @@ impl Validator {
                 f.websocket,
                 f.query_token,
             )
-            .with_failure_policy(failure_policy),
+            .with_failure_policy(failure_policy)
+            .with_methods(methods, f.exact),
         )
     }
 
@@ -358,4 +360,50 @@ impl Validator {
         }
         credential
     }
+
+    /// A route's `methods`: names among those the gateway forwards, upper case, each once.
+    pub(in crate::config) fn methods(
+        &mut self,
+        v: Option<&[String]>,
+        path: &str,
+    ) -> Option<(Vec<http::Method>, &'static str)> {
+        const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        let v = v?;
+        let mut out: Vec<http::Method> = Vec::new();
+        for m in v.iter().map(|m| m.trim()) {
+            match KNOWN.iter().find(|k| **k == m) {
+                Some(k) if !out.iter().any(|o| o.as_str() == *k) => {
+                    out.push(http::Method::from_bytes(k.as_bytes()).unwrap_or(http::Method::GET))
+                }
+                Some(_) => self.problem(path, format!("{m} is listed twice")),
+                None => self.problem(
+                    path,
+                    format!("{m:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                ),
+            }
+        }
+        if out.is_empty() {
+            self.problem(path, "list at least one method (or leave methods out)");
+            return None;
+        }
+        let allow = out
+            .iter()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some((out, intern(allow)))
+    }
+}
+
+/// One `'static` copy of each `Allow` value a config names (the 405 error carries a `&'static
+/// str`): at most one per distinct method set, however often the config is reloaded.
+fn intern(s: String) -> &'static str {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = seen.iter().find(|x| **x == s) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(s.into_boxed_str());
+    seen.push(leaked);
+    leaked
 }
