@@ -80,7 +80,7 @@ curl -s -X POST {g}/api/admin/provision-client \
   -H "X-Admin-Secret: {admin_secret}" -H "Content-Type: application/json" \
   -d '{{"name":"Acme","tier":"dev","api_key_name":"backend"}}'
 
-# 2. Call /v1/chat with that key (the echo shows X-Tenant-Id, X-Auth-Method: api_key, path /api/v1/chat):
+# 2. Call /v1/chat with that key (the echo shows X-Tenant-Id, X-Auth-Method: api_key, path /api/chat):
 KEY=ares_...   # raw_api_key from step 1
 curl -s -X POST {g}/v1/chat -H "Authorization: Bearer $KEY" \
   -H "Content-Type: application/json" -d '{{"message":"Hello","agent_type":"product"}}'

@@ -247,6 +247,17 @@ pub trait Records: Send + Sync + 'static {
 
     /// Send every record to `sink` (`ares-gateway export`); stops early when the reader goes.
     async fn export(&self, sink: &records::Sink) -> Result<(), StoreError>;
+
+    /// Give a new tenant the agents of ARES's templates for `product_type` (what ARES's own
+    /// `provision-client` does); the agents' names. Only a store on ARES's database has ARES's
+    /// agent tables: the others give none.
+    async fn clone_agent_templates(
+        &self,
+        _tenant_id: &str,
+        _product_type: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A store: the roles above, and its lifecycle. Every method may fail with

@@ -151,8 +151,13 @@ fn ares_answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full
     )
 }
 
+/// The newer generation meters `/v1` from the minted token's claims and answers `/api/v1/chat`
+/// itself: its deployment leaves `/v1/chat` at `/api/v1/chat` (`ARES_V1_CHAT_UPSTREAM`).
 async fn gateway_in_front_of(ares: &Ares, env: &[(&str, &str)]) -> TestGateway {
-    let mut vars = vec![("ARES_UPSTREAM_JWT_SECRET", ARES_SECRET)];
+    let mut vars = vec![
+        ("ARES_UPSTREAM_JWT_SECRET", ARES_SECRET),
+        ("ARES_V1_CHAT_UPSTREAM", "/api/v1/chat"),
+    ];
     vars.extend_from_slice(env);
     gateway(&ares.url(), &vars).await
 }
@@ -371,18 +376,17 @@ async fn ares_admin_routes_under_the_gateways_prefix_reach_ares_after_the_admin_
 
 #[tokio::test]
 async fn an_ares_key_imported_by_aress_hash_passes_both_sides_on_a_passthrough_route() {
-    // A route that passes the client's own key through: ARES checks it in its own table after
-    // the gateway checked it in the store (imported by the hash ARES keeps).
+    // The /api/v1/ route passing the client's own key through (ARES_V1_CREDENTIAL=passthrough):
+    // ARES checks it in its own table after the gateway checked it in the store (imported by
+    // the hash ARES keeps).
     let ares = Ares::start().await;
-    let yaml = shipped_yaml().replace(
-        "  - prefix: /api/v1/\n    auth: api_key\n    upstream: default\n    required_scope: chat",
-        "  - prefix: /api/v1/\n    auth: api_key\n    upstream: default\n    required_scope: chat\n    upstream_credential: passthrough",
-    );
-    assert!(yaml.contains("upstream_credential: passthrough"));
-    let g = start(config_from(
-        &yaml,
+    let g = start(config(
         &ares.url(),
-        &[("ARES_UPSTREAM_JWT_SECRET", ARES_SECRET)],
+        &[
+            ("ARES_UPSTREAM_JWT_SECRET", ARES_SECRET),
+            ("ARES_V1_CREDENTIAL", "passthrough"),
+            ("ARES_V1_CHAT_UPSTREAM", "/api/v1/chat"),
+        ],
     ))
     .await;
     let raw = format!("ares_{ARES_KEY_HEX}");

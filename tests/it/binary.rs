@@ -51,7 +51,8 @@ async fn demo_walkthrough_works_as_printed() {
     .await;
     assert_eq!(r.status, 200);
     let echo = r.json();
-    assert_eq!(echo["path"], "/api/v1/chat");
+    // The seed's /v1/chat goes to ARES's chat route (gateway.yaml, ARES_V1_CHAT_UPSTREAM).
+    assert_eq!(echo["path"], "/api/chat");
     assert_eq!(echo["headers"]["x-auth-method"], "api_key");
     assert_eq!(echo["body"]["message"], "Hello");
 

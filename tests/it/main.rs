@@ -24,6 +24,7 @@ mod ops;
 mod postgres_store;
 mod proxy;
 mod ratelimit;
+mod real_ares;
 mod redis_store;
 mod seed_clients;
 mod shutdown;

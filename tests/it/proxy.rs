@@ -24,7 +24,7 @@ async fn api_key_request_is_rewritten_and_carries_identity() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.header("x-request-id"), Some("req-abc.1"));
     let seen = up.last();
-    assert_eq!(seen.uri, "/api/v1/chat?stream=false");
+    assert_eq!(seen.uri, "/api/chat?stream=false");
     assert_eq!(seen.body, r#"{"message":"Hello","agent_type":"product"}"#);
     let h = &seen.headers;
     assert_eq!(h["x-auth-method"], "api_key");
@@ -379,7 +379,7 @@ async fn prior_knowledge_h2c_routes_and_rewrites_like_http1() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-request-id").is_some());
     let seen = up.last();
-    assert_eq!(seen.uri, "/api/v1/chat");
+    assert_eq!(seen.uri, "/api/chat");
     assert_eq!(seen.headers["x-tenant-id"], tenant.as_str());
     assert_eq!(seen.body, "{\"m\":1}");
     // A path trick over h2 is refused the same way.

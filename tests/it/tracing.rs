@@ -178,7 +178,7 @@ async fn an_api_key_request_over_grpc_names_tenant_and_key_and_its_store_lookup(
     let root = server(&spans);
     assert_eq!(root.parent_span_id, "", "a root span");
     assert_eq!(root.service_name, "edge-eu");
-    assert_eq!(root.name, "GET /v1/");
+    assert_eq!(root.name, "GET /v1/chat");
     assert_eq!(root.attr("ares.auth.method"), Some("api_key"));
     assert_eq!(root.attr("ares.tenant.id"), Some(tenant.as_str()));
     assert_eq!(root.attr("ares.tenant.tier"), Some("free"));

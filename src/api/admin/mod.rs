@@ -147,6 +147,9 @@ struct Provision {
     name: String,
     tier: Option<String>,
     api_key_name: Option<String>,
+    /// As ARES's own provisioning: the agents of ARES's templates for this product type are
+    /// given to the tenant (a store on ARES's database; the others have no agents).
+    product_type: Option<String>,
 }
 
 /// Whether the admin API implements `path` (with some method; a method it does not take is its
@@ -715,20 +718,29 @@ impl Admin<'_> {
         let key_name = req.api_key_name.unwrap_or_else(|| "default".into());
         check_name("api_key_name", &key_name)?;
         self.tier(req.tier.clone())?;
+        let product_type = match req.product_type.as_deref().map(str::trim) {
+            None => None,
+            Some(p) => Some(check_name("product_type", &p.to_lowercase())?),
+        };
         let tenant = Arc::new(self.new_tenant(&req.name, req.tier).await?);
         let (record, raw) = self.new_key(&tenant, &key_name, None, None).await?;
-        Ok(body::json(
-            StatusCode::CREATED,
-            &json!({
-                "tenant_id": tenant.id,
-                "tenant_name": tenant.name,
-                "tier": tenant.tier,
-                "api_key_id": record.id,
-                "api_key_prefix": record.key_prefix,
-                "raw_api_key": raw,
-            }),
-            true,
-        ))
+        let mut answer = json!({
+            "tenant_id": tenant.id,
+            "tenant_name": tenant.name,
+            "tier": tenant.tier,
+            "api_key_id": record.id,
+            "api_key_prefix": record.key_prefix,
+            "raw_api_key": raw,
+        });
+        if let Some(product_type) = product_type {
+            let records = &self.state.records;
+            let agents = records
+                .call(records.clone_agent_templates(&tenant.id, &product_type))
+                .await?;
+            answer["product_type"] = json!(product_type);
+            answer["agents_created"] = json!(agents);
+        }
+        Ok(body::json(StatusCode::CREATED, &answer, true))
     }
 }
 

@@ -51,6 +51,11 @@ fn ares_scope(scopes: &[String]) -> &'static str {
     }
 }
 
+/// The users row that stands for a tenant in ARES's `users`: API-key requests reach ARES as its
+/// JWT requests with the tenant id as `sub` (minted tokens), and ARES's conversations and memory
+/// need that id to be a user. It cannot log in (its hash is no PHC string) and is not listed.
+pub const TENANT_USER_DOMAIN: &str = "@tenants.ares-gateway.invalid";
+
 impl PostgresStore {
     fn tenant_sql(&self, filter: &str) -> String {
         format!(
@@ -83,6 +88,11 @@ impl PostgresStore {
              FROM {} u LEFT JOIN {SCHEMA}.user_ext e ON e.user_id = u.id {filter}",
             self.ares.users
         )
+    }
+
+    /// Users who are people: not the rows that stand for tenants.
+    fn people(&self) -> String {
+        format!("NOT u.email LIKE '%{TENANT_USER_DOMAIN}'")
     }
 
     fn tenant(row: &Row) -> Result<Tenant, StoreError> {
@@ -282,6 +292,25 @@ impl Records for PostgresStore {
         )
         .await
         .map_err(db)?;
+        if self.ares.ares_users {
+            // The tenant's row in ARES's users, for its API keys' requests (see
+            // TENANT_USER_DOMAIN); an existing user of that id is left as it is.
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (id, email, password_hash, name, created_at, updated_at) \
+                     VALUES ($1, $2, '!', $3, $4, $4) ON CONFLICT DO NOTHING",
+                    self.ares.users
+                ),
+                &[
+                    &tenant.id,
+                    &format!("{}{TENANT_USER_DOMAIN}", tenant.id),
+                    &tenant.name,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        }
         tx.commit().await.map_err(db)?;
         self.notify(&c, &format!("tenant:{}", tenant.id)).await;
         Ok(())
@@ -340,6 +369,27 @@ impl Records for PostgresStore {
             )
             .await
             .map_err(db)?;
+        if self.ares.ares_users {
+            // Its stand-in user goes too, unless ARES keeps data of it (conversations): then
+            // ARES's foreign keys keep the row, as they keep the data.
+            tx.batch_execute("SAVEPOINT tenant_user")
+                .await
+                .map_err(db)?;
+            let gone = tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {} WHERE id = $1 AND email = $2",
+                        self.ares.users
+                    ),
+                    &[&id, &format!("{id}{TENANT_USER_DOMAIN}")],
+                )
+                .await;
+            if gone.is_err() {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT tenant_user")
+                    .await
+                    .map_err(db)?;
+            }
+        }
         tx.commit().await.map_err(db)?;
         if deleted == 0 {
             return Ok(None);
@@ -742,10 +792,11 @@ impl Records for PostgresStore {
         let limit = i(limit as u64)?;
         let rows = c
             .query(
-                &self.user_sql(
+                &self.user_sql(&format!(
                     "WHERE starts_with(lower(u.email), $1) AND ($2::text IS NULL OR lower(u.email) > $2) \
-                     ORDER BY lower(u.email) LIMIT $3",
-                ),
+                     AND {} ORDER BY lower(u.email) LIMIT $3",
+                    self.people()
+                )),
                 &[&prefix, &after, &limit],
             )
             .await
@@ -965,6 +1016,39 @@ impl Records for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn clone_agent_templates(
+        &self,
+        tenant_id: &str,
+        product_type: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        if !self.ares.agent_templates {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "INSERT INTO {agents} (id, tenant_id, agent_name, display_name, description, \
+                     config, enabled, created_at, updated_at) \
+                     SELECT md5(random()::text || clock_timestamp()::text || t.agent_name), $1, \
+                     t.agent_name, t.display_name, t.description, t.config, true, $3, $3 \
+                     FROM {templates} t WHERE t.product_type = $2 \
+                     ON CONFLICT (tenant_id, agent_name) DO NOTHING RETURNING agent_name",
+                    agents = self.ares.table("tenant_agents"),
+                    templates = self.ares.table("agent_templates"),
+                ),
+                &[&tenant_id, &product_type, &i(unix_now())?],
+            )
+            .await
+            .map_err(db)?;
+        let mut names = rows
+            .iter()
+            .map(|r| col::<String>(r, "agent_name"))
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        Ok(names)
     }
 
     async fn export(&self, sink: &Sink) -> Result<(), StoreError> {

@@ -50,6 +50,8 @@ pub struct AresSchema {
     pub sessions: bool,
     /// ARES's `tenant_agents`, where it exists (deleted with their tenant).
     pub tenant_agents: bool,
+    /// ARES's `agent_templates` (cloned into `tenant_agents` by `provision-client`).
+    pub agent_templates: bool,
 }
 
 impl AresSchema {
@@ -120,6 +122,7 @@ pub fn recognise(schema: &str, columns: &[(String, String)]) -> Result<AresSchem
         ares_users,
         sessions: has("sessions", "user_id"),
         tenant_agents: has("tenant_agents", "tenant_id"),
+        agent_templates: has("agent_templates", "product_type") && has("tenant_agents", "config"),
     })
 }
 
@@ -140,7 +143,7 @@ pub async fn inspect(client: &Client) -> Result<AresSchema, String> {
         .query(
             "SELECT table_name::text, column_name::text FROM information_schema.columns \
              WHERE table_schema = $1 AND table_name IN \
-             ('users', 'tenants', 'api_keys', 'sessions', 'tenant_agents')",
+             ('users', 'tenants', 'api_keys', 'sessions', 'tenant_agents', 'agent_templates')",
             &[&schema],
         )
         .await
