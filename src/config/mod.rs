@@ -483,9 +483,14 @@ mod tests {
         assert!(cfg.store.legacy_revocations);
         assert!(cfg.auth.admin_secret_generated);
         let t = &cfg.routes;
-        let v1 = t.classify("/v1/chat").unwrap();
-        assert_eq!(v1.auth, AuthKind::ApiKey);
-        assert_eq!(v1.forward_path("/v1/chat"), "/api/v1/chat");
+        let chat = t.classify("/v1/chat").unwrap();
+        assert_eq!(chat.auth, AuthKind::ApiKey);
+        // The seed's /v1/chat is ARES's chat route; the rest of /v1/ is ARES's /api/v1/.
+        assert_eq!(chat.forward_path("/v1/chat"), "/api/chat");
+        assert_eq!(chat.forward_path("/v1/chat/stream"), "/api/chat/stream");
+        assert_eq!(chat.required_scope.as_deref(), Some("chat"));
+        let v1 = t.classify("/v1/agents").unwrap();
+        assert_eq!(v1.forward_path("/v1/agents"), "/api/v1/agents");
         assert_eq!(v1.required_scope.as_deref(), Some("chat"));
         assert_eq!(
             t.classify("/v1/usage/events")
