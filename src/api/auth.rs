@@ -392,9 +392,62 @@ fn plausible_refresh_token(t: &str) -> bool {
     t.starts_with(REFRESH_PREFIX) && t.len() <= 128
 }
 
+/// SHA-256 (hex) of a token ARES issued: how ARES keys its sessions.
+fn ares_token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An ARES refresh token at the gateway's refresh, during a migration: it works once (ARES's
+/// session is taken) and starts a gateway session of the same user.
+async fn adopt_ares_session(
+    s: &RequestScope<'_>,
+    presented: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let RequestScope { state, snap, .. } = *s;
+    let claims = snap
+        .jwt
+        .verify_upstream_refresh(presented)
+        .map_err(|reason| {
+            tracing::debug!(reason, "refresh token refused");
+            GatewayError::InvalidRefreshToken
+        })?;
+    let hash = ares_token_hash(presented);
+    let user_id = state
+        .records
+        .call(state.records.take_upstream_session(&hash))
+        .await?
+        .filter(|u| *u == claims.sub)
+        .ok_or(GatewayError::InvalidRefreshToken)?;
+    let user = state
+        .records
+        .call(state.records.get_user(&user_id))
+        .await?
+        .filter(|u| !u.disabled)
+        .ok_or(GatewayError::InvalidRefreshToken)?;
+    let family = random_token("fam_", 22);
+    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
+    tracing::info!(user = %user.id, "ARES session carried over");
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": snap.jwt.ttl_secs(),
+            "token_type": "Bearer",
+        }),
+        true,
+    ))
+}
+
 async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Body>, GatewayError> {
     let RequestScope { state, snap, .. } = *s;
     if !plausible_refresh_token(&presented) {
+        if presented.len() <= 8192 && presented.split('.').count() == 3 {
+            return adopt_ares_session(s, &presented).await;
+        }
         return Err(GatewayError::InvalidRefreshToken);
     }
     let hash = token_hash(&presented);
@@ -486,6 +539,17 @@ async fn logout(
         Err(GatewayError::InvalidRefreshToken) => None,
         Err(e) => return Err(e),
     };
+    if let Some(token) = presented
+        .as_deref()
+        .filter(|t| !plausible_refresh_token(t))
+        .filter(|t| snap.jwt.verify_upstream_refresh(t).is_ok())
+    {
+        // An ARES refresh token: its session at ARES ends here too.
+        state
+            .records
+            .call(state.records.take_upstream_session(&ares_token_hash(token)))
+            .await?;
+    }
     if let Some(token) = presented.filter(|t| plausible_refresh_token(t)) {
         let hash = token_hash(&token);
         if let Some(record) = state

@@ -173,8 +173,47 @@ impl JwtKeys {
         Ok(claims)
     }
 
-    /// Verify a token; the reason for a refusal is for the log, never the client.
+    /// Verify an access token; the reason for a refusal is for the log, never the client.
+    ///
+    /// A token without `iss` (ARES issued it; accepted only with `accept_tokens_without_issuer`)
+    /// is an access token only if it lives no longer than one (`access_token_ttl`): ARES's
+    /// refresh tokens are JWTs of the same claims living 7 days, and are never access tokens
+    /// here. Such a token gets an id derived from its text (ARES's carry no `jti`), so a logout
+    /// at the gateway ends it like one of the gateway's own.
     pub fn verify(&self, token: &str) -> Result<Claims, &'static str> {
+        let mut c = self.verify_signed(token)?;
+        if c.iss.is_none() {
+            if c.exp.saturating_sub(c.iat) > self.ttl_secs.saturating_add(self.leeway) {
+                return Err(
+                    "an issuer-less token living longer than an access token (a refresh token)",
+                );
+            }
+            if c.jti.is_none() {
+                c.jti = Some(issuerless_jti(token));
+            }
+        }
+        Ok(c)
+    }
+
+    /// An ARES refresh token (with `accept_tokens_without_issuer`): signed with a key the
+    /// gateway trusts, without `iss`, living longer than an access token. Whether ARES still
+    /// holds its session is the store's to say (`Records::take_upstream_session`).
+    pub fn verify_upstream_refresh(&self, token: &str) -> Result<Claims, &'static str> {
+        if !self.accept_without_issuer {
+            return Err("tokens without issuer are not accepted");
+        }
+        let c = self.verify_signed(token)?;
+        if c.iss.is_some() {
+            return Err("not an ARES refresh token (it has an issuer)");
+        }
+        if c.exp.saturating_sub(c.iat) <= self.ttl_secs.saturating_add(self.leeway) {
+            return Err("not an ARES refresh token (it lives as an access token)");
+        }
+        Ok(c)
+    }
+
+    /// Signature, header and claim rules every token of ours or ARES's must meet.
+    fn verify_signed(&self, token: &str) -> Result<Claims, &'static str> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err("token too large");
         }
@@ -258,6 +297,14 @@ impl JwtKeys {
     }
 }
 
+/// The id of a token that carries none (ARES's): from its text, so the same token always has
+/// the same id.
+fn issuerless_jti(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("ares:{hex}")
+}
+
 /// Whether the token's header (its first segment) has a `crit` member.
 fn header_names_crit(token: &str) -> bool {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -339,6 +386,52 @@ pub(crate) mod tests {
                 .finalize()
                 .to_vec()
         }
+    }
+
+    #[test]
+    fn an_ares_refresh_token_is_never_an_access_token_and_is_told_apart_by_its_life() {
+        let mut lax = cfg(SECRET);
+        lax.accept_tokens_without_issuer = true;
+        let keys = JwtKeys::new(&lax);
+        let hs = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+        let n = now();
+        // ARES's shape: sub, email, iat, exp; no iss, no jti.
+        let access = forge(
+            hs.clone(),
+            serde_json::json!({"sub": "u1", "email": "a@b.c", "iat": n, "exp": n + 900}),
+            SECRET.as_bytes(),
+        );
+        let refresh = forge(
+            hs.clone(),
+            serde_json::json!({"sub": "u1", "email": "a@b.c", "iat": n, "exp": n + 604_800}),
+            SECRET.as_bytes(),
+        );
+        let a = keys.verify(&access).unwrap();
+        // An id of its own, the same every time: a logout can end it.
+        assert!(a.jti.as_deref().unwrap().starts_with("ares:"));
+        assert_eq!(keys.verify(&access).unwrap().jti, a.jti);
+        assert_ne!(keys.verify(&access).unwrap().jti, Some("ares:".into()));
+        assert!(
+            keys.verify(&refresh).unwrap_err().contains("refresh token"),
+            "an ARES refresh token passed as an access token"
+        );
+        assert_eq!(keys.verify_upstream_refresh(&refresh).unwrap().sub, "u1");
+        assert!(keys.verify_upstream_refresh(&access).is_err());
+        // The gateway's own tokens (with iss) are never ARES refresh tokens.
+        let ours = forge(hs.clone(), good_claims(), SECRET.as_bytes());
+        assert!(keys.verify_upstream_refresh(&ours).is_err());
+        assert_eq!(keys.verify(&ours).unwrap().jti.as_deref(), Some("j1"));
+        // Without the migration setting, none of ARES's tokens is anything.
+        let strict = JwtKeys::new(&cfg(SECRET));
+        assert!(strict.verify_upstream_refresh(&refresh).is_err());
+        assert!(strict.verify(&access).is_err());
+        // Signed with another key: nothing.
+        let forged = forge(
+            hs,
+            serde_json::json!({"sub": "u1", "iat": n, "exp": n + 604_800}),
+            b"another-secret-0123456789abcdefgh",
+        );
+        assert!(keys.verify_upstream_refresh(&forged).is_err());
     }
 
     fn good_claims() -> serde_json::Value {

@@ -248,6 +248,14 @@ pub trait Records: Send + Sync + 'static {
     /// Send every record to `sink` (`ares-gateway export`); stops early when the reader goes.
     async fn export(&self, sink: &records::Sink) -> Result<(), StoreError>;
 
+    /// End the session ARES keeps for one of its refresh tokens (by SHA-256 hex of the token),
+    /// returning its user: once only, so an ARES refresh token starts at most one gateway
+    /// session, and a gateway logout ends it at ARES too. Only a store on ARES's database has
+    /// ARES's sessions: the others know none.
+    async fn take_upstream_session(&self, _token_hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
     /// Give a new tenant the agents of ARES's templates for `product_type` (what ARES's own
     /// `provision-client` does); the agents' names. Only a store on ARES's database has ARES's
     /// agent tables: the others give none.

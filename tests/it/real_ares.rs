@@ -222,3 +222,110 @@ async fn the_seeds_v1_chat_with_a_tenants_key_answers_aress_reply() {
         "ARES's own answer to a key it does not know"
     );
 }
+
+/// Sessions ARES issued, during a migration (`ARES_ACCEPT_TOKENS_WITHOUT_ISSUER`, ARES's secret
+/// among the gateway's keys): ARES's access token passes, its refresh token never passes as an
+/// access token, works once at the gateway's refresh (starting a gateway session and ending
+/// ARES's), and a gateway logout ends an ARES session and its access token.
+#[tokio::test]
+async fn sessions_ares_issued_carry_over_once_and_end_at_a_gateway_logout() {
+    let Some(ares) = RealAres::start("real_ares: sessions during a migration") else {
+        return;
+    };
+    let admins = format!("{ADMIN},{ARES_ADMIN_KEY}");
+    let g = start(config(
+        &ares.url,
+        &[
+            ("ARES_STORE", "postgres"),
+            ("DATABASE_URL", &ares.database_url),
+            ("ARES_UPSTREAM_JWT_SECRET", ARES_JWT_SECRET),
+            ("ARES_ADMIN_SECRET", &admins),
+            ("ARES_ACCEPT_TOKENS_WITHOUT_ISSUER", "true"),
+            ("ARES_JWT_PREVIOUS_SECRETS", ARES_JWT_SECRET),
+        ],
+    ))
+    .await;
+    // An account ARES made itself, and two sessions of it at ARES.
+    let r = post(
+        &format!("{}/api/auth/register", ares.url),
+        &[],
+        r#"{"email":"old@example.com","password":"your-secure-password","name":"Old"}"#,
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let ares_login = || async {
+        let r = post(
+            &format!("{}/api/auth/login", ares.url),
+            &[],
+            r#"{"email":"old@example.com","password":"your-secure-password"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let v = r.json();
+        (
+            v["access_token"].as_str().unwrap().to_string(),
+            v["refresh_token"].as_str().unwrap().to_string(),
+        )
+    };
+    let (access, refresh) = ares_login().await;
+    let chat = |token: String| {
+        let url = g.url("/api/chat");
+        async move { post(&url, &[("authorization", &bearer(&token))], HELLO).await }
+    };
+    assert_eq!(
+        chat(access.clone()).await.status,
+        200,
+        "ARES's access token passes"
+    );
+    let r = chat(refresh.clone()).await;
+    assert_eq!(
+        r.status, 401,
+        "ARES's refresh token passed as an access token"
+    );
+    assert_eq!(r.error_code(), "AUTH_INVALID_TOKEN");
+
+    // Once at the gateway's refresh: a gateway session, and ARES's is over.
+    let body = serde_json::json!({ "refresh_token": refresh }).to_string();
+    let r = post(&g.url("/api/auth/refresh"), &[], &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert!(v["refresh_token"].as_str().unwrap().starts_with("rt_"));
+    assert_eq!(
+        chat(v["access_token"].as_str().unwrap().to_string())
+            .await
+            .status,
+        200
+    );
+    let again = post(&g.url("/api/auth/refresh"), &[], &body).await;
+    assert_eq!(again.status, 401, "an ARES refresh token worked twice");
+    let at_ares = post(&format!("{}/api/auth/refresh", ares.url), &[], &body).await;
+    assert_eq!(
+        at_ares.status, 401,
+        "ARES still held the session the gateway took"
+    );
+
+    // A gateway logout with an ARES session: ARES's session and the access token end.
+    let (access, refresh) = ares_login().await;
+    let r = post(
+        &g.url("/api/auth/logout"),
+        &[("authorization", &bearer(&access))],
+        &serde_json::json!({ "refresh_token": refresh }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        chat(access).await.status,
+        401,
+        "the ARES access token outlived the logout"
+    );
+    let at_ares = post(
+        &format!("{}/api/auth/refresh", ares.url),
+        &[],
+        &serde_json::json!({ "refresh_token": refresh }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        at_ares.status, 401,
+        "the ARES session outlived the gateway's logout"
+    );
+}

@@ -1018,6 +1018,28 @@ impl Records for PostgresStore {
             .collect()
     }
 
+    async fn take_upstream_session(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        if !(self.ares.sessions && self.ares.ares_users) {
+            return Ok(None);
+        }
+        let c = self.client().await?;
+        // ARES can hold one token in several sessions (two logins in one second sign the same
+        // claims): all of them end.
+        let rows = c
+            .query(
+                &format!(
+                    "DELETE FROM {} WHERE token_hash = $1 AND expires_at > $2 RETURNING user_id",
+                    self.ares.table("sessions")
+                ),
+                &[&token_hash, &i(unix_now())?],
+            )
+            .await
+            .map_err(db)?;
+        rows.first()
+            .map(|r| col::<String>(r, "user_id"))
+            .transpose()
+    }
+
     async fn clone_agent_templates(
         &self,
         tenant_id: &str,
