@@ -5,8 +5,8 @@
     ROUNDS=1 DURATION=3 python3 bench/load.py
 
 Starts a trivial nginx upstream, the gateway (memory store with one worker per core and with
-one worker, and Redis store with the Redis limiter: the Redis rows count redis-server's CPU
-too), HAProxy doing the same job as the gateway's
+one worker, the Redis store with the Redis limiter and the PostgreSQL store on ARES's tables,
+exact and with leases: the Redis and PostgreSQL rows count the database's CPU too), HAProxy doing the same job as the gateway's
 JWT route (HS256 verified, exp checked, claims into headers, a per-subject rate limit in a stick
 table) with two threads and with one, HAProxy and nginx as plain proxies, and the floor: a hyper
 proxy on the gateway's connection plumbing that does none of the gateway's work
@@ -169,6 +169,47 @@ http {{ access_log off; keepalive_requests 1000000;
     return up
 
 
+# ARES's tables as the newer generation has them (the gateway keeps its users beside them).
+ARES_TABLES = """
+CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL DEFAULT 'free',
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE api_keys (id TEXT PRIMARY KEY,
+  tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE, key_hash TEXT NOT NULL,
+  key_prefix TEXT NOT NULL UNIQUE, name TEXT NOT NULL DEFAULT 'default',
+  is_active INTEGER NOT NULL DEFAULT 1, created_at BIGINT NOT NULL, expires_at BIGINT,
+  scopes TEXT NOT NULL DEFAULT 'full', last_used_at BIGINT);
+"""
+
+
+def postgres_server(tmp):
+    """A PostgreSQL with Debian's defaults (durable commits) and ARES's tables; its URL."""
+    import glob
+    import pwd
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    port = free_port()
+    d = os.path.join(tmp, f"pg-{port}")
+    os.makedirs(d)
+    os.chmod(tmp, 0o755)
+    pre = []
+    if os.geteuid() == 0:
+        pg = pwd.getpwnam("postgres")
+        os.chown(d, pg.pw_uid, pg.pw_gid)
+        pre = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+    subprocess.run(pre + [f"{bindir}/initdb", "-D", f"{d}/data", "-U", "postgres", "--auth=trust"],
+                   check=True, stdout=subprocess.DEVNULL)
+    p = spawn(pre + [f"{bindir}/postgres", "-D", f"{d}/data", "-p", str(port), "-k", d,
+                     "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"])
+    for _ in range(100):
+        if subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                          capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    psql = [f"{bindir}/psql", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    subprocess.run(psql + ["-c", "CREATE DATABASE ares"], check=True)
+    subprocess.run(psql + ["-d", "ares", "-c", ARES_TABLES], check=True)
+    return p, f"postgres://postgres@127.0.0.1:{port}/ares"
+
+
 def bench_config(tmp, source=None):
     """The gateway's config for benchmarks: calendar limits so a long run is never refused."""
     with open(source or os.path.join(ROOT, "gateway.yaml")) as f:
@@ -275,6 +316,15 @@ def main():
     call("PUT", f"{lbase}/api/admin/tenants/{ltenant_id}/limits", '{"requests_per_minute":100000000}',
          {"X-Admin-Secret": ADMIN})
 
+    # The postgres store (ARES's database): counters exact in PostgreSQL, then with leases.
+    pg1, pg1_url = postgres_server(tmp)
+    gwp, gwp_port, _, _ = gateway("postgres", extra={"DATABASE_URL": pg1_url})
+    pkey, ptoken = credentials(f"http://127.0.0.1:{gwp_port}")
+    pg2, pg2_url = postgres_server(tmp)
+    gwpl, gwpl_port, _, _ = gateway("postgres", extra={
+        "DATABASE_URL": pg2_url, "ARES_LEASE_REQUESTS": os.environ.get("LEASE_REQUESTS", "64")})
+    plkey, pltoken = credentials(f"http://127.0.0.1:{gwpl_port}")
+
     # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
     hj, hp, np_ = free_port(), free_port(), free_port()
     hcfg = os.path.join(tmp, "haproxy.cfg")
@@ -358,6 +408,10 @@ http {{ access_log off; keepalive_requests 1000000;
     eapi = lua(tmp, "eapi", {"Authorization": f"Bearer {ekey}"})
     ejwt = lua(tmp, "ejwt", {"Authorization": f"Bearer {etoken}"})
     rjwt = lua(tmp, "rjwt", {"Authorization": f"Bearer {rtoken}"})
+    papi = lua(tmp, "papi", {"Authorization": f"Bearer {pkey}"})
+    pjwt = lua(tmp, "pjwt", {"Authorization": f"Bearer {ptoken}"})
+    plapi = lua(tmp, "plapi", {"Authorization": f"Bearer {plkey}"})
+    pljwt = lua(tmp, "pljwt", {"Authorization": f"Bearer {pltoken}"})
     mapi = lua(tmp, "mapi", {"Authorization": f"Bearer {mkey}"})
     mjwt = lua(tmp, "mjwt", {"Authorization": f"Bearer {mtoken}"})
     lapi = lua(tmp, "lapi", {"Authorization": f"Bearer {lkey}"})
@@ -379,6 +433,10 @@ http {{ access_log off; keepalive_requests 1000000;
         ("gateway api key (embedded)", f"http://127.0.0.1:{gwe_port}/v1/chat", eapi, gwe.pid),
         ("gateway api key (redis)", f"http://127.0.0.1:{gwr_port}/v1/chat", rapi, gwr.pid),
         ("gateway jwt (redis)", f"http://127.0.0.1:{gwr_port}/api/chat", rjwt, gwr.pid),
+        ("gateway api key (postgres)", f"http://127.0.0.1:{gwp_port}/v1/chat", papi, gwp.pid),
+        ("gateway jwt (postgres)", f"http://127.0.0.1:{gwp_port}/api/chat", pjwt, gwp.pid),
+        ("gateway api key (postgres, leases)", f"http://127.0.0.1:{gwpl_port}/v1/chat", plapi, gwpl.pid),
+        ("gateway jwt (postgres, leases)", f"http://127.0.0.1:{gwpl_port}/api/chat", pljwt, gwpl.pid),
         ("gateway api key (redis, per-minute)", f"{mbase}/v1/chat", mapi, gwm.pid),
         ("gateway jwt (redis, per-minute)", f"{mbase}/api/chat", mjwt, gwm.pid),
         ("gateway api key (redis, per-minute, leases)", f"{lbase}/v1/chat", lapi, gwl.pid),
@@ -400,6 +458,9 @@ http {{ access_log off; keepalive_requests 1000000;
             if "(redis" in name:
                 server = redis3 if "leases" in name else redis2 if "per-minute" in name else redis1
                 pids = pids + [server.pid]
+            if "(postgres" in name:
+                # The database's CPU counts too: the postmaster and its backends.
+                pids = pids + pids_of((pg2 if "leases" in name else pg1).pid)
             before = cpu_ticks(pids)
             rps, total, non2xx, p50, p99 = wrk(url, script)
             used = cpu_ticks(pids) - before
