@@ -20,13 +20,19 @@
 //! ```text
 //! mod.rs       connecting (pool, TLS by sslmode), invalidations, housekeeping, Store
 //! schema.rs    which ARES schema is there; the gateway's own tables and their migration
-//! records.rs   Lookup and Records over ARES's tables and the gateway's
+//! rows.rs      the SQL of ARES's tables with the gateway's columns, rows as records
+//! records.rs   Lookup and Records: tenants, keys, users (ARES's rows), provisioning
+//! sessions.rs  refresh tokens, revocations, audit, ARES's sessions
+//! export.rs    every record as export lines
 //! counters.rs  Counters: one locked row per scope, decided with ratelimit::ScopeState
 //! ```
 
 mod counters;
+mod export;
 mod records;
+mod rows;
 pub mod schema;
+mod sessions;
 
 use std::str::FromStr;
 use std::sync::{Arc, Weak};

@@ -1,204 +1,20 @@
 //! The PostgreSQL store's `Lookup` and `Records`: ARES's `users`, `tenants` and `api_keys` rows
-//! with the gateway's columns beside them (`*_ext`), and the gateway's own tables. Every write of
-//! more than one row is one transaction; keys and tenants changed are announced to the other
-//! replicas (`NOTIFY`).
+//! with the gateway's columns beside them (`*_ext`). Every write of more than one row is one
+//! transaction; keys and tenants changed are announced to the other replicas (`NOTIFY`).
+//! Sessions, revocations and audit are in `sessions.rs`, the export in `export.rs`.
 
-use tokio_postgres::Row;
-
-use super::schema::{db, one_line, Generation, SCHEMA};
-use super::{i, u, PostgresStore};
-use crate::error::StoreError;
-use crate::store::records::{self, Record, Sink};
-use crate::store::{
-    ApiKeyRecord, AuditEntry, LimitOverrides, Lookup, Records, RefreshRecord, Rotation, Tenant,
-    TenantStatus, TokenRef, User,
-};
-use crate::util::unix_now;
 use async_trait::async_trait;
 
-fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a Row,
-    name: &str,
-) -> Result<T, StoreError> {
-    row.try_get(name)
-        .map_err(|e| StoreError::Corrupt(format!("column {name}: {}", one_line(&e))))
-}
-
-fn opt_u(v: Option<i64>) -> Result<Option<u64>, StoreError> {
-    v.map(u).transpose()
-}
-
-fn opt_i(v: Option<u64>) -> Result<Option<i64>, StoreError> {
-    v.map(i).transpose()
-}
-
-fn limits(row: &Row) -> Result<LimitOverrides, StoreError> {
-    Ok(LimitOverrides {
-        requests_per_minute: opt_u(col(row, "requests_per_minute")?)?,
-        requests_per_day: opt_u(col(row, "requests_per_day")?)?,
-        requests_per_month: opt_u(col(row, "requests_per_month")?)?,
-    })
-}
-
-/// ARES's one scope word (`full`, `ingest`) as the gateway's scope list, and back: a key limited
-/// to `ingest` at the gateway is `ingest` at ARES, any other is `full` there (the gateway checks
-/// its finer scopes before ARES sees the request).
-fn ares_scope(scopes: &[String]) -> &'static str {
-    if scopes.iter().all(|s| s == "ingest") && !scopes.is_empty() {
-        "ingest"
-    } else {
-        "full"
-    }
-}
-
-/// The users row that stands for a tenant in ARES's `users`: API-key requests reach ARES as its
-/// JWT requests with the tenant id as `sub` (minted tokens), and ARES's conversations and memory
-/// need that id to be a user. It cannot log in (its hash is no PHC string) and is not listed.
-pub const TENANT_USER_DOMAIN: &str = "@tenants.ares-gateway.invalid";
-
-impl PostgresStore {
-    fn tenant_sql(&self, filter: &str) -> String {
-        format!(
-            "SELECT t.id, t.name, t.tier, t.created_at, coalesce(e.suspended, false) AS suspended, \
-             e.requests_per_minute, e.requests_per_day, e.requests_per_month \
-             FROM {} t LEFT JOIN {SCHEMA}.tenant_ext e ON e.tenant_id = t.id {filter}",
-            self.ares.table("tenants")
-        )
-    }
-
-    fn key_sql(&self, filter: &str) -> String {
-        let ares_scopes = match self.ares.generation {
-            Generation::Crates => "k.scopes",
-            Generation::Single => "NULL::text",
-        };
-        format!(
-            "SELECT k.id, k.tenant_id, k.key_hash, k.key_prefix, k.name, k.is_active, \
-             k.created_at, k.expires_at, {ares_scopes} AS ares_scopes, e.scopes, \
-             e.last_used_at, (e.key_id IS NULL OR e.imported) AS imported, \
-             e.requests_per_minute, e.requests_per_day, e.requests_per_month \
-             FROM {} k LEFT JOIN {SCHEMA}.key_ext e ON e.key_id = k.id {filter}",
-            self.ares.table("api_keys")
-        )
-    }
-
-    fn user_sql(&self, filter: &str) -> String {
-        format!(
-            "SELECT u.id, u.email, u.name, u.password_hash, u.created_at, \
-             coalesce(e.disabled, false) AS disabled \
-             FROM {} u LEFT JOIN {SCHEMA}.user_ext e ON e.user_id = u.id {filter}",
-            self.ares.users
-        )
-    }
-
-    /// Users who are people: not the rows that stand for tenants.
-    fn people(&self) -> String {
-        format!("NOT u.email LIKE '%{TENANT_USER_DOMAIN}'")
-    }
-
-    fn tenant(row: &Row) -> Result<Tenant, StoreError> {
-        let suspended: bool = col(row, "suspended")?;
-        Ok(Tenant {
-            id: col(row, "id")?,
-            name: col(row, "name")?,
-            tier: col(row, "tier")?,
-            status: if suspended {
-                TenantStatus::Suspended
-            } else {
-                TenantStatus::Active
-            },
-            created_at: u(col(row, "created_at")?)?,
-            limits: limits(row)?,
-        })
-    }
-
-    fn key(row: &Row) -> Result<ApiKeyRecord, StoreError> {
-        let own: Option<Vec<String>> = col(row, "scopes")?;
-        let ares: Option<String> = col(row, "ares_scopes")?;
-        let scopes = match (own, ares) {
-            (Some(s), _) => s,
-            (None, Some(a)) if a.trim() == "ingest" => vec!["ingest".into()],
-            _ => vec!["full".into()],
-        };
-        let active: i32 = col(row, "is_active")?;
-        Ok(ApiKeyRecord {
-            id: col(row, "id")?,
-            tenant_id: col(row, "tenant_id")?,
-            key_hash: col::<String>(row, "key_hash")?.to_ascii_lowercase(),
-            key_prefix: col(row, "key_prefix")?,
-            name: col(row, "name")?,
-            scopes,
-            is_active: active != 0,
-            created_at: u(col(row, "created_at")?)?,
-            expires_at: opt_u(col(row, "expires_at")?)?,
-            last_used_at: opt_u(col(row, "last_used_at")?)?,
-            imported: col(row, "imported")?,
-            limits: limits(row)?,
-        })
-    }
-
-    fn user(row: &Row) -> Result<User, StoreError> {
-        Ok(User {
-            id: col(row, "id")?,
-            email: col::<String>(row, "email")?.trim().to_lowercase(),
-            name: col(row, "name")?,
-            password_hash: col(row, "password_hash")?,
-            created_at: u(col(row, "created_at")?)?,
-            disabled: col(row, "disabled")?,
-        })
-    }
-
-    fn refresh(row: &Row) -> Result<RefreshRecord, StoreError> {
-        Ok(RefreshRecord {
-            token_hash: col(row, "token_hash")?,
-            user_id: col(row, "user_id")?,
-            family_id: col(row, "family_id")?,
-            issued_at: u(col(row, "issued_at")?)?,
-            expires_at: u(col(row, "expires_at")?)?,
-            rotated_at: opt_u(col(row, "rotated_at")?)?,
-            successor: col(row, "successor")?,
-        })
-    }
-
-    async fn upsert_key_ext(
-        tx: &deadpool_postgres::Transaction<'_>,
-        key: &ApiKeyRecord,
-    ) -> Result<(), StoreError> {
-        tx.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.key_ext (key_id, scopes, last_used_at, imported, \
-                 requests_per_minute, requests_per_day, requests_per_month) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO UPDATE SET \
-                 scopes = EXCLUDED.scopes, last_used_at = EXCLUDED.last_used_at, \
-                 imported = EXCLUDED.imported, requests_per_minute = EXCLUDED.requests_per_minute, \
-                 requests_per_day = EXCLUDED.requests_per_day, \
-                 requests_per_month = EXCLUDED.requests_per_month"
-            ),
-            &[
-                &key.id,
-                &key.scopes,
-                &opt_i(key.last_used_at)?,
-                &key.imported,
-                &opt_i(key.limits.requests_per_minute)?,
-                &opt_i(key.limits.requests_per_day)?,
-                &opt_i(key.limits.requests_per_month)?,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    /// Also keep a revocation where the counters decide (Redis), when they live there.
-    async fn mirror_to_redis<'a>(
-        &'a self,
-        f: impl FnOnce(&'a dyn Records) -> futures_util::future::BoxFuture<'a, Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
-        match &self.redis {
-            Some(r) => f(crate::store::Store::records(&**r)).await,
-            None => Ok(()),
-        }
-    }
-}
+use super::rows::*;
+use super::schema::{db, one_line, Generation, SCHEMA};
+use super::{export, i, sessions, u, PostgresStore};
+use crate::error::StoreError;
+use crate::store::records::Sink;
+use crate::store::{
+    ApiKeyRecord, AuditEntry, Lookup, Records, RefreshRecord, Rotation, Tenant, TenantStatus,
+    TokenRef, User,
+};
+use crate::util::unix_now;
 
 #[async_trait]
 impl Lookup for PostgresStore {
@@ -805,60 +621,14 @@ impl Records for PostgresStore {
     }
 
     async fn put_refresh_token(&self, r: &RefreshRecord) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.refresh_tokens (token_hash, user_id, family_id, issued_at, \
-                 expires_at, rotated_at, successor) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (token_hash) DO UPDATE SET user_id = EXCLUDED.user_id, \
-                 family_id = EXCLUDED.family_id, issued_at = EXCLUDED.issued_at, \
-                 expires_at = EXCLUDED.expires_at, rotated_at = EXCLUDED.rotated_at, \
-                 successor = EXCLUDED.successor"
-            ),
-            &[
-                &r.token_hash,
-                &r.user_id,
-                &r.family_id,
-                &i(r.issued_at)?,
-                &i(r.expires_at)?,
-                &opt_i(r.rotated_at)?,
-                &r.successor,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        Ok(())
+        sessions::put_refresh_token(self, r).await
     }
 
     async fn get_refresh_token(
         &self,
         token_hash: &str,
     ) -> Result<Option<RefreshRecord>, StoreError> {
-        let c = self.client().await?;
-        let st = c
-            .prepare_cached(&format!(
-                "SELECT r.token_hash, r.user_id, r.family_id, r.issued_at, r.expires_at, \
-                 r.rotated_at, r.successor, \
-                 EXISTS (SELECT 1 FROM {SCHEMA}.revoked_families f \
-                   WHERE f.family_id = r.family_id AND f.until > $2) AS family_dead, \
-                 (SELECT c.through FROM {SCHEMA}.user_cutoffs c \
-                   WHERE c.user_id = r.user_id AND c.until > $2) AS through \
-                 FROM {SCHEMA}.refresh_tokens r WHERE r.token_hash = $1"
-            ))
-            .await
-            .map_err(db)?;
-        let now = unix_now();
-        let Some(row) = c
-            .query_opt(&st, &[&token_hash, &i(now)?])
-            .await
-            .map_err(db)?
-        else {
-            return Ok(None);
-        };
-        let r = Self::refresh(&row)?;
-        let family_dead: bool = col(&row, "family_dead")?;
-        let cut = opt_u(col(&row, "through")?)?.is_some_and(|t| r.issued_at <= t);
-        Ok((r.expires_at > now && !family_dead && !cut).then_some(r))
+        sessions::get_refresh_token(self, token_hash).await
     }
 
     async fn mark_refresh_rotated(
@@ -867,71 +637,15 @@ impl Records for PostgresStore {
         at: u64,
         successor: Option<&str>,
     ) -> Result<Option<Rotation>, StoreError> {
-        let c = self.client().await?;
-        // The first rotation wins: of concurrent calls exactly one updates the row.
-        let rotated = c
-            .execute(
-                &format!(
-                    "UPDATE {SCHEMA}.refresh_tokens SET rotated_at = $2, successor = $3 \
-                     WHERE token_hash = $1 AND rotated_at IS NULL"
-                ),
-                &[&token_hash, &i(at)?, &successor],
-            )
-            .await
-            .map_err(db)?;
-        if rotated == 1 {
-            return Ok(None);
-        }
-        let row = c
-            .query_opt(
-                &format!(
-                    "SELECT rotated_at, successor FROM {SCHEMA}.refresh_tokens WHERE token_hash = $1"
-                ),
-                &[&token_hash],
-            )
-            .await
-            .map_err(db)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        Ok(opt_u(col(&row, "rotated_at")?)?.map(|at| Rotation {
-            at,
-            successor: row.try_get("successor").ok().flatten(),
-        }))
+        sessions::mark_refresh_rotated(self, token_hash, at, successor).await
     }
 
     async fn revoke_refresh_family(&self, family_id: &str, until: u64) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.revoked_families (family_id, until) VALUES ($1, $2) \
-                 ON CONFLICT (family_id) DO UPDATE SET until = \
-                 greatest({SCHEMA}.revoked_families.until, EXCLUDED.until)"
-            ),
-            &[&family_id, &i(until)?],
-        )
-        .await
-        .map_err(db)?;
-        Ok(())
+        sessions::revoke_refresh_family(self, family_id, until).await
     }
 
     async fn revoke_jti(&self, subject: &str, jti: &str, until: u64) -> Result<(), StoreError> {
-        if until <= unix_now() {
-            return Ok(());
-        }
-        let c = self.client().await?;
-        c.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.revoked_jtis (jti, subject, until) VALUES ($1, $2, $3) \
-                 ON CONFLICT (jti) DO UPDATE SET until = \
-                 greatest({SCHEMA}.revoked_jtis.until, EXCLUDED.until)"
-            ),
-            &[&jti, &subject, &i(until)?],
-        )
-        .await
-        .map_err(db)?;
-        self.mirror_to_redis(|r| Box::pin(r.revoke_jti(subject, jti, until)))
-            .await
+        sessions::revoke_jti(self, subject, jti, until).await
     }
 
     async fn revoke_user_tokens(
@@ -940,50 +654,11 @@ impl Records for PostgresStore {
         through: u64,
         until: u64,
     ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.user_cutoffs (user_id, through, until) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id) DO UPDATE SET \
-                 through = greatest({SCHEMA}.user_cutoffs.through, EXCLUDED.through), \
-                 until = greatest({SCHEMA}.user_cutoffs.until, EXCLUDED.until)"
-            ),
-            &[&subject, &i(through)?, &i(until)?],
-        )
-        .await
-        .map_err(db)?;
-        self.mirror_to_redis(|r| Box::pin(r.revoke_user_tokens(subject, through, until)))
-            .await
+        sessions::revoke_user_tokens(self, subject, through, until).await
     }
 
     async fn append_audit(&self, entry: &AuditEntry, keep_ms: u64) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        // Ids begin with the 13-digit time: older than the retention is a range of the key.
-        let horizon = format!("{:013}", entry.at_ms.saturating_sub(keep_ms));
-        tx.execute(
-            &format!("DELETE FROM {SCHEMA}.audit WHERE id < $1"),
-            &[&horizon],
-        )
-        .await
-        .map_err(db)?;
-        tx.execute(
-            &format!(
-                "INSERT INTO {SCHEMA}.audit (id, at_ms, actor, action, target, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING"
-            ),
-            &[
-                &entry.id,
-                &i(entry.at_ms)?,
-                &entry.actor,
-                &entry.action,
-                &entry.target,
-                &entry.outcome,
-            ],
-        )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)
+        sessions::append_audit(self, entry, keep_ms).await
     }
 
     async fn list_audit(
@@ -992,52 +667,11 @@ impl Records for PostgresStore {
         target: &str,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT id, at_ms, actor, action, target, outcome FROM {SCHEMA}.audit \
-                     WHERE ($1::text IS NULL OR id > $1) AND starts_with(target, $2) \
-                     ORDER BY id LIMIT $3"
-                ),
-                &[&after, &target, &i(limit as u64)?],
-            )
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: col(r, "id")?,
-                    at_ms: u(col(r, "at_ms")?)?,
-                    actor: col(r, "actor")?,
-                    action: col(r, "action")?,
-                    target: col(r, "target")?,
-                    outcome: col(r, "outcome")?,
-                })
-            })
-            .collect()
+        sessions::list_audit(self, after, target, limit).await
     }
 
     async fn take_upstream_session(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        if !(self.ares.sessions && self.ares.ares_users) {
-            return Ok(None);
-        }
-        let c = self.client().await?;
-        // ARES can hold one token in several sessions (two logins in one second sign the same
-        // claims): all of them end.
-        let rows = c
-            .query(
-                &format!(
-                    "DELETE FROM {} WHERE token_hash = $1 AND expires_at > $2 RETURNING user_id",
-                    self.ares.table("sessions")
-                ),
-                &[&token_hash, &i(unix_now())?],
-            )
-            .await
-            .map_err(db)?;
-        rows.first()
-            .map(|r| col::<String>(r, "user_id"))
-            .transpose()
+        sessions::take_upstream_session(self, token_hash).await
     }
 
     async fn clone_agent_templates(
@@ -1074,99 +708,7 @@ impl Records for PostgresStore {
     }
 
     async fn export(&self, sink: &Sink) -> Result<(), StoreError> {
-        let now = unix_now();
-        let c = self.client().await?;
-        let mut all: Vec<Record> = Vec::new();
-        for r in c
-            .query(&self.tenant_sql("ORDER BY t.id"), &[])
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::Tenant(Self::tenant(&r)?));
-        }
-        for r in c
-            .query(&self.key_sql("ORDER BY k.id"), &[])
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::ApiKey(Self::key(&r)?));
-        }
-        for r in c
-            .query(&self.user_sql("ORDER BY u.id"), &[])
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::User(Self::user(&r)?));
-        }
-        let now_i = i(now)?;
-        for r in c
-            .query(
-                &format!(
-                    "SELECT token_hash, user_id, family_id, issued_at, expires_at, rotated_at, \
-                     successor FROM {SCHEMA}.refresh_tokens WHERE expires_at > $1"
-                ),
-                &[&now_i],
-            )
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::RefreshToken(Self::refresh(&r)?));
-        }
-        for r in c
-            .query(
-                &format!("SELECT family_id, until FROM {SCHEMA}.revoked_families WHERE until > $1"),
-                &[&now_i],
-            )
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::RevokedFamily {
-                family_id: col(&r, "family_id")?,
-                until: u(col(&r, "until")?)?,
-            });
-        }
-        for r in c
-            .query(
-                &format!("SELECT jti, subject, until FROM {SCHEMA}.revoked_jtis WHERE until > $1"),
-                &[&now_i],
-            )
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::RevokedToken {
-                subject: col(&r, "subject")?,
-                jti: col(&r, "jti")?,
-                until: u(col(&r, "until")?)?,
-            });
-        }
-        for r in c
-            .query(
-                &format!(
-                    "SELECT user_id, through, until FROM {SCHEMA}.user_cutoffs WHERE until > $1"
-                ),
-                &[&now_i],
-            )
-            .await
-            .map_err(db)?
-        {
-            all.push(Record::RevokedUser {
-                subject: col(&r, "user_id")?,
-                through: u(col(&r, "through")?)?,
-                until: u(col(&r, "until")?)?,
-            });
-        }
-        all.extend(self.counter_records(&c).await?);
-        drop(c);
-        for r in all {
-            if !records::send(sink, r).await {
-                return Ok(());
-            }
-        }
-        if let Some(r) = &self.redis {
-            // Counters kept in Redis (its other records are this store's, mirrored).
-            crate::store::Store::records(&**r).export(sink).await?;
-        }
-        Ok(())
+        export::export(self, sink).await
     }
 }
 
