@@ -471,9 +471,15 @@ async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Bod
             .jwt
             .issue(&user.id, &user.email, now)
             .map_err(GatewayError::Internal)?;
+        // The same refresh token back: a client written against ARES (whose refresh always
+        // rotates) keeps what the answer holds, and so keeps a working token.
         return Ok(body::json(
             StatusCode::OK,
-            &json!({"access_token": access, "expires_in": snap.jwt.ttl_secs()}),
+            &json!({
+                "access_token": access,
+                "refresh_token": presented,
+                "expires_in": snap.jwt.ttl_secs(),
+            }),
             true,
         ));
     }
