@@ -324,6 +324,12 @@ def main():
     gwpl, gwpl_port, _, _ = gateway("postgres", extra={
         "DATABASE_URL": pg2_url, "ARES_LEASE_REQUESTS": os.environ.get("LEASE_REQUESTS", "64")})
     plkey, pltoken = credentials(f"http://127.0.0.1:{gwpl_port}")
+    # ... with the counters in Redis (REDIS_URL set as well).
+    pg3, pg3_url = postgres_server(tmp)
+    redis4, redis4_port = redis_server()
+    gwpr, gwpr_port, _, _ = gateway("postgres", f"redis://127.0.0.1:{redis4_port}",
+                                    extra={"DATABASE_URL": pg3_url})
+    prkey, prtoken = credentials(f"http://127.0.0.1:{gwpr_port}")
 
     # HAProxy: the same job as the JWT route, and a plain proxy. nginx: a plain proxy.
     hj, hp, np_ = free_port(), free_port(), free_port()
@@ -412,6 +418,8 @@ http {{ access_log off; keepalive_requests 1000000;
     pjwt = lua(tmp, "pjwt", {"Authorization": f"Bearer {ptoken}"})
     plapi = lua(tmp, "plapi", {"Authorization": f"Bearer {plkey}"})
     pljwt = lua(tmp, "pljwt", {"Authorization": f"Bearer {pltoken}"})
+    prapi = lua(tmp, "prapi", {"Authorization": f"Bearer {prkey}"})
+    prjwt = lua(tmp, "prjwt", {"Authorization": f"Bearer {prtoken}"})
     mapi = lua(tmp, "mapi", {"Authorization": f"Bearer {mkey}"})
     mjwt = lua(tmp, "mjwt", {"Authorization": f"Bearer {mtoken}"})
     lapi = lua(tmp, "lapi", {"Authorization": f"Bearer {lkey}"})
@@ -437,6 +445,8 @@ http {{ access_log off; keepalive_requests 1000000;
         ("gateway jwt (postgres)", f"http://127.0.0.1:{gwp_port}/api/chat", pjwt, gwp.pid),
         ("gateway api key (postgres, leases)", f"http://127.0.0.1:{gwpl_port}/v1/chat", plapi, gwpl.pid),
         ("gateway jwt (postgres, leases)", f"http://127.0.0.1:{gwpl_port}/api/chat", pljwt, gwpl.pid),
+        ("gateway api key (postgres, redis counters)", f"http://127.0.0.1:{gwpr_port}/v1/chat", prapi, gwpr.pid),
+        ("gateway jwt (postgres, redis counters)", f"http://127.0.0.1:{gwpr_port}/api/chat", prjwt, gwpr.pid),
         ("gateway api key (redis, per-minute)", f"{mbase}/v1/chat", mapi, gwm.pid),
         ("gateway jwt (redis, per-minute)", f"{mbase}/api/chat", mjwt, gwm.pid),
         ("gateway api key (redis, per-minute, leases)", f"{lbase}/v1/chat", lapi, gwl.pid),
@@ -459,8 +469,11 @@ http {{ access_log off; keepalive_requests 1000000;
                 server = redis3 if "leases" in name else redis2 if "per-minute" in name else redis1
                 pids = pids + [server.pid]
             if "(postgres" in name:
-                # The database's CPU counts too: the postmaster and its backends.
-                pids = pids + pids_of((pg2 if "leases" in name else pg1).pid)
+                # The database's CPU counts too: the postmaster and its backends (and Redis's).
+                db = pg2 if "leases" in name else pg3 if "redis counters" in name else pg1
+                pids = pids + pids_of(db.pid)
+                if "redis counters" in name:
+                    pids = pids + [redis4.pid]
             before = cpu_ticks(pids)
             rps, total, non2xx, p50, p99 = wrk(url, script)
             used = cpu_ticks(pids) - before

@@ -381,3 +381,47 @@ async fn transfer(from: Arc<dyn Store>, to: &dyn Store) {
         "{report}"
     );
 }
+
+/// A database that turned read-only (a failover to a replica, `default_transaction_read_only`):
+/// writes are 503 `STORE_UNAVAILABLE` (never a 500), reads go on.
+#[tokio::test]
+async fn a_read_only_database_refuses_writes_with_a_503_and_serves_reads() {
+    let (pg, url) = crates_db().await;
+    let up = Upstream::start().await;
+    let g = start(config(
+        &up.url(),
+        &[("ARES_STORE", "postgres"), ("DATABASE_URL", url.as_str())],
+    ))
+    .await;
+    let tokens = login(&g, "ro@example.com").await;
+    let c = pg.client("postgres").await;
+    c.batch_execute(
+        "ALTER DATABASE ares SET default_transaction_read_only = on;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+           WHERE datname = 'ares' AND pid <> pg_backend_pid();",
+    )
+    .await
+    .unwrap();
+    // Writes: every attempt a 503 once the pool has reconnected (a connection it had may
+    // fail first: also a 503).
+    for _ in 0..3 {
+        let r = post(
+            &g.url("/api/auth/register"),
+            &[],
+            r#"{"email":"ro2@example.com","password":"your-secure-password","name":"R"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert_eq!(r.error_code(), "STORE_UNAVAILABLE");
+    }
+    // Reads: the user is still there, and its access token (verified, no write) still works.
+    let auth = bearer(tokens["access_token"].as_str().unwrap());
+    let ok = wait_until(Duration::from_secs(5), || async {
+        get(&g.url("/api/auth/me"), &[("authorization", &auth)])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(ok, "reads stopped with the database read-only");
+}
