@@ -329,3 +329,68 @@ async fn sessions_ares_issued_carry_over_once_and_end_at_a_gateway_logout() {
         "the ARES session outlived the gateway's logout"
     );
 }
+
+/// A user who owns ARES data (a conversation) cannot be deleted through the gateway (ARES's
+/// foreign keys keep the account): a clear 400, not a 500, and the user is still there; one
+/// without ARES data is deleted from ARES's users.
+#[tokio::test]
+async fn a_user_with_ares_data_is_not_deleted_and_one_without_is() {
+    let Some(ares) = RealAres::start("real_ares: deleting users") else {
+        return;
+    };
+    let g = gateway_before(&ares).await;
+    let r = post(
+        &g.url("/api/auth/register"),
+        &[],
+        r#"{"email":"keeps@example.com","password":"your-secure-password","name":"K"}"#,
+    )
+    .await;
+    let v = r.json();
+    let (id, token) = (
+        v["user_id"].as_str().unwrap().to_string(),
+        bearer(v["access_token"].as_str().unwrap()),
+    );
+    assert_eq!(
+        post(&g.url("/api/chat"), &[("authorization", &token)], HELLO)
+            .await
+            .status,
+        200
+    );
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/admin/users/{id}")),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(String::from_utf8_lossy(&r.body).contains("disable it instead"));
+    let db = ares.db().await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM users WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let r = post(
+        &g.url("/api/auth/register"),
+        &[],
+        r#"{"email":"goes@example.com","password":"your-secure-password","name":"G"}"#,
+    )
+    .await;
+    let gone = r.json()["user_id"].as_str().unwrap().to_string();
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/admin/users/{gone}")),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM users WHERE id = $1", &[&gone])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

@@ -116,11 +116,19 @@ impl Admin<'_> {
     }
 
     pub(super) async fn delete_user(&self, id: &str) -> Result<Response<Body>, GatewayError> {
-        self.state
-            .records
-            .call(self.state.records.delete_user(id))
-            .await?
-            .ok_or(GatewayError::NotFound)?;
+        let records = &self.state.records;
+        match records.call_keep_error(records.delete_user(id)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(GatewayError::NotFound),
+            // A store on ARES's database: ARES keeps data of the user (conversations, memory)
+            // and its foreign keys refuse the delete. The admin's to decide: disable instead.
+            Err(crate::error::StoreError::Conflict) => {
+                return Err(GatewayError::invalid(
+                    "the user owns data at ARES, which keeps the account: disable it instead",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
         end_sessions(self.state, self.snap, id).await?;
         self.audit_user("user.delete", id).await;
         Ok(no_content())
