@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use crate::auth::api_key;
 use crate::error::StoreError;
@@ -89,7 +89,11 @@ impl fmt::Display for Report {
 /// Connect to ARES's database; a one-line error when it cannot be reached. The URL is never part
 /// of the message (it may hold a password).
 pub async fn connect(database_url: &str) -> Result<Client, String> {
-    let connecting = tokio_postgres::connect(database_url, NoTls);
+    // TLS as the URL's sslmode says (`prefer` by default), verified by the system's roots.
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+        crate::net::tls::upstream_client_config(true, None)?,
+    );
+    let connecting = tokio_postgres::connect(database_url, tls);
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| "cannot reach the ARES database: timed out".to_string())?
