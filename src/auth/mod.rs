@@ -557,8 +557,12 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, GatewayError::TenantSuspended), "{err:?}");
-            // A key that fails its checksum never reaches the store.
-            let typo = auth_header(&format!("Bearer {}x", &new.raw[..new.raw.len() - 1]));
+            // A key that fails its checksum never reaches the store. (Regression: the typo
+            // replaced the last character with `x`, which one key in 62 already ends with: the
+            // "typo" was then the key itself.)
+            let last = new.raw.chars().last().unwrap();
+            let other = if last == 'x' { 'y' } else { 'x' };
+            let typo = auth_header(&format!("Bearer {}{other}", &new.raw[..new.raw.len() - 1]));
             let err = authenticate_now(&r, &typo, None, &f.creds())
                 .await
                 .unwrap_err();
