@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::redis::RedisServer;
 use crate::common::*;
-use ares_gateway::store::{records, suite, EmbeddedStore, MemoryStore, RedisStore, Store};
+use ares_gateway::store::{suite, EmbeddedStore, MemoryStore, RedisStore, Store};
 
 fn embedded_env(dir: &Path) -> Vec<(&'static str, String)> {
     vec![
@@ -470,23 +470,6 @@ async fn a_full_disk_refuses_writes_while_reads_and_proxying_go_on() {
     kill_9(&mut child).await;
 }
 
-/// Records through the `export`/`import` code (JSON lines), from `from` into `to`.
-async fn transfer(from: std::sync::Arc<dyn Store>, to: &dyn Store) -> String {
-    let mut lines = Vec::new();
-    ares_gateway::cmd::transfer::export(from, &mut lines)
-        .await
-        .unwrap();
-    let text = String::from_utf8(lines).unwrap();
-    let report = ares_gateway::cmd::transfer::import(to, &mut text.as_bytes())
-        .await
-        .unwrap();
-    assert!(
-        report.bad.is_empty() && report.skipped.is_empty(),
-        "{report}"
-    );
-    text
-}
-
 #[tokio::test]
 async fn export_and_import_move_every_record_between_all_three_stores() {
     let redis = RedisServer::start();
@@ -521,23 +504,7 @@ async fn export_and_import_move_every_record_between_all_three_stores() {
     transfer(redis_store.clone(), &*back).await;
     suite::check_filled(&*back).await;
     // Every kind of record made the whole trip.
-    let kinds: std::collections::BTreeSet<&str> = suite::exported(&*back)
-        .await
-        .iter()
-        .map(records::Record::kind)
-        .collect();
-    for kind in [
-        "tenant",
-        "api_key",
-        "user",
-        "refresh_token",
-        "revoked_family",
-        "revoked_token",
-        "revoked_user",
-        "counter",
-    ] {
-        assert!(kinds.contains(kind), "{kind} lost on the way: {kinds:?}");
-    }
+    every_record_kind_is_in(&*back).await;
 }
 
 #[tokio::test]

@@ -319,7 +319,7 @@ async fn a_database_that_is_down_is_a_503_never_a_500_or_a_hang() {
 /// back gives the same records.
 #[tokio::test]
 async fn export_and_import_move_every_record_into_the_postgres_store_and_back() {
-    use ares_gateway::store::{records, suite, EmbeddedStore, MemoryStore, RedisStore};
+    use ares_gateway::store::{suite, EmbeddedStore, MemoryStore, RedisStore};
     let (_pg, url) = crates_db().await;
     let dir = tempfile::tempdir().unwrap();
     let opts = ares_gateway::config::EmbeddedOptions {
@@ -347,39 +347,7 @@ async fn export_and_import_move_every_record_into_the_postgres_store_and_back() 
     let back: Arc<dyn Store> = Arc::new(MemoryStore::new());
     transfer(postgres.clone(), &*back).await;
     suite::check_filled(&*back).await;
-    let kinds: std::collections::BTreeSet<&str> = suite::exported(&*back)
-        .await
-        .iter()
-        .map(records::Record::kind)
-        .collect();
-    for kind in [
-        "tenant",
-        "api_key",
-        "user",
-        "refresh_token",
-        "revoked_family",
-        "revoked_token",
-        "revoked_user",
-        "counter",
-    ] {
-        assert!(kinds.contains(kind), "{kind} lost on the way: {kinds:?}");
-    }
-}
-
-/// Records through the `export`/`import` code (JSON lines), from `from` into `to`.
-async fn transfer(from: Arc<dyn Store>, to: &dyn Store) {
-    let mut lines = Vec::new();
-    ares_gateway::cmd::transfer::export(from, &mut lines)
-        .await
-        .unwrap();
-    let text = String::from_utf8(lines).unwrap();
-    let report = ares_gateway::cmd::transfer::import(to, &mut text.as_bytes())
-        .await
-        .unwrap();
-    assert!(
-        report.bad.is_empty() && report.skipped.is_empty(),
-        "{report}"
-    );
+    every_record_kind_is_in(&*back).await;
 }
 
 /// A database that turned read-only (a failover to a replica, `default_transaction_read_only`):

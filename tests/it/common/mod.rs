@@ -719,3 +719,45 @@ pub async fn concurrent_refreshes_make_one_rotation<G: Gate>(gateways: &[&G], em
     let third = r.json()["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(third, second);
 }
+
+/// Records through the `export`/`import` code (JSON lines), from `from` into `to`; the lines.
+pub async fn transfer(
+    from: Arc<dyn ares_gateway::store::Store>,
+    to: &dyn ares_gateway::store::Store,
+) -> String {
+    let mut lines = Vec::new();
+    ares_gateway::cmd::transfer::export(from, &mut lines)
+        .await
+        .unwrap();
+    let text = String::from_utf8(lines).unwrap();
+    let report = ares_gateway::cmd::transfer::import(to, &mut text.as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        report.bad.is_empty() && report.skipped.is_empty(),
+        "{report}"
+    );
+    text
+}
+
+/// Every kind of record `suite::fill` makes is in `store`'s export.
+pub async fn every_record_kind_is_in(store: &dyn ares_gateway::store::Store) {
+    use ares_gateway::store::{records, suite};
+    let kinds: std::collections::BTreeSet<&str> = suite::exported(store)
+        .await
+        .iter()
+        .map(records::Record::kind)
+        .collect();
+    for kind in [
+        "tenant",
+        "api_key",
+        "user",
+        "refresh_token",
+        "revoked_family",
+        "revoked_token",
+        "revoked_user",
+        "counter",
+    ] {
+        assert!(kinds.contains(kind), "{kind} lost on the way: {kinds:?}");
+    }
+}
