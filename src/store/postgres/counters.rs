@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 
+use super::rows::{revocation_sql, revoked};
 use super::schema::{db, one_line, SCHEMA};
 use super::{i, u, PostgresStore};
 use crate::error::StoreError;
@@ -65,28 +66,12 @@ impl PostgresStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
         if let Some(t) = token {
-            let st = tx
-                .prepare_cached(&format!(
-                    "SELECT EXISTS (SELECT 1 FROM {SCHEMA}.revoked_jtis WHERE jti = $1 AND until > $3), \
-                     (SELECT through FROM {SCHEMA}.user_cutoffs WHERE user_id = $2 AND until > $3)"
-                ))
-                .await
-                .map_err(db)?;
+            let st = tx.prepare_cached(&revocation_sql()).await.map_err(db)?;
             let row = tx
                 .query_one(&st, &[&t.jti.unwrap_or(""), &t.subject, &i(now_ms / 1000)?])
                 .await
                 .map_err(db)?;
-            let by_id: bool = row
-                .try_get(0)
-                .map_err(|e| StoreError::Corrupt(one_line(&e)))?;
-            let through: Option<i64> = row
-                .try_get(1)
-                .map_err(|e| StoreError::Corrupt(one_line(&e)))?;
-            let cut = match through {
-                Some(th) => t.issued_at <= u(th)?,
-                None => false,
-            };
-            if (by_id && t.jti.is_some()) || cut {
+            if revoked(&row, t)? {
                 return Ok(None);
             }
         }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 
 use super::rows::*;
-use super::schema::{db, one_line, Generation, SCHEMA};
+use super::schema::{db, Generation, SCHEMA};
 use super::{export, i, sessions, u, PostgresStore};
 use crate::error::StoreError;
 use crate::store::records::Sink;
@@ -46,29 +46,13 @@ impl Lookup for PostgresStore {
 
     async fn is_token_revoked(&self, token: TokenRef<'_>) -> Result<bool, StoreError> {
         let c = self.client().await?;
-        let st = c
-            .prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {SCHEMA}.revoked_jtis WHERE jti = $1 AND until > $3), \
-                 (SELECT through FROM {SCHEMA}.user_cutoffs WHERE user_id = $2 AND until > $3)"
-            ))
-            .await
-            .map_err(db)?;
+        let st = c.prepare_cached(&revocation_sql()).await.map_err(db)?;
         let jti = token.jti.unwrap_or("");
         let row = c
             .query_one(&st, &[&jti, &token.subject, &i(unix_now())?])
             .await
             .map_err(db)?;
-        let by_id: bool = row
-            .try_get(0)
-            .map_err(|e| StoreError::Corrupt(one_line(&e)))?;
-        let through: Option<i64> = row
-            .try_get(1)
-            .map_err(|e| StoreError::Corrupt(one_line(&e)))?;
-        let cut = match opt_u(through)? {
-            Some(t) => token.issued_at <= t,
-            None => false,
-        };
-        Ok((by_id && token.jti.is_some()) || cut)
+        revoked(&row, token)
     }
 }
 

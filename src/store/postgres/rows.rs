@@ -8,7 +8,7 @@ use super::schema::{db, one_line, Generation, SCHEMA};
 use super::{i, u, PostgresStore};
 use crate::error::StoreError;
 use crate::store::{
-    ApiKeyRecord, LimitOverrides, Records, RefreshRecord, Tenant, TenantStatus, User,
+    ApiKeyRecord, LimitOverrides, Records, RefreshRecord, Tenant, TenantStatus, TokenRef, User,
 };
 
 pub(super) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
@@ -193,4 +193,25 @@ impl PostgresStore {
             None => Ok(()),
         }
     }
+}
+
+/// Whether an access token is revoked, as one statement: by its id ($1), or by its user's ($2)
+/// "log out everywhere" line, both as of $3 (unix seconds). Read with [`revoked`].
+pub(super) fn revocation_sql() -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {SCHEMA}.revoked_jtis WHERE jti = $1 AND until > $3), \
+         (SELECT through FROM {SCHEMA}.user_cutoffs WHERE user_id = $2 AND until > $3)"
+    )
+}
+
+/// The answer of [`revocation_sql`] for `token`.
+pub(super) fn revoked(row: &Row, token: TokenRef<'_>) -> Result<bool, StoreError> {
+    let by_id: bool = row
+        .try_get(0)
+        .map_err(|e| StoreError::Corrupt(one_line(&e)))?;
+    let through: Option<i64> = row
+        .try_get(1)
+        .map_err(|e| StoreError::Corrupt(one_line(&e)))?;
+    let cut = opt_u(through)?.is_some_and(|t| token.issued_at <= t);
+    Ok((by_id && token.jti.is_some()) || cut)
 }
