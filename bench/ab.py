@@ -10,6 +10,9 @@
     STORE=redis ...                                  # each side on a redis-server of its own
                                                      # (its CPU counted with the gateway's), with
                                                      # the shipped per-minute limits in force
+    STORE=postgres ENV_A=ARES_LEASE_REQUESTS=64 ...  # each side on a PostgreSQL of its own
+                                                     # (ARES's tables; the postmaster and its
+                                                     # backends counted with the gateway)
 
 For a change to the request path: the build before against the build after. For minting
 (issue 18): the same build with and without `ARES_UPSTREAM_JWT_SECRET`. Each round runs A then B
@@ -44,7 +47,7 @@ def main():
     store = os.environ.get("STORE", "memory")
     # On Redis: the shipped config as it is (per-minute GCRA windows in force), limits raised
     # high enough never to refuse. In memory: calendar limits only (`load.bench_config`).
-    if store == "redis":
+    if store in ("redis", "postgres"):
         conf = os.environ.get("GATEWAY_YAML") or os.path.join(load.ROOT, "gateway.yaml")
     else:
         conf = load.bench_config(tmp, os.environ.get("GATEWAY_YAML"))
@@ -65,6 +68,9 @@ def main():
                                     "--save", "", "--appendonly", "no", "--dir", tmp]).pid)
             time.sleep(0.3)
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
+        postmaster = None
+        if store == "postgres":
+            postmaster, env["DATABASE_URL"] = load.postgres_server(tmp)
         # ENV_B="NAME=value,NAME2=value" gives one side settings of its own.
         for pair in filter(None, os.environ.get(f"ENV_{side}", "").split(",")):
             name, _, value = pair.partition("=")
@@ -78,21 +84,24 @@ def main():
         base = f"http://127.0.0.1:{port}"
         load.wait_http(f"{base}/healthz")
         key, token, tenant = load.credentials(base, with_tenant=True)
-        if store == "redis":
+        if store in ("redis", "postgres"):
             load.call("PUT", f"{base}/api/admin/tenants/{tenant}/limits", '{"requests_per_minute":100000000}',
                       {"X-Admin-Secret": load.ADMIN})
         scripts = {
             "jwt": load.lua(tmp, f"jwt-{side}", {"Authorization": f"Bearer {token}"}),
             "api_key": load.lua(tmp, f"key-{side}", {"Authorization": f"Bearer {key}"}),
         }
-        gateways[side] = (p, base, scripts, [p.pid] + pids)
+        gateways[side] = (p, base, scripts, [p.pid] + pids, postmaster)
 
     results = {(side, route): [] for side in "AB" for route in ("jwt", "api_key")}
     for r in range(ROUNDS):
         order = ("A", "B") if r % 2 == 0 else ("B", "A")
         for route in ("jwt", "api_key"):
             for side in order:
-                p, base, scripts, pids = gateways[side]
+                p, base, scripts, pids, postmaster = gateways[side]
+                if postmaster:
+                    # The backends come and go with the pool: counted as they are now.
+                    pids = pids + load.pids_of(postmaster.pid)
                 path = "/api/chat" if route == "jwt" else "/v1/chat"
                 before = load.cpu_ticks(pids)
                 rps, total, non2xx, p50, p99 = load.wrk(base + path, scripts[route])

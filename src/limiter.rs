@@ -14,11 +14,14 @@
 //! back to the store with the scope's next ask, or from housekeeping.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::error::GatewayError;
 use crate::ratelimit::{Decision, FailurePolicy, Lease, LocalLimiter, Plan, Window, Windows};
 use crate::store::{scope, Admission, Counters, Role, Take, TokenRef};
-use crate::util::{now_ms, FastMap};
+use crate::util::now_ms;
+
+use lease::{Leases, Refill, Spent};
 
 /// What a limit counts. Its store key and its metric label come from here and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,51 +88,6 @@ impl LimitPolicy {
     }
 }
 
-/// Capacity this replica took from the store for one scope (a user's: for one access token).
-struct Held {
-    /// The scope's store key, where unused requests go back.
-    scope: String,
-    limits: Windows,
-    /// Requests left to spend.
-    left: u64,
-    /// Spendable before this time (ms).
-    until: u64,
-    /// When it was taken (ms): calendar counts go back only within the same UTC day.
-    taken_at: u64,
-    /// The store's answer: `remaining` is what the store had left after the lease.
-    decision: Decision,
-}
-
-impl Held {
-    /// Whether it can no longer be spent at `now`.
-    fn ended(&self, now: u64) -> bool {
-        self.until <= now
-    }
-
-    /// The ask that gives its unused requests back and takes none; `None` when all were spent.
-    fn give_back(&self, now: u64) -> Option<Take> {
-        (self.left > 0).then(|| self.returned(now, 0))
-    }
-
-    /// The ask that returns this lease's unused requests, taking `want` more.
-    fn returned(&self, now: u64, want: u64) -> Take {
-        let same_day = now / 86_400_000 == self.taken_at / 86_400_000;
-        Take {
-            want,
-            back: self.left,
-            back_calendar: if same_day { self.left } else { 0 },
-        }
-    }
-}
-
-/// What this replica's leases say of one request.
-enum Spent {
-    /// Admitted from a lease: no store round trip.
-    Here(Decision),
-    /// Ask the store.
-    Ask(Take),
-}
-
 /// The store, the local fallback and the metrics, behind one call per decision.
 pub struct Limiter {
     /// The store's counting role: all the Limiter ever asks of it.
@@ -142,8 +100,8 @@ pub struct Limiter {
     key_failures: dashmap::DashMap<IpAddr, (u64, Decision)>,
     /// Whether `key_failures` may hold anything: one atomic load on the request path.
     any_key_failures: std::sync::atomic::AtomicBool,
-    /// Leases held, by scope key (a user's: scope key, NUL, the token's id).
-    leases: FastMap<String, Held>,
+    /// This replica's leases and the asks of them in flight.
+    leases: Arc<Leases>,
 }
 
 impl Limiter {
@@ -153,7 +111,7 @@ impl Limiter {
             fallback: LocalLimiter::new(),
             key_failures: dashmap::DashMap::new(),
             any_key_failures: std::sync::atomic::AtomicBool::new(false),
-            leases: FastMap::default(),
+            leases: Arc::default(),
         }
     }
 
@@ -169,25 +127,22 @@ impl Limiter {
         if limits.is_empty() {
             return Ok(None);
         }
-        let now = now_ms();
         let key = scope.key();
-        let decided = if policy.leases(&limits) {
-            let take = match self.spend(&key, now, policy.lease) {
-                Spent::Here(d) => return Ok(Some(self.spent_here(scope, d))),
-                Spent::Ask(take) => take,
-            };
-            let taken = self
-                .counters
-                .call(self.counters.lease(&key, &limits, now, take))
-                .await;
-            taken.map(|(d, granted)| {
-                self.hold(key.clone(), key, limits, d, granted, now, policy.lease);
-                d
-            })
+        let (now, decided) = if policy.leases(&limits) {
+            match self.leased(&key, None, limits, policy.lease).await {
+                Leased::Here(d) => return Ok(Some(self.spent_here(scope, d))),
+                Leased::Asked(Ok(Admission::Decided(d)), now) => (now, Ok(d)),
+                // Only a token's ask can find it revoked.
+                Leased::Asked(Ok(Admission::Revoked), _) => return Err(GatewayError::InvalidToken),
+                Leased::Asked(Err(e), now) => (now, Err(e)),
+            }
         } else {
-            self.counters
+            let now = now_ms();
+            let decided = self
+                .counters
                 .call(self.counters.rate_limit(&key, &limits, now))
-                .await
+                .await;
+            (now, decided)
         };
         self.decided(scope, plan, policy, now, decided)
     }
@@ -202,29 +157,20 @@ impl Limiter {
     ) -> Result<Option<Decision>, GatewayError> {
         let limits = plan.windows();
         let sub = token.subject;
-        let now = now_ms();
-        let admitted = if policy.leases(&limits) {
+        let (now, admitted) = if policy.leases(&limits) {
             // A lease per access token: it was checked against revocation when taken.
             let key = user_lease_key(token);
-            let take = match self.spend(&key, now, policy.lease) {
-                Spent::Here(d) => return Ok(Some(self.spent_here(Scope::User(sub), d))),
-                Spent::Ask(take) => take,
-            };
-            let taken = self
-                .counters
-                .call(self.counters.lease_token(token, &limits, now, take))
-                .await;
-            taken.map(|(admission, granted)| {
-                if let Admission::Decided(d) = admission {
-                    let scope = scope::user(sub);
-                    self.hold(key, scope, limits, d, granted, now, policy.lease);
-                }
-                admission
-            })
+            match self.leased(&key, Some(token), limits, policy.lease).await {
+                Leased::Here(d) => return Ok(Some(self.spent_here(Scope::User(sub), d))),
+                Leased::Asked(admitted, now) => (now, admitted),
+            }
         } else {
-            self.counters
+            let now = now_ms();
+            let admitted = self
+                .counters
                 .call(self.counters.admit_token(token, &limits, now))
-                .await
+                .await;
+            (now, admitted)
         };
         let decided = match admitted {
             Ok(Admission::Revoked) => {
@@ -247,28 +193,84 @@ impl Limiter {
         self.decided(Scope::User(sub), plan, policy, now, decided)
     }
 
-    /// One request from this replica's lease of the scope, if it holds one to spend; else the
-    /// ask to make of the store, with an ended lease's unused requests to return.
-    fn spend(&self, key: &str, now: u64, lease: Lease) -> Spent {
-        let ask = Take {
-            want: lease.requests,
-            back: 0,
-            back_calendar: 0,
-        };
-        if let Some(mut held) = self.leases.get_mut(key) {
-            if now < held.until && held.left > 0 {
-                held.left -= 1;
-                let mut d = held.decision;
-                d.headers.remaining = d.headers.remaining.saturating_add(held.left);
-                return Spent::Here(d);
+    /// One request of the lease `key` (a scope's, or with `token` that access token's): spent
+    /// from this replica's lease, or the store's answer to the ask made for it, whose grant
+    /// beyond this request becomes the lease. A request that finds another asking for the same
+    /// lease waits for that answer once; after that it asks beside it.
+    async fn leased(
+        &self,
+        key: &str,
+        token: Option<TokenRef<'_>>,
+        limits: Windows,
+        lease: Lease,
+    ) -> Leased {
+        let mut waited = false;
+        loop {
+            let now = now_ms();
+            let (take, asking) = match self.leases.spend(key, now, lease) {
+                Spent::Here(d, refill) => {
+                    if let Some(refill) = refill {
+                        self.refill(key, token, limits, lease, refill);
+                    }
+                    return Leased::Here(d);
+                }
+                Spent::Ask(take, asking) => (take, Some(asking)),
+                Spent::Wait(done) if !waited => {
+                    self.leases.wait(key, done).await;
+                    waited = true;
+                    continue;
+                }
+                Spent::Wait(_) => (Take::lease(lease.requests), None),
+            };
+            let scope = lease_scope(key, token);
+            let asked = ask(&self.counters, &scope, token, &limits, now, take).await;
+            if let Ok((Admission::Decided(d), granted)) = &asked {
+                let grant = (*granted, take.want);
+                self.leases
+                    .hold(key.to_owned(), scope, limits, *d, grant, 1, now, lease);
             }
-        } else {
-            return Spent::Ask(ask);
+            drop(asking);
+            return Leased::Asked(asked.map(|(a, _)| a), now);
         }
-        match self.leases.remove(key) {
-            Some((_, held)) => Spent::Ask(held.returned(now, lease.requests)),
-            None => Spent::Ask(ask),
-        }
+    }
+
+    /// Ask the store for the next lease of `key` in the background, while this replica spends
+    /// what is left of the current one. A refused refill leaves that to be spent (the next ask
+    /// is a request's own); a token found revoked ends the lease at once.
+    fn refill(
+        &self,
+        key: &str,
+        token: Option<TokenRef<'_>>,
+        limits: Windows,
+        lease: Lease,
+        refill: Refill,
+    ) {
+        let counters = self.counters.clone();
+        let leases = self.leases.clone();
+        let key = key.to_owned();
+        let scope = lease_scope(&key, token);
+        let token = token.map(|t| (t.subject.to_owned(), t.jti.map(str::to_owned), t.issued_at));
+        tokio::spawn(async move {
+            let now = now_ms();
+            let token = token.as_ref().map(|(subject, jti, issued_at)| TokenRef {
+                subject,
+                jti: jti.as_deref(),
+                issued_at: *issued_at,
+            });
+            let wanted = refill.take.want;
+            match ask(&counters, &scope, token, &limits, now, refill.take).await {
+                Ok((Admission::Decided(d), granted)) if d.allowed() && granted > 0 => {
+                    leases.hold(key, scope, limits, d, (granted, wanted), 0, now, lease);
+                }
+                Ok((Admission::Revoked, _)) => leases.end(&key),
+                Ok(_) => leases.refill_refused(&key),
+                Err(e) => {
+                    tracing::debug!(error = %e, "lease refill failed");
+                    leases.refill_refused(&key);
+                }
+            }
+            drop(refill.asking);
+        });
     }
 
     fn spent_here(&self, scope: Scope<'_>, d: Decision) -> Decision {
@@ -276,84 +278,19 @@ impl Limiter {
         d
     }
 
-    /// Keep what the store granted beyond this request, to spend until `lease.ms` from now.
-    /// A lease already held for the scope (concurrent asks) is added to; the sooner end holds.
-    #[allow(clippy::too_many_arguments)]
-    fn hold(
-        &self,
-        key: String,
-        scope: String,
-        limits: Windows,
-        decision: Decision,
-        granted: u64,
-        now: u64,
-        lease: Lease,
-    ) {
-        if !decision.allowed() || granted < 2 {
-            return;
-        }
-        let left = granted - 1;
-        let until = now.saturating_add(lease.ms);
-        match self.leases.entry(key) {
-            dashmap::Entry::Occupied(mut e) => {
-                let held = e.get_mut();
-                if held.taken_at / 86_400_000 == now / 86_400_000 {
-                    held.left = held.left.saturating_add(left);
-                    held.until = held.until.min(until);
-                } else {
-                    // A lease of another day: its calendar counts cannot go back any more.
-                    *held = Held {
-                        scope,
-                        limits,
-                        left,
-                        until,
-                        taken_at: now,
-                        decision,
-                    };
-                    return;
-                }
-                held.limits = limits;
-                held.decision = decision;
-            }
-            dashmap::Entry::Vacant(e) => {
-                e.insert(Held {
-                    scope,
-                    limits,
-                    left,
-                    until,
-                    taken_at: now,
-                    decision,
-                });
-            }
-        }
-    }
-
     /// End this replica's leases of a user's tokens (a logout here): the next request of such
     /// a token asks the store, which knows of the logout, and returns what the lease left.
     pub fn end_user_leases(&self, subject: &str) {
         let mut prefix = scope::user(subject);
         prefix.push('\0');
-        for mut held in self.leases.iter_mut() {
-            if held.key().starts_with(&prefix) {
-                held.until = 0;
-            }
-        }
+        self.leases.end_prefixed(&prefix);
     }
 
     /// Give back what ended leases did not spend (every lease at `all`: at shutdown). Their
     /// scopes asked nothing since, so no ask carried it back.
     pub async fn return_leases(&self, all: bool) {
         let now = now_ms();
-        let ended: Vec<String> = self
-            .leases
-            .iter()
-            .filter(|h| all || h.ended(now))
-            .map(|h| h.key().clone())
-            .collect();
-        for key in ended {
-            let Some((_, held)) = self.leases.remove_if(&key, |_, h| all || h.ended(now)) else {
-                continue;
-            };
+        for held in self.leases.take_ended(now, all) {
             let Some(take) = held.give_back(now) else {
                 continue;
             };
@@ -531,6 +468,43 @@ impl Limiter {
     }
 }
 
+/// What a lease's request came to: spent from the lease, or asked of the store at that time.
+enum Leased {
+    Here(Decision),
+    Asked(Result<Admission, GatewayError>, u64),
+}
+
+/// One ask of the store for a lease: of a scope, or of a user's scope for an access token
+/// (checked against its revocations in the same round trip).
+async fn ask(
+    counters: &Role<dyn Counters>,
+    scope: &str,
+    token: Option<TokenRef<'_>>,
+    limits: &Windows,
+    now: u64,
+    take: Take,
+) -> Result<(Admission, u64), GatewayError> {
+    match token {
+        Some(t) => {
+            counters
+                .call(counters.lease_token(t, limits, now, take))
+                .await
+        }
+        None => counters
+            .call(counters.lease(scope, limits, now, take))
+            .await
+            .map(|(d, granted)| (Admission::Decided(d), granted)),
+    }
+}
+
+/// The store key a lease's requests count in: the scope's own key, or a token's user's scope.
+fn lease_scope(key: &str, token: Option<TokenRef<'_>>) -> String {
+    match token {
+        Some(t) => scope::user(t.subject),
+        None => key.to_owned(),
+    }
+}
+
 /// A user's lease key: the user's scope, NUL, the token's id (`@iat` for a token without one).
 fn user_lease_key(token: TokenRef<'_>) -> String {
     let mut key = scope::user(token.subject);
@@ -559,6 +533,7 @@ pub fn refusal(decision: &Decision) -> Option<GatewayError> {
     })
 }
 
+mod lease;
 mod policy;
 
 pub use policy::Admitted;

@@ -1,3 +1,4 @@
+use super::lease::Held;
 use super::*;
 use crate::store::MemoryStore;
 use std::sync::Arc;
@@ -242,12 +243,13 @@ fn granted(remaining: u64) -> Decision {
 /// would leave it: held for scope `key` under per-minute 100.
 fn hold(l: &Limiter, key: &str, remaining: u64, granted_n: u64, now: u64) {
     let limits = per_minute(100).windows();
-    l.hold(
+    l.leases.hold(
         key.into(),
         key.into(),
         limits,
         granted(remaining),
-        granted_n,
+        (granted_n, LEASE.requests),
+        1,
         now,
         LEASE,
     );
@@ -255,15 +257,17 @@ fn hold(l: &Limiter, key: &str, remaining: u64, granted_n: u64, now: u64) {
 
 fn ask(spent: Spent) -> Take {
     match spent {
-        Spent::Ask(take) => take,
-        Spent::Here(d) => panic!("spent here: {d:?}"),
+        Spent::Ask(take, _) => take,
+        Spent::Here(d, _) => panic!("spent here: {d:?}"),
+        Spent::Wait(_) => panic!("waits"),
     }
 }
 
 fn here(spent: Spent) -> Decision {
     match spent {
-        Spent::Here(d) => d,
-        Spent::Ask(take) => panic!("asked: {take:?}"),
+        Spent::Here(d, _) => d,
+        Spent::Ask(take, _) => panic!("asked: {take:?}"),
+        Spent::Wait(_) => panic!("waits"),
     }
 }
 
@@ -276,11 +280,15 @@ fn a_lease_is_spent_here_counting_remaining_down_then_asks_again() {
         back: 0,
         back_calendar: 0,
     };
-    assert_eq!(ask(l.spend("t:a", now, LEASE)), fresh, "nothing held");
+    assert_eq!(
+        ask(l.leases.spend("t:a", now, LEASE)),
+        fresh,
+        "nothing held"
+    );
     // The store granted 5 and had 60 left after them: this request and 4 more.
     hold(&l, "t:a", 60, 5, now);
     for left in (0..4).rev() {
-        let d = here(l.spend("t:a", now + 10, LEASE));
+        let d = here(l.leases.spend("t:a", now + 10, LEASE));
         assert!(d.allowed());
         assert_eq!(
             d.headers.remaining,
@@ -289,12 +297,16 @@ fn a_lease_is_spent_here_counting_remaining_down_then_asks_again() {
         );
     }
     assert_eq!(
-        ask(l.spend("t:a", now + 20, LEASE)),
-        fresh,
-        "spent: ask, nothing back"
+        ask(l.leases.spend("t:a", now + 20, LEASE)),
+        Take::lease(16),
+        "spent in under a quarter of its time: ask for twice as many, nothing back"
     );
-    assert!(l.leases.is_empty());
-    assert_eq!(ask(l.spend("t:b", now, LEASE)), fresh, "another scope");
+    assert!(l.leases.held.is_empty());
+    assert_eq!(
+        ask(l.leases.spend("t:b", now, LEASE)),
+        fresh,
+        "another scope"
+    );
 }
 
 #[test]
@@ -302,9 +314,9 @@ fn what_a_lease_did_not_spend_goes_back_with_the_next_ask() {
     let l = limiter();
     let now = 5 * 86_400_000 + 1_000;
     hold(&l, "t:a", 60, 5, now);
-    here(l.spend("t:a", now + 999, LEASE));
+    here(l.leases.spend("t:a", now + 999, LEASE));
     // Ended at lease.ms: its 3 unused requests go back, to every window.
-    let take = ask(l.spend("t:a", now + 1_000, LEASE));
+    let take = ask(l.leases.spend("t:a", now + 1_000, LEASE));
     assert_eq!(
         take,
         Take {
@@ -313,33 +325,42 @@ fn what_a_lease_did_not_spend_goes_back_with_the_next_ask() {
             back_calendar: 3
         }
     );
-    assert!(l.leases.is_empty());
+    assert!(l.leases.held.is_empty());
     // A lease of yesterday returns nothing to today's calendar counts.
     hold(&l, "t:a", 60, 5, now - 2_000);
-    let take = ask(l.spend("t:a", now + 86_400_000, LEASE));
+    let take = ask(l.leases.spend("t:a", now + 86_400_000, LEASE));
     assert_eq!((take.back, take.back_calendar), (4, 0));
 }
 
 #[test]
-fn concurrent_grants_add_up_and_the_sooner_end_holds() {
+fn concurrent_grants_add_up_and_the_newest_end_holds() {
     let l = limiter();
     let now = 1_000_000;
     let limits = per_minute(100).windows();
     hold(&l, "t:a", 60, 3, now);
     hold(&l, "t:a", 50, 4, now + 500);
-    let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
-    assert_eq!(held, (2 + 3, now + 1_000));
+    let held = l.leases.held.get("t:a").map(|h| (h.left, h.until)).unwrap();
+    assert_eq!(held, (2 + 3, now + 500 + 1_000));
     // A refusal or a single request holds nothing.
     let refused = Decision {
         refused_by: Some(Window::Minute),
         ..granted(0)
     };
-    l.hold("t:b".into(), "t:b".into(), limits, refused, 8, now, LEASE);
+    l.leases.hold(
+        "t:b".into(),
+        "t:b".into(),
+        limits,
+        refused,
+        (8, 8),
+        1,
+        now,
+        LEASE,
+    );
     hold(&l, "t:c", 9, 1, now);
-    assert!(!l.leases.contains_key("t:b") && !l.leases.contains_key("t:c"));
+    assert!(!l.leases.held.contains_key("t:b") && !l.leases.held.contains_key("t:c"));
     // A lease held since yesterday is replaced (its calendar counts cannot go back).
     hold(&l, "t:a", 40, 2, now + 86_400_000);
-    let held = l.leases.get("t:a").map(|h| (h.left, h.until)).unwrap();
+    let held = l.leases.held.get("t:a").map(|h| (h.left, h.until)).unwrap();
     assert_eq!(held, (1, now + 86_400_000 + 1_000));
 }
 
@@ -358,12 +379,21 @@ fn a_logout_here_ends_the_users_leases_at_once() {
     };
     assert_eq!(user_lease_key(no_jti), "u:usr_1\0@77");
     for key in [&t1, &t2] {
-        l.hold(key.clone(), "u:x".into(), limits, granted(9), 5, now, LEASE);
+        l.leases.hold(
+            key.clone(),
+            "u:x".into(),
+            limits,
+            granted(9),
+            (5, 8),
+            1,
+            now,
+            LEASE,
+        );
     }
     l.end_user_leases("usr_1");
-    let take = ask(l.spend(&t1, now, LEASE));
+    let take = ask(l.leases.spend(&t1, now, LEASE));
     assert_eq!(take.back, 4, "ended: its unused requests go back");
-    here(l.spend(&t2, now, LEASE));
+    here(l.leases.spend(&t2, now, LEASE));
 }
 
 #[tokio::test]
@@ -382,7 +412,7 @@ async fn leases_off_or_from_a_store_in_this_process_hold_nothing() {
         assert!(d.unwrap().allowed());
     }
     assert!(
-        l.leases.is_empty(),
+        l.leases.held.is_empty(),
         "the memory store grants one request at a time"
     );
     // Each request counted once: 2 of 100 used per scope.
@@ -413,10 +443,13 @@ async fn housekeeping_returns_ended_leases_and_shutdown_returns_every_lease() {
     hold(&l, "t:ended", 9, 5, now - 2_000);
     hold(&l, "t:live", 9, 5, now);
     l.return_leases(false).await;
-    assert!(!l.leases.contains_key("t:ended"), "ended: returned");
-    assert!(l.leases.contains_key("t:live"), "still being spent");
+    assert!(!l.leases.held.contains_key("t:ended"), "ended: returned");
+    assert!(l.leases.held.contains_key("t:live"), "still being spent");
     l.return_leases(true).await;
-    assert!(l.leases.is_empty(), "at shutdown every lease goes back");
+    assert!(
+        l.leases.held.is_empty(),
+        "at shutdown every lease goes back"
+    );
 }
 
 #[test]
@@ -429,6 +462,9 @@ fn a_lease_ends_at_its_time_and_gives_back_only_what_it_did_not_spend() {
         until: 2_000,
         taken_at: 1_000,
         decision: granted(9),
+        refills: true,
+        size: 8,
+        filled_at: 1_000,
     };
     assert!(!held(3).ended(1_999));
     assert!(held(3).ended(2_000));
@@ -459,4 +495,156 @@ fn leases_apply_only_to_decisions_with_limits() {
         "a revocation check alone"
     );
     assert!(!OPEN.leases(&per_minute(10).windows()));
+}
+
+#[tokio::test]
+async fn a_lease_running_low_starts_one_refill_and_its_grant_adds_to_what_is_left() {
+    let l = limiter();
+    let now = 1_000_000;
+    // 8 granted, 1 used by the asking request: 7 left; low is a quarter of 8.
+    hold(&l, "t:a", 60, 8, now);
+    let mut refills = Vec::new();
+    for _ in 0..7 {
+        match l.leases.spend("t:a", now + 1, LEASE) {
+            Spent::Here(_, refill) => refills.push(refill),
+            _ => panic!("a held lease is spent here"),
+        }
+    }
+    let started: Vec<usize> = (0..7).filter(|i| refills[*i].is_some()).collect();
+    assert_eq!(started, vec![4], "one refill, when 2 of 8 were left");
+    let refill = refills[4].take().unwrap();
+    assert_eq!(
+        refill.take,
+        Take::lease(16),
+        "spent in under a quarter of its time: twice the size, nothing back"
+    );
+    // Spent while the refill is out: the next request waits for it rather than asking too.
+    assert!(matches!(
+        l.leases.spend("t:a", now + 2, LEASE),
+        Spent::Wait(_)
+    ));
+    // Its grant is all the lease's (the request that started it was served from the old one),
+    // and the lease ends with it.
+    let limits = per_minute(100).windows();
+    l.leases.hold(
+        "t:a".into(),
+        "t:a".into(),
+        limits,
+        granted(40),
+        (8, 16),
+        0,
+        now + 300,
+        LEASE,
+    );
+    drop(refill);
+    let held = l.leases.held.get("t:a").map(|h| (h.left, h.until)).unwrap();
+    assert_eq!(held, (8, now + 300 + 1_000));
+    assert_eq!(
+        here(l.leases.spend("t:a", now + 301, LEASE))
+            .headers
+            .remaining,
+        47
+    );
+    // A refused refill: what is left is spent without another, then the request asks.
+    l.leases.refill_refused("t:a");
+    for _ in 0..7 {
+        assert!(matches!(
+            l.leases.spend("t:a", now + 302, LEASE),
+            Spent::Here(_, None)
+        ));
+    }
+    assert_eq!(
+        ask(l.leases.spend("t:a", now + 303, LEASE)),
+        Take::lease(32)
+    );
+}
+
+#[test]
+fn a_leases_size_follows_how_fast_its_scope_spends_it() {
+    let limits = per_minute(100).windows();
+    let held = |size| Held {
+        scope: "t:a".into(),
+        limits,
+        left: 0,
+        until: 2_000,
+        taken_at: 1_000,
+        decision: granted(9),
+        refills: true,
+        size,
+        filled_at: 1_000,
+    };
+    // LEASE: 8 requests, 1000 ms.
+    assert_eq!(
+        held(8).next_size(1_100, LEASE),
+        16,
+        "in a tenth of its time"
+    );
+    assert_eq!(
+        held(8 * 16).next_size(1_100, LEASE),
+        8 * 16,
+        "at most 16 times"
+    );
+    assert_eq!(held(64).next_size(1_400, LEASE), 64, "in between: the same");
+    assert_eq!(
+        held(64).next_size(1_600, LEASE),
+        32,
+        "over half its time: half"
+    );
+    assert_eq!(
+        held(8).next_size(1_900, LEASE),
+        8,
+        "never below lease_requests"
+    );
+}
+
+#[tokio::test]
+async fn while_one_request_asks_for_a_scope_the_others_wait_for_its_answer() {
+    let l = limiter();
+    let now = 1_000_000;
+    let Spent::Ask(take, asking) = l.leases.spend("t:a", now, LEASE) else {
+        panic!("nothing held: ask");
+    };
+    assert_eq!(take, Take::lease(8));
+    let Spent::Wait(done) = l.leases.spend("t:a", now, LEASE) else {
+        panic!("a second request must wait for the first one's ask");
+    };
+    assert!(
+        matches!(l.leases.spend("t:b", now, LEASE), Spent::Ask(..)),
+        "another scope asks for itself"
+    );
+    let leases = l.leases.clone();
+    let waiter = tokio::spawn(async move {
+        leases.wait("t:a", done).await;
+        leases.spend("t:a", now + 1, LEASE)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "it waits while the ask is out");
+    hold(&l, "t:a", 60, 8, now);
+    drop(asking);
+    let spent = tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .expect("woken when the ask ended")
+        .unwrap();
+    assert_eq!(
+        here(spent).headers.remaining,
+        66,
+        "spent from the new lease"
+    );
+    // An ask that ends without an answer (its request cancelled) lets the next request ask.
+    let Spent::Ask(_, asking) = l.leases.spend("t:c", now, LEASE) else {
+        panic!("nothing held: ask");
+    };
+    drop(asking);
+    assert!(matches!(l.leases.spend("t:c", now, LEASE), Spent::Ask(..)));
+    // A wait for an ask already ended returns at once.
+    let Spent::Ask(_, asking) = l.leases.spend("t:d", now, LEASE) else {
+        panic!("nothing held: ask");
+    };
+    let Spent::Wait(done) = l.leases.spend("t:d", now, LEASE) else {
+        panic!("waits");
+    };
+    drop(asking);
+    tokio::time::timeout(Duration::from_millis(100), l.leases.wait("t:d", done))
+        .await
+        .expect("an ended ask is not waited for");
 }

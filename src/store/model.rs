@@ -219,6 +219,15 @@ impl Take {
         back: 0,
         back_calendar: 0,
     };
+
+    /// A lease of up to `want` requests, returning nothing.
+    pub fn lease(want: u64) -> Take {
+        Take {
+            want,
+            back: 0,
+            back_calendar: 0,
+        }
+    }
 }
 
 /// The answer to `Counters::admit_token`.
