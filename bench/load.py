@@ -4,7 +4,7 @@
     python3 bench/load.py            # ~7 minutes on 2 cores
     ROUNDS=1 DURATION=3 python3 bench/load.py
 
-Starts a trivial nginx upstream, the gateway (memory store with one worker per core and with
+Starts a trivial nginx upstream, the gateway (memory store with one worker per core, with EdDSA tokens, and with
 one worker, the Redis store with the Redis limiter and the PostgreSQL store on ARES's tables,
 exact and with leases: the Redis and PostgreSQL rows count the database's CPU too), HAProxy doing the same job as the gateway's
 JWT route (HS256 verified, exp checked, claims into headers, a per-subject rate limit in a stick
@@ -259,7 +259,8 @@ def main():
         env = dict(os.environ, ARES_LISTEN=f"127.0.0.1:{port}", ARES_METRICS_LISTEN="off",
                    ARES_UPSTREAM=f"http://127.0.0.1:{up}", ARES_ADMIN_SECRET=ADMIN,
                    ARES_JWT_SECRET=JWT_SECRET, ARES_STORE=store, REDIS_URL=redis_url, ARES_LOG="warn",
-                   ARES_WORKERS=str(workers), ARES_DATA_DIR=os.path.join(tmp, f"data-{port}"), **(extra or {}))
+                   ARES_WORKERS=str(workers), ARES_DATA_DIR=os.path.join(tmp, f"data-{port}"))
+        env.update(extra or {})
         start = time.monotonic()
         p = spawn([binary, "serve", "--config", conf], env=env)
         ready = wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -279,6 +280,10 @@ def main():
          '{"email":"bench@example.com","password":"bench-password-123","name":"B"}')
     token1 = call("POST", f"http://127.0.0.1:{gw1_port}/api/auth/login",
                   '{"email":"bench@example.com","password":"bench-password-123"}')["access_token"]
+
+    # The memory store signing EdDSA (no HS256 secret: a generated Ed25519 key).
+    gwd, gwd_port, _, _ = gateway("memory", extra={"ARES_JWT_SECRET": ""})
+    _, dtoken = credentials(f"http://127.0.0.1:{gwd_port}")
 
     # The embedded store (the default): a durable file on this machine's disk.
     gwe, gwe_port, ready_e, _ = gateway("embedded")
@@ -424,6 +429,7 @@ http {{ access_log off; keepalive_requests 1000000;
     mjwt = lua(tmp, "mjwt", {"Authorization": f"Bearer {mtoken}"})
     lapi = lua(tmp, "lapi", {"Authorization": f"Bearer {lkey}"})
     ljwt = lua(tmp, "ljwt", {"Authorization": f"Bearer {ltoken}"})
+    djwt = lua(tmp, "djwt", {"Authorization": f"Bearer {dtoken}"})
     rot = lua(tmp, "rot", {}, keys=keys)
     sse_direct = lua(tmp, "sse_direct", {}, method="GET")
     sse = lua(tmp, "sse", {"Authorization": f"Bearer {key}"}, method="GET")
@@ -436,6 +442,7 @@ http {{ access_log off; keepalive_requests 1000000;
         ("hyper floor (no gateway work)", f"http://127.0.0.1:{fp}/api/chat", plain, floor.pid),
         ("gateway jwt (memory)", f"{base}/api/chat", jwt, gw.pid),
         ("gateway jwt (memory, 1 worker)", f"http://127.0.0.1:{gw1_port}/api/chat", jwt1, gw1.pid),
+        ("gateway jwt eddsa (memory)", f"http://127.0.0.1:{gwd_port}/api/chat", djwt, gwd.pid),
         ("gateway api key (memory)", f"{base}/v1/chat", api, gw.pid),
         ("gateway jwt (embedded)", f"http://127.0.0.1:{gwe_port}/api/chat", ejwt, gwe.pid),
         ("gateway api key (embedded)", f"http://127.0.0.1:{gwe_port}/v1/chat", eapi, gwe.pid),

@@ -318,6 +318,10 @@ async fn handle_inner<'r>(
         Target::Handler(handler) => {
             return match handler {
                 Handler::Health => api::health(state, req.method(), &path).await,
+                Handler::WellKnown => {
+                    let tls = snap.config.server.tls.is_some();
+                    api::well_known::handle(&snap.jwt, tls, &req, &path)
+                }
                 Handler::Auth => api::auth::handle(scope, req, &path).await,
                 Handler::Admin => {
                     let creds = state.credentials(snap);
@@ -556,7 +560,7 @@ fn classify<'r, 'u>(
         .map_err(GatewayError::MethodNotAllowed)?;
     if routes.is_ambiguous(&path, route) {
         return Err(GatewayError::invalid(
-            "the path reads as another route when case or ;parameters are ignored",
+            "the path reads as another route when normalised further (SECURITY.md, path readings)",
         ));
     }
     let admin_nets = &snap.config.server.admin_allow_cidrs;

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use crate::ratelimit::FailurePolicy;
 
+pub mod readings;
+
 /// Why a path was refused before routing (400 `INVALID_INPUT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -154,6 +156,8 @@ pub enum Handler {
     Admin,
     /// `/healthz`, `/readyz`.
     Health,
+    /// `/.well-known/jwks.json`, `/.well-known/openid-configuration`.
+    WellKnown,
 }
 
 impl Handler {
@@ -162,6 +166,7 @@ impl Handler {
             Handler::Auth => "auth",
             Handler::Admin => "admin",
             Handler::Health => "health",
+            Handler::WellKnown => "well_known",
         }
     }
 }
@@ -204,11 +209,29 @@ impl Credential {
     }
 }
 
+/// What signs an upstream's minted tokens.
+#[derive(Clone)]
+pub enum MintSigning {
+    /// The upstream's HS256 secret (ARES's `JWT_SECRET`).
+    Secret(crate::util::Secret),
+    /// The gateway's own EdDSA/ES256 signing key: the upstream verifies against the gateway's
+    /// JWKS (a newer ARES with `ERUKA_JWKS_URL`), and holds no secret of the gateway's.
+    GatewayKey,
+}
+
+impl fmt::Debug for MintSigning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MintSigning::Secret(s) => f.debug_tuple("Secret").field(s).finish(),
+            MintSigning::GatewayKey => f.write_str("GatewayKey"),
+        }
+    }
+}
+
 /// How an upstream's tokens are minted (`credential: mint`).
 #[derive(Clone)]
 pub struct MintConfig {
-    /// The upstream's HS256 secret (ARES's `JWT_SECRET`).
-    pub secret: crate::util::Secret,
+    pub signing: MintSigning,
     pub ttl_secs: u64,
     /// Static claims of every token (never one the gateway sets itself).
     pub claims: serde_json::Map<String, serde_json::Value>,
@@ -233,7 +256,7 @@ impl MintConfig {
 impl fmt::Debug for MintConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MintConfig")
-            .field("secret", &self.secret)
+            .field("signing", &self.signing)
             .field("ttl_secs", &self.ttl_secs)
             .field("claims", &self.claims.keys().collect::<Vec<_>>())
             .finish()
@@ -359,16 +382,6 @@ impl Route {
     }
 }
 
-/// `path` with every segment's `;parameters` (a `;` also when encoded as `%3B`) cut off.
-fn without_params(path: &str) -> String {
-    path.replace("%3B", ";")
-        .replace("%3b", ";")
-        .split('/')
-        .map(|segment| segment.split(';').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 fn strip_trailing_slash(p: &str) -> &str {
     p.strip_suffix('/').unwrap_or(p)
 }
@@ -390,33 +403,18 @@ impl RouteTable {
         self.routes.iter().find(|r| r.matches(path))
     }
 
-    /// Whether another reading of `path` that common upstreams make lands on a route with
-    /// another credential rule than `route`, the one it was classified to: the path folded to
-    /// lower case (case-insensitive routers), or with `;parameters` cut from its segments
-    /// (servlet-style matrix parameters, also when encoded as `%3B`), or both. Such a path could
-    /// reach an upstream's admin route under a user's token (`/api/ADMIN/…`, `/api/admin;x/…`),
-    /// so the pipeline refuses it. Free for the usual path: no upper case and no `;`.
+    /// Whether another reading of `path` that a further-normalising upstream could make
+    /// ([`readings`]: case, `;parameters`, a second percent-decoding, overlong or invalid UTF-8,
+    /// NFKC, trailing dots and spaces, each alone and combined) lands on a route with another
+    /// credential rule than `route`, the one it was classified to. Such a path could reach an
+    /// upstream's admin route under a user's token (`/api/x/..;/admin/…`, `/api/%2561dmin/…`),
+    /// so the pipeline refuses it. Free for the usual path: one scan finds nothing to read.
     pub fn is_ambiguous(&self, path: &str, route: &Route) -> bool {
-        // One pass over the bytes for the usual case.
-        let (mut upper, mut semicolon, mut percent) = (false, false, false);
-        for b in path.bytes() {
-            upper |= b.is_ascii_uppercase();
-            semicolon |= b == b';';
-            percent |= b == b'%';
-        }
-        let params = semicolon || percent && (path.contains("%3B") || path.contains("%3b"));
-        if !upper && !params {
+        if !readings::may_read_otherwise(path) {
             return false;
         }
-        let lower = path.to_ascii_lowercase();
-        let readings = [
-            upper.then(|| lower.clone()),
-            params.then(|| without_params(path)),
-            (upper && params).then(|| without_params(&lower)),
-        ];
-        readings
+        readings::readings(path)
             .iter()
-            .flatten()
             .filter_map(|reading| self.classify(reading))
             .any(|other| other.auth != route.auth)
     }

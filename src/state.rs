@@ -13,14 +13,16 @@ use arc_swap::ArcSwap;
 use crate::auth::admin::AdminSecrets;
 use crate::auth::api_key::KeyCache;
 use crate::auth::jwt::JwtKeys;
-use crate::auth::mint::{Minter, Minters};
+use crate::auth::mint::{MintKey, Minter, Minters};
 use crate::auth::password::PasswordHasher;
 use crate::auth::Credentials;
 use crate::config::Config;
 use crate::limiter::{LimitPolicy, Limiter};
 use crate::proxy::{RequestContext, UpstreamClient};
 use crate::ratelimit::FailurePolicy;
+use crate::route::MintSigning;
 use crate::store::{Counters, Invalidation, Lookup, Records, Role, Store, StoreHandle};
+use jsonwebtoken::Algorithm;
 
 /// What one load of the config file turns into.
 pub struct Snapshot {
@@ -44,10 +46,28 @@ impl Snapshot {
             .upstreams
             .iter()
             .map(|u| {
-                u.mint.as_ref().map(|m| {
-                    let secret = m.secret.expose().as_bytes();
-                    Arc::new(Minter::new(secret, m.ttl_secs, m.claims.clone()))
-                })
+                let m = u.mint.as_ref()?;
+                let key = match &m.signing {
+                    MintSigning::Secret(s) => MintKey::Secret(s.expose().as_bytes()),
+                    MintSigning::GatewayKey => match &config.auth.signing.key {
+                        Some(pair) if config.auth.signing.algorithm != Algorithm::HS256 => {
+                            MintKey::Pair(pair)
+                        }
+                        // Validation refuses this; a data directory that kept its HS256
+                        // secret can still come here.
+                        _ => {
+                            tracing::warn!(upstream = %u.name, "mint_signing gateway_key without an EdDSA/ES256 key: no token minted");
+                            return None;
+                        }
+                    },
+                };
+                match Minter::new(key, m.ttl_secs, m.claims.clone()) {
+                    Ok(minter) => Some(Arc::new(minter)),
+                    Err(e) => {
+                        tracing::warn!(upstream = %u.name, error = %e, "no token minted");
+                        None
+                    }
+                }
             })
             .collect();
         Ok(Snapshot {
@@ -155,6 +175,13 @@ impl AppState {
         }
         if new.auth.jwt_secret_generated && before.auth.jwt_secret_generated {
             new.auth.jwt_secret = before.auth.jwt_secret.clone();
+        }
+        // A generated signing key (or the generated secret start-up chose instead) carries
+        // over, unless the reload names another algorithm.
+        let (n, b) = (&new.auth.signing, &before.auth.signing);
+        let b_generated = b.generated || before.auth.jwt_secret_generated && b.key.is_none();
+        if n.generated && b_generated && (!n.named || n.algorithm == b.algorithm) {
+            new.auth.signing = b.clone();
         }
         let mut restart = Vec::new();
         let (a, b) = (&before.server, &new.server);

@@ -1,5 +1,6 @@
 //! Path normalisation: never panics, is idempotent, and its output has no dot segments, no
-//! empty segments and no encoded separators; classification never panics.
+//! empty segments and no encoded separators; classification never panics. Its other readings
+//! (`route::readings`, the further-normalising upstreams) never panic and are resolved paths.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -14,5 +15,13 @@ fuzz_target!(|data: &[u8]| {
         let lower = n.to_ascii_lowercase();
         assert!(!lower.contains("%2f") && !lower.contains("%5c") && !n.contains('\\'), "{n}");
         assert_eq!(ares_gateway::route::normalize(&n).as_deref(), Ok(&*n), "not idempotent");
+        if ares_gateway::route::readings::may_read_otherwise(&n) {
+            for r in ares_gateway::route::readings::readings(&n) {
+                assert!(r.starts_with('/') && !r.contains("//"), "{n} -> {r}");
+                assert!(r.split('/').all(|s| s != "." && s != ".."), "{n} -> {r}");
+            }
+        } else {
+            assert!(ares_gateway::route::readings::readings(&n).is_empty(), "{n}");
+        }
     }
 });

@@ -1,10 +1,12 @@
-//! Endpoints the gateway serves itself: health, `/api/auth/*`, and the admin API.
+//! Endpoints the gateway serves itself: health, `/api/auth/*`, the admin API, and the
+//! `/.well-known/` documents of its signing keys.
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cookie;
 pub mod json;
+pub mod well_known;
 
 use http::{Method, Response, StatusCode};
 use serde_json::json;

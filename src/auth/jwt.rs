@@ -1,4 +1,5 @@
-//! Access tokens: HS256 JWTs issued and verified locally.
+//! Access tokens: JWTs issued and verified locally, signed HS256 with a secret or EdDSA/ES256 with
+//! a key pair (`auth::keys`), whose public keys `/.well-known/jwks.json` publishes.
 //!
 //! One active key signs (its `kid` is derived from the key, so no config names it); older keys
 //! listed in `jwt_previous_secrets` still verify until removed. A token without `kid` is tried
@@ -17,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::keys::KeyPair;
 use crate::config::AuthConfig;
 use crate::util::FastMap;
 use crate::util::Secret;
@@ -48,19 +50,29 @@ pub struct Claims {
     /// Set only in tokens minted for an upstream (`mint.rs`): such a token is never accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_use: Option<String>,
+    /// The user's token version when the token was issued (raised by a password change and
+    /// a logout everywhere): what a minted token's `token_version` carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tv: Option<u64>,
 }
 
 struct VerifyKey {
     kid: String,
+    /// The key decides the algorithm: a token naming another is refused, whatever it says.
+    alg: Algorithm,
     key: DecodingKey,
+    /// The rules, with this key's algorithm the only one allowed.
+    validation: Validation,
 }
 
 /// Signing and verification keys, with the validation rules pinned.
 pub struct JwtKeys {
     active_kid: String,
+    active_alg: Algorithm,
     encoding: EncodingKey,
     verify: Vec<VerifyKey>,
-    validation: Validation,
+    /// `/.well-known/jwks.json`: the public keys of `verify` (never an HS256 secret).
+    jwks: bytes::Bytes,
     issuer: String,
     /// Issuers whose tokens verify: ours first, then `jwt_accepted_issuers`.
     accepted_issuers: Vec<String>,
@@ -81,18 +93,7 @@ fn kid_of(secret: &Secret) -> String {
 
 impl JwtKeys {
     pub fn new(cfg: &AuthConfig) -> Self {
-        let mut verify = vec![VerifyKey {
-            kid: kid_of(&cfg.jwt_secret),
-            key: DecodingKey::from_secret(cfg.jwt_secret.expose().as_bytes()),
-        }];
-        for old in &cfg.jwt_previous_secrets {
-            verify.push(VerifyKey {
-                kid: kid_of(old),
-                key: DecodingKey::from_secret(old.expose().as_bytes()),
-            });
-        }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = cfg.jwt_leeway.as_secs().min(60);
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -110,13 +111,71 @@ impl JwtKeys {
                 validation.validate_aud = true;
             }
         }
+        let pinned = |alg: Algorithm| {
+            let mut v = validation.clone();
+            v.algorithms = vec![alg];
+            v
+        };
+        let hs = |secret: &Secret| VerifyKey {
+            kid: kid_of(secret),
+            alg: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation: pinned(Algorithm::HS256),
+        };
+        let pair = |k: &KeyPair| {
+            k.decoding_key().ok().map(|key| VerifyKey {
+                kid: k.kid().to_string(),
+                alg: k.alg(),
+                key,
+                validation: pinned(k.alg()),
+            })
+        };
+        let signing = &cfg.signing;
+        let mut verify = Vec::new();
+        let mut active = None;
+        if let Some(k) = signing
+            .key
+            .as_ref()
+            .filter(|_| signing.algorithm != Algorithm::HS256)
+        {
+            if let (Some(enc), Some(v)) = (k.encoding_key(), pair(k)) {
+                active = Some((k.kid().to_string(), k.alg(), enc));
+                verify.push(v);
+            }
+        }
+        // The HS256 secret verifies where it signs, or where it was set (ARES's tokens, or
+        // the tokens of before a move to EdDSA); a generated one never beside a key pair.
+        let hs_verifies = active.is_none() || !cfg.jwt_secret_generated;
+        if hs_verifies {
+            verify.push(hs(&cfg.jwt_secret));
+        }
+        verify.extend(cfg.jwt_previous_secrets.iter().map(hs));
+        verify.extend(signing.previous.iter().filter_map(pair));
+        let (active_kid, active_alg, encoding) = active.unwrap_or_else(|| {
+            (
+                kid_of(&cfg.jwt_secret),
+                Algorithm::HS256,
+                EncodingKey::from_secret(cfg.jwt_secret.expose().as_bytes()),
+            )
+        });
+        let mut public: Vec<serde_json::Value> = Vec::new();
+        for k in signing.key.iter().chain(&signing.previous) {
+            if verify.iter().any(|v| v.kid == k.kid())
+                && !public.iter().any(|j| j["kid"] == k.kid())
+            {
+                public.push(k.jwk());
+            }
+        }
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": public }))
+            .unwrap_or_else(|_| br#"{"keys":[]}"#.to_vec());
         let mut accepted_issuers = vec![cfg.jwt_issuer.clone()];
         accepted_issuers.extend(cfg.jwt_accepted_issuers.iter().cloned());
         JwtKeys {
-            active_kid: verify[0].kid.clone(),
-            encoding: EncodingKey::from_secret(cfg.jwt_secret.expose().as_bytes()),
+            active_kid,
+            active_alg,
+            encoding,
             verify,
-            validation,
+            jwks: jwks.into(),
             issuer: cfg.jwt_issuer.clone(),
             accepted_issuers,
             accept_without_issuer: cfg.accept_tokens_without_issuer,
@@ -125,6 +184,30 @@ impl JwtKeys {
             leeway: cfg.jwt_leeway.as_secs().min(60),
             verified: FastMap::default(),
         }
+    }
+
+    /// The JWKS document of the keys that verify the gateway's tokens (public parts only).
+    pub fn jwks(&self) -> bytes::Bytes {
+        self.jwks.clone()
+    }
+
+    /// The algorithm new tokens are signed with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.active_alg
+    }
+
+    /// The gateway's issuer (`iss` of its tokens).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Sign `claims` with the active key (its `kid` in the header): the gateway's tokens, and
+    /// tokens minted for an upstream that verifies them against the JWKS.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, String> {
+        let mut header = Header::new(self.active_alg);
+        header.kid = Some(self.active_kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| format!("signing failed: {e}"))
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -143,12 +226,9 @@ impl JwtKeys {
             nbf: None,
             aud: self.audience.clone(),
             token_use: None,
+            tv: None,
         };
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.active_kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map(|t| (t, claims))
-            .map_err(|e| format!("signing failed: {e}"))
+        self.sign(&claims).map(|t| (t, claims))
     }
 
     /// [`JwtKeys::verify`], answered from the tokens that passed before while they are
@@ -218,8 +298,20 @@ impl JwtKeys {
             return Err("token too large");
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
-        if header.alg != Algorithm::HS256 {
+        if !matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::EdDSA | Algorithm::ES256
+        ) {
             return Err("algorithm not allowed");
+        }
+        // A key in the header (RFC 7515 `jwk`, `jku`, `x5u`, `x5c`) is never trusted: the
+        // gateway's keys are its own. jsonwebtoken's header type reads them; refuse outright.
+        if header.jwk.is_some()
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
+            return Err("key in the header");
         }
         // Only the type the gateway (and ARES) issue, or none: a refresh+jwt, at+jwt or any
         // other typed token was meant for something else.
@@ -236,22 +328,29 @@ impl JwtKeys {
         if header_names_crit(token) {
             return Err("critical header extension");
         }
-        // A token without `kid` (ARES issues them) is tried against every key, active first:
-        // the key ARES signs with may be a previous secret during a migration.
-        let keys: &[VerifyKey] = match header.kid.as_deref() {
-            None => &self.verify,
+        // A token without `kid` (ARES issues them) is tried against every key of its
+        // algorithm, active first: the key ARES signs with may be a previous secret during a
+        // migration. With a `kid`, that key alone, and only if it is of the token's algorithm.
+        let keys: Vec<&VerifyKey> = match header.kid.as_deref() {
+            None => self.verify.iter().filter(|k| k.alg == header.alg).collect(),
             Some(kid) => {
-                let i = self
+                let k = self
                     .verify
                     .iter()
-                    .position(|k| k.kid == kid)
+                    .find(|k| k.kid == kid)
                     .ok_or("unknown kid")?;
-                &self.verify[i..=i]
+                if k.alg != header.alg {
+                    return Err("algorithm does not match the key");
+                }
+                vec![k]
             }
         };
+        if keys.is_empty() {
+            return Err("algorithm not allowed");
+        }
         let mut decoded = Err(jsonwebtoken::errors::ErrorKind::InvalidSignature.into());
         for key in keys {
-            decoded = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation);
+            decoded = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation);
             let bad_signature = matches!(
                 decoded.as_ref().map_err(|e| e.kind()),
                 Err(jsonwebtoken::errors::ErrorKind::InvalidSignature)
@@ -334,6 +433,13 @@ pub(crate) mod tests {
             jwt_secret: Secret::new(secret.into()),
             jwt_secret_generated: false,
             jwt_previous_secrets: vec![],
+            signing: crate::config::Signing {
+                algorithm: Algorithm::HS256,
+                named: false,
+                key: None,
+                generated: false,
+                previous: vec![],
+            },
             jwt_issuer: "ares-gateway".into(),
             jwt_accepted_issuers: vec![],
             accept_tokens_without_issuer: false,

@@ -10,7 +10,13 @@
 //! [`MINTED_ISSUER`] and the claim `token_use: "upstream"`, and the verifier refuses every token
 //! with a `token_use` claim whatever its signature (see `jwt.rs`).
 //!
-//! Minting costs an HMAC, JSON and base64 per token, so a principal's token is reused while more
+//! With `mint_signing: gateway_key` a token is signed instead with the gateway's own EdDSA/ES256
+//! key (its `kid` in the header), which a newer ARES verifies against the gateway's JWKS
+//! (`ERUKA_JWKS_URL`): then `roles` is that generation's wire shape, `{"ares": [{"role": <name>,
+//! "resource_id": <tenant>}]}` (the names from `mint_claims.roles.ares`, `user` by default; an
+//! admin's is `admin`), and `token_version` is the user's (0 for keys and admins).
+//!
+//! Minting costs a signature, JSON and base64 per token, so a principal's token is reused while more
 //! than half of its life is left: a client calling steadily pays it once per half lifetime.
 
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 use super::Identity;
+use crate::config::keys::KeyPair;
 use crate::util::FastMap;
 
 /// The `iss` of minted tokens (ARES does not check it; the gateway never accepts it).
@@ -28,9 +35,18 @@ pub const MINTED_ISSUER: &str = "ares-gateway/upstream";
 /// Tokens kept for reuse at most per minter; past it the expired ones go, then all.
 const CACHE_ENTRIES: usize = 64 * 1024;
 
-/// How an upstream's tokens are made: its secret, their lifetime, and the static claims.
+/// What signs minted tokens: the upstream's HS256 secret, or the gateway's key pair.
+pub enum MintKey<'a> {
+    Secret(&'a [u8]),
+    Pair(&'a KeyPair),
+}
+
+/// How an upstream's tokens are made: its key, their lifetime, and the static claims.
 pub struct Minter {
     key: EncodingKey,
+    header: Header,
+    /// Signed with the gateway's key pair: roles in the JWKS generation's shape.
+    role_names: Option<Vec<String>>,
     ttl_secs: u64,
     /// Claims added to every token (`roles` for ARES's `roles.ares` rule), as configured.
     extra: serde_json::Map<String, serde_json::Value>,
@@ -61,6 +77,10 @@ struct UpstreamClaims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     key_id: Option<&'a str>,
     token_use: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_version: Option<u64>,
     #[serde(flatten)]
     extra: &'a serde_json::Map<String, serde_json::Value>,
 }
@@ -68,17 +88,63 @@ struct UpstreamClaims<'a> {
 impl Minter {
     /// `extra` must not name a claim the gateway sets (validated with the config).
     pub fn new(
-        secret: &[u8],
+        key: MintKey<'_>,
         ttl_secs: u64,
-        extra: serde_json::Map<String, serde_json::Value>,
-    ) -> Self {
-        Minter {
-            key: EncodingKey::from_secret(secret),
+        mut extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, String> {
+        let (key, header, role_names) = match key {
+            MintKey::Secret(secret) => (
+                EncodingKey::from_secret(secret),
+                Header::new(Algorithm::HS256),
+                None,
+            ),
+            MintKey::Pair(pair) => {
+                let key = pair
+                    .encoding_key()
+                    .ok_or("the gateway's key has no private part")?;
+                let mut header = Header::new(pair.alg());
+                header.kid = Some(pair.kid().to_string());
+                // `roles.ares` names the roles; the shape is the gateway's to set.
+                let names: Vec<String> = extra
+                    .remove("roles")
+                    .and_then(|r| r.get("ares").cloned())
+                    .and_then(|a| a.as_array().cloned())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|n| n.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .filter(|n: &Vec<String>| !n.is_empty())
+                    .unwrap_or_else(|| vec!["user".to_string()]);
+                (key, header, Some(names))
+            }
+        };
+        Ok(Minter {
+            key,
+            header,
+            role_names,
             ttl_secs: ttl_secs.max(1),
             extra,
             users: FastMap::default(),
             keys: FastMap::default(),
-        }
+        })
+    }
+
+    /// `roles` in the JWKS generation's shape: each configured name, for the tenant if any.
+    fn roles(&self, identity: &Identity) -> Option<serde_json::Value> {
+        let names = self.role_names.as_ref()?;
+        let entries: Vec<serde_json::Value> = match identity {
+            Identity::Admin { .. } => vec![serde_json::json!({"role": "admin"})],
+            Identity::ApiKey { tenant, .. } => names
+                .iter()
+                .map(|n| serde_json::json!({"role": n, "resource_id": tenant.id}))
+                .collect(),
+            _ => names
+                .iter()
+                .map(|n| serde_json::json!({"role": n}))
+                .collect(),
+        };
+        Some(serde_json::json!({ "ares": entries }))
     }
 
     /// `Bearer <token>` for this principal, reused while more than half its life is left.
@@ -119,12 +185,17 @@ impl Minter {
             tier: None,
             key_id: None,
             token_use: "upstream",
+            roles: self.roles(identity),
+            token_version: None,
             extra: &self.extra,
         };
         match identity {
             Identity::User(c) => {
                 claims.sub = &c.sub;
                 claims.email = &c.email;
+                if self.role_names.is_some() {
+                    claims.token_version = Some(c.tv.unwrap_or(0));
+                }
             }
             Identity::ApiKey { tenant, key } => {
                 // ARES keys its data on `sub`: a tenant's keys share the tenant's.
@@ -140,7 +211,10 @@ impl Minter {
             }
             Identity::Anonymous => return None,
         }
-        let token = match jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key) {
+        if self.role_names.is_some() && claims.token_version.is_none() {
+            claims.token_version = Some(0);
+        }
+        let token = match jsonwebtoken::encode(&self.header, &claims, &self.key) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "upstream token not minted");
@@ -182,6 +256,7 @@ mod tests {
             nbf: None,
             aud: None,
             token_use: None,
+            tv: None,
         }
     }
 
@@ -210,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_users_token_passes_ares_default_validation_with_its_claims() {
-        let m = Minter::new(SECRET, 60, roles());
+        let m = Minter::new(MintKey::Secret(SECRET), 60, roles()).unwrap();
         let now = crate::util::unix_now();
         let h = m.authorization(&user(), now).unwrap();
         assert!(h.is_sensitive());
@@ -231,7 +306,7 @@ mod tests {
 
     #[test]
     fn an_api_keys_token_names_its_tenant_and_key() {
-        let m = Minter::new(SECRET, 60, roles());
+        let m = Minter::new(MintKey::Secret(SECRET), 60, roles()).unwrap();
         let tenant = Tenant {
             id: "ten_1".into(),
             name: "Acme".into(),
@@ -269,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_user_whose_sub_is_admin_never_gets_the_admin_token() {
-        let m = Minter::new(SECRET, 60, Default::default());
+        let m = Minter::new(MintKey::Secret(SECRET), 60, Default::default()).unwrap();
         let now = crate::util::unix_now();
         let admin = m
             .authorization(&Identity::Admin { secret_index: 0 }, now)
@@ -285,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_token_is_reused_for_half_its_life_then_minted_again() {
-        let m = Minter::new(SECRET, 60, Default::default());
+        let m = Minter::new(MintKey::Secret(SECRET), 60, Default::default()).unwrap();
         let first = m.authorization(&user(), 1_000).unwrap();
         assert_eq!(m.authorization(&user(), 1_029).unwrap(), first);
         let later = m.authorization(&user(), 1_030).unwrap();

@@ -91,6 +91,12 @@ pub struct AuthFile {
     pub admin_secrets: Option<String>,
     pub jwt_secret: Option<String>,
     pub jwt_previous_secrets: Option<String>,
+    /// HS256, EdDSA or ES256 (unset: HS256 where a secret is set, else EdDSA).
+    pub jwt_algorithm: Option<String>,
+    /// PKCS#8 PEM signing key for EdDSA/ES256.
+    pub jwt_private_key_file: Option<String>,
+    /// Older keys (private or public PEM) that still verify, comma-separated.
+    pub jwt_previous_key_files: Option<String>,
     pub jwt_issuer: Option<String>,
     /// Other issuers whose tokens verify (comma-separated), e.g. during a migration.
     pub jwt_accepted_issuers: Option<String>,
@@ -146,6 +152,9 @@ pub struct UpstreamFile {
     pub credential: Option<String>,
     /// HS256 secret of the upstream (ARES's `JWT_SECRET`) for minted tokens.
     pub mint_secret: Option<String>,
+    /// `secret` (HS256 with `mint_secret`, the default) or `gateway_key`: signed with the
+    /// gateway's EdDSA/ES256 key, verified upstream against `/.well-known/jwks.json`.
+    pub mint_signing: Option<String>,
     pub mint_ttl_secs: Option<Num>,
     /// Static claims added to every minted token, e.g. `roles: {ares: [user]}`.
     pub mint_claims: Option<serde_yaml::Value>,
@@ -193,6 +202,7 @@ pub enum HandlerFile {
     Auth,
     Admin,
     Health,
+    WellKnown,
 }
 
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[

@@ -18,6 +18,7 @@ use serde_yaml::Value;
 
 pub mod defaults;
 mod file;
+pub mod keys;
 mod substitute;
 mod validate;
 
@@ -184,6 +185,8 @@ pub struct AuthConfig {
     pub jwt_secret_generated: bool,
     /// Still verify tokens signed before a rotation.
     pub jwt_previous_secrets: Vec<Secret>,
+    /// What signs the gateway's tokens when it is not the HS256 secret.
+    pub signing: Signing,
     pub jwt_issuer: String,
     /// Issuers besides `jwt_issuer` whose tokens verify.
     pub jwt_accepted_issuers: Vec<String>,
@@ -200,6 +203,20 @@ pub struct AuthConfig {
     pub refresh_reuse_grace: Duration,
     /// Argon2 hashes running at once; the rest queue.
     pub password_hash_concurrency: usize,
+}
+
+/// The algorithm of the gateway's own tokens and, for EdDSA/ES256, its key pairs.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// `ARES_JWT_ALGORITHM` named it (else it was chosen by the rule of `Validator::signing`).
+    pub named: bool,
+    /// The signing key pair (EdDSA/ES256).
+    pub key: Option<crate::config::keys::KeyPair>,
+    /// Generated for development (kept in an embedded data directory).
+    pub generated: bool,
+    /// Older keys that still verify (`ARES_JWT_PREVIOUS_KEY_FILES`, or kept generated ones).
+    pub previous: Vec<crate::config::keys::KeyPair>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +358,7 @@ impl Config {
         let limits = v.limits(limits, plans);
         let upstreams = v.upstreams(upstreams_v);
         let routes = v.routes(routes_v, &upstreams);
+        v.mint_keys(&upstreams, &auth);
         if v.problems.is_empty() {
             Ok(Config {
                 source: None,

@@ -195,6 +195,36 @@ pub(crate) fn is_stripped(name: &HeaderName) -> bool {
                 | "x-real-ip"
                 | "forwarded"
         )
+        || is_rewrite(name)
+}
+
+/// Headers some frameworks and proxies read as the request's "real" path or method
+/// (Symfony/IIS `X-Original-URL` and `X-Rewrite-URL`, `X-Forwarded-Prefix`/`-Path` of Spring and
+/// Traefik, the `X-HTTP-Method-Override` family): an upstream honouring one would route the
+/// request somewhere the gateway did not classify it. Removed like the identity headers.
+pub(crate) const REWRITE_HEADERS: [&str; 8] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-forwarded-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn is_rewrite(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-original-url"
+            | "x-rewrite-url"
+            | "x-forwarded-prefix"
+            | "x-forwarded-path"
+            | "x-forwarded-uri"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    )
 }
 
 /// A name with `_`: CGI/WSGI-style upstreams fold `_` and `-` together, so `X_User_Id` would
@@ -293,6 +323,9 @@ pub fn strip_spoofable(
         // Connection may name any header as hop-by-hop, including the identity headers.
         strip_hop_by_hop(headers);
         for name in IDENTITY_HEADERS {
+            headers.remove(name);
+        }
+        for name in REWRITE_HEADERS {
             headers.remove(name);
         }
     }

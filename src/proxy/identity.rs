@@ -38,14 +38,22 @@ where
     let Some(up) = route_upstream(route) else {
         return Err(GatewayError::Internal("route has no upstream".into()));
     };
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > body_limit {
-            return Err(GatewayError::PayloadTooLarge);
+    if let Some(value) = parts.headers.get(header::CONTENT_LENGTH) {
+        // hyper read it as decimal (it refuses anything else); forward that reading, not the
+        // client's spelling: an upstream reading `010` as octal would frame the body apart.
+        let len = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(len) = len {
+            if len > body_limit {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            if value.as_bytes() != itoa::Buffer::new().format(len).as_bytes() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
         }
     }
 

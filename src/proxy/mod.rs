@@ -282,6 +282,9 @@ mod tests {
             assert!(HOP_BY_HOP.contains(&name.as_str()), "{name}");
         }
         assert_eq!(HOP_BY_HOP.len(), 9);
+        for name in REWRITE_HEADERS {
+            assert!(is_stripped(&HeaderName::from_static(name)), "{name}");
+        }
         for name in [
             header::HOST,
             header::AUTHORIZATION,

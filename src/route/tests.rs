@@ -137,6 +137,7 @@ fn names_round_trip_and_only_bearer_routes_are_bearer() {
         (Handler::Auth, "auth"),
         (Handler::Admin, "admin"),
         (Handler::Health, "health"),
+        (Handler::WellKnown, "well_known"),
     ] {
         assert_eq!(h.as_str(), name);
     }
@@ -184,7 +185,9 @@ fn upstream_urls_choose_their_scheme_and_mint_config_hides_its_secret() {
     );
     assert!(Upstream::parse("a", "ftp://ares.example", TIMEOUTS).is_err());
     let mint = MintConfig {
-        secret: crate::util::Secret::new("mint-secret-never-printed".into()),
+        signing: super::MintSigning::Secret(crate::util::Secret::new(
+            "mint-secret-never-printed".into(),
+        )),
         ttl_secs: 60,
         claims: serde_json::Map::new(),
     };

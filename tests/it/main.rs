@@ -16,6 +16,7 @@ mod edge;
 mod embedded_store;
 mod hardening;
 mod helm;
+mod identity;
 mod import_ares;
 mod layering;
 mod monitoring;

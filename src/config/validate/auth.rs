@@ -1,6 +1,8 @@
 //! The `store:` and `auth:` sections, and the secrets they name.
 
 use super::*;
+use crate::config::keys::KeyPair;
+use jsonwebtoken::Algorithm;
 
 impl Validator {
     pub(in crate::config) fn store(&mut self, f: StoreFile) -> StoreConfig {
@@ -140,6 +142,123 @@ impl Validator {
         out
     }
 
+    /// Which algorithm signs the gateway's tokens and with which key (`ARES_JWT_ALGORITHM`,
+    /// `ARES_JWT_PRIVATE_KEY_FILE`, `ARES_JWT_PREVIOUS_KEY_FILES`). Unnamed: HS256 where a
+    /// secret is set, the key file's own algorithm where one is given, else (development) EdDSA
+    /// with a generated key, which an embedded data directory already holding a generated HS256
+    /// secret turns back into HS256 (`store::embedded::secrets`).
+    /// `files`: `jwt_algorithm`, `jwt_private_key_file`, `jwt_previous_key_files`.
+    fn signing(&mut self, files: [Option<&str>; 3], secret_set: bool, dev: bool) -> Signing {
+        let [algorithm_name, key_file, previous_files] = files;
+        let named = match algorithm_name.map(str::trim) {
+            None | Some("") => None,
+            Some(name) => match crate::config::keys::algorithm(name) {
+                Some(a) => Some(a),
+                None => {
+                    self.problem(
+                        "auth.jwt_algorithm",
+                        "ARES_JWT_ALGORITHM must be HS256, EdDSA or ES256",
+                    );
+                    None
+                }
+            },
+        };
+        let file = key_file.map(str::trim).filter(|p| !p.is_empty());
+        let key = file.and_then(|path| {
+            let key = self.key_file(path, "auth.jwt_private_key_file", "ARES_JWT_PRIVATE_KEY_FILE")?;
+            if !key.can_sign() {
+                self.problem(
+                    "auth.jwt_private_key_file",
+                    format!("ARES_JWT_PRIVATE_KEY_FILE {path}: a public key cannot sign; give the PKCS#8 private key"),
+                );
+                return None;
+            }
+            Some(key)
+        });
+        let previous: Vec<KeyPair> = previous_files
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .filter_map(|path| {
+                self.key_file(
+                    path,
+                    "auth.jwt_previous_key_files",
+                    "ARES_JWT_PREVIOUS_KEY_FILES",
+                )
+            })
+            .collect();
+        let algorithm = match (named, &key) {
+            (Some(a), _) => a,
+            (None, Some(k)) => k.alg(),
+            (None, None) if secret_set || !dev => Algorithm::HS256,
+            (None, None) => Algorithm::EdDSA,
+        };
+        let mut generated = false;
+        let key = match (algorithm, key) {
+            (Algorithm::HS256, Some(_)) => {
+                self.problem(
+                    "auth.jwt_private_key_file",
+                    "ARES_JWT_PRIVATE_KEY_FILE names a key pair, but ARES_JWT_ALGORITHM is HS256",
+                );
+                None
+            }
+            (Algorithm::HS256, None) => None,
+            (a, Some(k)) if k.alg() != a => {
+                self.problem(
+                    "auth.jwt_private_key_file",
+                    format!("ARES_JWT_PRIVATE_KEY_FILE holds a {:?} key, but ARES_JWT_ALGORITHM is {a:?}", k.alg()),
+                );
+                None
+            }
+            (_, Some(k)) => Some(k),
+            (a, None) if dev => match KeyPair::generate(a) {
+                Ok(k) => {
+                    generated = true;
+                    Some(k)
+                }
+                Err(e) => {
+                    self.problem("auth.jwt_private_key_file", e);
+                    None
+                }
+            },
+            (a, None) => {
+                if !self
+                    .problems
+                    .iter()
+                    .any(|p| p.path == "auth.jwt_private_key_file")
+                {
+                    self.problem(
+                        "auth.jwt_private_key_file",
+                        format!("ARES_JWT_ALGORITHM is {a:?}: set ARES_JWT_PRIVATE_KEY_FILE (required with ARES_STORE=redis or postgres)"),
+                    );
+                }
+                None
+            }
+        };
+        Signing {
+            algorithm,
+            named: named.is_some(),
+            key,
+            generated,
+            previous,
+        }
+    }
+
+    /// A key read from `path`; a problem (naming the file, never its content) if it is none.
+    fn key_file(&mut self, path: &str, at: &str, var: &str) -> Option<KeyPair> {
+        let read = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read it: {}", e.kind()))
+            .and_then(|text| KeyPair::from_pem(&text));
+        match read {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.problem(at, format!("{var} {path}: {e}"));
+                None
+            }
+        }
+    }
+
     pub(in crate::config) fn auth(&mut self, f: AuthFile, store: &StoreConfig) -> AuthConfig {
         // Development use: secrets may be generated (and, embedded, kept in the data directory).
         let dev = matches!(
@@ -165,6 +284,19 @@ impl Validator {
                 );
             }
         }
+        let secret_set = f
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
+        let signing = self.signing(
+            [
+                f.jwt_algorithm.as_deref(),
+                f.jwt_private_key_file.as_deref(),
+                f.jwt_previous_key_files.as_deref(),
+            ],
+            secret_set,
+            dev,
+        );
         let mut jwt = self.secret_list(
             f.jwt_secret,
             "auth.jwt_secret",
@@ -181,12 +313,13 @@ impl Validator {
         let jwt_secret = match jwt.pop() {
             Some(s) => s,
             None => {
-                if dev {
+                if dev || signing.algorithm != Algorithm::HS256 {
+                    // Signs nothing unless HS256 does; never verifies with an asymmetric key.
                     jwt_secret_generated = true;
                 } else if !self.problems.iter().any(|p| p.path == "auth.jwt_secret") {
                     self.problem(
                         "auth.jwt_secret",
-                        "ARES_JWT_SECRET is not set (required with ARES_STORE=redis)",
+                        "ARES_JWT_SECRET is not set: set it (HS256) or ARES_JWT_PRIVATE_KEY_FILE (EdDSA/ES256); one is required with ARES_STORE=redis or postgres",
                     );
                 }
                 Secret::new(crate::util::random_token("", 48))
@@ -208,6 +341,7 @@ impl Validator {
             jwt_secret,
             jwt_secret_generated,
             jwt_previous_secrets,
+            signing,
             jwt_issuer,
             jwt_accepted_issuers: f
                 .jwt_accepted_issuers

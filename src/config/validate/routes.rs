@@ -3,6 +3,23 @@
 use super::*;
 
 impl Validator {
+    /// An upstream minting with the gateway's key needs one: EdDSA or ES256, not HS256 (whose
+    /// secret no upstream may hold as a public key).
+    pub(in crate::config) fn mint_keys(&mut self, upstreams: &[Arc<Upstream>], auth: &AuthConfig) {
+        for up in upstreams {
+            let by_key = up
+                .mint
+                .as_ref()
+                .is_some_and(|m| matches!(m.signing, route::MintSigning::GatewayKey));
+            if by_key && auth.signing.key.is_none() {
+                self.problem(
+                    format!("upstreams.{}.mint_signing", up.name),
+                    "gateway_key needs the gateway to sign with EdDSA or ES256 (ARES_JWT_ALGORITHM, ARES_JWT_PRIVATE_KEY_FILE)",
+                );
+            }
+        }
+    }
+
     pub(in crate::config) fn upstreams(&mut self, v: Value) -> Vec<Arc<Upstream>> {
         let files: BTreeMap<String, Value> =
             section(v, "upstreams", &mut self.problems).unwrap_or_default();
@@ -79,8 +96,30 @@ impl Validator {
         path: &str,
     ) {
         let secret = file.mint_secret.as_deref().map(str::trim).unwrap_or("");
-        if !secret.is_empty() {
-            if secret.len() < MIN_JWT_SECRET_BYTES {
+        let signing = match file.mint_signing.as_deref().map(str::trim) {
+            None | Some("") | Some("secret") => (!secret.is_empty())
+                .then(|| route::MintSigning::Secret(Secret::new(secret.to_string()))),
+            Some("gateway_key") => {
+                if !secret.is_empty() {
+                    self.problem(
+                        format!("{path}.mint_secret"),
+                        "mint_signing is gateway_key: the upstream verifies against the gateway's JWKS, so no mint_secret is needed (the value is not shown)",
+                    );
+                }
+                Some(route::MintSigning::GatewayKey)
+            }
+            Some(other) => {
+                self.problem(
+                    format!("{path}.mint_signing"),
+                    format!("must be secret or gateway_key, got {other:?}"),
+                );
+                None
+            }
+        };
+        if let Some(signing) = signing {
+            if matches!(signing, route::MintSigning::Secret(_))
+                && secret.len() < MIN_JWT_SECRET_BYTES
+            {
                 self.problem(
                     format!("{path}.mint_secret"),
                     format!(
@@ -116,7 +155,7 @@ impl Validator {
                 }
             }
             up.mint = Some(route::MintConfig {
-                secret: Secret::new(secret.to_string()),
+                signing,
                 ttl_secs,
                 claims,
             });
@@ -224,6 +263,7 @@ impl Validator {
                     HandlerFile::Auth => (Handler::Auth, AuthKind::None),
                     HandlerFile::Admin => (Handler::Admin, AuthKind::Admin),
                     HandlerFile::Health => (Handler::Health, AuthKind::None),
+                    HandlerFile::WellKnown => (Handler::WellKnown, AuthKind::None),
                 };
                 if auth != want {
                     self.problem(
@@ -240,7 +280,7 @@ impl Validator {
             (None, None) => {
                 self.problem(
                     path,
-                    "set upstream (a name from upstreams) or handler (auth, admin, health)",
+                    "set upstream (a name from upstreams) or handler (auth, admin, health, well_known)",
                 );
                 None
             }
