@@ -304,49 +304,56 @@ impl Limiter {
         }
     }
 
-    /// Refuse when any of these failure counts is at its limit, without counting anything.
-    /// Never falls open: a store that cannot answer is the request's 503.
-    pub async fn check_failures(&self, scopes: &[(Scope<'_>, &Plan)]) -> Result<(), GatewayError> {
+    /// Take this attempt's place in each failure ceiling before the password is checked: a
+    /// scope at its ceiling refuses it (429) and one the store cannot count refuses it too (503
+    /// `STORE_UNAVAILABLE`), the same answer for a right and a wrong password, so neither a full
+    /// store nor concurrency lets more guesses be checked than the ceiling allows. The places
+    /// stay taken (the attempt counts as a failure) unless [`Attempt::succeeded`] gives them
+    /// back; a place already taken in an earlier scope is given back when a later one refuses.
+    pub async fn attempt<'a>(
+        &'a self,
+        scopes: &[(Scope<'_>, &Plan)],
+    ) -> Result<Attempt<'a>, GatewayError> {
         let now = now_ms();
+        let mut attempt = Attempt {
+            limiter: self,
+            taken: Vec::with_capacity(scopes.len()),
+        };
+        let m = crate::metrics::get();
         for (scope, plan) in scopes {
             let windows = plan.windows();
             if windows.is_empty() {
                 continue;
             }
-            let peeked = self
-                .counters
-                .call(self.counters.peek_rate_limit(&scope.key(), &windows, now))
-                .await;
-            let m = crate::metrics::get();
-            let d = peeked.inspect_err(|_| m.ratelimit(scope.kind(), "-", "store_failed"))?;
-            if let Some(window) = d.refused_by {
-                m.ratelimit(scope.kind(), window.name(), "refused");
-                return Err(GatewayError::RateLimited {
-                    window,
-                    headers: d.headers,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Count one failure in each scope. Best effort: a failure the store cannot record is
-    /// logged; the next check then fails closed while the store is still down.
-    pub async fn record_failure(&self, scopes: &[(Scope<'_>, &Plan)]) {
-        let now = now_ms();
-        for (scope, plan) in scopes {
-            let windows = plan.windows();
-            if windows.is_empty() {
-                continue;
-            }
+            let key = scope.key();
             let counted = self
                 .counters
-                .call(self.counters.rate_limit(&scope.key(), &windows, now))
+                .call(self.counters.rate_limit(&key, &windows, now))
                 .await;
-            if let Err(e) = counted {
-                tracing::warn!(error = %e, scope = scope.kind(), "failure not counted");
+            match counted {
+                Ok(d) if d.allowed() => attempt.taken.push((key, windows)),
+                Ok(d) => {
+                    attempt.give_back().await;
+                    let window = d.refused_by.unwrap_or(Window::Hour);
+                    m.ratelimit(scope.kind(), window.name(), "refused");
+                    return Err(GatewayError::RateLimited {
+                        window,
+                        headers: d.headers,
+                    });
+                }
+                Err(e) => {
+                    attempt.give_back().await;
+                    m.ratelimit(scope.kind(), "-", "store_failed");
+                    tracing::warn!(
+                        error = %e,
+                        scope = scope.kind(),
+                        "failure ceiling cannot be counted: attempt refused before the password check"
+                    );
+                    return Err(e);
+                }
             }
         }
+        Ok(attempt)
     }
 
     /// Refuse an API-key request from an address over its refused-key limit (429), before the
@@ -463,6 +470,49 @@ impl Limiter {
                         Ok(Some(self.fallback.check(&scope.key(), &local, now)))
                     }
                 }
+            }
+        }
+    }
+}
+
+/// An attempt's places in its failure ceilings ([`Limiter::attempt`]): kept when it fails,
+/// given back when it succeeds.
+pub struct Attempt<'a> {
+    limiter: &'a Limiter,
+    taken: Vec<(String, Windows)>,
+}
+
+impl std::fmt::Debug for Attempt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("places", &self.taken.len())
+            .finish()
+    }
+}
+
+impl Attempt<'_> {
+    /// The password was right: the places go back (a success is no failure).
+    pub async fn succeeded(mut self) {
+        self.give_back().await;
+    }
+
+    /// It failed: its places stay counted.
+    pub fn failed(self) {}
+
+    async fn give_back(&mut self) {
+        let now = now_ms();
+        let counters = &self.limiter.counters;
+        for (key, windows) in self.taken.drain(..) {
+            let back = Take {
+                want: 0,
+                back: 1,
+                back_calendar: 1,
+            };
+            if let Err(e) = counters
+                .call(counters.lease(&key, &windows, now, back))
+                .await
+            {
+                tracing::warn!(error = %e, "a successful attempt's place not given back");
             }
         }
     }

@@ -293,15 +293,25 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
         ),
         (Scope::LoginAccount(&ek), &limits.login_failures_per_account),
     ];
-    if let Err(e) = state.limiter.check_failures(&failures).await {
-        if matches!(e, GatewayError::RateLimited { .. }) {
-            let keep = snap.config.store.audit_retention;
-            let target = format!("account:{ek}");
-            crate::api::audit::record(state, keep, "gateway", "login.locked", &target, "refused")
+    let attempt = match state.limiter.attempt(&failures).await {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(e, GatewayError::RateLimited { .. }) {
+                let keep = snap.config.store.audit_retention;
+                let target = format!("account:{ek}");
+                crate::api::audit::record(
+                    state,
+                    keep,
+                    "gateway",
+                    "login.locked",
+                    &target,
+                    "refused",
+                )
                 .await;
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
 
     let user = state
         .records
@@ -315,10 +325,11 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
         )
         .await?;
     let Some(user) = user.filter(|_| verified.ok) else {
-        state.limiter.record_failure(&failures).await;
+        attempt.failed();
         tracing::info!(reason = "bad_credentials", "login refused");
         return Err(GatewayError::InvalidCredentials);
     };
+    attempt.succeeded().await;
     if user.disabled {
         tracing::info!(user = %user.id, reason = "user_disabled", "login refused");
         return Err(GatewayError::Forbidden);
@@ -621,13 +632,15 @@ async fn change_password(
         ),
         (Scope::LoginAccount(&ek), &limits.login_failures_per_account),
     ];
-    state.limiter.check_failures(&failures).await?;
+    let attempt = state.limiter.attempt(&failures).await?;
     let verified = state
         .passwords
         .verify(&req.current_password, Some(user.password_hash.as_str()))
         .await?;
-    if !verified.ok {
-        state.limiter.record_failure(&failures).await;
+    if verified.ok {
+        attempt.succeeded().await;
+    } else {
+        attempt.failed();
         let keep = snap.config.store.audit_retention;
         let actor = format!("user:{}", user.id);
         crate::api::audit::record(state, keep, &actor, "password.change", &actor, "refused").await;

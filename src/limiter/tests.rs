@@ -84,18 +84,51 @@ async fn admits_up_to_the_plan_then_refuses_with_the_window() {
 }
 
 #[tokio::test]
-async fn failure_limits_count_only_when_recorded() {
+async fn an_attempt_takes_its_place_first_and_a_success_gives_it_back() {
     let l = limiter();
     let plan = per_minute(2);
     let scopes = [(Scope::LoginAccount("acct"), &plan)];
     for _ in 0..5 {
-        l.check_failures(&scopes).await.unwrap();
+        l.attempt(&scopes).await.unwrap().succeeded().await;
     }
-    l.record_failure(&scopes).await;
-    l.check_failures(&scopes).await.unwrap();
-    l.record_failure(&scopes).await;
-    let err = l.check_failures(&scopes).await.unwrap_err();
+    let first = l.attempt(&scopes).await.unwrap();
+    let second = l.attempt(&scopes).await.unwrap();
+    // Two attempts out at once fill the ceiling of 2: a third is refused before its check.
+    let err = l.attempt(&scopes).await.unwrap_err();
     assert!(matches!(err, GatewayError::RateLimited { .. }), "{err:?}");
+    first.succeeded().await;
+    second.failed();
+    l.attempt(&scopes).await.unwrap().failed();
+    let err = l.attempt(&scopes).await.unwrap_err();
+    assert!(
+        matches!(err, GatewayError::RateLimited { .. }),
+        "two failures: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_in_a_later_ceiling_gives_back_the_place_taken_in_an_earlier_one() {
+    let l = limiter();
+    let (wide, narrow) = (per_minute(10), per_minute(1));
+    let both = [
+        (Scope::LoginAccount("a"), &wide),
+        (Scope::LoginAccount("b"), &narrow),
+    ];
+    l.attempt(&both).await.unwrap().failed();
+    for _ in 0..20 {
+        assert!(l.attempt(&both).await.is_err(), "b is at its ceiling");
+    }
+    let only_a = [(Scope::LoginAccount("a"), &wide)];
+    let d = l
+        .admit(Scope::LoginAccount("a"), &wide, OPEN)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.headers.remaining, 8,
+        "a counted the failure and this request only"
+    );
+    l.attempt(&only_a).await.unwrap().failed();
 }
 
 #[tokio::test]

@@ -658,6 +658,23 @@ impl LocalLimiter {
         self.with_scope(scope, |s| s.decide(limits, now_ms, true))
     }
 
+    /// A lease's ask ([`ScopeState::take`]): give back `back` requests (`back_calendar` of
+    /// them to the calendar windows), then take up to `want`.
+    pub fn take(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        (want, back, back_calendar): (u64, u64, u64),
+    ) -> (Decision, u64) {
+        self.with_scope(scope, |s| {
+            if back_calendar > 0 {
+                s.changed = true;
+            }
+            s.take(limits, now_ms, want, back, back_calendar)
+        })
+    }
+
     /// What `check` would decide, without counting.
     pub fn peek(&self, scope: &str, limits: &[(Window, u64)], now_ms: u64) -> Decision {
         match self.scopes.get(scope) {

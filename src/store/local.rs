@@ -73,6 +73,20 @@ impl Counters for LocalCounters {
         Ok(self.limiter.check(scope, limits, now_ms))
     }
 
+    /// One request at a time (its limiter is already local: leasing from it would gain
+    /// nothing), but what is given back is given back: a successful login's place in its
+    /// failure ceilings (`Limiter::attempt`).
+    async fn lease(
+        &self,
+        scope: &str,
+        limits: &[(Window, u64)],
+        now_ms: u64,
+        take: crate::store::Take,
+    ) -> Result<(Decision, u64), StoreError> {
+        let ask = (take.want.min(1), take.back, take.back_calendar);
+        Ok(self.limiter.take(scope, limits, now_ms, ask))
+    }
+
     async fn peek_rate_limit(
         &self,
         scope: &str,

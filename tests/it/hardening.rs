@@ -331,6 +331,229 @@ async fn regression_admin_looking_paths_reached_the_upstream_with_a_users_jwt() 
     assert_eq!(up.last().uri, "/api/chat/ABC");
 }
 
+/// Third round: readings of a further-normalising upstream (servlet `;` parameters beside dot
+/// or empty segments, a second percent-decoding, overlong and invalid UTF-8, fullwidth letters,
+/// trailing dots and spaces) reached `/api/admin/...` upstream with a user's JWT, over HTTP/1.1
+/// and HTTP/2, and were forwarded as sent.
+#[tokio::test]
+async fn regression_paths_an_upstream_reads_as_admin_were_forwarded_with_a_users_jwt() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let token = login(&g, "dana@example.com").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = bearer(&token);
+    let paths = [
+        "/api/x/..;/admin/x",
+        "/api/;/admin/x",
+        "/api/x/..;x/admin/tenants",
+        "/api/%2561dmin/tenants",
+        "/api/x%252F..%252Fadmin/tenants",
+        "/api/x/%C0%AE%C0%AE%C0%AFadmin/tenants",
+        "/api/x/%C0%AE%C0%AE/admin/tenants",
+        "/api/adm%FFin/tenants",
+        "/api/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E/tenants",
+        "/api/admin./tenants",
+        "/api/admin%20/tenants",
+        "/api/x/..%20/admin/tenants",
+        "/api/x/...;/admin/tenants",
+    ];
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for path in paths {
+        let r = get(&g.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(r.error_code(), "INVALID_INPUT", "{path}");
+        let req = http::Request::get(g.url(path))
+            .header("authorization", &auth)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = h2.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 400, "{path} over h2");
+    }
+    assert_eq!(up.count(), 0, "none reached the upstream");
+    // What no reading takes elsewhere is forwarded as it is.
+    for path in [
+        "/api/chat/a%2561b",
+        "/api/files/report.",
+        "/api/x;v=1/chat",
+        "/api/caf%C3%A9",
+    ] {
+        let r = get(&g.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+}
+
+/// Third round: `X-Original-URL`, `X-Rewrite-URL`, `X-Forwarded-Prefix` and the method-override
+/// headers reached the upstream, where a framework honouring them routes the request elsewhere.
+#[tokio::test]
+async fn regression_rewrite_and_method_override_headers_were_forwarded() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let token = login(&g, "eli@example.com").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = bearer(&token);
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-original-url", "/api/admin/tenants"),
+        ("x-rewrite-url", "/api/admin/tenants"),
+        ("x-forwarded-prefix", "/api/admin"),
+        ("x-forwarded-path", "/api/admin/tenants"),
+        ("x-forwarded-uri", "/api/admin/tenants"),
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "DELETE"),
+        ("x-kept", "yes"),
+    ];
+    let r = post(&g.url("/api/chat"), &headers, "{}").await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    for (name, _) in &headers[1..9] {
+        assert!(seen.headers.get(*name).is_none(), "{name} was forwarded");
+    }
+    assert_eq!(seen.headers["x-kept"], "yes", "other headers pass");
+}
+
+/// Third round: a zero-padded `Content-Length: 010` was forwarded verbatim; an upstream that
+/// reads it as octal (8) frames the body apart from the gateway (10).
+#[tokio::test]
+async fn regression_a_zero_padded_content_length_was_forwarded_verbatim() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let req = format!(
+        "POST /v1/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 010\r\nConnection: close\r\n\r\n{{\"a\":\"12\"}}"
+    );
+    let resp = raw_async(g.addr, req.into_bytes()).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.headers["content-length"], "10");
+    assert_eq!(seen.body.as_ref(), br#"{"a":"12"}"#);
+}
+
+/// The shipped config with the per-address limit of `/api/auth/*` out of the way, and the
+/// failed-login ceilings per (account, address) and per account at `per_ip` and `per_account`.
+fn login_ceilings(up: &str, per_ip: u64, per_account: u64) -> ares_gateway::config::Config {
+    let yaml = shipped_yaml()
+        .replace(
+            "  auth_ip:\n    requests_per_minute: 30\n    requests_per_hour: 300\n",
+            "  auth_ip:\n    requests_per_minute: 100000\n",
+        )
+        .replace(
+            "  login_failures_per_account_ip:\n    requests_per_hour: 10\n",
+            &format!("  login_failures_per_account_ip:\n    requests_per_hour: {per_ip}\n"),
+        )
+        .replace(
+            "  login_failures_per_account:\n    requests_per_hour: 100\n",
+            &format!("  login_failures_per_account:\n    requests_per_hour: {per_account}\n"),
+        );
+    config_from(&yaml, up, &[])
+}
+
+async fn wrong_logins_at_once(g: &impl Gate, email: &str, n: usize) -> (usize, usize) {
+    let body = format!(r#"{{"email":"{email}","password":"wrong-password-1"}}"#);
+    let url = g.url("/api/auth/login");
+    let all = (0..n).map(|_| post(&url, &[], &body));
+    let codes: Vec<u16> = futures_util::future::join_all(all)
+        .await
+        .iter()
+        .map(|r| r.status.as_u16())
+        .collect();
+    let checked = codes.iter().filter(|c| **c == 401).count();
+    let refused = codes.iter().filter(|c| **c == 429).count();
+    assert_eq!(checked + refused, n, "{codes:?}");
+    (checked, refused)
+}
+
+/// Third round: a ceiling was checked before the attempt and counted after it, so parallel
+/// guesses all passed the check (100, 119, 198, 299 checked against a ceiling of 100 at 1, 20,
+/// 100, 200 at once; 30 of 30 against 10 from one address). Now each attempt takes its place
+/// first: exactly the ceiling is checked, at 200 in parallel.
+#[tokio::test]
+async fn regression_failed_login_ceilings_overshot_by_the_concurrency() {
+    let up = Upstream::start().await;
+    let g = pipeline_of(login_ceilings(&up.url(), 100_000, 100)).await;
+    login(&g, "target@example.com").await;
+    let (checked, refused) = wrong_logins_at_once(&g, "target@example.com", 200).await;
+    assert_eq!((checked, refused), (100, 100), "per account, 200 at once");
+    let g = pipeline_of(login_ceilings(&up.url(), 10, 100)).await;
+    login(&g, "target@example.com").await;
+    let (checked, refused) = wrong_logins_at_once(&g, "target@example.com", 30).await;
+    assert_eq!(
+        (checked, refused),
+        (10, 20),
+        "per account and address, 30 at once"
+    );
+    // A success gives its place back: the owner's right password still counts nothing.
+    let g = pipeline_of(login_ceilings(&up.url(), 3, 100)).await;
+    login(&g, "owner@example.com").await;
+    for _ in 0..5 {
+        let r = post(
+            &g.url("/api/auth/login"),
+            &[],
+            r#"{"email":"owner@example.com","password":"your-secure-password"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        wrong_logins_at_once(&g, "owner@example.com", 5).await,
+        (3, 2)
+    );
+}
+
+/// Third round: with Redis full (`maxmemory`, `noeviction`) failed logins were not counted, so
+/// 25 wrong passwords from one address were all checked against a ceiling of 10, and a right
+/// password answered 503 where a wrong one answered 401: an oracle. Now an attempt whose place
+/// cannot be counted is refused before the password is checked, the same for both.
+#[tokio::test]
+async fn regression_failed_logins_were_not_counted_with_redis_full() {
+    let redis = crate::common::redis::RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(
+        &up.url(),
+        &[("ARES_STORE", "redis"), ("REDIS_URL", &redis.url())],
+    );
+    let g = start(cfg).await;
+    login(&g, "full@example.com").await;
+    crate::common::redis::cli(
+        redis.port,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    crate::common::redis::cli(redis.port, &["CONFIG", "SET", "maxmemory", "1"]);
+    let mut answers = Vec::new();
+    for password in ["wrong-password-1", "your-secure-password"] {
+        for _ in 0..12 {
+            let r = post(
+                &g.url("/api/auth/login"),
+                &[],
+                &format!(r#"{{"email":"full@example.com","password":"{password}"}}"#),
+            )
+            .await;
+            answers.push((r.status.as_u16(), r.error_code()));
+        }
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|a| a == &(503, "STORE_UNAVAILABLE".to_string())),
+        "{answers:?}"
+    );
+    crate::common::redis::cli(redis.port, &["CONFIG", "SET", "maxmemory", "0"]);
+    let r = post(
+        &g.url("/api/auth/login"),
+        &[],
+        r#"{"email":"full@example.com","password":"your-secure-password"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "room again: the owner logs in");
+}
+
 /// An upstream that misbehaves by path, at the TCP level.
 async fn rogue_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
