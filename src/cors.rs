@@ -21,7 +21,12 @@ pub fn allowed_origin(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderV
     if allowed.is_empty() {
         return None;
     }
-    let origin = headers.get(header::ORIGIN)?;
+    let mut all = headers.get_all(header::ORIGIN).iter();
+    let origin = all.next()?;
+    // One Origin or none allowed: with two, which one a browser sent is not ours to pick.
+    if all.next().is_some() {
+        return None;
+    }
     let text = origin.to_str().ok()?;
     allowed.iter().any(|a| a == text).then(|| origin.clone())
 }

@@ -50,6 +50,9 @@ pub enum GatewayError {
     /// A gateway-served endpoint's body did not arrive whole within its deadline.
     #[error("request body timed out")]
     BodyTimeout,
+    /// The request target (path and query) is longer than `server.max_request_target_bytes`.
+    #[error("request target too long")]
+    UriTooLong,
     /// A gateway-served endpoint's body declared a type other than JSON.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -173,6 +176,11 @@ impl GatewayError {
                 StatusCode::REQUEST_TIMEOUT,
                 "Request body not received in time",
                 "REQUEST_TIMEOUT",
+            ),
+            UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "Request target too long",
+                "URI_TOO_LONG",
             ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -15,12 +15,14 @@
 //!                      TLS handshake, drain. Calls the pipeline; nothing calls it
 //!  8 pipeline.rs       handle(request): the request pipeline, step by step. Read this first
 //!  7 api/              what the gateway serves itself: auth.rs (/api/auth/*), admin/ (the
-//!                      admin API), json.rs (bounded JSON bodies), mod.rs (/healthz, /readyz)
+//!                      admin API), json.rs (bounded JSON bodies), mod.rs (/healthz, /readyz),
+//!                      well_known.rs (/.well-known/jwks.json, openid-configuration)
 //!  6 state.rs          AppState (the store's roles, caches, limiter, hasher, drain flag);
 //!                      Snapshot (one config); RequestScope
 //!  5 limiter.rs        the one Limiter (the store's counters + failure policy + local fallback
-//!                      + metrics + leases); limiter/policy.rs: which limits apply to a caller,
-//!                      token debits, Admitted (what forwarding takes)
+//!                      + metrics + failure-ceiling attempts); limiter/policy.rs: which limits
+//!                      apply to a caller, token debits, Admitted (what forwarding takes);
+//!                      limiter/lease.rs: this replica's leases, one ask in flight per scope
 //!    proxy/            hygiene.rs (step 1, hop-by-hop), identity.rs (what the upstream
 //!                      receives), forward.rs (pool and forward), conn_upstreams.rs (a client
 //!                      connection's own upstream connections), tunnel.rs (WebSocket)
@@ -32,8 +34,10 @@
 //!                      (LocalCounters), records.rs (export lines), suite/ (per role);
 //!                      memory.rs, embedded/, redis/, postgres/ (ARES's own database)
 //!    config/           file.rs (serde schema) -> substitute.rs (${VAR}) -> validate/ (one file
-//!                      per section) -> Config; defaults.rs: every numeric default and bound
-//!    route.rs          path normalisation, RouteTable::classify, Upstream, Credential
+//!                      per section) -> Config; defaults.rs: every numeric default and bound;
+//!                      keys.rs: the EdDSA/ES256 signing keys (PEM, generated, JWK, kid)
+//!    route.rs          path normalisation, RouteTable::classify, Upstream, Credential;
+//!                      route/readings.rs: what a further-normalising upstream may read
 //!  2 error.rs          GatewayError and its one into_response()
 //!    metrics.rs        Prometheus registry and the metrics listener
 //!    telemetry/        OpenTelemetry traces: the request's spans, the OTLP exporter

@@ -40,6 +40,8 @@ pub enum Scope<'a> {
     LoginAccount(&'a str),
     /// Refused API keys from one client address.
     KeyFailuresIp(IpAddr),
+    /// Wrong admin secrets from one client address.
+    AdminFailuresIp(IpAddr),
 }
 
 impl Scope<'_> {
@@ -53,6 +55,7 @@ impl Scope<'_> {
             Scope::LoginAccountIp(account, ip) => scope::login_account_ip(account, &ip),
             Scope::LoginAccount(account) => scope::login_account(account),
             Scope::KeyFailuresIp(ip) => scope::key_failures_ip(&ip),
+            Scope::AdminFailuresIp(ip) => scope::admin_failures_ip(&ip),
         }
     }
 
@@ -66,6 +69,7 @@ impl Scope<'_> {
             Scope::LoginAccountIp(..) => "login_account_ip",
             Scope::LoginAccount(_) => "login_account",
             Scope::KeyFailuresIp(_) => "api_key_failures_ip",
+            Scope::AdminFailuresIp(_) => "admin_failures_ip",
         }
     }
 }

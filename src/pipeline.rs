@@ -29,7 +29,7 @@ use crate::auth::{self, Identity, Verified};
 use crate::body::{self, Body, RequestBody};
 use crate::cors;
 use crate::error::{ErrorContext, GatewayError};
-use crate::limiter::Admitted;
+use crate::limiter::{Admitted, Scope};
 use crate::proxy::conn_upstreams::ConnUpstreams;
 use crate::proxy::{self, X_REQUEST_ID};
 use crate::route::{self, AuthKind, Credential, Handler, Route, Target};
@@ -94,6 +94,10 @@ pub async fn handle(
         Some(refused) => Err(refused),
         None => crate::net::framing::check(&req),
     };
+    let too_long = req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().len() > snap.config.server.max_request_target_bytes);
     let uri = req.uri().clone();
     let mut ctx = proxy::strip_spoofable(
         req.headers_mut(),
@@ -119,6 +123,7 @@ pub async fn handle(
     let mut outcome = Outcome::default();
 
     let result = match framing {
+        Ok(()) if too_long => Err(GatewayError::UriTooLong),
         Ok(()) => {
             let own = conn.upstreams.as_ref();
             let scope = RequestScope {
@@ -160,7 +165,7 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
-    if framing.is_err() || resp.status() == StatusCode::REQUEST_TIMEOUT {
+    if framing.is_err() || too_long || resp.status() == StatusCode::REQUEST_TIMEOUT {
         // The rest of the connection cannot be trusted to be framed as we think (or holds the
         // rest of a body that did not come in time).
         resp.headers_mut().insert(
@@ -325,8 +330,11 @@ async fn handle_inner<'r>(
                 Handler::Auth => api::auth::handle(scope, req, &path).await,
                 Handler::Admin => {
                     let creds = state.credentials(snap);
-                    let principal =
-                        auth::authenticate_now(route, req.headers(), None, &creds).await?;
+                    let principal = admin_checked(
+                        scope,
+                        auth::authenticate_now(route, req.headers(), None, &creds),
+                    )
+                    .await?;
                     outcome.auth_method = principal.auth_method();
                     api::admin::handle(scope, &principal, req, &path).await
                 }
@@ -609,9 +617,24 @@ async fn principal(
     let creds = state.credentials(snap);
     let key_route = route.auth == AuthKind::ApiKey;
     if key_route {
-        state.limiter.check_key_failures(ctx.client_ip)?;
+        if let Err(blocked) = state.limiter.check_key_failures(ctx.client_ip) {
+            // A key this replica already holds as valid still passes from a blocked address:
+            // a neighbour guessing keys behind the same NAT never locks a tenant out.
+            let known = auth::bearer(req.headers())
+                .ok()
+                .flatten()
+                .is_some_and(|t| creds.keys.key(&auth::api_key::hash(t)).is_some());
+            if !known {
+                return Err(blocked);
+            }
+        }
     }
-    let principal = auth::authenticate(route, req.headers(), uri.query(), &creds).await;
+    let authenticated = auth::authenticate(route, req.headers(), uri.query(), &creds);
+    let principal = if route.auth == AuthKind::Admin {
+        admin_checked(scope, authenticated).await
+    } else {
+        authenticated.await
+    };
     crate::metrics::get().auth(auth_started.elapsed());
     match principal {
         Err(GatewayError::InvalidApiKey) if key_route => {
@@ -621,6 +644,25 @@ async fn principal(
         }
         p => p,
     }
+}
+
+/// An admin-secret check as a guarded attempt (`Limiter::attempt`): it takes its place in the
+/// client address's ceiling of wrong admin secrets first (429 past it, 503 when the store cannot
+/// count it), and anything but a wrong secret gives the place back.
+async fn admin_checked<T>(
+    scope: &RequestScope<'_>,
+    check: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    let plan = &scope.snap.config.limits.admin_failures_per_ip;
+    let ceiling = [(Scope::AdminFailuresIp(scope.ctx.client_ip), plan)];
+    let attempt = scope.state.limiter.attempt(&ceiling).await?;
+    let result = check.await;
+    if matches!(result, Err(GatewayError::InvalidAdminSecret)) {
+        attempt.failed();
+    } else {
+        attempt.succeeded().await;
+    }
+    result
 }
 
 /// A step's span, when the request is sampled (store calls made meanwhile are its children).

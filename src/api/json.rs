@@ -19,6 +19,11 @@ where
     B::Error: Into<BoxError>,
 {
     let bytes = read_limited(body, limit).await?;
+    // RFC 8259 8.1: JSON is UTF-8. serde_json checks the strings it keeps, not the ones it
+    // skips, so the whole body is checked once.
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(GatewayError::invalid("request body is not UTF-8"));
+    }
     // Every body the gateway takes is an object: serde would read a struct from an array too
     // (`[7, 8, 9]` as limits), so anything else is refused before it gets the chance.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());

@@ -368,6 +368,13 @@ impl JwtKeys {
             _ => "invalid token",
         })?;
         let c = data.claims;
+        // The gateway's own access tokens live `access_token_ttl`: one of its issuer living
+        // longer was not made by it as an access token (or was made with a leaked key).
+        if c.iss.as_deref() == Some(self.issuer.as_str())
+            && c.exp.saturating_sub(c.iat) > self.ttl_secs.saturating_add(self.leeway)
+        {
+            return Err("lives longer than the gateway's access tokens");
+        }
         // Issued in the future beyond the leeway: a clock that far off, or a forged token.
         if c.iat > crate::util::unix_now().saturating_add(self.leeway) {
             return Err("issued in the future");

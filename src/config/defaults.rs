@@ -35,6 +35,12 @@ pub const SERVER_MAX_HEADER_BYTES: Bound = Bound {
     min: 8192,
     max: 1 << 20,
 };
+pub const SERVER_MAX_REQUEST_TARGET_BYTES: Bound = Bound {
+    key: "server.max_request_target_bytes",
+    default: 8 * 1024,
+    min: 256,
+    max: 64 * 1024,
+};
 pub const SERVER_MAX_HEADERS: Bound = Bound {
     key: "server.max_headers",
     default: 100,

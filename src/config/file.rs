@@ -31,6 +31,7 @@ pub struct ServerFile {
     pub request_body_min_rate_bytes: Option<Num>,
     pub max_header_bytes: Option<Num>,
     pub max_headers: Option<Num>,
+    pub max_request_target_bytes: Option<Num>,
     pub request_body_limit_bytes: Option<Num>,
     pub json_body_limit_bytes: Option<Num>,
     pub shutdown_grace_secs: Option<Num>,
@@ -134,6 +135,7 @@ pub struct RateLimitsFile {
     pub login_failures_per_account_ip: Option<PlanFile>,
     pub login_failures_per_account: Option<PlanFile>,
     pub api_key_failures_per_ip: Option<PlanFile>,
+    pub admin_failures_per_ip: Option<PlanFile>,
     pub default_plan: Option<String>,
 }
 

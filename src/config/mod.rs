@@ -102,6 +102,8 @@ pub struct ServerConfig {
     /// Read buffer for a request head; larger heads are 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Request targets (path and query) longer than this are 414.
+    pub max_request_target_bytes: usize,
     /// Proxied request bodies larger than this are 413.
     pub request_body_limit: u64,
     /// Bodies of gateway-served JSON endpoints.
@@ -236,6 +238,8 @@ pub struct RateLimitConfig {
     pub login_failures_per_account: Plan,
     /// Refused API keys per client IP (the tenant's quota is never touched by them).
     pub api_key_failures_per_ip: Plan,
+    /// Wrong admin secrets per client IP.
+    pub admin_failures_per_ip: Plan,
     /// Tiers, by name.
     pub plans: BTreeMap<String, Plan>,
     /// Tier of tenants created without one.

@@ -20,13 +20,21 @@ pub enum FramingError {
     Host,
     #[error("absolute-form request target for another host")]
     ForeignAuthority,
+    #[error("Host is not a host[:port]")]
+    InvalidHost,
 }
 
 pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
+    let h = req.headers();
+    // RFC 9112 3.2: a Host that is not uri-host [":" port] is 400, in every version (an
+    // upstream or log reading `x/api/admin` or `evil@x` as a host and path is not ours to
+    // guess).
+    if h.get_all(HOST).iter().any(|v| !valid_host(v.as_bytes())) {
+        return Err(FramingError::InvalidHost);
+    }
     if req.version() > Version::HTTP_11 {
         return Ok(());
     }
-    let h = req.headers();
     let te = h.get_all(TRANSFER_ENCODING).iter().count();
     let cl = h.get_all(CONTENT_LENGTH).iter().count();
     if te > 0 && cl > 0 {
@@ -57,6 +65,39 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
         }
     }
     Ok(())
+}
+
+/// RFC 3986 3.2.2 and 3.2.3: an IP literal in brackets or a reg-name (unreserved,
+/// percent-encoded, sub-delims), then an optional `:` and digits. Empty is allowed (RFC 9112
+/// 3.2: a target without authority).
+fn valid_host(v: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => (&[][..], None),
+            [b':', port @ ..] => (&[][..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let reg_name = name
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    reg_name && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 fn host(h: &HeaderMap) -> Option<&str> {

@@ -33,6 +33,9 @@ pub fn login_account_ip(email_hash: &str, ip: &std::net::IpAddr) -> String {
 pub fn key_failures_ip(ip: &std::net::IpAddr) -> String {
     format!("kf:{ip}")
 }
+pub fn admin_failures_ip(ip: &std::net::IpAddr) -> String {
+    format!("af:{ip}")
+}
 pub fn login_account(email_hash: &str) -> String {
     join(&["lf:", email_hash])
 }

@@ -554,6 +554,203 @@ async fn regression_failed_logins_were_not_counted_with_redis_full() {
     assert_eq!(r.status, 200, "room again: the owner logs in");
 }
 
+/// Third round, item 7: `Host: x/api/admin` and `Host: evil@x` were accepted (RFC 9112 3.2
+/// requires 400 for an invalid Host).
+#[tokio::test]
+async fn regression_an_invalid_host_was_accepted() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    for host in [
+        "x/api/admin",
+        "evil@x",
+        "a b",
+        "x:80x",
+        "[::1",
+        "x\\y",
+        "x?y",
+        "x#y",
+    ] {
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let resp = raw_async(g.addr, req.into_bytes()).await;
+        assert_eq!(status_of(&resp), 400, "Host: {host}: {resp}");
+    }
+    for host in [
+        "gw.example.com",
+        "gw.example.com:8443",
+        "127.0.0.1:80",
+        "[::1]:8080",
+        "xn--bcher-kva.example",
+    ] {
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let resp = raw_async(g.addr, req.into_bytes()).await;
+        assert_eq!(status_of(&resp), 200, "Host: {host}: {resp}");
+    }
+}
+
+/// Third round, item 7: a 16 KB request line was forwarded (no 414 at any length).
+#[tokio::test]
+async fn regression_a_16k_request_line_was_forwarded() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let auth = bearer(&key);
+    let long = format!("/v1/chat?q={}", "a".repeat(16 * 1024));
+    let r = post(&g.url(&long), &[("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, 414);
+    assert_eq!(r.error_code(), "URI_TOO_LONG");
+    assert_eq!(up.count(), 0);
+    let fits = format!("/v1/chat?q={}", "a".repeat(8_000));
+    let r = post(&g.url(&fits), &[("authorization", &auth)], "{}").await;
+    assert_eq!(
+        r.status, 200,
+        "within server.max_request_target_bytes (8192)"
+    );
+}
+
+/// Third round, item 7: with two `Origin` headers the allowed one won.
+#[tokio::test]
+async fn regression_two_origin_headers_let_the_allowed_one_win() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[("ARES_CORS_ORIGINS", "https://app.example")]).await;
+    let one = get(&g.url("/healthz"), &[("origin", "https://app.example")]).await;
+    assert_eq!(
+        one.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let two = get(
+        &g.url("/healthz"),
+        &[
+            ("origin", "https://evil.example"),
+            ("origin", "https://app.example"),
+        ],
+    )
+    .await;
+    assert_eq!(two.header("access-control-allow-origin"), None, "{two:?}");
+}
+
+/// Third round, item 7: invalid UTF-8 inside a JSON body was accepted (RFC 8259 8.1).
+#[tokio::test]
+async fn regression_invalid_utf8_in_a_json_body_was_accepted() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let mut body =
+        br#"{"email":"utf@example.com","password":"your-secure-password","name":"J","x":""#
+            .to_vec();
+    body.extend_from_slice(b"\xff\xfe");
+    body.extend_from_slice(br#""}"#);
+    let mut req = format!(
+        "POST /api/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let resp = raw_async(g.addr, req).await;
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert!(resp.contains("INVALID_INPUT"), "{resp}");
+}
+
+/// Third round, item 7: a token signed with the real key and `exp` 2^63 was accepted: no
+/// lifetime cap for the gateway's own issuer.
+#[tokio::test]
+async fn regression_a_token_of_the_gateways_issuer_living_far_past_its_ttl_was_accepted() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let t = login(&g, "ttl@example.com").await;
+    let sub = t["user_id"].as_str().unwrap_or("usr_x").to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let sign = |exp: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"iss": "ares-gateway", "sub": sub, "email": "ttl@example.com",
+                                "iat": now, "exp": exp, "jti": format!("j{exp}")}),
+            &key,
+        )
+        .unwrap()
+    };
+    let chat = |token: String| {
+        let g = &g;
+        async move {
+            post(
+                &g.url("/api/chat"),
+                &[("authorization", &bearer(&token))],
+                "{}",
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        chat(sign(now + 900)).await.status,
+        200,
+        "the gateway's own lifetime"
+    );
+    assert_eq!(chat(sign(1 << 63)).await.status, 401, "exp 2^63");
+    assert_eq!(chat(sign(now + 7 * 86_400)).await.status, 401, "a week");
+}
+
+/// Third round, item 7: wrong admin secrets were never throttled (300 in 0.1 s, all 401). Now
+/// each takes its place in the address's ceiling (shipped: 10 per minute) before the compare.
+#[tokio::test]
+async fn regression_wrong_admin_secrets_were_never_throttled() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    // A right secret gives its place back: many admin calls never fill the ceiling.
+    for _ in 0..15 {
+        assert_eq!(
+            get(&g.url("/api/admin/tenants"), &admin()).await.status,
+            200
+        );
+    }
+    let url = g.url("/api/admin/tenants");
+    let wrong = [("x-admin-secret", "wrong-admin-secret-0123456789")];
+    let all = (0..30).map(|_| get(&url, &wrong));
+    let codes: Vec<u16> = futures_util::future::join_all(all)
+        .await
+        .iter()
+        .map(|r| r.status.as_u16())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 10, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 20, "{codes:?}");
+    // Forwarded admin paths (ARES's own) are behind the same ceiling.
+    let r = get(&g.url("/api/admin/tenants/t/agents"), &wrong).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(up.count(), 0);
+}
+
+/// Third round, item 7: after 120 bad keys from one address, a tenant's own valid key from
+/// that address was 429 too (a neighbour behind the same NAT locked the tenant out). A key the
+/// gateway already holds as valid now passes; unknown keys from there are still refused.
+#[tokio::test]
+async fn regression_a_blocked_address_locked_out_a_tenants_valid_key() {
+    let up = Upstream::start().await;
+    let g = gateway(&up.url(), &[]).await;
+    let (_, _, key) = provision(&g, "pro").await;
+    let good = bearer(&key);
+    assert_eq!(
+        post(&g.url("/v1/chat"), &[("authorization", &good)], "{}")
+            .await
+            .status,
+        200
+    );
+    let bad = bearer(&ares_gateway::auth::api_key::generate().raw);
+    let mut last = 0;
+    for _ in 0..40 {
+        last = post(&g.url("/v1/chat"), &[("authorization", &bad)], "{}")
+            .await
+            .status
+            .as_u16();
+    }
+    assert_eq!(last, 429, "the address is over its refused-key limit");
+    let r = post(&g.url("/v1/chat"), &[("authorization", &good)], "{}").await;
+    assert_eq!(r.status, 200, "the tenant's own key still works: {r:?}");
+    let other = bearer(&ares_gateway::auth::api_key::generate().raw);
+    let r = post(&g.url("/v1/chat"), &[("authorization", &other)], "{}").await;
+    assert_eq!(r.status, 429, "an unknown key from there is still refused");
+}
+
 /// An upstream that misbehaves by path, at the TCP level.
 async fn rogue_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -106,6 +106,17 @@ impl Validator {
                 .unwrap_or(&default_key_failures),
             "rate_limits.api_key_failures_per_ip",
         );
+        let default_admin_failures = PlanFile {
+            requests_per_minute: Some(Num::Int(10)),
+            requests_per_hour: Some(Num::Int(100)),
+            ..Default::default()
+        };
+        let admin_failures_per_ip = self.plan(
+            f.admin_failures_per_ip
+                .as_ref()
+                .unwrap_or(&default_admin_failures),
+            "rate_limits.admin_failures_per_ip",
+        );
         let user = self.plan(f.user.as_ref().unwrap_or(&default_user), "rate_limits.user");
         let auth_ip = self.plan(
             f.auth_ip.as_ref().unwrap_or(&default_auth_ip),
@@ -147,6 +158,7 @@ impl Validator {
             login_failures_per_account_ip,
             login_failures_per_account,
             api_key_failures_per_ip,
+            admin_failures_per_ip,
             plans,
             default_plan,
         }

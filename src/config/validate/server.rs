@@ -98,6 +98,10 @@ impl Validator {
             max_header_bytes: self.bounded(&f.max_header_bytes, &defaults::SERVER_MAX_HEADER_BYTES)
                 as usize,
             max_headers: self.bounded(&f.max_headers, &defaults::SERVER_MAX_HEADERS) as usize,
+            max_request_target_bytes: self.bounded(
+                &f.max_request_target_bytes,
+                &defaults::SERVER_MAX_REQUEST_TARGET_BYTES,
+            ) as usize,
             request_body_limit: self.bounded(
                 &f.request_body_limit_bytes,
                 &defaults::SERVER_REQUEST_BODY_LIMIT_BYTES,
