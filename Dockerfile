@@ -9,7 +9,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && echo 'fn main() {}' > benches/hot_path.rs \
+ && for b in hot_path redis_limiter; do echo 'fn main() {}' > "benches/$b.rs"; done \
  && cargo build --release --locked \
  && rm -rf src benches
 # 2. The gateway itself.
