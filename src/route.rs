@@ -91,7 +91,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
 
-    // As RFC 3986 remove_dot_segments: a final `.` or `..` leaves a directory path.
+    remove_dot_segments(&decoded, false).map(Cow::Owned)
+}
+
+/// RFC 3986 remove_dot_segments over a decoded path, empty segments dropped: a final `.` or `..`
+/// leaves a directory path, a trailing slash is kept. A `..` above the root is `AboveRoot`, or
+/// with `clamp` stays at the root (how a lenient upstream reads it: `route::readings`).
+fn remove_dot_segments(decoded: &str, clamp: bool) -> Result<String, PathError> {
     let last = decoded.rsplit('/').next().unwrap_or("");
     let trailing = decoded.ends_with('/') || last == "." || last == "..";
     let mut segments: Vec<&str> = Vec::new();
@@ -99,14 +105,14 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         match seg {
             "" | "." => {}
             ".." => {
-                if segments.pop().is_none() {
+                if segments.pop().is_none() && !clamp {
                     return Err(PathError::AboveRoot);
                 }
             }
             s => segments.push(s),
         }
     }
-    let mut out = String::with_capacity(decoded.len());
+    let mut out = String::with_capacity(decoded.len() + 1);
     for seg in &segments {
         out.push('/');
         out.push_str(seg);
@@ -114,7 +120,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if out.is_empty() || trailing {
         out.push('/');
     }
-    Ok(Cow::Owned(out))
+    Ok(out)
 }
 
 fn hex_pair(h: &[u8]) -> Option<u8> {

@@ -35,17 +35,19 @@ pub fn may_read_otherwise(path: &str) -> bool {
     })
 }
 
+/// The normalisation steps a reading is made of, in the order [`readings`] applies them.
+const STEPS: [fn(&str) -> String; 7] = [
+    decode_all,
+    overlong,
+    drop_invalid_utf8,
+    nfkc,
+    cut_params,
+    trim_segments,
+    lower,
+];
+
 /// Every distinct reading of `path` other than itself, resolved.
 pub fn readings(path: &str) -> Vec<String> {
-    const STEPS: [fn(&str) -> String; 7] = [
-        decode_all,
-        overlong,
-        drop_invalid_utf8,
-        nfkc,
-        cut_params,
-        trim_segments,
-        lower,
-    ];
     let mut out: Vec<String> = Vec::new();
     // Every subset of the steps, applied in this order (decoding first: the others act on what
     // it reveals).
@@ -247,27 +249,8 @@ fn resolve(path: &str) -> String {
         decoded.push(b[i] as char);
         i += 1;
     }
-    let last = decoded.rsplit('/').next().unwrap_or("");
-    let trailing = decoded.ends_with('/') || last == "." || last == "..";
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(decoded.len() + 1);
-    for seg in &segments {
-        out.push('/');
-        out.push_str(seg);
-    }
-    if out.is_empty() || trailing {
-        out.push('/');
-    }
-    out
+    // Kept at the root, this never refuses.
+    super::remove_dot_segments(&decoded, true).unwrap_or_else(|_| "/".to_string())
 }
 
 #[cfg(test)]
@@ -328,15 +311,6 @@ mod tests {
     /// every run; more rounds with `READINGS_ROUNDS`).
     #[test]
     fn property_every_chain_of_normalisations_is_among_the_readings() {
-        const STEPS: [fn(&str) -> String; 7] = [
-            decode_all,
-            overlong,
-            drop_invalid_utf8,
-            nfkc,
-            cut_params,
-            trim_segments,
-            lower,
-        ];
         const PIECES: [&str; 24] = [
             "admin",
             "ADMIN",
