@@ -238,7 +238,7 @@ async fn register(
     s: &RequestScope<'_>,
     req: RegisterRequest,
 ) -> Result<Response<Body>, GatewayError> {
-    let RequestScope { state, snap, .. } = *s;
+    let RequestScope { state, .. } = *s;
     // Every check that can fail runs before the (deliberately slow) hash.
     let email = normalize_email(&req.email)?;
     let name = check_name("name", &req.name)?;
@@ -261,20 +261,10 @@ async fn register(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(user = %user.id, "user registered");
-    let family = random_token("fam_", 22);
-    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
-    Ok(body::json(
-        StatusCode::CREATED,
-        &json!({
-            "message": "Registration successful",
-            "user_id": user.id,
-            "access_token": access,
-            "refresh_token": refresh,
-            "expires_in": snap.jwt.ttl_secs(),
-            "token_type": "Bearer",
-        }),
-        true,
-    ))
+    let mut answer = new_session(s, &user.id, &user.email).await?;
+    answer.insert("message".into(), json!("Registration successful"));
+    answer.insert("user_id".into(), json!(user.id));
+    Ok(body::json(StatusCode::CREATED, &answer, true))
 }
 
 async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>, GatewayError> {
@@ -343,19 +333,26 @@ async fn login(s: &RequestScope<'_>, req: LoginRequest) -> Result<Response<Body>
             tracing::warn!(user = %user.id, error = %e, "password rehash not stored");
         }
     }
-    let family = random_token("fam_", 22);
-    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
+    let answer = new_session(s, &user.id, &user.email).await?;
     tracing::info!(user = %user.id, "login");
-    Ok(body::json(
-        StatusCode::OK,
-        &json!({
-            "access_token": access,
-            "refresh_token": refresh,
-            "expires_in": snap.jwt.ttl_secs(),
-            "token_type": "Bearer",
-        }),
-        true,
-    ))
+    Ok(body::json(StatusCode::OK, &answer, true))
+}
+
+/// A new session of the user (a token pair of a new refresh family), as the members every
+/// answer that starts one carries: `access_token`, `refresh_token`, `expires_in`, `token_type`.
+async fn new_session(
+    s: &RequestScope<'_>,
+    user_id: &str,
+    email: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
+    let family = random_token("fam_", 22);
+    let (access, refresh) = issue_pair(s, user_id, email, &family).await?;
+    let mut answer = serde_json::Map::new();
+    answer.insert("access_token".into(), json!(access));
+    answer.insert("refresh_token".into(), json!(refresh));
+    answer.insert("expires_in".into(), json!(s.snap.jwt.ttl_secs()));
+    answer.insert("token_type".into(), json!("Bearer"));
+    Ok(answer)
 }
 
 /// Issue an access token and store a new refresh token of `family`.
@@ -438,19 +435,9 @@ async fn adopt_ares_session(
         .await?
         .filter(|u| !u.disabled)
         .ok_or(GatewayError::InvalidRefreshToken)?;
-    let family = random_token("fam_", 22);
-    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
+    let answer = new_session(s, &user.id, &user.email).await?;
     tracing::info!(user = %user.id, "ARES session carried over");
-    Ok(body::json(
-        StatusCode::OK,
-        &json!({
-            "access_token": access,
-            "refresh_token": refresh,
-            "expires_in": snap.jwt.ttl_secs(),
-            "token_type": "Bearer",
-        }),
-        true,
-    ))
+    Ok(body::json(StatusCode::OK, &answer, true))
 }
 
 async fn refresh(s: &RequestScope<'_>, presented: String) -> Result<Response<Body>, GatewayError> {
@@ -652,22 +639,12 @@ async fn change_password(
         .call(state.records.set_password_hash(&user.id, &hash))
         .await?;
     end_every_session(s, &user.id).await?;
-    let family = random_token("fam_", 22);
-    let (access, refresh) = issue_pair(s, &user.id, &user.email, &family).await?;
+    let mut answer = new_session(s, &user.id, &user.email).await?;
+    answer.insert("message".into(), json!("Password changed"));
     let keep = snap.config.store.audit_retention;
     let actor = format!("user:{}", user.id);
     crate::api::audit::record(state, keep, &actor, "password.change", &actor, "ok").await;
-    Ok(body::json(
-        StatusCode::OK,
-        &json!({
-            "message": "Password changed",
-            "access_token": access,
-            "refresh_token": refresh,
-            "expires_in": snap.jwt.ttl_secs(),
-            "token_type": "Bearer",
-        }),
-        true,
-    ))
+    Ok(body::json(StatusCode::OK, &answer, true))
 }
 
 /// Draw the user's "log out everywhere" line at now, and return once this second is over:
