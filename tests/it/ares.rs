@@ -66,14 +66,6 @@ impl Ares {
     }
 }
 
-fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
-}
-
 /// ARES's middleware: admin routes by `X-Admin-Secret`, everything else by a JWT it verifies.
 fn ares_answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
@@ -84,34 +76,28 @@ fn ares_answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full
             .and_then(|v| v.to_str().ok())
             != Some(ADMIN)
         {
-            return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+            return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
         }
         seen.lock().unwrap().push(Seen {
             path: path.clone(),
             claims: json!(null),
             token: String::new(),
         });
-        return reply(StatusCode::OK, json!({"agents": [], "path": path}));
+        return json_reply(StatusCode::OK, json!({"agents": [], "path": path}));
     }
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .to_string();
+    let token = bearer_of(&req);
     // ARES's own keys: `ares_` + 64 hex, looked up by SHA-256 of the hex.
     if let Some(hex) = token.strip_prefix("ares_") {
         let hash = sha256_hex(hex.as_bytes());
         let Some(tenant) = ARES_KEYS.iter().find(|(h, _)| *h == hash).map(|(_, t)| t) else {
-            return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+            return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
         };
         seen.lock().unwrap().push(Seen {
             path: path.clone(),
             claims: json!({"tenant_id": tenant, "auth_method": "ares_api_key"}),
             token,
         });
-        return reply(
+        return json_reply(
             StatusCode::OK,
             json!({"response": "Hello", "tenant": tenant}),
         );
@@ -119,18 +105,18 @@ fn ares_answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full
     let key = DecodingKey::from_secret(ARES_SECRET.as_bytes());
     let Ok(data) = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &Validation::default())
     else {
-        return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+        return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
     };
     let claims = data.claims;
     // ARES's Claims: sub and email are required strings.
     if !claims["sub"].is_string() || !claims["email"].is_string() {
-        return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+        return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
     }
     let has_role = claims["roles"]["ares"]
         .as_array()
         .is_some_and(|r| !r.is_empty());
     if !has_role {
-        return reply(StatusCode::FORBIDDEN, json!({"error": "Forbidden"}));
+        return json_reply(StatusCode::FORBIDDEN, json!({"error": "Forbidden"}));
     }
     seen.lock().unwrap().push(Seen {
         path: path.clone(),
@@ -145,7 +131,7 @@ fn ares_answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full
             )))
             .unwrap();
     }
-    reply(
+    json_reply(
         StatusCode::OK,
         json!({"response": "Hello", "agent": "router", "sub": claims["sub"]}),
     )

@@ -537,25 +537,12 @@ async fn jwks_ares_answer(
     count: Arc<Mutex<u32>>,
     cache: Arc<Mutex<Option<KeySet>>>,
 ) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: serde_json::Value| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap()
-    };
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .to_string();
+    let token = bearer_of(&req);
     let Ok(header) = jsonwebtoken::decode_header(&token) else {
-        return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+        return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
     };
     if !matches!(header.alg, Algorithm::EdDSA | Algorithm::RS256) {
-        return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+        return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
     }
     let jwks_url = url.lock().unwrap().clone();
     let mut refetched = false;
@@ -566,7 +553,7 @@ async fn jwks_ares_answer(
             _ => {
                 *count.lock().unwrap() += 1;
                 let Some(set) = fetch_set(&jwks_url).await else {
-                    return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+                    return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
                 };
                 *cache.lock().unwrap() = Some(set.clone());
                 refetched = true;
@@ -581,25 +568,27 @@ async fn jwks_ares_answer(
                     *cache.lock().unwrap() = None;
                     continue;
                 }
-                None => return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"})),
+                None => {
+                    return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}))
+                }
             },
             None if set.len() == 1 => set[0].clone(),
-            None => return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"})),
+            None => return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"})),
         };
         if key.1 != header.alg {
-            return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+            return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
         }
         let mut v = Validation::new(key.1);
         v.leeway = 60;
         let Ok(data) = jsonwebtoken::decode::<IssuerClaims>(&token, &key.2, &v) else {
-            return reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
+            return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "Unauthorized"}));
         };
         let c = data.claims;
         let roles = c.roles.unwrap_or_default();
         let Some(ares) = roles.get("ares") else {
-            return reply(StatusCode::FORBIDDEN, json!({"error": "Forbidden"}));
+            return json_reply(StatusCode::FORBIDDEN, json!({"error": "Forbidden"}));
         };
-        return reply(
+        return json_reply(
             StatusCode::OK,
             json!({
                 "user_id": c.sub,

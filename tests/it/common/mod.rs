@@ -294,6 +294,26 @@ async fn send_to_pipeline(
     }
 }
 
+/// A test double's JSON answer.
+pub fn json_reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// What a request carries after `Authorization: Bearer ` (empty without it): what a double
+/// of an upstream verifies.
+pub fn bearer_of<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string()
+}
+
 /// Serve `handler` on a free loopback port (HTTP/1.1 and h2c), each connection in its own task.
 pub async fn serve<F, Fut, B>(handler: F) -> SocketAddr
 where
